@@ -1,0 +1,206 @@
+import CNftables
+import SvcnatModel
+
+/// Builds one nfnetlink batch for a transaction: BATCH_BEGIN, one message per object (element
+/// lists split into chunks), BATCH_END. Remembers which operation each sequence number carries
+/// so a kernel error can name it.
+struct BatchEncoder {
+    let table: String
+    let buffer = MessageBuffer()
+    let firstSeq: UInt32
+    private(set) var seq: UInt32
+    /// Operation index for every sequence number from firstSeq + 1 on.
+    private(set) var opForSeq: [Int32] = []
+    private var currentOp: Int32 = -1
+    /// Where the last object message starts in the buffer.
+    private var lastHeaderOffset = -1
+
+    /// Elements per NEWSETELEM message: the nested element list carries a 16-bit length.
+    static let elementsPerMessage = 128
+
+    init(table: String, firstSeq: UInt32) {
+        self.table = table
+        self.firstSeq = firstSeq
+        seq = firstSeq
+        nftnl_batch_begin(buffer.tail, seq)
+        buffer.commitBatchMarker()
+    }
+
+    var lastSeq: UInt32 { seq }
+
+    /// Only the last message asks for an ack: the kernel reports every refused message anyway,
+    /// and delivers all answers once the batch is done, so this ack closes the exchange without
+    /// one ack per message.
+    func requestAckForLastMessage() {
+        guard lastHeaderOffset >= 0 else { return }
+        let h = (buffer.base + lastHeaderOffset).assumingMemoryBound(to: nlmsghdr.self)
+        h.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
+    }
+
+    mutating func end() {
+        seq += 1
+        opForSeq.append(-1)
+        nftnl_batch_end(buffer.tail, seq)
+        buffer.commitBatchMarker()
+    }
+
+    private mutating func header(_ type: nf_tables_msg_types, flags: Int32) -> UnsafeMutablePointer<nlmsghdr> {
+        seq += 1
+        opForSeq.append(currentOp)
+        lastHeaderOffset = buffer.length
+        return nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), K.family, UInt16(flags), seq)
+    }
+
+    mutating func encode(_ op: Operation, index: Int) {
+        currentOp = Int32(index)
+        switch op {
+        case .addTable:
+            let t = NftTable()
+            nftnl_table_set_str(t.raw, K.attr(NFTNL_TABLE_NAME.rawValue), table)
+            let h = header(NFT_MSG_NEWTABLE, flags: NLM_F_CREATE)
+            nftnl_table_nlmsg_build_payload(h, t.raw)
+            buffer.commit(h)
+        case .deleteTable:
+            let t = NftTable()
+            nftnl_table_set_str(t.raw, K.attr(NFTNL_TABLE_NAME.rawValue), table)
+            let h = header(NFT_MSG_DELTABLE, flags: 0)
+            nftnl_table_nlmsg_build_payload(h, t.raw)
+            buffer.commit(h)
+        case .addChain(let c):
+            let ch = chainObject(c.name)
+            if let b = c.base {
+                nftnl_chain_set_u32(ch.raw, K.attr(NFTNL_CHAIN_HOOKNUM.rawValue), K.hook(b.hook))
+                nftnl_chain_set_s32(ch.raw, K.attr(NFTNL_CHAIN_PRIO.rawValue), b.priority)
+                nftnl_chain_set_str(ch.raw, K.attr(NFTNL_CHAIN_TYPE.rawValue), b.type.rawValue)
+                nftnl_chain_set_u32(ch.raw, K.attr(NFTNL_CHAIN_POLICY.rawValue), UInt32(NF_ACCEPT))
+            }
+            let h = header(NFT_MSG_NEWCHAIN, flags: NLM_F_CREATE)
+            nftnl_chain_nlmsg_build_payload(h, ch.raw)
+            buffer.commit(h)
+        case .deleteChain(let name):
+            let ch = chainObject(name)
+            let h = header(NFT_MSG_DELCHAIN, flags: 0)
+            nftnl_chain_nlmsg_build_payload(h, ch.raw)
+            buffer.commit(h)
+        case .flushChain(let name):
+            let r = ruleObject(chain: name)
+            let h = header(NFT_MSG_DELRULE, flags: 0)
+            nftnl_rule_nlmsg_build_payload(h, r.raw)
+            buffer.commit(h)
+        case .deleteRule(let chain, let handle):
+            let r = ruleObject(chain: chain)
+            nftnl_rule_set_u64(r.raw, K.attr(NFTNL_RULE_HANDLE.rawValue), handle)
+            let h = header(NFT_MSG_DELRULE, flags: 0)
+            nftnl_rule_nlmsg_build_payload(h, r.raw)
+            buffer.commit(h)
+        case .addRule(let chain, let rule):
+            let r = ruleObject(chain: chain)
+            for e in rule.exprs { nftnl_rule_add_expr(r.raw, ExprCodec.make(e)) }
+            let h = header(NFT_MSG_NEWRULE, flags: NLM_F_CREATE | NLM_F_APPEND)
+            nftnl_rule_nlmsg_build_payload(h, r.raw)
+            buffer.commit(h)
+        case .addSet(let s):
+            let set = setObject(s.name)
+            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_FLAGS.rawValue), s.isVerdictMap ? NFT_SET_MAP.rawValue : 0)
+            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_TYPE.rawValue), s.nftKeyType)
+            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue), UInt32(s.keyLength))
+            // The kernel requires a transaction-local id for every new set.
+            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_ID.rawValue), seq + 1)
+            if s.isVerdictMap {
+                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
+                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_LEN.rawValue), 0)
+            }
+            let h = header(NFT_MSG_NEWSET, flags: NLM_F_CREATE)
+            nftnl_set_nlmsg_build_payload(h, set.raw)
+            buffer.commit(h)
+        case .deleteSet(let name):
+            let set = setObject(name)
+            let h = header(NFT_MSG_DELSET, flags: 0)
+            nftnl_set_nlmsg_build_payload(h, set.raw)
+            buffer.commit(h)
+        case .addElements(let name, let elements):
+            encodeElements(name, elements, type: NFT_MSG_NEWSETELEM, flags: NLM_F_CREATE, withData: true)
+        case .deleteElements(let name, let elements):
+            encodeElements(name, elements, type: NFT_MSG_DELSETELEM, flags: 0, withData: false)
+        }
+    }
+
+    private mutating func encodeElements(_ name: String, _ elements: [SetElement], type: nf_tables_msg_types,
+                                         flags: Int32, withData: Bool) {
+        var start = 0
+        while start < elements.count {
+            let chunk = elements[start..<min(start + Self.elementsPerMessage, elements.count)]
+            let set = setObject(name)
+            for e in chunk { nftnl_set_elem_add(set.raw, ElementCodec.make(e, withData: withData)) }
+            let h = header(type, flags: flags)
+            nftnl_set_elems_nlmsg_build_payload(h, set.raw)
+            buffer.commit(h)
+            start += Self.elementsPerMessage
+        }
+    }
+
+    private func chainObject(_ name: String) -> NftChain {
+        let c = NftChain()
+        nftnl_chain_set_str(c.raw, K.attr(NFTNL_CHAIN_TABLE.rawValue), table)
+        nftnl_chain_set_str(c.raw, K.attr(NFTNL_CHAIN_NAME.rawValue), name)
+        return c
+    }
+
+    private func ruleObject(chain: String) -> NftRule {
+        let r = NftRule()
+        nftnl_rule_set_str(r.raw, K.attr(NFTNL_RULE_TABLE.rawValue), table)
+        nftnl_rule_set_str(r.raw, K.attr(NFTNL_RULE_CHAIN.rawValue), chain)
+        return r
+    }
+
+    private func setObject(_ name: String) -> NftSet {
+        let s = NftSet()
+        nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue), table)
+        nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_NAME.rawValue), name)
+        return s
+    }
+}
+
+extension MessageBuffer {
+    /// Batch begin/end markers are built by libnftnl at `tail`; count them.
+    func commitBatchMarker() {
+        commit(UnsafeMutableRawPointer(tail).assumingMemoryBound(to: nlmsghdr.self))
+    }
+}
+
+/// Set elements to and from libnftnl. The element's comment travels as user data, in the TLV
+/// layout nft uses (NFTNL_UDATA_SET_ELEM_COMMENT), so `nft list` shows it.
+enum ElementCodec {
+    /// Returns a new element; `nftnl_set_elem_add` hands its ownership to the set.
+    static func make(_ e: SetElement, withData: Bool) -> OpaquePointer {
+        let el = nftnl_set_elem_alloc()!
+        let key = e.keyBytes
+        key.withUnsafeBytes { _ = nftnl_set_elem_set(el, K.attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+        guard withData else { return el }
+        if let v = e.verdict {
+            nftnl_set_elem_set_u32(el, K.attr(NFTNL_SET_ELEM_VERDICT), UInt32(bitPattern: K.verdictCode(v)))
+            if let c = v.target { nftnl_set_elem_set_str(el, K.attr(NFTNL_SET_ELEM_CHAIN), c) }
+        }
+        if let c = e.comment {
+            let value = Array(c.utf8) + [0]
+            let udata: [UInt8] = [UInt8(NFTNL_UDATA_SET_ELEM_COMMENT.rawValue), UInt8(value.count)] + value
+            udata.withUnsafeBytes { _ = nftnl_set_elem_set(el, K.attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count)) }
+        }
+        return el
+    }
+
+    static func comment(fromUserData bytes: [UInt8]) -> String? {
+        var i = 0
+        while i + 2 <= bytes.count {
+            let type = bytes[i], len = Int(bytes[i + 1])
+            guard i + 2 + len <= bytes.count else { return nil }
+            if type == UInt8(NFTNL_UDATA_SET_ELEM_COMMENT.rawValue) {
+                var v = Array(bytes[(i + 2)..<(i + 2 + len)])
+                if v.last == 0 { v.removeLast() }
+                return String(decoding: v, as: UTF8.self)
+            }
+            i += 2 + len
+        }
+        return nil
+    }
+}

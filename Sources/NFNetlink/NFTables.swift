@@ -1,0 +1,267 @@
+import CNftables
+import Glibc
+import SvcnatModel
+
+/// svcnat's view of the kernel's nftables: read one table back as model values, and apply a
+/// transaction as one atomic batch. Everything here runs in the caller's network namespace.
+public final class NFTables {
+    private let socket: NetlinkSocket
+    private var seq: UInt32
+
+    /// Statistics of the last `apply`, for logs and benchmarks.
+    public private(set) var lastBatchMessages = 0
+    public private(set) var lastBatchBytes = 0
+
+    public init() throws {
+        checkModelConstants()
+        socket = try NetlinkSocket()
+        seq = UInt32(truncatingIfNeeded: time(nil))
+    }
+
+    // MARK: applying
+
+    /// Sends the transaction as one batch and waits for the kernel's verdict. On any refusal
+    /// the kernel aborts the whole batch, and the error names each refused operation.
+    public func apply(_ tx: Transaction) throws {
+        lastBatchMessages = 0
+        lastBatchBytes = 0
+        guard !tx.isEmpty else { return }
+        let begin = nextSeq()
+        var enc = BatchEncoder(table: tx.table, firstSeq: begin)
+        for (i, op) in tx.operations.enumerated() { enc.encode(op, index: i) }
+        let last = enc.lastSeq
+        enc.requestAckForLastMessage()
+        enc.end()
+        seq = enc.lastSeq
+        lastBatchMessages = Int(last - begin)
+        lastBatchBytes = enc.buffer.length
+
+        try socket.send(enc.buffer.bytes, what: "send the transaction (\(tx.messageCount) messages)")
+        var failures: [NetlinkError] = []
+        var done = false
+        while !done {
+            try socket.receive { nlh in
+                guard nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
+                let (err, s) = nlh.errorPayload
+                if s == begin {
+                    // The batch as a whole failed (commit refused, or out of memory).
+                    if err != 0 { failures.append(NetlinkError("commit the transaction", errno: err)) }
+                    done = true
+                } else if s == last && err == 0 {
+                    done = true
+                } else if err != 0 {
+                    failures.append(NetlinkError(Self.describe(tx, enc.operationIndex(for: s)), errno: err))
+                    if s == last { done = true }
+                }
+            }
+        }
+        socket.drain()
+        if !failures.isEmpty { throw BatchError(failures: failures) }
+    }
+
+    static func describe(_ tx: Transaction, _ index: Int?) -> String {
+        guard let index, index >= 0, index < tx.operations.count else { return "batch" }
+        var one = tx
+        one.operations = [tx.operations[index]]
+        if case .addElements(let s, let e) = tx.operations[index], e.count > 1 {
+            one.operations = [.addElements(set: s, [e[0]])]
+            return one.nftText.trimmingNewline + " (and \(e.count - 1) more elements in this batch)"
+        }
+        return one.nftText.split(separator: "\n").first.map(String.init) ?? "batch"
+    }
+
+    private func nextSeq() -> UInt32 {
+        seq &+= 1
+        return seq
+    }
+
+    // MARK: reading
+
+    /// Reads svcnat's table back from the kernel; nil when it does not exist. Retries when the
+    /// ruleset changed in the middle of the dump.
+    public func read(table: String) throws -> Ruleset? {
+        for _ in 0..<10 {
+            do { return try readOnce(table: table) } catch DumpInterrupted.interrupted { continue }
+        }
+        throw NetlinkError("read table \(table): the ruleset kept changing during the dump", errno: EINTR)
+    }
+
+    private enum DumpInterrupted: Error { case interrupted }
+
+    private func readOnce(table: String) throws -> Ruleset? {
+        guard try tableExists(table) else { return nil }
+        var r = Ruleset(family: .ip, table: table)
+
+        try dump(NFT_MSG_GETCHAIN, what: "list chains") { _ in } each: { nlh in
+            let c = NftChain()
+            guard nftnl_chain_nlmsg_parse(nlh, c.raw) >= 0 else { return }
+            guard str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_TABLE.rawValue))) == table,
+                  nftnl_chain_get_u32(c.raw, K.attr(NFTNL_CHAIN_FAMILY.rawValue)) == UInt32(K.family) else { return }
+            let name = str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_NAME.rawValue)))
+            var base: BaseChain?
+            if nftnl_chain_is_set(c.raw, K.attr(NFTNL_CHAIN_HOOKNUM.rawValue)),
+               let hook = K.hook(nftnl_chain_get_u32(c.raw, K.attr(NFTNL_CHAIN_HOOKNUM.rawValue))),
+               let type = ChainType(rawValue: str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_TYPE.rawValue)))) {
+                base = BaseChain(type: type, hook: hook, priority: nftnl_chain_get_s32(c.raw, K.attr(NFTNL_CHAIN_PRIO.rawValue)))
+            }
+            r.chains.append(Chain(name: name, base: base))
+        }
+
+        var setKeys: [String: [KeyField]] = [:]
+        try dump(NFT_MSG_GETSET, what: "list sets of \(table)") { nlh in
+            let s = NftSet()
+            nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue), table)
+            nftnl_set_nlmsg_build_payload(nlh, s.raw)
+        } each: { nlh in
+            let s = NftSet()
+            guard nftnl_set_nlmsg_parse(nlh, s.raw) >= 0,
+                  str(nftnl_set_get_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue))) == table else { return }
+            let name = str(nftnl_set_get_str(s.raw, K.attr(NFTNL_SET_NAME.rawValue)))
+            let flags = nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_FLAGS.rawValue))
+            let isMap = flags & NFT_SET_MAP.rawValue != 0
+            var key = Self.keyFields(nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_TYPE.rawValue)))
+            let plain = flags & ~(NFT_SET_MAP.rawValue) == 0
+            let dataOK = !isMap || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue)) == NFT_DATA_VERDICT.rawValue
+            let set = NamedSet(name: name, key: key, isVerdictMap: isMap)
+            if !plain || !dataOK || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue)) != UInt32(set.keyLength) {
+                key = []   // not a set svcnat would make: its definition will not match
+            }
+            setKeys[name] = key
+            r.sets.append(NamedSet(name: name, key: key, isVerdictMap: isMap))
+        }
+
+        for i in r.sets.indices where !r.sets[i].key.isEmpty {
+            let name = r.sets[i].name, fields = r.sets[i].key
+            var elements: [SetElement] = []
+            try dump(NFT_MSG_GETSETELEM, what: "list elements of \(table) \(name)") { nlh in
+                let s = NftSet()
+                nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue), table)
+                nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_NAME.rawValue), name)
+                nftnl_set_elems_nlmsg_build_payload(nlh, s.raw)
+            } each: { nlh in
+                let s = NftSet()
+                guard nftnl_set_elems_nlmsg_parse(nlh, s.raw) >= 0 else { return }
+                guard let it = nftnl_set_elems_iter_create(s.raw) else { return }
+                defer { nftnl_set_elems_iter_destroy(it) }
+                while let el = nftnl_set_elems_iter_next(it) {
+                    if let e = Self.readElement(el, fields: fields) { elements.append(e) }
+                }
+            }
+            r.sets[i].elements = elements
+        }
+
+        var rulesByChain: [String: [Rule]] = [:]
+        try dump(NFT_MSG_GETRULE, what: "list rules of \(table)") { nlh in
+            let rule = NftRule()
+            nftnl_rule_set_str(rule.raw, K.attr(NFTNL_RULE_TABLE.rawValue), table)
+            nftnl_rule_nlmsg_build_payload(nlh, rule.raw)
+        } each: { nlh in
+            let rule = NftRule()
+            guard nftnl_rule_nlmsg_parse(nlh, rule.raw) >= 0,
+                  str(nftnl_rule_get_str(rule.raw, K.attr(NFTNL_RULE_TABLE.rawValue))) == table else { return }
+            let chain = str(nftnl_rule_get_str(rule.raw, K.attr(NFTNL_RULE_CHAIN.rawValue)))
+            var exprs: [Expr] = []
+            if let it = nftnl_expr_iter_create(rule.raw) {
+                while let x = nftnl_expr_iter_next(it) { exprs.append(ExprCodec.read(x)) }
+                nftnl_expr_iter_destroy(it)
+            }
+            let handle = nftnl_rule_get_u64(rule.raw, K.attr(NFTNL_RULE_HANDLE.rawValue))
+            rulesByChain[chain, default: []].append(Rule(exprs: exprs, handle: handle))
+        }
+        for i in r.chains.indices { r.chains[i].rules = rulesByChain[r.chains[i].name] ?? [] }
+        return r
+    }
+
+    private func tableExists(_ table: String) throws -> Bool {
+        var found = false
+        do {
+            try request(NFT_MSG_GETTABLE, flags: NLM_F_ACK, what: "get table \(table)") { nlh in
+                let t = NftTable()
+                nftnl_table_set_str(t.raw, K.attr(NFTNL_TABLE_NAME.rawValue), table)
+                nftnl_table_nlmsg_build_payload(nlh, t.raw)
+            } each: { _ in found = true }
+        } catch let e as NetlinkError where e.errno == ENOENT {
+            return false
+        }
+        return found
+    }
+
+    private func dump(_ type: nf_tables_msg_types, what: String,
+                      build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
+                      each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
+        try request(type, flags: NLM_F_DUMP, what: what, build: build, each: each)
+    }
+
+    /// Sends one request and hands every answer to `each` until the kernel says it is done
+    /// (NLMSG_DONE for a dump, the ack otherwise).
+    private func request(_ type: nf_tables_msg_types, flags: Int32, what: String,
+                         build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
+                         each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
+        let buffer = MessageBuffer(capacity: 0)
+        let s = nextSeq()
+        let nlh = nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), K.family, UInt16(flags), s)!
+        build(nlh)
+        buffer.commit(nlh)
+        try socket.send(buffer.bytes, what: what)
+        var done = false, interrupted = false
+        while !done {
+            try socket.receive { h in
+                guard h.pointee.nlmsg_seq == s else { return }
+                if Int32(h.pointee.nlmsg_flags) & NLM_F_DUMP_INTR != 0 { interrupted = true }
+                switch Int32(h.pointee.nlmsg_type) {
+                case NLMSG_DONE: done = true
+                case NLMSG_ERROR:
+                    let (err, _) = h.errorPayload
+                    if err != 0 { throw NetlinkError(what, errno: err) }
+                    done = true
+                default: try each(h)
+                }
+            }
+        }
+        if interrupted { throw DumpInterrupted.interrupted }
+    }
+
+    static func keyFields(_ type: UInt32) -> [KeyField] {
+        var fields: [KeyField] = []
+        var t = type
+        while t != 0 {
+            guard let f = [KeyField.ipv4Addr, .inetProto, .inetService].first(where: { $0.nftTypeID == t & 0x3f }) else { return [] }
+            fields.insert(f, at: 0)
+            t >>= 6
+        }
+        return fields
+    }
+
+    static func readElement(_ el: OpaquePointer, fields: [KeyField]) -> SetElement? {
+        var len: UInt32 = 0
+        guard let p = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_KEY), &len),
+              let key = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: fields)
+        else { return nil }
+        var e = SetElement(key: key)
+        if nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_VERDICT)) {
+            let code = Int32(bitPattern: nftnl_set_elem_get_u32(el, K.attr(NFTNL_SET_ELEM_VERDICT)))
+            let chain = nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_CHAIN))
+                ? str(nftnl_set_elem_get_str(el, K.attr(NFTNL_SET_ELEM_CHAIN))) : nil
+            e.verdict = K.verdict(code, chain: chain)
+        }
+        if nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_USERDATA)),
+           let u = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_USERDATA), &len) {
+            e.comment = ElementCodec.comment(fromUserData: Array(UnsafeRawBufferPointer(start: u, count: Int(len))))
+        }
+        return e
+    }
+}
+
+private func str(_ p: UnsafePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "" }
+
+extension String {
+    var trimmingNewline: String { hasSuffix("\n") ? String(dropLast()) : self }
+}
+
+extension BatchEncoder {
+    func operationIndex(for s: UInt32) -> Int? {
+        guard s > firstSeq, Int(s - firstSeq - 1) < opForSeq.count else { return nil }
+        let i = Int(opForSeq[Int(s - firstSeq - 1)])
+        return i >= 0 ? i : nil
+    }
+}

@@ -1,0 +1,38 @@
+import CNftables
+import Glibc
+
+/// A failure talking to the kernel: the operation it was about (for a batch, the message the
+/// kernel refused, matched by sequence number) and the errno.
+public struct NetlinkError: Error, CustomStringConvertible, Sendable {
+    public var operation: String
+    public var errno: Int32
+
+    public init(_ operation: String, errno: Int32) {
+        self.operation = operation
+        self.errno = errno
+    }
+
+    public var errnoName: String { String(cString: strerror(errno)) }
+
+    public var description: String {
+        var s = "\(operation): \(errnoName) (errno \(errno))"
+        if errno == EPERM { s += "; svcnat needs CAP_NET_ADMIN (run as root)" }
+        return s
+    }
+
+    /// Runs a libc/libmnl call that returns -1 with errno on failure.
+    @discardableResult
+    static func check(_ operation: @autoclosure () -> String, _ result: Int) throws -> Int {
+        if result < 0 { throw NetlinkError(operation(), errno: Glibc.errno) }
+        return result
+    }
+}
+
+/// Several refused messages of one batch; the first is the one to report.
+public struct BatchError: Error, CustomStringConvertible, Sendable {
+    public var failures: [NetlinkError]
+    public var description: String {
+        "the kernel refused the transaction (nothing was changed): "
+            + failures.map(\.description).joined(separator: "; ")
+    }
+}

@@ -1,0 +1,45 @@
+import NFNetlink
+import SvcnatModel
+
+/// Where svcnat's table lives: the real kernel over netlink, or a fake for tests.
+public protocol Kernel: AnyObject {
+    /// svcnat's table as it is now, or nil when it does not exist.
+    func read(table: String) throws -> Ruleset?
+    /// Applies the transaction as one atomic batch.
+    func apply(_ tx: Transaction) throws
+}
+
+/// The kernel of the current network namespace, over netlink.
+public final class NetlinkKernel: Kernel {
+    let nft: NFTables
+    public init() throws { nft = try NFTables() }
+    public func read(table: String) throws -> Ruleset? { try nft.read(table: table) }
+    public func apply(_ tx: Transaction) throws { try nft.apply(tx) }
+    public var lastBatchMessages: Int { nft.lastBatchMessages }
+}
+
+/// A kernel made of values: applies transactions with the same refusals the kernel makes for
+/// dangling references, and can be told to refuse the next batch.
+public final class FakeKernel: Kernel {
+    public var ruleset: Ruleset?
+    public private(set) var applied: [Transaction] = []
+    public var refuseNext: Error?
+
+    public init(_ ruleset: Ruleset? = nil) { self.ruleset = ruleset }
+
+    public func read(table: String) throws -> Ruleset? { ruleset?.table == table ? ruleset : nil }
+
+    public func apply(_ tx: Transaction) throws {
+        if let e = refuseNext { refuseNext = nil; throw e }
+        guard case .some(let r) = Ruleset.applying(tx, to: ruleset) else {
+            throw FakeKernelRefusal(operation: tx.nftText)
+        }
+        applied.append(tx)
+        ruleset = r
+    }
+}
+
+public struct FakeKernelRefusal: Error, CustomStringConvertible {
+    public var operation: String
+    public var description: String { "fake kernel refused \(operation)" }
+}

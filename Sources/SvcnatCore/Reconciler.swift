@@ -1,0 +1,94 @@
+import Foundation
+import SvcnatModel
+import SvcnatSources
+
+/// Settings that decide the ruleset, from kube-proxy's flags where they exist.
+public struct ProxyConfig: Sendable {
+    public var table: String
+    public var clusterCIDRs: [IPv4Prefix]
+    public var masqueradeAll: Bool
+    public var nodeName: String?
+
+    public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil) {
+        self.table = table
+        self.clusterCIDRs = clusterCIDRs
+        self.masqueradeAll = masqueradeAll
+        self.nodeName = nodeName
+    }
+
+    public var translator: TranslatorConfig {
+        TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll)
+    }
+}
+
+public struct SyncResult: Sendable {
+    public var services: Int
+    public var servicePorts: Int
+    public var endpoints: Int
+    public var transaction: Transaction
+    public var seconds: Double
+
+    public var summary: String {
+        let changes = transaction.isEmpty ? "no changes, the kernel already matches"
+            : "\(transaction.messageCount) changes applied in one transaction"
+        return "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in \(String(format: "%.1f", seconds * 1000)) ms"
+    }
+}
+
+/// Desired state from the cluster, current state from the kernel, the difference as one batch.
+public struct Reconciler {
+    public var config: ProxyConfig
+    public var kernel: Kernel
+
+    public init(config: ProxyConfig, kernel: Kernel) {
+        self.config = config
+        self.kernel = kernel
+    }
+
+    /// Pure: what svcnat wants in its table for this cluster state. Throws when two Services
+    /// claim the same address, protocol and port.
+    public static func desired(_ state: ClusterState, config: ProxyConfig) throws -> (ProxyState, Ruleset) {
+        let proxy = ProxyState(state)
+        try checkConflicts(proxy, state)
+        return (proxy, Translator(config.translator).ruleset(for: proxy))
+    }
+
+    static func checkConflicts(_ proxy: ProxyState, _ state: ClusterState) throws {
+        var owner: [String: ServicePortName] = [:]
+        var errors: [InputError] = []
+        for sp in proxy.servicePorts {
+            for f in sp.frontends {
+                let key = "\(f.ip):\(f.port)/\(sp.name.proto.rawValue)"
+                if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
+                    errors.append(InputError(file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)",
+                                             field: "spec.clusterIP",
+                                             message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
+                }
+                owner[key] = sp.name
+            }
+        }
+        if !errors.isEmpty { throw InputErrors(errors: errors) }
+    }
+
+    /// Reads the kernel, plans, and (unless `dryRun`) applies. Returns what was (or would be) sent.
+    @discardableResult
+    public func reconcile(_ state: ClusterState, dryRun: Bool = false) throws -> SyncResult {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let (proxy, desired) = try Self.desired(state, config: config)
+        let current = try kernel.read(table: config.table)
+        let tx = Planner.plan(from: current, to: desired)
+        if !dryRun { try kernel.apply(tx) }
+        let d = clock.now - start
+        return SyncResult(services: proxy.serviceCount, servicePorts: proxy.servicePorts.count, endpoints: proxy.endpointCount,
+                          transaction: tx, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+    }
+
+    /// Removes svcnat's table and nothing else. Returns whether there was one.
+    @discardableResult
+    public func cleanup() throws -> Bool {
+        guard let tx = Planner.cleanup(try kernel.read(table: config.table)) else { return false }
+        try kernel.apply(tx)
+        return true
+    }
+}

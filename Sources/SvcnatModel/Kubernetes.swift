@@ -1,0 +1,214 @@
+/// The parts of Kubernetes objects svcnat reads, as plain values. Decoding and validation of
+/// manifests live in SvcnatSources; these types hold only checked data.
+
+public struct ObjectMeta: Hashable, Sendable {
+    public var namespace: String
+    public var name: String
+    public var labels: [String: String]
+    public init(namespace: String, name: String, labels: [String: String] = [:]) {
+        self.namespace = namespace
+        self.name = name
+        self.labels = labels
+    }
+    public var key: String { "\(namespace)/\(name)" }
+}
+
+public enum IntOrString: Hashable, Sendable, CustomStringConvertible {
+    case int(Int)
+    case string(String)
+    public var description: String {
+        switch self {
+        case .int(let i): String(i)
+        case .string(let s): s
+        }
+    }
+}
+
+public enum ServiceType: String, Hashable, Sendable {
+    case clusterIP = "ClusterIP", nodePort = "NodePort", loadBalancer = "LoadBalancer", externalName = "ExternalName"
+}
+
+public struct ServicePort: Hashable, Sendable {
+    public var name: String
+    public var proto: TransportProtocol
+    public var port: UInt16
+    public var targetPort: IntOrString
+    public var nodePort: UInt16?
+    public init(name: String = "", proto: TransportProtocol = .tcp, port: UInt16, targetPort: IntOrString? = nil,
+                nodePort: UInt16? = nil) {
+        self.name = name
+        self.proto = proto
+        self.port = port
+        self.targetPort = targetPort ?? .int(Int(port))
+        self.nodePort = nodePort
+    }
+}
+
+public struct Service: Hashable, Sendable {
+    public var meta: ObjectMeta
+    public var type: ServiceType
+    /// The primary cluster IP; nil for headless Services (clusterIP None) and ExternalName.
+    public var clusterIP: IPv4Address?
+    public var isHeadless: Bool
+    public var selector: [String: String]?
+    public var ports: [ServicePort]
+    public var sessionAffinity: String
+
+    public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPv4Address?, isHeadless: Bool = false,
+                selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None") {
+        self.meta = meta
+        self.type = type
+        self.clusterIP = clusterIP
+        self.isHeadless = isHeadless
+        self.selector = selector
+        self.ports = ports
+        self.sessionAffinity = sessionAffinity
+    }
+}
+
+public struct EndpointConditions: Hashable, Sendable {
+    public var ready: Bool
+    public var serving: Bool
+    public var terminating: Bool
+    public init(ready: Bool = true, serving: Bool? = nil, terminating: Bool = false) {
+        self.ready = ready
+        self.serving = serving ?? ready
+        self.terminating = terminating
+    }
+}
+
+public struct SliceEndpoint: Hashable, Sendable {
+    public var addresses: [IPv4Address]
+    public var conditions: EndpointConditions
+    public var nodeName: String?
+    public init(addresses: [IPv4Address], conditions: EndpointConditions = .init(), nodeName: String? = nil) {
+        self.addresses = addresses
+        self.conditions = conditions
+        self.nodeName = nodeName
+    }
+}
+
+public struct EndpointPort: Hashable, Sendable {
+    public var name: String
+    public var proto: TransportProtocol
+    public var port: UInt16
+    public init(name: String = "", proto: TransportProtocol = .tcp, port: UInt16) {
+        self.name = name
+        self.proto = proto
+        self.port = port
+    }
+}
+
+/// discovery.k8s.io/v1 EndpointSlice (IPv4 slices; others are skipped when decoding).
+public struct EndpointSlice: Hashable, Sendable {
+    public var meta: ObjectMeta
+    /// From the `kubernetes.io/service-name` label.
+    public var serviceName: String
+    public var endpoints: [SliceEndpoint]
+    public var ports: [EndpointPort]
+    public init(meta: ObjectMeta, serviceName: String, endpoints: [SliceEndpoint], ports: [EndpointPort]) {
+        self.meta = meta
+        self.serviceName = serviceName
+        self.endpoints = endpoints
+        self.ports = ports
+    }
+}
+
+/// v1 Endpoints: each subset's ready and not-ready addresses with its ports.
+public struct Endpoints: Hashable, Sendable {
+    public struct Subset: Hashable, Sendable {
+        public var addresses: [IPv4Address]
+        public var notReadyAddresses: [IPv4Address]
+        public var ports: [EndpointPort]
+        public init(addresses: [IPv4Address], notReadyAddresses: [IPv4Address] = [], ports: [EndpointPort]) {
+            self.addresses = addresses
+            self.notReadyAddresses = notReadyAddresses
+            self.ports = ports
+        }
+    }
+    public var meta: ObjectMeta
+    public var subsets: [Subset]
+    public init(meta: ObjectMeta, subsets: [Subset]) {
+        self.meta = meta
+        self.subsets = subsets
+    }
+}
+
+public struct ContainerPort: Hashable, Sendable {
+    public var name: String
+    public var containerPort: UInt16
+    public var proto: TransportProtocol
+    public init(name: String = "", containerPort: UInt16, proto: TransportProtocol = .tcp) {
+        self.name = name
+        self.containerPort = containerPort
+        self.proto = proto
+    }
+}
+
+public struct Pod: Hashable, Sendable {
+    public var meta: ObjectMeta
+    public var podIP: IPv4Address?
+    public var phase: String
+    public var ready: Bool
+    public var terminating: Bool
+    public var nodeName: String?
+    public var containerPorts: [ContainerPort]
+    public init(meta: ObjectMeta, podIP: IPv4Address?, phase: String = "Running", ready: Bool = true,
+                terminating: Bool = false, nodeName: String? = nil, containerPorts: [ContainerPort] = []) {
+        self.meta = meta
+        self.podIP = podIP
+        self.phase = phase
+        self.ready = ready
+        self.terminating = terminating
+        self.nodeName = nodeName
+        self.containerPorts = containerPorts
+    }
+}
+
+public struct Ingress: Hashable, Sendable {
+    public struct Backend: Hashable, Sendable {
+        public var service: String
+        public var port: IntOrString
+        public init(service: String, port: IntOrString) {
+            self.service = service
+            self.port = port
+        }
+    }
+    public struct Path: Hashable, Sendable {
+        public var host: String?
+        public var path: String
+        public var pathType: String
+        public var backend: Backend
+        public init(host: String?, path: String, pathType: String, backend: Backend) {
+            self.host = host
+            self.path = path
+            self.pathType = pathType
+            self.backend = backend
+        }
+    }
+    public var meta: ObjectMeta
+    public var paths: [Path]
+    public var defaultBackend: Backend?
+    public init(meta: ObjectMeta, paths: [Path], defaultBackend: Backend? = nil) {
+        self.meta = meta
+        self.paths = paths
+        self.defaultBackend = defaultBackend
+    }
+}
+
+/// Everything svcnat was told about the cluster.
+public struct ClusterState: Hashable, Sendable {
+    public var services: [Service] = []
+    public var endpointSlices: [EndpointSlice] = []
+    public var endpoints: [Endpoints] = []
+    public var pods: [Pod] = []
+    public var ingresses: [Ingress] = []
+    public init(services: [Service] = [], endpointSlices: [EndpointSlice] = [], endpoints: [Endpoints] = [],
+                pods: [Pod] = [], ingresses: [Ingress] = []) {
+        self.services = services
+        self.endpointSlices = endpointSlices
+        self.endpoints = endpoints
+        self.pods = pods
+        self.ingresses = ingresses
+    }
+}

@@ -1,0 +1,208 @@
+/// One change to svcnat's table. A `Transaction` is an ordered list of them, sent to the kernel
+/// as one batch (all or nothing).
+public enum Operation: Hashable, Sendable {
+    case addTable
+    case deleteTable
+    case addSet(NamedSet)          // definition only; elements follow as addElements
+    case deleteSet(String)
+    case addChain(Chain)           // name and hook only; rules follow as addRule
+    case flushChain(String)
+    case deleteChain(String)
+    case addRule(chain: String, Rule)
+    case deleteRule(chain: String, handle: UInt64)
+    case addElements(set: String, [SetElement])
+    case deleteElements(set: String, [SetElement])
+}
+
+public struct Transaction: Hashable, Sendable {
+    public var family: TableFamily
+    public var table: String
+    public var operations: [Operation]
+
+    public init(family: TableFamily, table: String, operations: [Operation] = []) {
+        self.family = family
+        self.table = table
+        self.operations = operations
+    }
+
+    public var isEmpty: Bool { operations.isEmpty }
+
+    /// Messages the batch carries: one per object, one per element.
+    public var messageCount: Int {
+        operations.reduce(0) {
+            switch $1 {
+            case .addElements(_, let e), .deleteElements(_, let e): $0 + e.count
+            default: $0 + 1
+            }
+        }
+    }
+
+    /// The transaction as an nft script (`nft -f` accepts it): what `diff` prints.
+    public var nftText: String {
+        let t = "\(family.rawValue) \(table)"
+        var lines: [String] = []
+        for op in operations {
+            switch op {
+            case .addTable: lines.append("add table \(t)")
+            case .deleteTable: lines.append("delete table \(t)")
+            case .addSet(let s): lines.append("add \(s.kindWord) \(t) \(s.name) { type \(s.typeText); }")
+            case .deleteSet(let n): lines.append("delete set \(t) \(n)")
+            case .addChain(let c):
+                lines.append("add chain \(t) \(c.name)" + (c.base.map { " { \($0.nftText) }" } ?? ""))
+            case .flushChain(let c): lines.append("flush chain \(t) \(c)")
+            case .deleteChain(let c): lines.append("delete chain \(t) \(c)")
+            case .addRule(let c, let r): lines.append("add rule \(t) \(c) \(r.nftText)")
+            case .deleteRule(let c, let h): lines.append("delete rule \(t) \(c) handle \(h)")
+            case .addElements(let s, let e):
+                lines += e.map { "add element \(t) \(s) { \($0.nftText) }" }
+            case .deleteElements(let s, let e):
+                lines += e.map { "delete element \(t) \(s) { \($0.keyText) }" }
+            }
+        }
+        return lines.map { $0 + "\n" }.joined()
+    }
+}
+
+/// The minimal ordered transaction from what the kernel holds to what is wanted. Pure.
+public enum Planner {
+    /// `current` is nil when the table does not exist.
+    public static func plan(from current: Ruleset?, to desired: Ruleset) -> Transaction {
+        var tx = Transaction(family: desired.family, table: desired.table)
+        guard let current else {
+            tx.operations = [.addTable] + creation(of: desired)
+            return tx
+        }
+        // A set whose definition changed, or a chain whose hook changed, cannot be altered in
+        // place; rebuild the whole table in the same batch.
+        let setChanged = desired.sets.contains { d in current.set(d.name).map { !$0.sameDefinition(as: d) } ?? false }
+        let hookChanged = desired.chains.contains { d in current.chain(d.name).map { $0.base != d.base } ?? false }
+        if setChanged || hookChanged {
+            tx.operations = [.deleteTable, .addTable] + creation(of: desired)
+            return tx
+        }
+
+        var ops: [Operation] = []
+        let wantedSets = Set(desired.sets.map(\.name)), wantedChains = Set(desired.chains.map(\.name))
+        for s in desired.sets where current.set(s.name) == nil { ops.append(.addSet(s.definition)) }
+        for c in desired.chains where current.chain(c.name) == nil { ops.append(.addChain(c.header)) }
+
+        // Rules: keep the common prefix, drop the rest, append what is missing.
+        var ruleAdds: [Operation] = []
+        for d in desired.chains {
+            let have = current.chain(d.name)?.rules ?? []
+            var p = 0
+            while p < have.count, p < d.rules.count, have[p] == d.rules[p] { p += 1 }
+            if p < have.count {
+                if p == 0 { ops.append(.flushChain(d.name)) }
+                else { ops += have[p...].compactMap { r in r.handle.map { .deleteRule(chain: d.name, handle: $0) } } }
+            }
+            ruleAdds += d.rules[p...].map { .addRule(chain: d.name, $0) }
+        }
+        let extraChains = current.chains.filter { !wantedChains.contains($0.name) }
+        ops += extraChains.filter { !$0.rules.isEmpty }.map { .flushChain($0.name) }
+
+        // Elements: delete the stale and changed, add the missing and changed.
+        var elementAdds: [Operation] = []
+        for d in desired.sets {
+            let have = current.set(d.name)?.elements ?? []
+            let haveByKey = Dictionary(have.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+            let wantByKey = Dictionary(d.elements.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+            let stale = have.filter { wantByKey[$0.key] != $0 }
+            let missing = d.elements.filter { haveByKey[$0.key] != $0 }
+            if !stale.isEmpty { ops.append(.deleteElements(set: d.name, stale)) }
+            if !missing.isEmpty { elementAdds.append(.addElements(set: d.name, missing)) }
+        }
+        ops += elementAdds + ruleAdds
+        ops += extraChains.map { .deleteChain($0.name) }
+        ops += current.sets.filter { !wantedSets.contains($0.name) }.map { .deleteSet($0.name) }
+        tx.operations = ops
+        return tx
+    }
+
+    /// Everything needed to create `r` in an empty table, in an order the kernel accepts.
+    static func creation(of r: Ruleset) -> [Operation] {
+        var ops: [Operation] = r.sets.map { .addSet($0.definition) }
+        ops += r.chains.map { .addChain($0.header) }
+        ops += r.sets.filter { !$0.elements.isEmpty }.map { .addElements(set: $0.name, $0.elements) }
+        ops += r.chains.flatMap { c in c.rules.map { .addRule(chain: c.name, $0) } }
+        return ops
+    }
+
+    /// Removes svcnat's table, if it exists.
+    public static func cleanup(_ current: Ruleset?) -> Transaction? {
+        guard let current else { return nil }
+        return Transaction(family: current.family, table: current.table, operations: [.deleteTable])
+    }
+}
+
+extension NamedSet {
+    var definition: NamedSet { NamedSet(name: name, key: key, isVerdictMap: isVerdictMap) }
+}
+
+extension Chain {
+    var header: Chain { Chain(name: name, base: base) }
+}
+
+extension Ruleset {
+    /// Applies a transaction to this value as the kernel would apply it; the fake kernel and
+    /// tests use it. Returns nil for an operation the kernel would refuse.
+    public static func applying(_ tx: Transaction, to start: Ruleset?) -> Ruleset?? {
+        var r: Ruleset? = start
+        for op in tx.operations {
+            guard let next = Self.apply(op, to: r, family: tx.family, table: tx.table) else { return .some(nil) }
+            r = next
+        }
+        return .some(r)
+    }
+
+    /// nil means refused; .some(nil) means "no table".
+    static func apply(_ op: Operation, to r: Ruleset?, family: TableFamily, table: String) -> Ruleset?? {
+        if case .addTable = op { return .some(r ?? Ruleset(family: family, table: table)) }
+        guard var r else { return nil }
+        switch op {
+        case .addTable: break
+        case .deleteTable: return .some(nil)
+        case .addSet(let s):
+            guard r.set(s.name) == nil else { return nil }
+            r.sets.append(s.definition)
+        case .deleteSet(let n):
+            guard r.set(n) != nil, !r.chains.contains(where: { $0.rules.contains { $0.setReferences.contains(n) } }) else { return nil }
+            r.sets.removeAll { $0.name == n }
+        case .addChain(let c):
+            guard r.chain(c.name) == nil else { return nil }
+            r.chains.append(c.header)
+        case .flushChain(let n):
+            guard let i = r.chains.firstIndex(where: { $0.name == n }) else { return nil }
+            r.chains[i].rules = []
+        case .deleteChain(let n):
+            guard let c = r.chain(n), c.rules.isEmpty,
+                  !r.chains.contains(where: { $0.rules.contains { $0.chainTargets.contains(n) } }),
+                  !r.sets.contains(where: { $0.elements.contains { $0.verdict?.target == n } }) else { return nil }
+            r.chains.removeAll { $0.name == n }
+        case .addRule(let n, var rule):
+            guard let i = r.chains.firstIndex(where: { $0.name == n }),
+                  rule.chainTargets.allSatisfy({ r.chain($0) != nil }),
+                  rule.setReferences.allSatisfy({ r.set($0) != nil }) else { return nil }
+            rule.handle = (r.chains.flatMap(\.rules).compactMap(\.handle).max() ?? 0) + 1
+            r.chains[i].rules.append(rule)
+        case .deleteRule(let n, let h):
+            guard let i = r.chains.firstIndex(where: { $0.name == n }),
+                  let j = r.chains[i].rules.firstIndex(where: { $0.handle == h }) else { return nil }
+            r.chains[i].rules.remove(at: j)
+        case .addElements(let n, let es):
+            guard let i = r.sets.firstIndex(where: { $0.name == n }) else { return nil }
+            for e in es {
+                guard !r.sets[i].elements.contains(where: { $0.key == e.key }),
+                      e.verdict?.target.map({ r.chain($0) != nil }) ?? true else { return nil }
+                r.sets[i].elements.append(e)
+            }
+        case .deleteElements(let n, let es):
+            guard let i = r.sets.firstIndex(where: { $0.name == n }) else { return nil }
+            for e in es {
+                guard let j = r.sets[i].elements.firstIndex(where: { $0.key == e.key }) else { return nil }
+                r.sets[i].elements.remove(at: j)
+            }
+        }
+        return .some(r)
+    }
+}

@@ -1,0 +1,131 @@
+/// What the proxy must do, independent of how the kernel is told: for each Service port, where
+/// it is reached and which endpoints serve it. Built from a `ClusterState` as kube-proxy builds
+/// its service and endpoints maps, with endpoints from EndpointSlices, else v1 Endpoints, else
+/// the Service's selector over Pods (as the endpoints controller would).
+
+/// kube-proxy's ServicePortName: namespace/name:port, plus the protocol.
+public struct ServicePortName: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var namespace: String
+    public var name: String
+    public var port: String
+    public var proto: TransportProtocol
+
+    public init(namespace: String, name: String, port: String, proto: TransportProtocol) {
+        self.namespace = namespace
+        self.name = name
+        self.port = port
+        self.proto = proto
+    }
+
+    /// "ns/name:port", or "ns/name" for an unnamed port, as kube-proxy prints it.
+    public var description: String { "\(namespace)/\(name)" + (port.isEmpty ? "" : ":\(port)") }
+
+    public static func < (a: Self, b: Self) -> Bool {
+        (a.namespace, a.name, a.port, a.proto) < (b.namespace, b.name, b.port, b.proto)
+    }
+}
+
+public struct EndpointAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var ip: IPv4Address
+    public var port: UInt16
+    public init(ip: IPv4Address, port: UInt16) {
+        self.ip = ip
+        self.port = port
+    }
+    public var description: String { "\(ip):\(port)" }
+    public static func < (a: Self, b: Self) -> Bool { (a.ip, a.port) < (b.ip, b.port) }
+}
+
+public enum FrontendKind: String, Hashable, Sendable, Codable { case clusterIP = "ClusterIP" }
+
+public struct Frontend: Hashable, Sendable, Comparable {
+    public var kind: FrontendKind
+    public var ip: IPv4Address
+    public var port: UInt16
+    public static func < (a: Self, b: Self) -> Bool { (a.ip, a.port) < (b.ip, b.port) }
+}
+
+public struct ServicePortState: Hashable, Sendable {
+    public var name: ServicePortName
+    public var frontends: [Frontend]
+    /// Usable endpoints, sorted and without duplicates.
+    public var endpoints: [EndpointAddress]
+}
+
+public struct ProxyState: Hashable, Sendable {
+    public var servicePorts: [ServicePortState]
+
+    public var endpointCount: Int { servicePorts.reduce(0) { $0 + $1.endpoints.count } }
+    public var serviceCount: Int { Set(servicePorts.map { "\($0.name.namespace)/\($0.name.name)" }).count }
+
+    public init(servicePorts: [ServicePortState]) { self.servicePorts = servicePorts }
+
+    public init(_ cluster: ClusterState) {
+        var slicesByService: [String: [EndpointSlice]] = [:]
+        for s in cluster.endpointSlices { slicesByService["\(s.meta.namespace)/\(s.serviceName)", default: []].append(s) }
+        var endpointsByService: [String: Endpoints] = [:]
+        for e in cluster.endpoints { endpointsByService[e.meta.key] = e }
+        var podsByNamespace: [String: [Pod]] = [:]
+        for p in cluster.pods { podsByNamespace[p.meta.namespace, default: []].append(p) }
+
+        var out: [ServicePortState] = []
+        for svc in cluster.services {
+            guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP else { continue }
+            for port in svc.ports {
+                let spn = ServicePortName(namespace: svc.meta.namespace, name: svc.meta.name, port: port.name, proto: port.proto)
+                let eps: [EndpointAddress]
+                if let slices = slicesByService[svc.meta.key] {
+                    eps = Self.endpoints(from: slices, for: port)
+                } else if let e = endpointsByService[svc.meta.key] {
+                    eps = Self.endpoints(from: e, for: port)
+                } else if let selector = svc.selector, !selector.isEmpty {
+                    eps = Self.endpoints(fromPods: podsByNamespace[svc.meta.namespace] ?? [], selector: selector, for: port)
+                } else {
+                    eps = []
+                }
+                out.append(ServicePortState(name: spn, frontends: [Frontend(kind: .clusterIP, ip: ip, port: port.port)],
+                                            endpoints: Array(Set(eps)).sorted()))
+            }
+        }
+        servicePorts = out.sorted { $0.name < $1.name }
+    }
+
+    /// Ready endpoints; when none is ready, the serving and terminating ones (kube-proxy's
+    /// fallback, so connections drain instead of failing during a rollout).
+    static func endpoints(from slices: [EndpointSlice], for port: ServicePort) -> [EndpointAddress] {
+        var ready: [EndpointAddress] = [], terminating: [EndpointAddress] = []
+        for slice in slices {
+            guard let p = slice.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { continue }
+            for ep in slice.endpoints {
+                guard let ip = ep.addresses.first else { continue }
+                let addr = EndpointAddress(ip: ip, port: p.port)
+                if ep.conditions.ready { ready.append(addr) }
+                else if ep.conditions.serving && ep.conditions.terminating { terminating.append(addr) }
+            }
+        }
+        return ready.isEmpty ? terminating : ready
+    }
+
+    static func endpoints(from e: Endpoints, for port: ServicePort) -> [EndpointAddress] {
+        e.subsets.flatMap { subset -> [EndpointAddress] in
+            guard let p = subset.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { return [] }
+            return subset.addresses.map { EndpointAddress(ip: $0, port: p.port) }
+        }
+    }
+
+    /// The endpoints controller's view: running, ready, not terminating pods whose labels match,
+    /// with a named target port resolved against each pod's container ports.
+    static func endpoints(fromPods pods: [Pod], selector: [String: String], for port: ServicePort) -> [EndpointAddress] {
+        pods.compactMap { pod in
+            guard let ip = pod.podIP, pod.ready, !pod.terminating, pod.phase == "Running",
+                  selector.allSatisfy({ pod.meta.labels[$0.key] == $0.value }) else { return nil }
+            switch port.targetPort {
+            case .int(let n):
+                return EndpointAddress(ip: ip, port: UInt16(n))
+            case .string(let name):
+                guard let cp = pod.containerPorts.first(where: { $0.name == name && $0.proto == port.proto }) else { return nil }
+                return EndpointAddress(ip: ip, port: cp.containerPort)
+            }
+        }
+    }
+}

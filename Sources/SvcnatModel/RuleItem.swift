@@ -1,0 +1,240 @@
+/// The building blocks of svcnat's rules, each one a fixed expression pattern with one reading
+/// in nft syntax. A rule is a list of items; `lower` gives what the kernel receives, `parse` reads
+/// a kernel rule back into items (falling back to `.raw` for anything svcnat did not write), and
+/// `nftText` prints the item the way `nft list ruleset` does, so the same rule reads the same
+/// whether it was planned or dumped.
+public enum RuleItem: Hashable, Sendable {
+    case ctStateNew
+    case ctStatusDNAT
+    case l4proto(TransportProtocol)
+    case saddrNotIn(IPv4Prefix)
+    case markIsClear(UInt32)
+    case markSetOr(UInt32)
+    case markSetXor(UInt32)
+    /// `numgen random mod n == 0`: true with probability 1/n.
+    case numgenIsZero(modulus: UInt32)
+    case dnat(IPv4Address, port: UInt16)
+    case masquerade(fullyRandom: Bool)
+    case reject(RejectKind)
+    /// `ip daddr . meta l4proto . th dport vmap @set`
+    case dispatch(map: String)
+    /// `ip saddr . ip daddr @set`
+    case saddrDaddrIn(set: String)
+    case verdict(Verdict)
+    case raw(Expr)
+}
+
+public struct Rule: Hashable, Sendable {
+    public var items: [RuleItem]
+    /// The kernel's handle, for rules read back from the kernel; never part of a comparison.
+    public var handle: UInt64?
+
+    public init(_ items: [RuleItem], handle: UInt64? = nil) {
+        self.items = items
+        self.handle = handle
+    }
+
+    public init(exprs: [Expr], handle: UInt64? = nil) {
+        self.items = RuleItem.parse(exprs)
+        self.handle = handle
+    }
+
+    public var exprs: [Expr] { items.flatMap(\.exprs) }
+
+    public static func == (a: Rule, b: Rule) -> Bool { a.items == b.items }
+    public func hash(into h: inout Hasher) { h.combine(items) }
+
+    /// The rule in nft syntax, as `nft list ruleset` prints it (and `nft -f` reads it).
+    public var nftText: String { items.map(\.nftText).joined(separator: " ") }
+
+    /// Chains this rule jumps or goes to.
+    public var chainTargets: [String] {
+        items.compactMap { if case .verdict(let v) = $0 { v.target } else { nil } }
+    }
+
+    /// Named sets this rule looks up.
+    public var setReferences: [String] {
+        items.compactMap {
+            switch $0 {
+            case .dispatch(let s), .saddrDaddrIn(let s): s
+            case .raw(.lookup(let s, _, _)): s
+            default: nil
+            }
+        }
+    }
+}
+
+private let r1 = Register.reg(1), r2 = Register.reg(2)
+
+extension RuleItem {
+    public var exprs: [Expr] {
+        switch self {
+        case .ctStateNew:
+            [.ct(key: .state, dreg: r1),
+             .bitwise(sreg: r1, dreg: r1, mask: CtBits.stateNew.hostBytes, xor: [0, 0, 0, 0]),
+             .cmp(sreg: r1, op: .neq, data: [0, 0, 0, 0])]
+        case .ctStatusDNAT:
+            [.ct(key: .status, dreg: r1),
+             .bitwise(sreg: r1, dreg: r1, mask: CtBits.statusDNAT.hostBytes, xor: [0, 0, 0, 0]),
+             .cmp(sreg: r1, op: .neq, data: [0, 0, 0, 0])]
+        case .l4proto(let p):
+            [.meta(key: .l4proto, dreg: r1), .cmp(sreg: r1, op: .eq, data: [p.number])]
+        case .saddrNotIn(let prefix):
+            // As nft encodes it: a byte-aligned prefix loads only its bytes; otherwise the
+            // whole bytes it touches, masked.
+            Self.prefixMatch(offset: 12, prefix: prefix, op: .neq)
+        case .markIsClear(let bits):
+            [.meta(key: .mark, dreg: r1),
+             .bitwise(sreg: r1, dreg: r1, mask: bits.hostBytes, xor: [0, 0, 0, 0]),
+             .cmp(sreg: r1, op: .eq, data: [0, 0, 0, 0])]
+        case .markSetOr(let bits):
+            [.meta(key: .mark, dreg: r1),
+             .bitwise(sreg: r1, dreg: r1, mask: (~bits).hostBytes, xor: bits.hostBytes),
+             .metaSet(key: .mark, sreg: r1)]
+        case .markSetXor(let bits):
+            [.meta(key: .mark, dreg: r1),
+             .bitwise(sreg: r1, dreg: r1, mask: UInt32.max.hostBytes, xor: bits.hostBytes),
+             .metaSet(key: .mark, sreg: r1)]
+        case .numgenIsZero(let n):
+            [.numgen(dreg: r1, modulus: n, offset: 0), .cmp(sreg: r1, op: .eq, data: [0, 0, 0, 0])]
+        case .dnat(let addr, let port):
+            [.immediate(dreg: r1, data: addr.bytes), .immediate(dreg: r2, data: port.networkBytes),
+             .dnat(addrReg: r1, protoReg: r2, flags: NATFlags.protoSpecified)]
+        case .masquerade(let fullyRandom):
+            [.masquerade(flags: fullyRandom ? NATFlags.fullyRandom : 0)]
+        case .reject(let kind):
+            [.reject(kind: kind)]
+        case .dispatch(let map):
+            [.payload(base: .network, offset: 16, length: 4, dreg: r1),
+             .meta(key: .l4proto, dreg: .reg32(1)),
+             .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(2)),
+             .lookup(set: map, sreg: r1, dreg: .verdict)]
+        case .saddrDaddrIn(let set):
+            [.payload(base: .network, offset: 12, length: 4, dreg: r1),
+             .payload(base: .network, offset: 16, length: 4, dreg: .reg32(1)),
+             .lookup(set: set, sreg: r1, dreg: nil)]
+        case .verdict(let v):
+            [.verdict(v)]
+        case .raw(let e):
+            [e]
+        }
+    }
+
+    static func prefixMatch(offset: UInt32, prefix: IPv4Prefix, op: CmpOp) -> [Expr] {
+        let bytes = (prefix.length + 7) / 8
+        let data = Array(prefix.address.bytes.prefix(bytes))
+        if prefix.length % 8 == 0 {
+            return [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
+                    .cmp(sreg: r1, op: op, data: data)]
+        }
+        let mask = Array(IPv4Address(prefix.mask).bytes.prefix(bytes))
+        return [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
+                .bitwise(sreg: r1, dreg: r1, mask: mask, xor: [UInt8](repeating: 0, count: bytes)),
+                .cmp(sreg: r1, op: op, data: data)]
+    }
+
+    /// Reads kernel expressions back into items: at each position, the first item whose
+    /// pattern matches is taken; an expression no pattern explains becomes `.raw`.
+    public static func parse(_ exprs: [Expr]) -> [RuleItem] {
+        var items: [RuleItem] = []
+        var i = 0
+        while i < exprs.count {
+            if let (item, n) = match(exprs, at: i) {
+                items.append(item)
+                i += n
+            } else {
+                items.append(.raw(exprs[i]))
+                i += 1
+            }
+        }
+        return items
+    }
+
+    private static func match(_ e: [Expr], at i: Int) -> (RuleItem, Int)? {
+        func starts(_ item: RuleItem) -> (RuleItem, Int)? {
+            let pattern = item.exprs
+            guard i + pattern.count <= e.count, Array(e[i..<i + pattern.count]) == pattern else { return nil }
+            return (item, pattern.count)
+        }
+        switch e[i] {
+        case .ct(.state, _): return starts(.ctStateNew)
+        case .ct(.status, _): return starts(.ctStatusDNAT)
+        case .meta(.l4proto, r1):
+            guard i + 1 < e.count, case .cmp(r1, .eq, let d) = e[i + 1], d.count == 1,
+                  let p = TransportProtocol(number: d[0]) else { return nil }
+            return (.l4proto(p), 2)
+        case .meta(.mark, r1):
+            guard i + 2 < e.count, case .bitwise(r1, r1, let mask, let xor) = e[i + 1],
+                  let m = UInt32(hostBytes: mask), let x = UInt32(hostBytes: xor) else { return nil }
+            if case .metaSet(.mark, r1) = e[i + 2] {
+                if m == .max { return (.markSetXor(x), 3) }
+                if m == ~x { return (.markSetOr(x), 3) }
+            }
+            if x == 0, case .cmp(r1, .eq, [0, 0, 0, 0]) = e[i + 2] { return (.markIsClear(m), 3) }
+            return nil
+        case .numgen(r1, let n, 0): return starts(.numgenIsZero(modulus: n))
+        case .immediate(r1, let a) where a.count == 4:
+            guard i + 1 < e.count, case .immediate(r2, let p) = e[i + 1], p.count == 2,
+                  let addr = IPv4Address(bytes: a) else { return nil }
+            return starts(.dnat(addr, port: UInt16(p[0]) << 8 | UInt16(p[1])))
+        case .masquerade(let flags):
+            if flags == 0 { return (.masquerade(fullyRandom: false), 1) }
+            if flags == NATFlags.fullyRandom { return (.masquerade(fullyRandom: true), 1) }
+            return nil
+        case .reject(let k): return (.reject(k), 1)
+        case .payload(.network, 16, 4, r1):
+            guard i + 3 < e.count, case .lookup(let s, r1, .verdict) = e[i + 3] else { return nil }
+            return starts(.dispatch(map: s))
+        case .payload(.network, 12, 4, r1):
+            if i + 2 < e.count, case .lookup(let s, r1, nil) = e[i + 2],
+               let m = starts(.saddrDaddrIn(set: s)) { return m }
+            return matchPrefix(e, at: i)
+        case .payload(.network, 12, _, r1):
+            return matchPrefix(e, at: i)
+        case .verdict(let v): return (.verdict(v), 1)
+        default: return nil
+        }
+    }
+
+    private static func matchPrefix(_ e: [Expr], at i: Int) -> (RuleItem, Int)? {
+        guard case .payload(_, _, let len, _) = e[i], len >= 1, len <= 4 else { return nil }
+        var mask = [UInt8](repeating: 0xff, count: Int(len))
+        var j = i + 1
+        if j < e.count, case .bitwise(r1, r1, let m, _) = e[j] { mask = m; j += 1 }
+        guard j < e.count, case .cmp(r1, .neq, let data) = e[j], data.count == Int(len) else { return nil }
+        let ones = mask.reduce(0) { $0 + $1.nonzeroBitCount }
+        var full = data + [UInt8](repeating: 0, count: 4 - data.count)
+        full = Array(full.prefix(4))
+        guard let addr = IPv4Address(bytes: full) else { return nil }
+        let item = RuleItem.saddrNotIn(IPv4Prefix(address: addr, length: ones))
+        return item.exprs == Array(e[i...j]) ? (item, j - i + 1) : nil
+    }
+}
+
+extension RuleItem {
+    public var nftText: String {
+        switch self {
+        case .ctStateNew: "ct state new"
+        case .ctStatusDNAT: "ct status dnat"
+        case .l4proto(let p): "meta l4proto \(p.lowercased)"
+        case .saddrNotIn(let p): "ip saddr != \(p.length == 32 ? p.address.description : p.description)"
+        case .markIsClear(let b): "meta mark & \(hex(b)) == \(hex(0))"
+        case .markSetOr(let b): "meta mark set meta mark | \(hex(b))"
+        case .markSetXor(let b): "meta mark set meta mark ^ \(hex(b))"
+        case .numgenIsZero(let n): "numgen random mod \(n) == 0"
+        case .dnat(let a, let p): "dnat to \(a):\(p)"
+        case .masquerade(let r): r ? "masquerade fully-random" : "masquerade"
+        case .reject(.tcpReset): "reject with tcp reset"
+        case .reject(.icmpPortUnreachable): "reject with icmp port-unreachable"
+        case .dispatch(let m): "ip daddr . meta l4proto . th dport vmap @\(m)"
+        case .saddrDaddrIn(let s): "ip saddr . ip daddr @\(s)"
+        case .verdict(let v): v.description
+        case .raw(let e): "# unrecognised expression: \(e)"
+        }
+    }
+}
+
+func hex(_ v: UInt32) -> String {
+    let s = String(v, radix: 16)
+    return "0x" + String(repeating: "0", count: max(0, 8 - s.count)) + s
+}

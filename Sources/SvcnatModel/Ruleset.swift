@@ -1,0 +1,173 @@
+/// svcnat's table as plain values: what the translator wants and what the kernel holds are both
+/// described by a `Ruleset`, so comparing them is comparing values.
+public enum TableFamily: String, Hashable, Sendable, Codable { case ip, ip6, inet }
+
+public enum ChainType: String, Hashable, Sendable, Codable { case filter, nat }
+public enum Hook: String, Hashable, Sendable, Codable { case prerouting, input, forward, output, postrouting }
+
+public struct BaseChain: Hashable, Sendable {
+    public var type: ChainType
+    public var hook: Hook
+    public var priority: Int32
+    public init(type: ChainType, hook: Hook, priority: Int32) {
+        self.type = type
+        self.hook = hook
+        self.priority = priority
+    }
+}
+
+public struct Chain: Hashable, Sendable {
+    public var name: String
+    public var base: BaseChain?
+    public var rules: [Rule]
+
+    public init(name: String, base: BaseChain? = nil, rules: [Rule] = []) {
+        self.name = name
+        self.base = base
+        self.rules = rules
+    }
+}
+
+/// One field of a set key. Every field takes a 4-byte-aligned slot in the key, as the kernel's
+/// concatenations do.
+public enum KeyField: String, Hashable, Sendable, Codable {
+    case ipv4Addr = "ipv4_addr", inetProto = "inet_proto", inetService = "inet_service"
+
+    /// nft's datatype numbers (TYPE_IPADDR, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE); nft reads
+    /// the set's key type from them to print elements.
+    public var nftTypeID: UInt32 {
+        switch self {
+        case .ipv4Addr: 7
+        case .inetProto: 12
+        case .inetService: 13
+        }
+    }
+
+    public var length: Int {
+        switch self {
+        case .ipv4Addr: 4
+        case .inetProto: 1
+        case .inetService: 2
+        }
+    }
+}
+
+public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
+    case ipv4(IPv4Address)
+    case proto(TransportProtocol)
+    case port(UInt16)
+
+    public var description: String {
+        switch self {
+        case .ipv4(let a): a.description
+        case .proto(let p): p.lowercased
+        case .port(let p): String(p)
+        }
+    }
+
+    var bytes: [UInt8] {
+        switch self {
+        case .ipv4(let a): a.bytes
+        case .proto(let p): [p.number]
+        case .port(let p): p.networkBytes
+        }
+    }
+
+    public static func < (a: Self, b: Self) -> Bool {
+        switch (a, b) {
+        case (.ipv4(let x), .ipv4(let y)): x < y
+        case (.proto(let x), .proto(let y)): x < y
+        case (.port(let x), .port(let y)): x < y
+        default: a.description < b.description
+        }
+    }
+}
+
+public struct SetElement: Hashable, Sendable {
+    public var key: [KeyValue]
+    public var verdict: Verdict?
+    public var comment: String?
+
+    public init(key: [KeyValue], verdict: Verdict? = nil, comment: String? = nil) {
+        self.key = key
+        self.verdict = verdict
+        self.comment = comment
+    }
+
+    /// The key as the kernel stores it: each field in network order, padded to 4 bytes.
+    public var keyBytes: [UInt8] {
+        key.flatMap { v -> [UInt8] in
+            let b = v.bytes
+            return b + [UInt8](repeating: 0, count: (4 - b.count % 4) % 4)
+        }
+    }
+
+    public static func decodeKey(_ bytes: [UInt8], fields: [KeyField]) -> [KeyValue]? {
+        var out: [KeyValue] = []
+        var at = 0
+        for f in fields {
+            guard at + f.length <= bytes.count else { return nil }
+            let b = Array(bytes[at..<at + f.length])
+            switch f {
+            case .ipv4Addr: out.append(.ipv4(IPv4Address(bytes: b)!))
+            case .inetProto:
+                guard let p = TransportProtocol(number: b[0]) else { return nil }
+                out.append(.proto(p))
+            case .inetService: out.append(.port(UInt16(b[0]) << 8 | UInt16(b[1])))
+            }
+            at += (f.length + 3) / 4 * 4
+        }
+        return at == bytes.count ? out : nil
+    }
+
+    public var keyText: String { key.map(\.description).joined(separator: " . ") }
+}
+
+public struct NamedSet: Hashable, Sendable {
+    public var name: String
+    public var key: [KeyField]
+    /// A verdict map when true, a plain set otherwise.
+    public var isVerdictMap: Bool
+    public var elements: [SetElement]
+
+    public init(name: String, key: [KeyField], isVerdictMap: Bool, elements: [SetElement] = []) {
+        self.name = name
+        self.key = key
+        self.isVerdictMap = isVerdictMap
+        self.elements = elements
+    }
+
+    public var keyLength: Int { key.reduce(0) { $0 + ($1.length + 3) / 4 * 4 } }
+
+    /// nft's concatenated type id: 6 bits per field, first field highest.
+    public var nftKeyType: UInt32 { key.reduce(0) { $0 << 6 | $1.nftTypeID } }
+
+    public var typeText: String {
+        key.map(\.rawValue).joined(separator: " . ") + (isVerdictMap ? " : verdict" : "")
+    }
+
+    /// Same definition (name, key, kind), whatever the elements.
+    public func sameDefinition(as other: NamedSet) -> Bool {
+        name == other.name && key == other.key && isVerdictMap == other.isVerdictMap
+    }
+}
+
+public struct Ruleset: Hashable, Sendable {
+    public var family: TableFamily
+    public var table: String
+    public var sets: [NamedSet]
+    public var chains: [Chain]
+
+    public init(family: TableFamily = .ip, table: String, sets: [NamedSet] = [], chains: [Chain] = []) {
+        self.family = family
+        self.table = table
+        self.sets = sets
+        self.chains = chains
+    }
+
+    public func chain(_ name: String) -> Chain? { chains.first { $0.name == name } }
+    public func set(_ name: String) -> NamedSet? { sets.first { $0.name == name } }
+
+    public var ruleCount: Int { chains.reduce(0) { $0 + $1.rules.count } }
+    public var elementCount: Int { sets.reduce(0) { $0 + $1.elements.count } }
+}

@@ -1,0 +1,64 @@
+/// What a Service port looks like in a ruleset, read off the ruleset itself: the frontends that
+/// the dispatch maps send to it, its chain, and the endpoints its cascade chooses between with
+/// the probability each gets. `svcnat show` prints this from the kernel's ruleset.
+public struct ServiceView: Hashable, Sendable {
+    public var name: String
+    public var proto: TransportProtocol
+    public var frontends: [String]
+    public var chain: String?
+    /// Each endpoint with its probability as a fraction ("1/3").
+    public var endpoints: [(EndpointAddress, String)]
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.name == b.name && a.proto == b.proto && a.frontends == b.frontends && a.chain == b.chain
+            && a.endpoints.map(\.0) == b.endpoints.map(\.0) && a.endpoints.map(\.1) == b.endpoints.map(\.1)
+    }
+    public func hash(into h: inout Hasher) { h.combine(name); h.combine(frontends) }
+
+    public var text: String {
+        var s = "\(name) \(proto.lowercased)\n"
+        s += "  frontends: \(frontends.joined(separator: ", "))\n"
+        if let chain { s += "  chain: \(chain)\n" }
+        if endpoints.isEmpty { s += "  endpoints: none (new connections are rejected)\n" }
+        for (ep, p) in endpoints { s += "  endpoint \(ep)  probability \(p)\n" }
+        return s
+    }
+}
+
+extension Ruleset {
+    public var serviceViews: [ServiceView] {
+        var views: [String: ServiceView] = [:]
+        func add(_ e: SetElement, chain: String?) {
+            guard e.key.count == 3, case .ipv4(let ip) = e.key[0], case .proto(let p) = e.key[1],
+                  case .port(let port) = e.key[2] else { return }
+            let name = e.comment ?? chain ?? e.keyText
+            let id = "\(name) \(p)"
+            var v = views[id] ?? ServiceView(name: name, proto: p, frontends: [], chain: chain, endpoints: [])
+            v.frontends.append("\(ip):\(port)")
+            if let chain, let c = self.chain(chain) { v.endpoints = Self.cascade(c.rules) }
+            views[id] = v
+        }
+        for e in set(Names.serviceIPs)?.elements ?? [] { add(e, chain: e.verdict?.target) }
+        for e in set(Names.noEndpointServices)?.elements ?? [] { add(e, chain: nil) }
+        return views.values.sorted { ($0.name, $0.proto) < ($1.name, $1.proto) }
+    }
+
+    /// Reads the probability cascade: rule i of n carries `numgen random mod (n-i) == 0`; the
+    /// chance to reach it is the product of the misses before it.
+    static func cascade(_ rules: [Rule]) -> [(EndpointAddress, String)] {
+        var out: [(EndpointAddress, Int)] = []
+        for r in rules {
+            for case .dnat(let ip, let port) in r.items { out.append((EndpointAddress(ip: ip, port: port), 0)) }
+        }
+        // With the cascade each endpoint gets 1/n; check it rather than assume it.
+        let n = out.count
+        var remaining = 1.0, shares: [String] = []
+        for r in rules where r.items.contains(where: { if case .dnat = $0 { true } else { false } }) {
+            let mod = r.items.compactMap { if case .numgenIsZero(let m) = $0 { Int(m) } else { nil } }.first ?? 1
+            let p = remaining / Double(mod)
+            remaining -= p
+            shares.append(abs(p - 1.0 / Double(n)) < 1e-9 ? "1/\(n)" : String(p))
+        }
+        return zip(out.map(\.0), shares).map { ($0, $1) }
+    }
+}

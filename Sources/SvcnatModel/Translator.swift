@@ -1,0 +1,130 @@
+/// Turns a `ProxyState` into the ruleset svcnat owns. Pure: the same state and configuration
+/// always give the same ruleset, in the same order.
+///
+/// The shape (see README "How the rules look"):
+/// - static base chains hook nat prerouting/output/postrouting and filter forward/output;
+/// - one verdict map `service-ips` keyed by `daddr . l4proto . dport` sends each frontend to its
+///   Service port's chain, so the per-packet cost does not grow with the number of Services;
+/// - a Service port's chain marks traffic for masquerade when it comes from outside the cluster
+///   CIDR, then picks an endpoint with the probability cascade: rule i of n fires with
+///   probability 1/(n-i), the last always, and DNATs inline (no per-endpoint chains: each jump
+///   the kernel must loop-check costs commit time);
+/// - frontends without endpoints go in `no-endpoint-services`, which rejects new connections
+///   in the filter hooks before NAT;
+/// - postrouting masquerades marked traffic and hairpin traffic (a pod reaching itself), the
+///   latter found by one lookup of `saddr . daddr` in the `hairpin` set.
+public struct TranslatorConfig: Hashable, Sendable {
+    public var table: String
+    public var clusterCIDRs: [IPv4Prefix]
+    public var masqueradeAll: Bool
+    /// kube-proxy's --masquerade-bit (default 14 -> 0x4000).
+    public var masqueradeMark: UInt32
+
+    public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false,
+                masqueradeBit: Int = 14) {
+        self.table = table
+        self.clusterCIDRs = clusterCIDRs
+        self.masqueradeAll = masqueradeAll
+        self.masqueradeMark = 1 << UInt32(masqueradeBit)
+    }
+}
+
+public enum Names {
+    public static let serviceIPs = "service-ips"
+    public static let noEndpointServices = "no-endpoint-services"
+    public static let hairpin = "hairpin"
+    public static let services = "services"
+    public static let masquerading = "masquerading"
+    public static let endpointsCheck = "service-endpoints-check"
+    public static let rejectChain = "reject-chain"
+    public static let serviceChainPrefix = "svc-"
+
+    /// `svc-<namespace>/<name>/<protocol>/<port name, or number when unnamed>`: readable, unique
+    /// (Kubernetes names cannot hold "/", and a port name always has a letter), and at most 152
+    /// bytes, within nftables' 256.
+    public static func serviceChain(_ spn: ServicePortName, port: UInt16) -> String {
+        "\(serviceChainPrefix)\(spn.namespace)/\(spn.name)/\(spn.proto.lowercased)/\(spn.port.isEmpty ? String(port) : spn.port)"
+    }
+}
+
+public struct Translator: Sendable {
+    public var config: TranslatorConfig
+    public init(_ config: TranslatorConfig) { self.config = config }
+
+    static let dispatchKey: [KeyField] = [.ipv4Addr, .inetProto, .inetService]
+
+    public func ruleset(for state: ProxyState) -> Ruleset {
+        var serviceIPs = NamedSet(name: Names.serviceIPs, key: Self.dispatchKey, isVerdictMap: true)
+        var noEndpoints = NamedSet(name: Names.noEndpointServices, key: Self.dispatchKey, isVerdictMap: true)
+        var hairpin = NamedSet(name: Names.hairpin, key: [.ipv4Addr, .ipv4Addr], isVerdictMap: false)
+        var serviceChains: [Chain] = []
+        var hairpinIPs = Set<IPv4Address>()
+
+        for sp in state.servicePorts {
+            let comment = sp.name.description
+            if sp.endpoints.isEmpty {
+                for f in sp.frontends {
+                    noEndpoints.elements.append(SetElement(key: [.ipv4(f.ip), .proto(sp.name.proto), .port(f.port)],
+                                                           verdict: .goto(Names.rejectChain), comment: comment))
+                }
+                continue
+            }
+            let chain = Names.serviceChain(sp.name, port: sp.frontends.first?.port ?? 0)
+            for f in sp.frontends {
+                serviceIPs.elements.append(SetElement(key: [.ipv4(f.ip), .proto(sp.name.proto), .port(f.port)],
+                                                      verdict: .goto(chain), comment: comment))
+            }
+            serviceChains.append(Chain(name: chain, rules: serviceRules(sp)))
+            hairpinIPs.formUnion(sp.endpoints.map(\.ip))
+        }
+        hairpin.elements = hairpinIPs.sorted().map { SetElement(key: [.ipv4($0), .ipv4($0)]) }
+        serviceIPs.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
+        noEndpoints.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
+        serviceChains.sort { $0.name < $1.name }
+
+        return Ruleset(family: .ip, table: config.table, sets: [serviceIPs, noEndpoints, hairpin],
+                       chains: staticChains() + serviceChains)
+    }
+
+    /// The mark rule (if any), then the probability cascade over the endpoints.
+    func serviceRules(_ sp: ServicePortState) -> [Rule] {
+        var rules: [Rule] = []
+        if config.masqueradeAll {
+            rules.append(Rule([.markSetOr(config.masqueradeMark)]))
+        } else if !config.clusterCIDRs.isEmpty {
+            rules.append(Rule(config.clusterCIDRs.map { .saddrNotIn($0) } + [.markSetOr(config.masqueradeMark)]))
+        }
+        let n = sp.endpoints.count
+        for (i, ep) in sp.endpoints.enumerated() {
+            var items: [RuleItem] = []
+            if i < n - 1 { items.append(.numgenIsZero(modulus: UInt32(n - i))) }
+            items += [.l4proto(sp.name.proto), .dnat(ep.ip, port: ep.port)]
+            rules.append(Rule(items))
+        }
+        return rules
+    }
+
+    /// kube-proxy's hook priorities: filter checks at -110 run before DNAT at -100 (dstnat).
+    func staticChains() -> [Chain] {
+        let toServices = Rule([.verdict(.jump(Names.services))])
+        let endpointsCheck = Rule([.ctStateNew, .verdict(.jump(Names.endpointsCheck))])
+        return [
+            Chain(name: "filter-forward", base: BaseChain(type: .filter, hook: .forward, priority: -110), rules: [endpointsCheck]),
+            Chain(name: "filter-output", base: BaseChain(type: .filter, hook: .output, priority: -110), rules: [endpointsCheck]),
+            Chain(name: "nat-prerouting", base: BaseChain(type: .nat, hook: .prerouting, priority: -100), rules: [toServices]),
+            Chain(name: "nat-output", base: BaseChain(type: .nat, hook: .output, priority: -100), rules: [toServices]),
+            Chain(name: "nat-postrouting", base: BaseChain(type: .nat, hook: .postrouting, priority: 100),
+                  rules: [Rule([.verdict(.jump(Names.masquerading))])]),
+            Chain(name: Names.endpointsCheck, rules: [Rule([.dispatch(map: Names.noEndpointServices)])]),
+            Chain(name: Names.rejectChain, rules: [Rule([.l4proto(.tcp), .reject(.tcpReset)]),
+                                                   Rule([.reject(.icmpPortUnreachable)])]),
+            Chain(name: Names.services, rules: [Rule([.dispatch(map: Names.serviceIPs)])]),
+            Chain(name: Names.masquerading, rules: [
+                Rule([.ctStatusDNAT, .saddrDaddrIn(set: Names.hairpin), .masquerade(fullyRandom: true)]),
+                Rule([.markIsClear(config.masqueradeMark), .verdict(.return)]),
+                Rule([.markSetXor(config.masqueradeMark)]),
+                Rule([.masquerade(fullyRandom: true)]),
+            ]),
+        ]
+    }
+}

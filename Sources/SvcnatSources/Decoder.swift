@@ -1,0 +1,334 @@
+import SvcnatModel
+import Yams
+
+/// Turns manifest text into model objects, validating what svcnat relies on the way the API
+/// server would, and naming the file, object and field of every problem.
+public struct ManifestDecoder {
+    public private(set) var state = ClusterState()
+    public private(set) var warnings: [Warning] = []
+    public private(set) var errors: [InputError] = []
+    private var seen: [String: String] = [:]   // "Kind ns/name" -> file
+
+    public init() {}
+
+    public mutating func decode(_ text: String, file: String) {
+        let nodes: [Node]
+        do {
+            nodes = try Array(Yams.compose_all(yaml: text))
+        } catch {
+            errors.append(InputError(file: file, message: "not valid YAML or JSON: \(Self.yamlMessage(error))"))
+            return
+        }
+        for (i, node) in nodes.enumerated() {
+            let ctx = Field.Context(file: file)
+            decodeObject(Field(node: node, path: "", context: ctx), document: nodes.count > 1 ? i : nil)
+            errors += ctx.errors
+        }
+    }
+
+    static func yamlMessage(_ error: Error) -> String {
+        let s = String(describing: error)
+        return s.split(separator: "\n").map { $0.trimmingCharacters(in: " ") }.filter { !$0.isEmpty }.joined(separator: " ")
+    }
+
+    private mutating func decodeObject(_ f: Field, document: Int?) {
+        guard f.isPresent else { return }  // an empty document
+        guard f.isMapping else {
+            f.context.fail(document.map { "document \($0 + 1)" } ?? "", "expected a Kubernetes object (a mapping with apiVersion and kind)")
+            return
+        }
+        let kind = f["kind"].string ?? ""
+        let apiVersion = f["apiVersion"].string ?? ""
+        if kind == "List" || kind.hasSuffix("List") && f["items"].isPresent {
+            for item in f["items"].list { decodeObject(item, document: nil) }
+            return
+        }
+        let name = f["metadata"]["name"].string ?? ""
+        let namespace = f["metadata"]["namespace"].string ?? "default"
+        f.context.object = "\(kind.isEmpty ? "object" : kind) \(namespace)/\(name)"
+        if kind.isEmpty { f["kind"].fail("missing"); return }
+        if apiVersion.isEmpty { f["apiVersion"].fail("missing"); return }
+
+        let known: [String: Set<String>] = [
+            "Service": ["v1"], "Endpoints": ["v1"], "Pod": ["v1"],
+            "EndpointSlice": ["discovery.k8s.io/v1"],
+            "Ingress": ["networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1"],
+        ]
+        guard let versions = known[kind] else {
+            warnings.append(Warning(text: "\(f.context.file): \(kind) \(namespace)/\(name): kind \(kind) is not used by svcnat; skipped"))
+            return
+        }
+        guard versions.contains(apiVersion) else {
+            f["apiVersion"].fail("\(apiVersion) is not a supported version of \(kind) (supported: \(versions.sorted().joined(separator: ", ")))")
+            return
+        }
+        guard let meta = objectMeta(f, kind: kind) else { return }
+        let id = "\(kind) \(meta.key)"
+        if let other = seen[id] {
+            f.context.fail("metadata.name", "defined twice (also in \(other))")
+            return
+        }
+        seen[id] = f.context.file
+        let before = f.context.errors.count
+        switch kind {
+        case "Service": if let s = service(f, meta) { state.services.append(s) }
+        case "EndpointSlice": if let s = endpointSlice(f, meta) { state.endpointSlices.append(s) }
+        case "Endpoints": if let e = endpoints(f, meta) { state.endpoints.append(e) }
+        case "Pod": if let p = pod(f, meta) { state.pods.append(p) }
+        case "Ingress": if let i = ingress(f, meta, beta: apiVersion.hasSuffix("v1beta1")) { state.ingresses.append(i) }
+        default: break
+        }
+        _ = before
+    }
+
+    private mutating func warn(_ f: Field, _ text: String) {
+        warnings.append(Warning(text: "\(f.context.file): \(f.context.object ?? "object"): \(text)"))
+    }
+
+    // MARK: metadata
+
+    private func objectMeta(_ f: Field, kind: String) -> ObjectMeta? {
+        let m = f["metadata"]
+        guard let name = m["name"].string, !name.isEmpty else { m["name"].fail("missing"); return nil }
+        let namespace = m["namespace"].string ?? "default"
+        var ok = true
+        // Service names are RFC 1035 labels; other kinds are DNS-1123 subdomains.
+        if kind == "Service" {
+            if let why = Validation.dns1035Label(name) { m["name"].fail("\"\(name)\" is not a valid Service name: \(why)"); ok = false }
+        } else if let why = Validation.dns1123Subdomain(name) {
+            m["name"].fail("\"\(name)\" is not a valid name: \(why)"); ok = false
+        }
+        if let why = Validation.dns1123Label(namespace) { m["namespace"].fail("\"\(namespace)\" is not a valid namespace: \(why)"); ok = false }
+        let labels = m["labels"].stringMap
+        return ok ? ObjectMeta(namespace: namespace, name: name, labels: labels) : nil
+    }
+
+    // MARK: Service
+
+    private mutating func service(_ f: Field, _ meta: ObjectMeta) -> Service? {
+        let spec = f["spec"]
+        let typeText = spec["type"].string ?? "ClusterIP"
+        guard let type = ServiceType(rawValue: typeText) else {
+            spec["type"].fail("\"\(typeText)\" is not a Service type (ClusterIP, NodePort, LoadBalancer, ExternalName)")
+            return nil
+        }
+        let errorsBefore = f.context.errors.count
+        var ports: [ServicePort] = []
+        var names = Set<String>()
+        let portFields = spec["ports"].list
+        for p in portFields {
+            let name = p["name"].string ?? ""
+            if !name.isEmpty {
+                if let why = Validation.dns1123Label(name) { p["name"].fail("\"\(name)\" is not a valid port name: \(why)") }
+                else if !names.insert(name).inserted { p["name"].fail("\"\(name)\" is used by another port") }
+            } else if portFields.count > 1 {
+                p["name"].fail("required when a Service has more than one port")
+            }
+            let proto = protocolField(p["protocol"])
+            guard let port = portNumber(p["port"], required: true) else { continue }
+            var target: IntOrString? = nil
+            switch p["targetPort"].intOrString {
+            case .int(let n)?:
+                if !(1...65535).contains(n) { p["targetPort"].fail("\(n) is not a port (1-65535)") } else { target = .int(n) }
+            case .string(let s)?:
+                if let why = Validation.ianaServiceName(s) { p["targetPort"].fail("\"\(s)\" is neither a port number nor a port name: \(why)") }
+                else { target = .string(s) }
+            case nil: break
+            }
+            let nodePort = portNumber(p["nodePort"], required: false)
+            if let proto { ports.append(ServicePort(name: name, proto: proto, port: port, targetPort: target, nodePort: nodePort)) }
+        }
+        if portFields.isEmpty && type != .externalName && spec["clusterIP"].string != "None" {
+            spec["ports"].fail("a Service needs at least one port")
+        }
+        var seenPorts = Set<String>()
+        for (i, p) in ports.enumerated() where !seenPorts.insert("\(p.port)/\(p.proto.rawValue)").inserted {
+            spec["ports"].child("[\(i)]").fail("port \(p.port)/\(p.proto.rawValue) is listed twice")
+        }
+
+        let selector = spec["selector"].isPresent ? spec["selector"].stringMap : nil
+        let affinity = spec["sessionAffinity"].string ?? "None"
+        if affinity != "None" && affinity != "ClientIP" {
+            spec["sessionAffinity"].fail("\"\(affinity)\" is not None or ClientIP")
+        }
+        var clusterIP: IPv4Address?
+        var headless = false
+        let ipText = spec["clusterIP"].string ?? spec["clusterIPs"].list.first?.string
+        if type == .externalName {
+            // ExternalName Services are DNS only; kube-proxy programs nothing for them.
+        } else if ipText == "None" {
+            headless = true
+        } else if let ipText, !ipText.isEmpty {
+            if ipText.contains(":") {
+                warn(spec["clusterIP"], "spec.clusterIP: IPv6 address \(ipText) is not programmed (svcnat programs IPv4 Services); skipped")
+                return nil
+            }
+            guard let ip = IPv4Address(ipText) else {
+                spec["clusterIP"].fail("\"\(ipText)\" is not a valid IPv4 address")
+                return nil
+            }
+            if ip.isUnspecified || ip.isLoopback || ip.value >> 28 >= 14 {
+                spec["clusterIP"].fail("\(ipText) cannot be a Service address (unspecified, loopback, multicast or reserved)")
+            }
+            clusterIP = ip
+        } else {
+            warn(spec["clusterIP"], "spec.clusterIP is not set (the API server allocates it; a manifest for svcnat must carry it); the Service gets no rules")
+        }
+        guard f.context.errors.count == errorsBefore else { return nil }
+        return Service(meta: meta, type: type, clusterIP: clusterIP, isHeadless: headless, selector: selector,
+                       ports: ports, sessionAffinity: affinity)
+    }
+
+    private func protocolField(_ f: Field) -> TransportProtocol? {
+        let text = f.string ?? "TCP"
+        guard let p = TransportProtocol(rawValue: text) else {
+            f.fail("\"\(text)\" is not a supported protocol (TCP, UDP, SCTP)")
+            return nil
+        }
+        return p
+    }
+
+    private func portNumber(_ f: Field, required: Bool) -> UInt16? {
+        guard let n = f.int else {
+            if required && f.isNull { f.fail("missing") }
+            return nil
+        }
+        guard (1...65535).contains(n) else { f.fail("\(n) is not a port (1-65535)"); return nil }
+        return UInt16(n)
+    }
+
+    private func ipv4(_ f: Field) -> IPv4Address? {
+        guard let s = f.string else { f.fail("missing"); return nil }
+        guard let ip = IPv4Address(s) else { f.fail("\"\(s)\" is not a valid IPv4 address"); return nil }
+        return ip
+    }
+
+    // MARK: EndpointSlice and Endpoints
+
+    private mutating func endpointSlice(_ f: Field, _ meta: ObjectMeta) -> EndpointSlice? {
+        let addressType = f["addressType"].string ?? ""
+        guard addressType == "IPv4" else {
+            if addressType == "IPv6" || addressType == "FQDN" {
+                warn(f["addressType"], "addressType \(addressType) is not programmed; skipped")
+            } else {
+                f["addressType"].fail(addressType.isEmpty ? "missing" : "\"\(addressType)\" is not IPv4, IPv6 or FQDN")
+            }
+            return nil
+        }
+        guard let service = meta.labels["kubernetes.io/service-name"], !service.isEmpty else {
+            warn(f["metadata"]["labels"], "no kubernetes.io/service-name label, so it belongs to no Service; skipped")
+            return nil
+        }
+        let before = f.context.errors.count
+        var endpoints: [SliceEndpoint] = []
+        for e in f["endpoints"].list {
+            let addrs = e["addresses"].list
+            if addrs.isEmpty { e["addresses"].fail("an endpoint needs at least one address") }
+            let ips = addrs.compactMap { ipv4($0) }
+            let c = e["conditions"]
+            let ready = c["ready"].bool ?? true
+            let conditions = EndpointConditions(ready: ready, serving: c["serving"].bool, terminating: c["terminating"].bool ?? false)
+            endpoints.append(SliceEndpoint(addresses: ips, conditions: conditions, nodeName: e["nodeName"].string))
+        }
+        var ports: [EndpointPort] = []
+        for p in f["ports"].list {
+            let proto = protocolField(p["protocol"])
+            guard let port = portNumber(p["port"], required: false), let proto else { continue }
+            ports.append(EndpointPort(name: p["name"].string ?? "", proto: proto, port: port))
+        }
+        guard f.context.errors.count == before else { return nil }
+        return EndpointSlice(meta: meta, serviceName: service, endpoints: endpoints, ports: ports)
+    }
+
+    private func endpoints(_ f: Field, _ meta: ObjectMeta) -> Endpoints? {
+        let before = f.context.errors.count
+        var subsets: [Endpoints.Subset] = []
+        for s in f["subsets"].list {
+            let ready = s["addresses"].list.compactMap { ipv4($0["ip"]) }
+            let notReady = s["notReadyAddresses"].list.compactMap { ipv4($0["ip"]) }
+            var ports: [EndpointPort] = []
+            for p in s["ports"].list {
+                let proto = protocolField(p["protocol"])
+                guard let port = portNumber(p["port"], required: true), let proto else { continue }
+                ports.append(EndpointPort(name: p["name"].string ?? "", proto: proto, port: port))
+            }
+            subsets.append(.init(addresses: ready, notReadyAddresses: notReady, ports: ports))
+        }
+        guard f.context.errors.count == before else { return nil }
+        return Endpoints(meta: meta, subsets: subsets)
+    }
+
+    // MARK: Pod
+
+    /// A Pod's endpoint-relevant parts. Pods written by hand for svcnat often carry only
+    /// `status.podIP`: without a phase such a pod counts as Running, and without conditions as
+    /// Ready.
+    private func pod(_ f: Field, _ meta: ObjectMeta) -> Pod? {
+        let before = f.context.errors.count
+        var ports: [ContainerPort] = []
+        for c in f["spec"]["containers"].list {
+            for p in c["ports"].list {
+                let proto = protocolField(p["protocol"])
+                guard let port = portNumber(p["containerPort"], required: true), let proto else { continue }
+                let name = p["name"].string ?? ""
+                if !name.isEmpty, let why = Validation.ianaServiceName(name) { p["name"].fail("\"\(name)\" is not a valid port name: \(why)") }
+                ports.append(ContainerPort(name: name, containerPort: port, proto: proto))
+            }
+        }
+        let status = f["status"]
+        var ip: IPv4Address?
+        if let s = status["podIP"].string, !s.isEmpty {
+            if s.contains(":") { ip = nil } else if let a = IPv4Address(s) { ip = a } else { status["podIP"].fail("\"\(s)\" is not a valid IPv4 address") }
+        }
+        let phase = status["phase"].string ?? (ip != nil ? "Running" : "Pending")
+        var ready = true
+        let conditions = status["conditions"].list
+        if !conditions.isEmpty {
+            ready = conditions.contains { $0["type"].string == "Ready" && $0["status"].string == "True" }
+        }
+        let terminating = f["metadata"]["deletionTimestamp"].isPresent
+        guard f.context.errors.count == before else { return nil }
+        return Pod(meta: meta, podIP: ip, phase: phase, ready: ready, terminating: terminating,
+                   nodeName: f["spec"]["nodeName"].string, containerPorts: ports)
+    }
+
+    // MARK: Ingress
+
+    private func ingress(_ f: Field, _ meta: ObjectMeta, beta: Bool) -> Ingress? {
+        let before = f.context.errors.count
+        func backend(_ b: Field) -> Ingress.Backend? {
+            guard b.isPresent else { return nil }
+            if beta {
+                guard let name = b["serviceName"].string else { b["serviceName"].fail("missing"); return nil }
+                guard let port = b["servicePort"].intOrString else { b["servicePort"].fail("missing"); return nil }
+                return .init(service: name, port: port)
+            }
+            let s = b["service"]
+            guard let name = s["name"].string else { s["name"].fail("missing"); return nil }
+            if let n = s["port"]["number"].int { return .init(service: name, port: .int(n)) }
+            if let n = s["port"]["name"].string { return .init(service: name, port: .string(n)) }
+            s["port"].fail("needs a number or a name")
+            return nil
+        }
+        var paths: [Ingress.Path] = []
+        for r in f["spec"]["rules"].list {
+            let host = r["host"].string
+            for p in r["http"]["paths"].list {
+                guard let b = backend(p["backend"]) else { continue }
+                paths.append(.init(host: host, path: p["path"].string ?? "/", pathType: p["pathType"].string ?? "ImplementationSpecific", backend: b))
+            }
+        }
+        let def = backend(f["spec"][beta ? "backend" : "defaultBackend"])
+        guard f.context.errors.count == before else { return nil }
+        return Ingress(meta: meta, paths: paths, defaultBackend: def)
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s.removeFirst() }
+        while s.last == set { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+import SvcnatModel
+
+/// Reads manifests from files, folders (recursively: *.yaml, *.yml, *.json) and standard input.
+public enum ManifestSource {
+    public struct Result: Sendable {
+        public var state: ClusterState
+        public var warnings: [Warning]
+        public var files: [String]
+    }
+
+    /// Loads every path; throws `InputErrors` listing every problem found, or returns the state.
+    public static func load(_ paths: [String], stdin: () -> String? = { readStandardInput() }) throws -> Result {
+        var decoder = ManifestDecoder()
+        var errors: [InputError] = []
+        var files: [String] = []
+        for path in paths {
+            if path == "-" {
+                files.append("-")
+                decoder.decode(stdin() ?? "", file: "<stdin>")
+                continue
+            }
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+                errors.append(InputError(file: path, message: "no such file or directory"))
+                continue
+            }
+            let list = isDir.boolValue ? manifestFiles(in: path) : [path]
+            for file in list {
+                files.append(file)
+                guard let data = FileManager.default.contents(atPath: file) else {
+                    errors.append(InputError(file: file, message: "cannot be read"))
+                    continue
+                }
+                guard let text = String(data: data, encoding: .utf8) else {
+                    errors.append(InputError(file: file, message: "is not UTF-8 text"))
+                    continue
+                }
+                decoder.decode(text, file: file)
+            }
+        }
+        errors += decoder.errors
+        if !errors.isEmpty { throw InputErrors(errors: errors) }
+        return Result(state: decoder.state, warnings: decoder.warnings, files: files)
+    }
+
+    public static func manifestFiles(in dir: String) -> [String] {
+        guard let e = FileManager.default.enumerator(atPath: dir) else { return [] }
+        var out: [String] = []
+        while let rel = e.nextObject() as? String {
+            let ext = (rel as NSString).pathExtension.lowercased()
+            if ["yaml", "yml", "json"].contains(ext) {
+                let full = (dir as NSString).appendingPathComponent(rel)
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: full, isDirectory: &isDir), !isDir.boolValue { out.append(full) }
+            }
+        }
+        return out.sorted()
+    }
+
+    public static func readStandardInput() -> String? {
+        String(data: FileHandle.standardInput.readDataToEndOfFile(), encoding: .utf8)
+    }
+}

@@ -1,0 +1,36 @@
+import ArgumentParser
+import Foundation
+import SvcnatCore
+
+extension Svcnat {
+    struct Diff: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the transaction apply would send, as an nft script.",
+            discussion: "Exits like diff(1): 0 nothing to change, 1 changes pending, 2 trouble.")
+
+        @Option(name: .shortAndLong, help: "A manifest file, a folder or - for standard input. Repeatable.")
+        var filename: [String] = []
+
+        @OptionGroup var options: CommonOptions
+
+        func validate() throws {
+            if filename.isEmpty { throw ValidationError("give at least one -f PATH") }
+        }
+
+        func run() throws {
+            do {
+                let state = try load(filename)
+                let kernel = try NetlinkKernel()
+                let result = try Reconciler(config: options.config, kernel: kernel).reconcile(state, dryRun: true)
+                print(result.transaction.nftText, terminator: "")
+                if !result.transaction.isEmpty { throw ExitCode(1) }
+            } catch let e as ExitCode {
+                throw e
+            } catch {
+                // diff(1): trouble is 2, whatever kind of trouble.
+                FileHandle.standardError.write("svcnat: error: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
+    }
+}

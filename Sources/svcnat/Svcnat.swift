@@ -1,0 +1,118 @@
+import ArgumentParser
+import Foundation
+import NFNetlink
+import SvcnatCore
+import SvcnatModel
+import SvcnatSources
+
+struct Svcnat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "svcnat",
+        abstract: "Kubernetes Service NAT in nftables, programmed over netlink.",
+        discussion: """
+        svcnat turns Services and their endpoints into nftables NAT rules in its own table \
+        (default "svcnat") and keeps the kernel in step with them, one atomic batch per change.
+        Exit codes: 0 success, 1 runtime failure (kernel refused, no permission), 2 invalid input or usage.
+        """,
+        subcommands: [Apply.self, Diff.self, Show.self, Cleanup.self]
+    )
+}
+
+/// Flags every subcommand shares; names follow kube-proxy where it has them.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "The nftables table svcnat owns (family ip).")
+    var table = "svcnat"
+
+    @Option(help: "The node this runs on (default: the hostname).")
+    var nodeName: String?
+
+    @Option(name: .customLong("cluster-cidr"), help: "The pods' CIDR; traffic to a Service from outside it is masqueraded. Repeatable.")
+    var clusterCIDR: [String] = []
+
+    @Option(name: .customLong("nodeport-addresses"), help: "CIDRs of node addresses that serve NodePorts. Repeatable. (NodePort is not programmed yet.)")
+    var nodePortAddresses: [String] = []
+
+    @Flag(help: "Masquerade all traffic sent to Services.")
+    var masqueradeAll = false
+
+    @Flag(name: [.short, .long], help: "Print the transaction sent to the kernel.")
+    var verbose = false
+
+    func validate() throws {
+        if let why = Self.tableNameProblem(table) { throw ValidationError("--table \"\(table)\": \(why)") }
+        for c in clusterCIDR where IPv4Prefix(c) == nil {
+            throw ValidationError("--cluster-cidr \"\(c)\" is not an IPv4 CIDR such as 198.19.0.0/16")
+        }
+        for c in nodePortAddresses where IPv4Prefix(c) == nil {
+            throw ValidationError("--nodeport-addresses \"\(c)\" is not an IPv4 CIDR")
+        }
+    }
+
+    static func tableNameProblem(_ s: String) -> String? {
+        if s.isEmpty || s.utf8.count > 255 { return "must be 1 to 255 bytes" }
+        guard let f = s.first, f.isASCII, f.isLetter,
+              s.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_-".contains($0)) }) else {
+            return "must start with a letter and hold only letters, digits, '_' and '-'"
+        }
+        return nil
+    }
+
+    var config: ProxyConfig {
+        ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPv4Prefix($0) }, masqueradeAll: masqueradeAll,
+                    nodeName: nodeName ?? ProcessInfo.processInfo.hostName)
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case nft, iptables, json
+}
+
+/// Failures mapped to the exit codes of the command-line contract.
+enum Failure {
+    static func exit(_ error: Error) -> Never {
+        switch error {
+        case let e as InputErrors:
+            for err in e.errors { FileHandle.standardError.write("svcnat: error: \(err)\n") }
+            Foundation.exit(2)
+        case let e as InputError:
+            FileHandle.standardError.write("svcnat: error: \(e)\n")
+            Foundation.exit(2)
+        default:
+            FileHandle.standardError.write("svcnat: error: \(error)\n")
+            Foundation.exit(1)
+        }
+    }
+}
+
+extension FileHandle {
+    func write(_ s: String) { write(s.data(using: .utf8)!) }
+}
+
+func load(_ paths: [String]) throws -> ClusterState {
+    let result = try ManifestSource.load(paths)
+    for w in result.warnings { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
+    return result.state
+}
+
+@main
+enum Main {
+    static func main() {
+        do {
+            var command = try Svcnat.parseAsRoot()
+            try command.run()
+        } catch {
+            if error is InputErrors || error is InputError || error is NetlinkError || error is BatchError {
+                Failure.exit(error)
+            }
+            let code = Svcnat.exitCode(for: error)
+            if code == .success || error is CleanExit {
+                print(Svcnat.fullMessage(for: error))
+                Foundation.exit(0)
+            }
+            if let e = error as? ExitCode { Foundation.exit(e.rawValue) }
+            FileHandle.standardError.write(Svcnat.fullMessage(for: error) + "\n")
+            // Usage errors exit 2, as the contract says (ArgumentParser would use 64).
+            Foundation.exit(2)
+        }
+    }
+}
