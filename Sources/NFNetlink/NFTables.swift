@@ -147,7 +147,7 @@ public final class NFTables {
                     if let e = Self.readElement(el, fields: fields) { elements.append(e) }
                 }
             }
-            r.sets[i].elements = elements
+            r.sets[i].elements = elements.sorted { $0.key.lexicographicallyPrecedes($1.key) }
         }
 
         var rulesByChain: [String: [Rule]] = [:]

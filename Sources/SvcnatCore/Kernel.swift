@@ -1,3 +1,4 @@
+import Foundation
 import NFNetlink
 import SvcnatModel
 
@@ -14,7 +15,15 @@ public final class NetlinkKernel: Kernel {
     let nft: NFTables
     public init() throws { nft = try NFTables() }
     public func read(table: String) throws -> Ruleset? { try nft.read(table: table) }
-    public func apply(_ tx: Transaction) throws { try nft.apply(tx) }
+    public func apply(_ tx: Transaction) throws {
+        var tx = tx
+        // Test hook: end a non-empty batch with a message the kernel must refuse, so tests can
+        // show that a refused batch changes nothing. Never set outside tests.
+        if !tx.isEmpty, ProcessInfo.processInfo.environment["SVCNAT_TEST_APPEND_BAD_MESSAGE"] != nil {
+            tx.operations.append(.deleteChain("svcnat-test-missing-chain"))
+        }
+        try nft.apply(tx)
+    }
     public var lastBatchMessages: Int { nft.lastBatchMessages }
 }
 
@@ -41,5 +50,6 @@ public final class FakeKernel: Kernel {
 
 public struct FakeKernelRefusal: Error, CustomStringConvertible {
     public var operation: String
+    public init(operation: String) { self.operation = operation }
     public var description: String { "fake kernel refused \(operation)" }
 }

@@ -87,7 +87,7 @@ public struct IptablesRenderer: Sendable {
 
     /// kube-proxy writes 1/n with ten decimals; xt_statistic stores round(2^31 * p) and
     /// iptables-save prints that back with eleven.
-    static func storedProbability(_ n: Int) -> String {
+    public static func storedProbability(_ n: Int) -> String {
         let written = (1.0 / Double(n) * 1e10).rounded() / 1e10
         let stored = (written * 2147483648.0).rounded()
         let printed = stored / 2147483648.0
@@ -96,8 +96,6 @@ public struct IptablesRenderer: Sendable {
         return "\(scaled / 100_000_000_000)." + String(repeating: "0", count: 11 - frac.count) + frac
     }
 
-    /// iptables-save quotes a comment only when it holds a space (or other shell-special byte).
-    private func q(_ s: String) -> String {
-        s.contains(where: { $0 == " " || $0 == "\"" || $0 == "'" || $0 == "\\" }) ? quoted(s) : s
-    }
+    /// iptables-save (the nft variant Debian ships) prints every comment quoted.
+    private func q(_ s: String) -> String { quoted(s) }
 }

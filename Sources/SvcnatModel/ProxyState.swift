@@ -42,6 +42,11 @@ public struct Frontend: Hashable, Sendable, Comparable {
     public var kind: FrontendKind
     public var ip: IPv4Address
     public var port: UInt16
+    public init(kind: FrontendKind, ip: IPv4Address, port: UInt16) {
+        self.kind = kind
+        self.ip = ip
+        self.port = port
+    }
     public static func < (a: Self, b: Self) -> Bool { (a.ip, a.port) < (b.ip, b.port) }
 }
 

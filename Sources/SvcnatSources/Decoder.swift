@@ -12,9 +12,11 @@ public struct ManifestDecoder {
     public init() {}
 
     public mutating func decode(_ text: String, file: String) {
-        let nodes: [Node]
+        var nodes: [Node] = []
         do {
-            nodes = try Array(Yams.compose_all(yaml: text))
+            // Parser.nextRoot throws on a syntax error; compose_all's sequence would just stop.
+            let parser = try Parser(yaml: text)
+            while let node = try parser.nextRoot() { nodes.append(node) }
         } catch {
             errors.append(InputError(file: file, message: "not valid YAML or JSON: \(Self.yamlMessage(error))"))
             return
@@ -69,7 +71,6 @@ public struct ManifestDecoder {
             return
         }
         seen[id] = f.context.file
-        let before = f.context.errors.count
         switch kind {
         case "Service": if let s = service(f, meta) { state.services.append(s) }
         case "EndpointSlice": if let s = endpointSlice(f, meta) { state.endpointSlices.append(s) }
@@ -78,7 +79,6 @@ public struct ManifestDecoder {
         case "Ingress": if let i = ingress(f, meta, beta: apiVersion.hasSuffix("v1beta1")) { state.ingresses.append(i) }
         default: break
         }
-        _ = before
     }
 
     private mutating func warn(_ f: Field, _ text: String) {

@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Test pod: answers every TCP connection and UDP datagram on PORT with "NAME PEER-IP".
+
+Usage: server.py NAME PORT [SECONDS]. Exits by itself after SECONDS (default 300)."""
+import socket, sys, threading, time
+
+name, port = sys.argv[1], int(sys.argv[2])
+deadline = time.time() + (float(sys.argv[3]) if len(sys.argv) > 3 else 300)
+
+def tcp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(128); s.settimeout(1)
+    while time.time() < deadline:
+        try: c, peer = s.accept()
+        except socket.timeout: continue
+        try: c.sendall(f"{name} {peer[0]}\n".encode())
+        finally: c.close()
+
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port)); s.settimeout(1)
+    while time.time() < deadline:
+        try: _, peer = s.recvfrom(2048)
+        except socket.timeout: continue
+        s.sendto(f"{name} {peer[0]}\n".encode(), peer)
+
+threading.Thread(target=udp, daemon=True).start()
+print("ready", flush=True)
+tcp()

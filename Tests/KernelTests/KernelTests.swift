@@ -1,0 +1,204 @@
+import Foundation
+import Testing
+
+/// Apply into fresh namespaces and read the kernel back, through svcnat's own netlink reader and
+/// through nft's JSON output.
+@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+struct KernelTests {
+    let cidr = ["--cluster-cidr", "198.19.0.0/16"]
+
+    func rulesetJSON(_ text: String) throws -> [String: Any] {
+        let o = try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
+        return o["ruleset"] as! [String: Any]
+    }
+
+    @Test func applyThenDumpMatchesThePlan() throws {
+        let bed = Testbed("dump")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let plan = try run([svcnatPath, "apply", "-f", examples, "--dry-run", "--format", "json"] + cidr)
+        #expect(plan.code == 0)
+        let applied = try bed.svcnat(n, ["apply", "-f", examples] + cidr)
+        #expect(applied.code == 0, "\(applied.err)")
+        #expect(applied.out.contains("1 services (1 ports), 3 endpoints"))
+
+        // svcnat's own reader gives back exactly the planned ruleset.
+        let shown = try bed.svcnat(n, ["show", "--format", "json"])
+        #expect(shown.code == 0)
+        #expect(NSDictionary(dictionary: try rulesetJSON(shown.out)) == NSDictionary(dictionary: try rulesetJSON(plan.out)))
+
+        // nft, an independent reader, sees the dispatch element, the cascade and the DNATs.
+        let nftJSON = try bed.sh(n, ["nft", "-j", "list", "ruleset"])
+        let items = (try JSONSerialization.jsonObject(with: Data(nftJSON.utf8)) as! [String: Any])["nftables"] as! [[String: Any]]
+        let rules = items.compactMap { $0["rule"] as? [String: Any] }
+        let svcChain = "svc-codereview/codereviewapi/tcp/codereviewapip"
+        let cascade = rules.filter { $0["chain"] as? String == svcChain }
+        #expect(cascade.count == 4)
+        let dnats = cascade.flatMap { ($0["expr"] as! [[String: Any]]).compactMap { $0["dnat"] as? [String: Any] } }
+        #expect(Set(dnats.compactMap { $0["addr"] as? String }) == ["198.19.1.2", "198.19.2.2", "198.19.3.2"])
+        #expect(dnats.allSatisfy { $0["port"] as? Int == 8888 })
+        let mods = cascade.compactMap { r in
+            (r["expr"] as! [[String: Any]]).compactMap { (($0["match"] as? [String: Any])?["left"] as? [String: Any])?["numgen"] as? [String: Any] }.first?["mod"] as? Int
+        }
+        #expect(mods == [3, 2])
+        let maps = items.compactMap { $0["map"] as? [String: Any] }
+        let serviceIPs = try #require(maps.first { $0["name"] as? String == "service-ips" })
+        let elemText = String(describing: serviceIPs["elem"] ?? "")
+        #expect(elemText.contains("198.18.100.10") && elemText.contains(svcChain))
+
+        // A second apply of the same input sends nothing.
+        let again = try bed.svcnat(n, ["apply", "-f", examples] + cidr)
+        #expect(again.code == 0)
+        #expect(again.out.contains("no changes"))
+        let diff = try bed.svcnat(n, ["diff", "-f", examples] + cidr)
+        #expect(diff.code == 0)
+        #expect(diff.out.isEmpty)
+    }
+
+    @Test func repairsWhatOthersChanged() throws {
+        let bed = Testbed("repair")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        #expect(try bed.svcnat(n, ["apply", "-f", examples] + cidr).code == 0)
+        let good = try bed.sh(n, ["nft", "list", "ruleset"])
+
+        try bed.sh(n, ["nft", "flush", "chain", "ip", "svcnat", "svc-codereview/codereviewapi/tcp/codereviewapip"])
+        try bed.sh(n, ["nft", "delete", "element", "ip", "svcnat", "hairpin", "{ 198.19.2.2 . 198.19.2.2 }"])
+        try bed.sh(n, ["nft", "add", "chain", "ip", "svcnat", "intruder"])
+        try bed.sh(n, ["nft", "add", "rule", "ip", "svcnat", "services", "counter", "drop"])
+        #expect(try bed.sh(n, ["nft", "list", "ruleset"]) != good)
+
+        let diff = try bed.svcnat(n, ["diff", "-f", examples] + cidr)
+        #expect(diff.code == 1)
+        #expect(diff.out.contains("add element ip svcnat hairpin { 198.19.2.2 . 198.19.2.2 }"))
+        #expect(diff.out.contains("delete chain ip svcnat intruder"))
+        let fixed = try bed.svcnat(n, ["apply", "-f", examples] + cidr)
+        #expect(fixed.code == 0)
+        #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == good)
+
+        // Someone deletes the whole table: it comes back.
+        try bed.sh(n, ["nft", "delete", "table", "ip", "svcnat"])
+        #expect(try bed.svcnat(n, ["apply", "-f", examples] + cidr).code == 0)
+        #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == good)
+    }
+
+    @Test func removedObjectsLeaveTheKernel() throws {
+        let bed = Testbed("remove")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let two = try bed.writeManifest(serviceManifest(name: "web", pods: [1, 2]) + "---\n" + serviceManifest(name: "api", ip: "198.18.100.21", pods: [3]))
+        let one = try bed.writeManifest(serviceManifest(name: "web", pods: [1]))
+        #expect(try bed.svcnat(n, ["apply", "-f", two]).code == 0)
+        #expect(try bed.sh(n, ["nft", "list", "chains"]).contains("svc-demo/api/tcp/http"))
+        let r = try bed.svcnat(n, ["apply", "-f", one])
+        #expect(r.code == 0, "\(r.err)")
+        let after = try bed.sh(n, ["nft", "list", "ruleset"])
+        #expect(!after.contains("demo/api"))
+        #expect(!after.contains("198.19.2.2"))
+        #expect(!after.contains("198.18.100.21"))
+        // The result equals a fresh load of the same input.
+        let fresh = try bed.addNamespace("fresh")
+        #expect(try bed.svcnat(fresh, ["apply", "-f", one]).code == 0)
+        #expect(try bed.sh(fresh, ["nft", "list", "ruleset"]) == after)
+    }
+
+    @Test func cleanupRemovesOnlySvcnatsTable() throws {
+        let bed = Testbed("cleanup")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        try bed.sh(n, ["nft", "-f", "-"], stdin: """
+            table ip other {
+              chain c {
+                type nat hook prerouting priority -100;
+                ip daddr 198.18.200.1 counter accept
+              }
+            }
+            table ip6 svcnat {
+              chain c {
+                type filter hook input priority 0;
+              }
+            }
+            """)
+        let others = try bed.sh(n, ["nft", "list", "ruleset"])
+        #expect(try bed.svcnat(n, ["apply", "-f", examples]).code == 0)
+        let r = try bed.svcnat(n, ["cleanup"])
+        #expect(r.code == 0)
+        #expect(r.out.contains("removed table ip svcnat"))
+        #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == others)
+        #expect(try bed.svcnat(n, ["cleanup"]).out.contains("nothing to remove"))
+    }
+
+    @Test func dryRunOutputLoadsIntoTheSameRuleset() throws {
+        let bed = Testbed("dryrun")
+        defer { bed.close() }
+        let a = try bed.addNamespace("a"), b = try bed.addNamespace("b")
+        let input = try bed.writeManifest(serviceManifest(name: "web", pods: [1, 2, 3]) + "---\n" + serviceManifest(name: "empty", ip: "198.18.100.30", pods: []))
+        for args in [cidr, ["--masquerade-all"], []] {
+            _ = try bed.svcnat(a, ["cleanup"])
+            _ = try bed.exec(b, ["nft", "flush", "ruleset"])
+            #expect(try bed.svcnat(a, ["apply", "-f", examples, "-f", input] + args).code == 0)
+            let dry = try run([svcnatPath, "apply", "-f", examples, "-f", input, "--dry-run"] + args)
+            try bed.sh(b, ["nft", "-f", "-"], stdin: dry.out)
+            #expect(try bed.sh(a, ["nft", "list", "ruleset"]) == bed.sh(b, ["nft", "list", "ruleset"]))
+            // And svcnat reading nft's load finds nothing to change.
+            #expect(try bed.svcnat(b, ["diff", "-f", examples, "-f", input] + args).code == 0)
+        }
+    }
+
+    @Test func refusedBatchLeavesTheOldRules() throws {
+        let bed = Testbed("refuse")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let v1 = try bed.writeManifest(serviceManifest(pods: [1, 2]))
+        let v2 = try bed.writeManifest(serviceManifest(pods: [1, 2, 3]) + "---\n" + serviceManifest(name: "more", ip: "198.18.100.40", pods: [4]))
+        #expect(try bed.svcnat(n, ["apply", "-f", v1]).code == 0)
+        let before = try bed.sh(n, ["nft", "list", "ruleset"])
+        // The test hook appends one message the kernel must refuse (deleting a chain that does
+        // not exist) after all the real changes; the kernel then aborts the whole batch.
+        let r = try bed.svcnat(n, ["apply", "-f", v2], env: ["SVCNAT_TEST_APPEND_BAD_MESSAGE": "1"])
+        #expect(r.code == 1)
+        #expect(r.err.contains("delete chain ip svcnat svcnat-test-missing-chain"))
+        #expect(r.err.contains("No such file or directory"))
+        #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == before)
+        // Without the hook the same change goes through.
+        #expect(try bed.svcnat(n, ["apply", "-f", v2]).code == 0)
+        #expect(try bed.sh(n, ["nft", "list", "ruleset"]).contains("198.19.4.2"))
+    }
+
+    @Test func invalidInputSendsNothing() throws {
+        let bed = Testbed("invalid")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        #expect(try bed.svcnat(n, ["apply", "-f", examples]).code == 0)
+        let before = try bed.sh(n, ["nft", "list", "ruleset"])
+        let bad = try bed.writeManifest(serviceManifest(pods: [1]).replacingOccurrences(of: "port: 80,", with: "port: 70000,"))
+        let r = try bed.svcnat(n, ["apply", "-f", examples, "-f", bad])
+        #expect(r.code == 2)
+        #expect(r.err.contains("Service demo/web: spec.ports[0].port: 70000 is not a port"))
+        #expect(r.err.contains(bad))
+        #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == before)
+    }
+}
+
+@Suite(.enabled(if: isRoot, "\(rootOnly)"))
+struct IptablesFormat {
+    /// The --format iptables output loads with iptables-restore and reads back from iptables-save
+    /// line for line: it is printed exactly as iptables-save prints it.
+    @Test func iptablesRestoreAcceptsItAndSaveGivesItBack() throws {
+        let bed = Testbed("ipt")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("SvcnatModelTests/Fixtures/services.yaml").path
+        let dry = try run([svcnatPath, "apply", "-f", examples, "-f", fixtures, "--dry-run", "--format", "iptables",
+                           "--cluster-cidr", "198.19.0.0/16"])
+        #expect(dry.code == 0)
+        try bed.sh(n, ["iptables-restore"], stdin: dry.out)
+        let saved = try bed.sh(n, ["iptables-save"])
+        func lines(_ s: String) -> [String] {
+            s.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
+                .map { $0.hasPrefix(":") ? String($0.split(separator: " ").prefix(2).joined(separator: " ")) : $0 }
+        }
+        #expect(lines(saved) == lines(dry.out))
+    }
+}

@@ -1,0 +1,234 @@
+import Foundation
+import Testing
+
+let isRoot = getuid() == 0
+let rootOnly = "needs root and a kernel with nftables (CI runs these as root)"
+
+struct CommandResult {
+    var out: String
+    var err: String
+    var code: Int32
+}
+
+/// Runs a program (no shell) and waits for it, at most `timeout` seconds.
+@discardableResult
+func run(_ args: [String], stdin: String? = nil, env: [String: String] = [:], timeout: Double = 120) throws -> CommandResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: args[0].hasPrefix("/") ? args[0] : "/usr/bin/env")
+    p.arguments = args[0].hasPrefix("/") ? Array(args.dropFirst()) : args
+    var environment = ProcessInfo.processInfo.environment
+    for (k, v) in env { environment[k] = v }
+    p.environment = environment
+    let outPipe = Pipe(), errPipe = Pipe(), inPipe = Pipe()
+    p.standardOutput = outPipe
+    p.standardError = errPipe
+    p.standardInput = inPipe
+    try p.run()
+    if let stdin { inPipe.fileHandleForWriting.write(stdin.data(using: .utf8)!) }
+    try? inPipe.fileHandleForWriting.close()
+    final class Box: @unchecked Sendable { var data = Data() }
+    let out = Box(), err = Box()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async { out.data = outPipe.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    group.enter()
+    DispatchQueue.global().async { err.data = errPipe.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning && Date() < deadline { usleep(10_000) }
+    if p.isRunning { p.terminate(); usleep(100_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+    p.waitUntilExit()
+    group.wait()
+    return CommandResult(out: String(decoding: out.data, as: UTF8.self), err: String(decoding: err.data, as: UTF8.self), code: p.terminationStatus)
+}
+
+/// The svcnat binary built next to the test bundle.
+let svcnatPath: String = {
+    let dir = Bundle.module.bundleURL.deletingLastPathComponent()
+    return dir.appendingPathComponent("svcnat").path
+}()
+
+func helper(_ name: String) -> String {
+    Bundle.module.url(forResource: "Helpers/\(name)", withExtension: nil)!.path
+}
+
+let examples: String = {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("examples").path
+}()
+
+/// Network namespaces made by one test, all named svcnat-test-*, and the processes started in
+/// them. `close()` removes every one, whatever happened; tests call it in `defer`.
+final class Testbed {
+    let id: String
+    private(set) var namespaces: [String] = []
+    private var processes: [Process] = []
+    private var files: [String] = []
+
+    init(_ label: String) {
+        id = "\(label)-\(getpid() % 100000)-\(Int.random(in: 0..<10000))"
+    }
+
+    func ns(_ role: String) -> String { "svcnat-test-\(id)-\(role)" }
+
+    @discardableResult
+    func addNamespace(_ role: String) throws -> String {
+        let n = ns(role)
+        let r = try run(["ip", "netns", "add", n])
+        guard r.code == 0 else { throw TestbedError("ip netns add \(n): \(r.err)") }
+        namespaces.append(n)
+        try sh(n, ["ip", "link", "set", "lo", "up"])
+        return n
+    }
+
+    /// Runs a command inside a namespace; throws when it fails.
+    @discardableResult
+    func sh(_ namespace: String, _ args: [String], stdin: String? = nil) throws -> String {
+        let r = try run(["ip", "netns", "exec", namespace] + args, stdin: stdin)
+        guard r.code == 0 else { throw TestbedError("\(args.joined(separator: " ")) in \(namespace): exit \(r.code): \(r.err)") }
+        return r.out
+    }
+
+    func exec(_ namespace: String, _ args: [String], stdin: String? = nil, env: [String: String] = [:]) throws -> CommandResult {
+        try run(["ip", "netns", "exec", namespace] + args, stdin: stdin, env: env)
+    }
+
+    func svcnat(_ namespace: String, _ args: [String], stdin: String? = nil, env: [String: String] = [:]) throws -> CommandResult {
+        try exec(namespace, [svcnatPath] + args, stdin: stdin, env: env)
+    }
+
+    /// A node namespace linked to an external client and to `pods` pod namespaces, following
+    /// the test address plan. Nothing links to the root namespace.
+    func topology(pods: Int) throws {
+        let node = try addNamespace("node"), client = try addNamespace("client")
+        try run(["ip", "-n", node, "link", "add", "client", "type", "veth", "peer", "name", "eth0", "netns", client])
+        try sh(node, ["ip", "addr", "add", "198.18.0.1/24", "dev", "client"])
+        try sh(node, ["ip", "link", "set", "client", "up"])
+        try sh(client, ["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"])
+        try sh(client, ["ip", "link", "set", "eth0", "up"])
+        try sh(client, ["ip", "route", "add", "198.18.100.0/24", "via", "198.18.0.1"])
+        try sh(node, ["ip", "route", "add", "default", "via", "198.18.0.2"])
+        try sh(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        try sh(node, ["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"])
+        for i in 1...max(pods, 1) where pods > 0 {
+            let pod = try addNamespace("pod\(i)")
+            try run(["ip", "-n", node, "link", "add", "pod\(i)", "type", "veth", "peer", "name", "eth0", "netns", pod])
+            try sh(node, ["ip", "addr", "add", "198.19.\(i).1/24", "dev", "pod\(i)"])
+            try sh(node, ["ip", "link", "set", "pod\(i)", "up"])
+            try sh(pod, ["ip", "addr", "add", "198.19.\(i).2/24", "dev", "eth0"])
+            try sh(pod, ["ip", "link", "set", "eth0", "up"])
+            try sh(pod, ["ip", "route", "add", "default", "via", "198.19.\(i).1"])
+        }
+    }
+
+    /// Starts the test server in pod i (name "pod<i>"), waits until it listens.
+    func startServer(pod i: Int, port: Int) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        p.arguments = ["netns", "exec", ns("pod\(i)"), "python3", helper("server.py"), "pod\(i)", String(port), "600"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        processes.append(p)
+        let line = out.fileHandleForReading.availableDataUntilNewline(timeout: 10)
+        guard line.contains("ready") else { throw TestbedError("server in pod\(i) did not start") }
+    }
+
+    func writeManifest(_ text: String) throws -> String {
+        let path = NSTemporaryDirectory() + "svcnat-test-\(id)-\(files.count).yaml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        files.append(path)
+        return path
+    }
+
+    func close() {
+        for p in processes where p.isRunning {
+            kill(-p.processIdentifier, SIGKILL)
+            p.terminate()
+            usleep(20_000)
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        }
+        for n in namespaces {
+            // Kill anything still running inside, then remove the namespace.
+            if let r = try? run(["ip", "netns", "pids", n]) {
+                for pid in r.out.split(separator: "\n").compactMap({ Int32($0) }) { kill(pid, SIGKILL) }
+            }
+            _ = try? run(["ip", "netns", "del", n])
+        }
+        for f in files { try? FileManager.default.removeItem(atPath: f) }
+    }
+}
+
+struct TestbedError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+extension FileHandle {
+    func availableDataUntilNewline(timeout: Double) -> String {
+        var data = Data()
+        let deadline = Date().addingTimeInterval(timeout)
+        var pfd = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
+        while Date() < deadline && !data.contains(UInt8(ascii: "\n")) {
+            if poll(&pfd, 1, 100) > 0 {
+                let chunk = availableData
+                if chunk.isEmpty { break }
+                data.append(chunk)
+            }
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Client results, as client.py prints them.
+struct ClientResult: Decodable {
+    var answers: [String: Int]
+    var sources: [String: Int]
+    var refused: Int
+    var timeouts: Int
+    var seconds: Double
+}
+
+extension Testbed {
+    func client(in namespace: String, _ proto: String, _ ip: String, _ port: Int, count: Int) throws -> ClientResult {
+        let out = try sh(namespace, ["python3", helper("client.py"), proto, ip, String(port), String(count)])
+        return try JSONDecoder().decode(ClientResult.self, from: Data(out.utf8))
+    }
+}
+
+/// Pearson's chi-square statistic of counts against a uniform spread.
+func chiSquare(_ counts: [Int]) -> Double {
+    let total = Double(counts.reduce(0, +)), expected = total / Double(counts.count)
+    return counts.reduce(0.0) { $0 + pow(Double($1) - expected, 2) / expected }
+}
+
+/// A Service with ClusterIP `ip`, TCP and UDP port 80 -> 8080 on pods 198.19.<i>.2.
+func serviceManifest(name: String = "web", ip: String = "198.18.100.20", pods: [Int]) -> String {
+    var s = """
+    apiVersion: v1
+    kind: Service
+    metadata: {name: \(name), namespace: demo}
+    spec:
+      clusterIP: \(ip)
+      selector: {app: \(name)}
+      ports:
+        - {name: http, protocol: TCP, port: 80, targetPort: web}
+        - {name: dns, protocol: UDP, port: 53, targetPort: 8080}
+
+    """
+    for i in pods {
+        s += """
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: \(name)-\(i), namespace: demo, labels: {app: \(name)}}
+        spec:
+          containers:
+            - name: c
+              ports: [{name: web, containerPort: 8080}]
+        status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+
+        """
+    }
+    return s
+}

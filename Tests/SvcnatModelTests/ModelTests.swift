@@ -1,0 +1,261 @@
+import Foundation
+import SvcnatCore
+import SvcnatModel
+import SvcnatSources
+import Testing
+
+let fixtures = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.path
+let examplesDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("examples").path
+
+func decode(_ yaml: String, file: String = "test.yaml") -> ManifestDecoder {
+    var d = ManifestDecoder()
+    d.decode(yaml, file: file)
+    return d
+}
+
+func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
+
+@Suite struct KubeProxyCompatibility {
+    @Test func chainNamesUseKubeProxysHash() {
+        let spn = ServicePortName(namespace: "ns1", name: "svc1", port: "p80", proto: .tcp)
+        #expect(KubeProxyNames.serviceChain(spn) == "KUBE-SVC-XPGD46QRK7WJZT7O")
+        let ep = EndpointAddress(ip: ip("10.180.0.1"), port: 80)
+        #expect(KubeProxyNames.endpointChain(spn, ep) == "KUBE-SEP-SXIVWICOYRO3J4NJ")
+    }
+
+    @Test func probabilitiesPrintAsIptablesSaveStoresThem() {
+        #expect(IptablesRenderer.storedProbability(2) == "0.50000000000")
+        #expect(IptablesRenderer.storedProbability(3) == "0.33333333349")
+        #expect(IptablesRenderer.storedProbability(4) == "0.25000000000")
+        #expect(IptablesRenderer.storedProbability(10) == "0.10000000009")
+    }
+}
+
+@Suite struct Decoding {
+    @Test func exampleGivesOneServiceWithThreePodEndpoints() throws {
+        let r = try ManifestSource.load([examplesDir])
+        #expect(r.state.services.count == 1)
+        #expect(r.state.pods.count == 3)
+        #expect(r.state.ingresses.count == 1)
+        let proxy = ProxyState(r.state)
+        #expect(proxy.servicePorts.count == 1)
+        let sp = proxy.servicePorts[0]
+        #expect(sp.name.description == "codereview/codereviewapi:codereviewapip")
+        #expect(sp.frontends == [Frontend(kind: .clusterIP, ip: ip("198.18.100.10"), port: 80)])
+        #expect(sp.endpoints.map(\.description) == ["198.19.1.2:8888", "198.19.2.2:8888", "198.19.3.2:8888"])
+    }
+
+    @Test func multiDocumentListsAndJSON() {
+        let d = decode("""
+        {"apiVersion": "v1", "kind": "List", "items": [
+          {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "x"},
+           "spec": {"clusterIP": "198.18.100.1", "ports": [{"port": 53, "protocol": "UDP"}]}}]}
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: ignored}
+        """)
+        #expect(d.errors.isEmpty)
+        #expect(d.state.services.map(\.meta.key) == ["x/a"])
+        #expect(d.state.services[0].ports[0].proto == .udp)
+        #expect(d.warnings.count == 1 && d.warnings[0].text.contains("ConfigMap"))
+    }
+
+    @Test(arguments: [
+        ("clusterIP: 198.18.100.300", "Service default/web: spec.clusterIP: \"198.18.100.300\" is not a valid IPv4 address"),
+        ("ports: [{port: 70000}]", "Service default/web: spec.ports[0].port: 70000 is not a port (1-65535)"),
+        ("ports: [{port: 80, protocol: XTP}]", "Service default/web: spec.ports[0].protocol: \"XTP\" is not a supported protocol"),
+        ("ports: [{port: 80, targetPort: Bad_Name}]", "Service default/web: spec.ports[0].targetPort:"),
+        ("ports: [{port: 80}, {port: 81}]", "Service default/web: spec.ports[0].name: required when a Service has more than one port"),
+        ("type: Magic", "Service default/web: spec.type: \"Magic\" is not a Service type"),
+    ])
+    func invalidServicesNameFileObjectAndField(spec: String, message: String) {
+        let base = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 198.18.100.1\n  ports: [{port: 80}]\n"
+        var lines = base.split(separator: "\n").map(String.init)
+        let key = String(spec.split(separator: ":")[0])
+        lines.removeAll { $0.hasPrefix("  \(key):") }
+        lines.append("  " + spec)
+        let d = decode(lines.joined(separator: "\n"), file: "svc.yaml")
+        #expect(d.state.services.isEmpty)
+        #expect(d.errors.contains { $0.description.hasPrefix("svc.yaml: " + message) }, "\(d.errors)")
+    }
+
+    @Test func malformedYAMLAndBadNames() {
+        let d = decode("apiVersion: v1\nkind: Service\nmetadata: {name: [unclosed\n", file: "broken.yaml")
+        #expect(d.errors.first?.description.hasPrefix("broken.yaml: not valid YAML or JSON") == true)
+        let n = decode("apiVersion: v1\nkind: Service\nmetadata: {name: Web_1}\nspec: {clusterIP: 198.18.100.1, ports: [{port: 80}]}\n")
+        #expect(n.errors.first?.description.contains("Service default/Web_1: metadata.name") == true)
+        let dup = decode("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 198.18.100.1, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 198.18.100.2, ports: [{port: 80}]}\n")
+        #expect(dup.errors.first?.description.contains("defined twice") == true)
+    }
+
+    @Test func headlessAndExternalNameGetNoRules() {
+        let d = decode("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: headless}
+        spec: {clusterIP: None, selector: {app: a}, ports: [{port: 80}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: ext}
+        spec: {type: ExternalName, externalName: example.test}
+        """)
+        #expect(d.errors.isEmpty)
+        #expect(ProxyState(d.state).servicePorts.isEmpty)
+    }
+}
+
+@Suite struct EndpointSelection {
+    let svc = Service(meta: ObjectMeta(namespace: "ns", name: "web"), clusterIP: IPv4Address("198.18.100.5"),
+                      selector: ["app": "web"], ports: [ServicePort(name: "http", port: 80, targetPort: .string("web"))])
+
+    @Test func podsResolveNamedPortsAndSkipUnready() {
+        let pods = [
+            Pod(meta: ObjectMeta(namespace: "ns", name: "a", labels: ["app": "web"]), podIP: ip("198.19.1.2"),
+                containerPorts: [ContainerPort(name: "web", containerPort: 9000)]),
+            Pod(meta: ObjectMeta(namespace: "ns", name: "b", labels: ["app": "web"]), podIP: ip("198.19.2.2"), ready: false,
+                containerPorts: [ContainerPort(name: "web", containerPort: 9000)]),
+            Pod(meta: ObjectMeta(namespace: "other", name: "c", labels: ["app": "web"]), podIP: ip("198.19.3.2"),
+                containerPorts: [ContainerPort(name: "web", containerPort: 9000)]),
+            Pod(meta: ObjectMeta(namespace: "ns", name: "d", labels: ["app": "web"]), podIP: ip("198.19.4.2"),
+                containerPorts: [ContainerPort(name: "other", containerPort: 9000)]),
+            Pod(meta: ObjectMeta(namespace: "ns", name: "e", labels: ["app": "web"]), podIP: ip("198.19.5.2"), terminating: true,
+                containerPorts: [ContainerPort(name: "web", containerPort: 9000)]),
+        ]
+        let p = ProxyState(ClusterState(services: [svc], pods: pods))
+        #expect(p.servicePorts[0].endpoints.map(\.description) == ["198.19.1.2:9000"])
+    }
+
+    @Test func slicesWinAndFallBackToTerminating() {
+        let port = [EndpointPort(name: "http", port: 8080)]
+        let ready = EndpointSlice(meta: ObjectMeta(namespace: "ns", name: "web-1"), serviceName: "web", endpoints: [
+            SliceEndpoint(addresses: [ip("198.19.1.2")]),
+            SliceEndpoint(addresses: [ip("198.19.2.2")], conditions: .init(ready: false, serving: true, terminating: true)),
+        ], ports: port)
+        let more = EndpointSlice(meta: ObjectMeta(namespace: "ns", name: "web-2"), serviceName: "web", endpoints: [
+            SliceEndpoint(addresses: [ip("198.19.3.2")]),
+        ], ports: port)
+        let pod = Pod(meta: ObjectMeta(namespace: "ns", name: "a", labels: ["app": "web"]), podIP: ip("198.19.9.2"))
+        var p = ProxyState(ClusterState(services: [svc], endpointSlices: [ready, more], pods: [pod]))
+        #expect(p.servicePorts[0].endpoints.map(\.description) == ["198.19.1.2:8080", "198.19.3.2:8080"])
+        let draining = EndpointSlice(meta: ready.meta, serviceName: "web", endpoints: [
+            SliceEndpoint(addresses: [ip("198.19.2.2")], conditions: .init(ready: false, serving: true, terminating: true)),
+            SliceEndpoint(addresses: [ip("198.19.4.2")], conditions: .init(ready: false, serving: false, terminating: true)),
+        ], ports: port)
+        p = ProxyState(ClusterState(services: [svc], endpointSlices: [draining]))
+        #expect(p.servicePorts[0].endpoints.map(\.description) == ["198.19.2.2:8080"])
+    }
+
+    @Test func endpointsV1() {
+        let e = Endpoints(meta: ObjectMeta(namespace: "ns", name: "web"), subsets: [
+            .init(addresses: [ip("198.19.1.2")], notReadyAddresses: [ip("198.19.2.2")], ports: [EndpointPort(name: "http", port: 7000)]),
+        ])
+        #expect(ProxyState(ClusterState(services: [svc], endpoints: [e])).servicePorts[0].endpoints.map(\.description) == ["198.19.1.2:7000"])
+    }
+}
+
+@Suite struct Rules {
+    @Test func everyItemReadsBackFromItsExpressions() {
+        let items: [RuleItem] = [
+            .ctStateNew, .ctStatusDNAT, .l4proto(.sctp), .saddrNotIn(IPv4Prefix("198.19.0.0/16")!),
+            .saddrNotIn(IPv4Prefix("198.19.128.0/17")!), .saddrNotIn(IPv4Prefix("198.19.1.2/32")!),
+            .markIsClear(0x4000), .markSetOr(0x4000), .markSetXor(0x4000), .numgenIsZero(modulus: 7),
+            .dnat(ip("198.19.1.2"), port: 8888), .masquerade(fullyRandom: true), .masquerade(fullyRandom: false),
+            .reject(.tcpReset), .reject(.icmpPortUnreachable), .dispatch(map: "m"), .saddrDaddrIn(set: "s"),
+            .verdict(.goto("c")), .verdict(.jump("c")), .verdict(.return), .verdict(.accept),
+        ]
+        for item in items { #expect(RuleItem.parse(item.exprs) == [item], "\(item)") }
+        #expect(RuleItem.parse(items.flatMap(\.exprs)) == items)
+        #expect(RuleItem.parse([.unknown("counter")]) == [.raw(.unknown("counter"))])
+    }
+
+    @Test func cascadeGivesEqualProbabilities() throws {
+        let r = try ManifestSource.load([examplesDir])
+        let (_, ruleset) = try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!]))
+        let view = try #require(ruleset.serviceViews.first)
+        #expect(view.endpoints.map(\.1) == ["1/3", "1/3", "1/3"])
+        #expect(view.frontends == ["198.18.100.10:80"])
+    }
+}
+
+@Suite struct Golden {
+    func render(_ format: String, _ args: ProxyConfig) throws -> String {
+        let r = try ManifestSource.load([examplesDir, fixtures + "/services.yaml"])
+        let (proxy, ruleset) = try Reconciler.desired(r.state, config: args)
+        return format == "nft" ? ruleset.nftText : IptablesRenderer(args.translator).render(proxy)
+    }
+
+    @Test(arguments: ["nft", "iptables"])
+    func dryRunMatchesGolden(format: String) throws {
+        let got = try render(format, ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!]))
+        let want = try String(contentsOfFile: fixtures + "/golden.\(format)", encoding: .utf8)
+        #expect(got == want)
+    }
+}
+
+@Suite struct Planning {
+    let config = ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!])
+
+    func state(_ pods: [Int]) -> ClusterState {
+        let svc = Service(meta: ObjectMeta(namespace: "demo", name: "web"), clusterIP: IPv4Address("198.18.100.20"),
+                          selector: ["app": "web"], ports: [ServicePort(name: "http", port: 80, targetPort: .int(8080))])
+        return ClusterState(services: [svc], pods: pods.map {
+            Pod(meta: ObjectMeta(namespace: "demo", name: "p\($0)", labels: ["app": "web"]), podIP: IPv4Address("198.19.\($0).2"))
+        })
+    }
+
+    @Test func firstSyncCreatesAndSecondIsEmpty() throws {
+        let kernel = FakeKernel()
+        let rec = Reconciler(config: config, kernel: kernel)
+        let first = try rec.reconcile(state([1, 2]))
+        #expect(first.transaction.operations.first == .addTable)
+        let second = try rec.reconcile(state([1, 2]))
+        #expect(second.transaction.isEmpty)
+        #expect(Planner.plan(from: kernel.ruleset, to: try Reconciler.desired(state([1, 2]), config: config).1).isEmpty)
+    }
+
+    @Test func endpointChangeTouchesOnlyItsChainAndElements() throws {
+        let kernel = FakeKernel()
+        let rec = Reconciler(config: config, kernel: kernel)
+        try rec.reconcile(state([1, 2]))
+        let change = try rec.reconcile(state([1, 2, 3])).transaction
+        let chain = "svc-demo/web/tcp/http"
+        // The mark rule stays; the two cascade rules go; three come; one hairpin element.
+        #expect(change.operations.filter { if case .deleteRule(chain, _) = $0 { true } else { false } }.count == 2)
+        #expect(change.operations.filter { if case .addRule(chain, _) = $0 { true } else { false } }.count == 3)
+        #expect(change.operations.contains(.addElements(set: "hairpin", [SetElement(key: [.ipv4(ip("198.19.3.2")), .ipv4(ip("198.19.3.2"))])])))
+        #expect(change.operations.count == 6)
+        #expect(try rec.reconcile(state([1, 2, 3])).transaction.isEmpty)
+    }
+
+    @Test func removingTheLastEndpointMovesTheServiceToReject() throws {
+        let kernel = FakeKernel()
+        let rec = Reconciler(config: config, kernel: kernel)
+        try rec.reconcile(state([1]))
+        let tx = try rec.reconcile(state([])).transaction
+        let text = tx.nftText
+        #expect(text.contains("delete element ip svcnat service-ips { 198.18.100.20 . tcp . 80 }"))
+        #expect(text.contains("add element ip svcnat no-endpoint-services { 198.18.100.20 . tcp . 80 comment \"demo/web:http\" : goto reject-chain }"))
+        #expect(text.contains("delete chain ip svcnat svc-demo/web/tcp/http"))
+        #expect(kernel.ruleset?.chain("svc-demo/web/tcp/http") == nil)
+    }
+
+    @Test func conflictingServicesAreInputErrors() {
+        let a = Service(meta: ObjectMeta(namespace: "x", name: "a"), clusterIP: IPv4Address("198.18.100.1"), ports: [ServicePort(port: 80)])
+        var b = a
+        b.meta.name = "b"
+        #expect(throws: InputErrors.self) { try Reconciler.desired(ClusterState(services: [a, b]), config: config) }
+    }
+
+    @Test func refusedTransactionLeavesFakeKernelAsItWas() throws {
+        let kernel = FakeKernel()
+        let rec = Reconciler(config: config, kernel: kernel)
+        try rec.reconcile(state([1]))
+        let before = kernel.ruleset
+        kernel.refuseNext = FakeKernelRefusal(operation: "test")
+        #expect(throws: FakeKernelRefusal.self) { try rec.reconcile(state([1, 2])) }
+        #expect(kernel.ruleset == before)
+    }
+}
