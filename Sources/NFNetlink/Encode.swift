@@ -101,14 +101,22 @@ struct BatchEncoder {
             buffer.commit(h)
         case .addSet(let s):
             let set = setObject(s.name)
-            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_FLAGS.rawValue), s.isVerdictMap ? NFT_SET_MAP.rawValue : 0)
+            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_FLAGS.rawValue), s.isMap ? NFT_SET_MAP.rawValue : 0)
             nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_TYPE.rawValue), s.nftKeyType)
             nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue), UInt32(s.keyLength))
             // The kernel requires a transaction-local id for every new set.
             nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_ID.rawValue), seq + 1)
-            if s.isVerdictMap {
+            switch s.data {
+            case .none: break
+            case .verdict:
                 nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
                 nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_LEN.rawValue), 0)
+            case .values(let f):
+                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue), NamedSet.nftType(f))
+                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_LEN.rawValue), UInt32(s.dataLength))
+            }
+            if let typeof = s.typeof, let udata = SetTypeof.userData[typeof] {
+                udata.withUnsafeBytes { _ = nftnl_set_set_data(set.raw, K.attr(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
             }
             let h = header(NFT_MSG_NEWSET, flags: NLM_F_CREATE)
             nftnl_set_nlmsg_build_payload(h, set.raw)
@@ -181,6 +189,9 @@ enum ElementCodec {
             nftnl_set_elem_set_u32(el, K.attr(NFTNL_SET_ELEM_VERDICT), UInt32(bitPattern: K.verdictCode(v)))
             if let c = v.target { nftnl_set_elem_set_str(el, K.attr(NFTNL_SET_ELEM_CHAIN), c) }
         }
+        if let d = e.dataBytes {
+            d.withUnsafeBytes { _ = nftnl_set_elem_set(el, K.attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
+        }
         if let c = e.comment {
             let value = Array(c.utf8) + [0]
             let udata: [UInt8] = [UInt8(NFTNL_UDATA_SET_ELEM_COMMENT.rawValue), UInt8(value.count)] + value
@@ -202,5 +213,27 @@ enum ElementCodec {
             i += 2 + len
         }
         return nil
+    }
+}
+
+/// nft keeps a set's `typeof` description in the set's user data, and prints it back from there.
+/// These are the bytes nft 1.0.x writes for the typeofs svcnat uses (a TLV list: key byte order,
+/// data byte order, the key expression, the data expressions), so `nft list ruleset` shows the
+/// endpoint maps exactly as `nft -f` of the dry-run output creates them.
+enum SetTypeof {
+    static let userData: [String: [UInt8]] = [
+        "numgen random mod 1 : ip daddr . th dport": [
+            0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+            0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x01, 0x00,
+            0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+            0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
+            0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+            0x01, 0x0c, 0x00, 0x04, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+            0x00, 0x00, 0x00, 0x00,
+        ],
+    ]
+
+    static func typeof(forUserData bytes: [UInt8]) -> String? {
+        userData.first { $0.value == bytes }?.key
     }
 }

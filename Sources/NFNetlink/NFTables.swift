@@ -107,7 +107,6 @@ public final class NFTables {
             r.chains.append(Chain(name: name, base: base))
         }
 
-        var setKeys: [String: [KeyField]] = [:]
         try dump(NFT_MSG_GETSET, what: "list sets of \(table)") { nlh in
             let s = NftSet()
             nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue), table)
@@ -120,18 +119,35 @@ public final class NFTables {
             let flags = nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_FLAGS.rawValue))
             let isMap = flags & NFT_SET_MAP.rawValue != 0
             var key = Self.keyFields(nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_TYPE.rawValue)))
+            var data = SetData.none
+            if isMap {
+                let dataType = nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue))
+                if dataType == NFT_DATA_VERDICT.rawValue { data = .verdict }
+                else {
+                    let fields = Self.keyFields(dataType)
+                    data = .values(fields)
+                    if fields.isEmpty || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_DATA_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(fields)) {
+                        key = []
+                    }
+                }
+            }
+            var typeof: String?
+            if nftnl_set_is_set(s.raw, K.attr(NFTNL_SET_USERDATA.rawValue)) {
+                var len: UInt32 = 0
+                if let p = nftnl_set_get_data(s.raw, K.attr(NFTNL_SET_USERDATA.rawValue), &len) {
+                    typeof = SetTypeof.typeof(forUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
+                }
+            }
             let plain = flags & ~(NFT_SET_MAP.rawValue) == 0
-            let dataOK = !isMap || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue)) == NFT_DATA_VERDICT.rawValue
-            let set = NamedSet(name: name, key: key, isVerdictMap: isMap)
-            if !plain || !dataOK || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue)) != UInt32(set.keyLength) {
+            if !plain || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(key)) {
                 key = []   // not a set svcnat would make: its definition will not match
             }
-            setKeys[name] = key
-            r.sets.append(NamedSet(name: name, key: key, isVerdictMap: isMap))
+            r.sets.append(NamedSet(name: name, key: key, data: data, typeof: typeof))
         }
 
         for i in r.sets.indices where !r.sets[i].key.isEmpty {
             let name = r.sets[i].name, fields = r.sets[i].key
+            let dataFields: [KeyField]? = if case .values(let f) = r.sets[i].data { f } else { nil }
             var elements: [SetElement] = []
             try dump(NFT_MSG_GETSETELEM, what: "list elements of \(table) \(name)") { nlh in
                 let s = NftSet()
@@ -144,7 +160,7 @@ public final class NFTables {
                 guard let it = nftnl_set_elems_iter_create(s.raw) else { return }
                 defer { nftnl_set_elems_iter_destroy(it) }
                 while let el = nftnl_set_elems_iter_next(it) {
-                    if let e = Self.readElement(el, fields: fields) { elements.append(e) }
+                    if let e = Self.readElement(el, fields: fields, data: dataFields) { elements.append(e) }
                 }
             }
             r.sets[i].elements = elements.sorted { $0.key.lexicographicallyPrecedes($1.key) }
@@ -225,14 +241,14 @@ public final class NFTables {
         var fields: [KeyField] = []
         var t = type
         while t != 0 {
-            guard let f = [KeyField.ipv4Addr, .inetProto, .inetService].first(where: { $0.nftTypeID == t & 0x3f }) else { return [] }
+            guard let f = [KeyField.ipv4Addr, .inetProto, .inetService, .integer].first(where: { $0.nftTypeID == t & 0x3f }) else { return [] }
             fields.insert(f, at: 0)
             t >>= 6
         }
         return fields
     }
 
-    static func readElement(_ el: OpaquePointer, fields: [KeyField]) -> SetElement? {
+    static func readElement(_ el: OpaquePointer, fields: [KeyField], data: [KeyField]?) -> SetElement? {
         var len: UInt32 = 0
         guard let p = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_KEY), &len),
               let key = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: fields)
@@ -243,6 +259,9 @@ public final class NFTables {
             let chain = nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_CHAIN))
                 ? str(nftnl_set_elem_get_str(el, K.attr(NFTNL_SET_ELEM_CHAIN))) : nil
             e.verdict = K.verdict(code, chain: chain)
+        }
+        if let data, let p = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_DATA), &len) {
+            e.data = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: data)
         }
         if nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_USERDATA)),
            let u = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_USERDATA), &len) {

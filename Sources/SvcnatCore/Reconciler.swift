@@ -8,16 +8,19 @@ public struct ProxyConfig: Sendable {
     public var clusterCIDRs: [IPv4Prefix]
     public var masqueradeAll: Bool
     public var nodeName: String?
+    public var endpointSelection: EndpointSelection
 
-    public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil) {
+    public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
+                endpointSelection: EndpointSelection = .map) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
         self.nodeName = nodeName
+        self.endpointSelection = endpointSelection
     }
 
     public var translator: TranslatorConfig {
-        TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll)
+        TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection)
     }
 }
 
@@ -47,10 +50,10 @@ public struct Reconciler {
 
     /// Pure: what svcnat wants in its table for this cluster state. Throws when two Services
     /// claim the same address, protocol and port.
-    public static func desired(_ state: ClusterState, config: ProxyConfig) throws -> (ProxyState, Ruleset) {
+    public static func desired(_ state: ClusterState, config: ProxyConfig, previous: Ruleset? = nil) throws -> (ProxyState, Ruleset) {
         let proxy = ProxyState(state)
         try checkConflicts(proxy, state)
-        return (proxy, Translator(config.translator).ruleset(for: proxy))
+        return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
     }
 
     static func checkConflicts(_ proxy: ProxyState, _ state: ClusterState) throws {
@@ -75,8 +78,10 @@ public struct Reconciler {
     public func reconcile(_ state: ClusterState, dryRun: Bool = false) throws -> SyncResult {
         let clock = ContinuousClock()
         let start = clock.now
-        let (proxy, desired) = try Self.desired(state, config: config)
+        let proxy = ProxyState(state)
+        try Self.checkConflicts(proxy, state)
         let current = try kernel.read(table: config.table)
+        let desired = Translator(config.translator).ruleset(for: proxy, previous: current)
         let tx = Planner.plan(from: current, to: desired)
         if !dryRun { try kernel.apply(tx) }
         let d = clock.now - start

@@ -61,6 +61,7 @@ extension Ruleset {
                     ("elements", .array(s.elements.map { e in
                         var o: [(String, JSON)] = [("key", .string(e.keyText))]
                         if let v = e.verdict { o.append(("verdict", .string(v.description))) }
+                        if let d = e.data { o.append(("data", .string(d.map(\.description).joined(separator: " . ")))) }
                         if let c = e.comment { o.append(("comment", .string(c))) }
                         return .object(o)
                     })),

@@ -12,10 +12,10 @@ extension Ruleset {
 }
 
 extension NamedSet {
-    public var kindWord: String { isVerdictMap ? "map" : "set" }
+    public var kindWord: String { isMap ? "map" : "set" }
 
     func nftBlock(indent: String) -> String {
-        var s = "\(indent)\(kindWord) \(name) {\n\(indent)\ttype \(typeText)\n"
+        var s = "\(indent)\(kindWord) \(name) {\n\(indent)\t\(typeText)\n"
         if !elements.isEmpty {
             let lines = elements.map { "\(indent)\t\t\($0.nftText)" }
             s += "\(indent)\telements = {\n" + lines.joined(separator: ",\n") + "\n\(indent)\t}\n"
@@ -29,6 +29,7 @@ extension SetElement {
         var s = keyText
         if let c = comment { s += " comment \(quoted(c))" }
         if let v = verdict { s += " : \(v)" }
+        if let d = data { s += " : " + d.map(\.description).joined(separator: " . ") }
         return s
     }
 }

@@ -45,7 +45,7 @@ public struct Transaction: Hashable, Sendable {
             switch op {
             case .addTable: lines.append("add table \(t)")
             case .deleteTable: lines.append("delete table \(t)")
-            case .addSet(let s): lines.append("add \(s.kindWord) \(t) \(s.name) { type \(s.typeText); }")
+            case .addSet(let s): lines.append("add \(s.kindWord) \(t) \(s.name) { \(s.typeText); }")
             case .deleteSet(let n): lines.append("delete set \(t) \(n)")
             case .addChain(let c):
                 lines.append("add chain \(t) \(c.name)" + (c.base.map { " { \($0.nftText) }" } ?? ""))
@@ -72,10 +72,12 @@ public enum Planner {
             tx.operations = [.addTable] + creation(of: desired)
             return tx
         }
+        let currentChains = Dictionary(current.chains.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let currentSets = Dictionary(current.sets.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         // A set whose definition changed, or a chain whose hook changed, cannot be altered in
         // place; rebuild the whole table in the same batch.
-        let setChanged = desired.sets.contains { d in current.set(d.name).map { !$0.sameDefinition(as: d) } ?? false }
-        let hookChanged = desired.chains.contains { d in current.chain(d.name).map { $0.base != d.base } ?? false }
+        let setChanged = desired.sets.contains { d in currentSets[d.name].map { !$0.sameDefinition(as: d) } ?? false }
+        let hookChanged = desired.chains.contains { d in currentChains[d.name].map { $0.base != d.base } ?? false }
         if setChanged || hookChanged {
             tx.operations = [.deleteTable, .addTable] + creation(of: desired)
             return tx
@@ -83,13 +85,13 @@ public enum Planner {
 
         var ops: [Operation] = []
         let wantedSets = Set(desired.sets.map(\.name)), wantedChains = Set(desired.chains.map(\.name))
-        for s in desired.sets where current.set(s.name) == nil { ops.append(.addSet(s.definition)) }
-        for c in desired.chains where current.chain(c.name) == nil { ops.append(.addChain(c.header)) }
+        for s in desired.sets where currentSets[s.name] == nil { ops.append(.addSet(s.definition)) }
+        for c in desired.chains where currentChains[c.name] == nil { ops.append(.addChain(c.header)) }
 
         // Rules: keep the common prefix, drop the rest, append what is missing.
         var ruleAdds: [Operation] = []
         for d in desired.chains {
-            let have = current.chain(d.name)?.rules ?? []
+            let have = currentChains[d.name]?.rules ?? []
             var p = 0
             while p < have.count, p < d.rules.count, have[p] == d.rules[p] { p += 1 }
             if p < have.count {
@@ -104,7 +106,8 @@ public enum Planner {
         // Elements: delete the stale and changed, add the missing and changed.
         var elementAdds: [Operation] = []
         for d in desired.sets {
-            let have = current.set(d.name)?.elements ?? []
+            let have = currentSets[d.name]?.elements ?? []
+            if have == d.elements { continue }
             let haveByKey = Dictionary(have.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
             let wantByKey = Dictionary(d.elements.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
             let stale = have.filter { wantByKey[$0.key] != $0 }
@@ -136,7 +139,7 @@ public enum Planner {
 }
 
 extension NamedSet {
-    var definition: NamedSet { NamedSet(name: name, key: key, isVerdictMap: isVerdictMap) }
+    var definition: NamedSet { NamedSet(name: name, key: key, data: data, typeof: typeof) }
 }
 
 extension Chain {

@@ -14,6 +14,9 @@ public enum RuleItem: Hashable, Sendable {
     /// `numgen random mod n == 0`: true with probability 1/n.
     case numgenIsZero(modulus: UInt32)
     case dnat(IPv4Address, port: UInt16)
+    /// `dnat ip to numgen random mod n offset base map @m`: picks element base + random(n) of
+    /// the endpoint map m, each with probability 1/n.
+    case dnatFromMap(modulus: UInt32, offset: UInt32, map: String)
     case masquerade(fullyRandom: Bool)
     case reject(RejectKind)
     /// `ip daddr . meta l4proto . th dport vmap @set`
@@ -56,7 +59,7 @@ public struct Rule: Hashable, Sendable {
     public var setReferences: [String] {
         items.compactMap {
             switch $0 {
-            case .dispatch(let s), .saddrDaddrIn(let s): s
+            case .dispatch(let s), .saddrDaddrIn(let s), .dnatFromMap(_, _, let s): s
             case .raw(.lookup(let s, _, _)): s
             default: nil
             }
@@ -100,6 +103,9 @@ extension RuleItem {
         case .dnat(let addr, let port):
             [.immediate(dreg: r1, data: addr.bytes), .immediate(dreg: r2, data: port.networkBytes),
              .dnat(addrReg: r1, protoReg: r2, flags: NATFlags.protoSpecified)]
+        case .dnatFromMap(let n, let offset, let map):
+            [.numgen(dreg: r1, modulus: n, offset: offset), .lookup(set: map, sreg: r1, dreg: r1),
+             .dnat(addrReg: r1, protoReg: .reg32(1), flags: NATFlags.protoSpecified)]
         case .masquerade(let fullyRandom):
             [.masquerade(flags: fullyRandom ? NATFlags.fullyRandom : 0)]
         case .reject(let kind):
@@ -172,7 +178,11 @@ extension RuleItem {
             }
             if x == 0, case .cmp(r1, .eq, [0, 0, 0, 0]) = e[i + 2] { return (.markIsClear(m), 3) }
             return nil
-        case .numgen(r1, let n, 0): return starts(.numgenIsZero(modulus: n))
+        case .numgen(r1, let n, let offset):
+            if i + 1 < e.count, case .lookup(let m, r1, r1) = e[i + 1] {
+                return starts(.dnatFromMap(modulus: n, offset: offset, map: m))
+            }
+            return offset == 0 ? starts(.numgenIsZero(modulus: n)) : nil
         case .immediate(r1, let a) where a.count == 4:
             guard i + 1 < e.count, case .immediate(r2, let p) = e[i + 1], p.count == 2,
                   let addr = IPv4Address(bytes: a) else { return nil }
@@ -223,6 +233,7 @@ extension RuleItem {
         case .markSetXor(let b): "meta mark set meta mark ^ \(hex(b))"
         case .numgenIsZero(let n): "numgen random mod \(n) == 0"
         case .dnat(let a, let p): "dnat to \(a):\(p)"
+        case .dnatFromMap(let n, let o, let m): "dnat ip to numgen random mod \(n) offset \(o) map @\(m)"
         case .masquerade(let r): r ? "masquerade fully-random" : "masquerade"
         case .reject(.tcpReset): "reject with tcp reset"
         case .reject(.icmpPortUnreachable): "reject with icmp port-unreachable"

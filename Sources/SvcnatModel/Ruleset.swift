@@ -32,11 +32,14 @@ public struct Chain: Hashable, Sendable {
 /// concatenations do.
 public enum KeyField: String, Hashable, Sendable, Codable {
     case ipv4Addr = "ipv4_addr", inetProto = "inet_proto", inetService = "inet_service"
+    /// A 32-bit number in host order, such as a `numgen` result.
+    case integer = "integer"
 
     /// nft's datatype numbers (TYPE_IPADDR, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE); nft reads
     /// the set's key type from them to print elements.
     public var nftTypeID: UInt32 {
         switch self {
+        case .integer: 4
         case .ipv4Addr: 7
         case .inetProto: 12
         case .inetService: 13
@@ -45,7 +48,7 @@ public enum KeyField: String, Hashable, Sendable, Codable {
 
     public var length: Int {
         switch self {
-        case .ipv4Addr: 4
+        case .ipv4Addr, .integer: 4
         case .inetProto: 1
         case .inetService: 2
         }
@@ -56,12 +59,14 @@ public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
     case ipv4(IPv4Address)
     case proto(TransportProtocol)
     case port(UInt16)
+    case integer(UInt32)
 
     public var description: String {
         switch self {
         case .ipv4(let a): a.description
         case .proto(let p): p.lowercased
         case .port(let p): String(p)
+        case .integer(let n): String(n)
         }
     }
 
@@ -70,6 +75,7 @@ public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
         case .ipv4(let a): a.bytes
         case .proto(let p): [p.number]
         case .port(let p): p.networkBytes
+        case .integer(let n): n.hostBytes
         }
     }
 
@@ -78,6 +84,7 @@ public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
         case (.ipv4(let x), .ipv4(let y)): x < y
         case (.proto(let x), .proto(let y)): x < y
         case (.port(let x), .port(let y)): x < y
+        case (.integer(let x), .integer(let y)): x < y
         default: a.description < b.description
         }
     }
@@ -86,17 +93,23 @@ public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
 public struct SetElement: Hashable, Sendable {
     public var key: [KeyValue]
     public var verdict: Verdict?
+    /// The value of a data map's element.
+    public var data: [KeyValue]?
     public var comment: String?
 
-    public init(key: [KeyValue], verdict: Verdict? = nil, comment: String? = nil) {
+    public init(key: [KeyValue], verdict: Verdict? = nil, data: [KeyValue]? = nil, comment: String? = nil) {
         self.key = key
         self.verdict = verdict
+        self.data = data
         self.comment = comment
     }
 
     /// The key as the kernel stores it: each field in network order, padded to 4 bytes.
-    public var keyBytes: [UInt8] {
-        key.flatMap { v -> [UInt8] in
+    public var keyBytes: [UInt8] { Self.encode(key) }
+    public var dataBytes: [UInt8]? { data.map(Self.encode) }
+
+    static func encode(_ values: [KeyValue]) -> [UInt8] {
+        values.flatMap { v -> [UInt8] in
             let b = v.bytes
             return b + [UInt8](repeating: 0, count: (4 - b.count % 4) % 4)
         }
@@ -114,6 +127,7 @@ public struct SetElement: Hashable, Sendable {
                 guard let p = TransportProtocol(number: b[0]) else { return nil }
                 out.append(.proto(p))
             case .inetService: out.append(.port(UInt16(b[0]) << 8 | UInt16(b[1])))
+            case .integer: out.append(.integer(UInt32(hostBytes: b)!))
             }
             at += (f.length + 3) / 4 * 4
         }
@@ -123,33 +137,57 @@ public struct SetElement: Hashable, Sendable {
     public var keyText: String { key.map(\.description).joined(separator: " . ") }
 }
 
+/// What a set's elements map to.
+public enum SetData: Hashable, Sendable {
+    case none
+    case verdict
+    case values([KeyField])
+}
+
 public struct NamedSet: Hashable, Sendable {
     public var name: String
     public var key: [KeyField]
-    /// A verdict map when true, a plain set otherwise.
-    public var isVerdictMap: Bool
+    public var data: SetData
+    /// nft's `typeof` description, for sets whose key nft cannot name by type alone (the
+    /// endpoint maps, keyed by a numgen result). Printed instead of `type`.
+    public var typeof: String?
     public var elements: [SetElement]
 
-    public init(name: String, key: [KeyField], isVerdictMap: Bool, elements: [SetElement] = []) {
+    public init(name: String, key: [KeyField], data: SetData, typeof: String? = nil, elements: [SetElement] = []) {
         self.name = name
         self.key = key
-        self.isVerdictMap = isVerdictMap
+        self.data = data
+        self.typeof = typeof
         self.elements = elements
     }
 
-    public var keyLength: Int { key.reduce(0) { $0 + ($1.length + 3) / 4 * 4 } }
+    public var isVerdictMap: Bool { data == .verdict }
+    public var isMap: Bool { data != .none }
+
+    public static func fieldsLength(_ f: [KeyField]) -> Int { f.reduce(0) { $0 + ($1.length + 3) / 4 * 4 } }
+    public var keyLength: Int { Self.fieldsLength(key) }
+    public var dataLength: Int { if case .values(let f) = data { Self.fieldsLength(f) } else { 0 } }
 
     /// nft's concatenated type id: 6 bits per field, first field highest.
-    public var nftKeyType: UInt32 { key.reduce(0) { $0 << 6 | $1.nftTypeID } }
+    public static func nftType(_ f: [KeyField]) -> UInt32 { f.reduce(0) { $0 << 6 | $1.nftTypeID } }
+    public var nftKeyType: UInt32 { Self.nftType(key) }
 
     public var typeText: String {
-        key.map(\.rawValue).joined(separator: " . ") + (isVerdictMap ? " : verdict" : "")
+        if let typeof { return "typeof \(typeof)" }
+        let k = key.map(\.rawValue).joined(separator: " . ")
+        switch data {
+        case .none: return "type \(k)"
+        case .verdict: return "type \(k) : verdict"
+        case .values(let f): return "type \(k) : " + f.map(\.rawValue).joined(separator: " . ")
+        }
     }
 
-    /// Same definition (name, key, kind), whatever the elements.
+    /// Same definition (name, key, data), whatever the elements.
     public func sameDefinition(as other: NamedSet) -> Bool {
-        name == other.name && key == other.key && isVerdictMap == other.isVerdictMap
+        name == other.name && key == other.key && data == other.data
     }
+
+    public func element(_ key: [KeyValue]) -> SetElement? { elements.first { $0.key == key } }
 }
 
 public struct Ruleset: Hashable, Sendable {

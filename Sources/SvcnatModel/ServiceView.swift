@@ -35,12 +35,27 @@ extension Ruleset {
             let id = "\(name) \(p)"
             var v = views[id] ?? ServiceView(name: name, proto: p, frontends: [], chain: chain, endpoints: [])
             v.frontends.append("\(ip):\(port)")
-            if let chain, let c = self.chain(chain) { v.endpoints = Self.cascade(c.rules) }
+            if let chain, let c = self.chain(chain) { v.endpoints = endpoints(of: c) }
             views[id] = v
         }
         for e in set(Names.serviceIPs)?.elements ?? [] { add(e, chain: e.verdict?.target) }
         for e in set(Names.noEndpointServices)?.elements ?? [] { add(e, chain: nil) }
         return views.values.sorted { ($0.name, $0.proto) < ($1.name, $1.proto) }
+    }
+
+    /// The endpoints a service chain chooses between: from its endpoint map slot, or its cascade.
+    func endpoints(of c: Chain) -> [(EndpointAddress, String)] {
+        for r in c.rules {
+            for case .dnatFromMap(let n, let base, let map) in r.items {
+                let elements = set(map)?.elements ?? []
+                return (0..<n).compactMap { i -> (EndpointAddress, String)? in
+                    guard let e = elements.first(where: { $0.key == [.integer(base + i)] }),
+                          let d = e.data, d.count == 2, case .ipv4(let ip) = d[0], case .port(let port) = d[1] else { return nil }
+                    return (EndpointAddress(ip: ip, port: port), "1/\(n)")
+                }
+            }
+        }
+        return Self.cascade(c.rules)
     }
 
     /// Reads the probability cascade: rule i of n carries `numgen random mod (n-i) == 0`; the

@@ -19,14 +19,25 @@ public struct TranslatorConfig: Hashable, Sendable {
     public var masqueradeAll: Bool
     /// kube-proxy's --masquerade-bit (default 14 -> 0x4000).
     public var masqueradeMark: UInt32
+    public var endpointSelection: EndpointSelection
 
     public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false,
-                masqueradeBit: Int = 14) {
+                masqueradeBit: Int = 14, endpointSelection: EndpointSelection = .map) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
         self.masqueradeMark = 1 << UInt32(masqueradeBit)
+        self.endpointSelection = endpointSelection
     }
+}
+
+/// How a Service port's chain picks an endpoint; both give each endpoint exactly 1/n.
+public enum EndpointSelection: String, Hashable, Sendable, CaseIterable {
+    /// One rule: `dnat ip to numgen random mod n offset base map @endpoints-K`, the endpoints
+    /// being elements of one of 256 shared maps. Swapping an endpoint is an element update.
+    case map
+    /// The probability cascade: rule i of n matches with probability 1/(n-i), DNAT inline.
+    case cascade
 }
 
 public enum Names {
@@ -38,6 +49,10 @@ public enum Names {
     public static let endpointsCheck = "service-endpoints-check"
     public static let rejectChain = "reject-chain"
     public static let serviceChainPrefix = "svc-"
+    public static let endpointMapPrefix = "endpoints-"
+    public static let endpointShards = 256
+
+    public static func endpointMap(_ shard: Int) -> String { "\(endpointMapPrefix)\(shard)" }
 
     /// `svc-<namespace>/<name>/<protocol>/<port name, or number when unnamed>`: readable, unique
     /// (Kubernetes names cannot hold "/", and a port name always has a letter), and at most 152
@@ -53,12 +68,20 @@ public struct Translator: Sendable {
 
     static let dispatchKey: [KeyField] = [.ipv4Addr, .inetProto, .inetService]
 
-    public func ruleset(for state: ProxyState) -> Ruleset {
-        var serviceIPs = NamedSet(name: Names.serviceIPs, key: Self.dispatchKey, isVerdictMap: true)
-        var noEndpoints = NamedSet(name: Names.noEndpointServices, key: Self.dispatchKey, isVerdictMap: true)
-        var hairpin = NamedSet(name: Names.hairpin, key: [.ipv4Addr, .ipv4Addr], isVerdictMap: false)
+    /// The ruleset for `state`. `previous` (what the kernel or the cache holds) keeps each
+    /// Service port's place in the endpoint maps, so one Service's change moves no other.
+    public func ruleset(for state: ProxyState, previous: Ruleset? = nil) -> Ruleset {
+        var serviceIPs = NamedSet(name: Names.serviceIPs, key: Self.dispatchKey, data: .verdict)
+        var noEndpoints = NamedSet(name: Names.noEndpointServices, key: Self.dispatchKey, data: .verdict)
+        var hairpin = NamedSet(name: Names.hairpin, key: [.ipv4Addr, .ipv4Addr], data: .none)
         var serviceChains: [Chain] = []
         var hairpinIPs = Set<IPv4Address>()
+        let slots = config.endpointSelection == .map
+            ? EndpointSlots.allocate(state.servicePorts.filter { !$0.endpoints.isEmpty }.map {
+                (Names.serviceChain($0.name, port: $0.frontends.first?.port ?? 0), UInt32($0.endpoints.count))
+            }, previous: previous.map(EndpointSlots.read) ?? [:])
+            : [:]
+        var endpointMaps: [Int: NamedSet] = [:]
 
         for sp in state.servicePorts {
             let comment = sp.name.description
@@ -74,7 +97,17 @@ public struct Translator: Sendable {
                 serviceIPs.elements.append(SetElement(key: [.ipv4(f.ip), .proto(sp.name.proto), .port(f.port)],
                                                       verdict: .goto(chain), comment: comment))
             }
-            serviceChains.append(Chain(name: chain, rules: serviceRules(sp)))
+            if let slot = slots[chain] {
+                let name = Names.endpointMap(slot.shard)
+                var map = endpointMaps[slot.shard] ?? Self.endpointMap(name)
+                for (i, ep) in sp.endpoints.enumerated() {
+                    map.elements.append(SetElement(key: [.integer(slot.base + UInt32(i))], data: [.ipv4(ep.ip), .port(ep.port)]))
+                }
+                endpointMaps[slot.shard] = map
+                serviceChains.append(Chain(name: chain, rules: serviceRules(sp, slot: (name, slot.base))))
+            } else {
+                serviceChains.append(Chain(name: chain, rules: serviceRules(sp, slot: nil)))
+            }
             hairpinIPs.formUnion(sp.endpoints.map(\.ip))
         }
         hairpin.elements = hairpinIPs.sorted().map { SetElement(key: [.ipv4($0), .ipv4($0)]) }
@@ -82,12 +115,22 @@ public struct Translator: Sendable {
         noEndpoints.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
         serviceChains.sort { $0.name < $1.name }
 
-        return Ruleset(family: .ip, table: config.table, sets: [serviceIPs, noEndpoints, hairpin],
+        let maps = endpointMaps.keys.sorted().map { k -> NamedSet in
+            var m = endpointMaps[k]!
+            m.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
+            return m
+        }
+        return Ruleset(family: .ip, table: config.table, sets: [serviceIPs, noEndpoints, hairpin] + maps,
                        chains: staticChains() + serviceChains)
     }
 
-    /// The mark rule (if any), then the probability cascade over the endpoints.
-    func serviceRules(_ sp: ServicePortState) -> [Rule] {
+    static func endpointMap(_ name: String) -> NamedSet {
+        NamedSet(name: name, key: [.integer], data: .values([.ipv4Addr, .inetService]),
+                 typeof: "numgen random mod 1 : ip daddr . th dport")
+    }
+
+    /// The mark rule (if any), then the endpoint choice: one map lookup, or the cascade.
+    func serviceRules(_ sp: ServicePortState, slot: (map: String, base: UInt32)?) -> [Rule] {
         var rules: [Rule] = []
         if config.masqueradeAll {
             rules.append(Rule([.markSetOr(config.masqueradeMark)]))
@@ -95,6 +138,10 @@ public struct Translator: Sendable {
             rules.append(Rule(config.clusterCIDRs.map { .saddrNotIn($0) } + [.markSetOr(config.masqueradeMark)]))
         }
         let n = sp.endpoints.count
+        if let slot {
+            rules.append(Rule([.l4proto(sp.name.proto), .dnatFromMap(modulus: UInt32(n), offset: slot.base, map: slot.map)]))
+            return rules
+        }
         for (i, ep) in sp.endpoints.enumerated() {
             var items: [RuleItem] = []
             if i < n - 1 { items.append(.numgenIsZero(modulus: UInt32(n - i))) }

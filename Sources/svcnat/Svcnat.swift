@@ -35,6 +35,9 @@ struct CommonOptions: ParsableArguments {
     @Flag(help: "Masquerade all traffic sent to Services.")
     var masqueradeAll = false
 
+    @Option(help: "How a Service chain picks an endpoint: map (one rule, endpoints as elements of shared maps) or cascade (one rule per endpoint, probability 1/(n-i)).")
+    var endpointSelection: EndpointSelection = .map
+
     @Flag(name: [.short, .long], help: "Print the transaction sent to the kernel.")
     var verbose = false
 
@@ -59,9 +62,11 @@ struct CommonOptions: ParsableArguments {
 
     var config: ProxyConfig {
         ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPv4Prefix($0) }, masqueradeAll: masqueradeAll,
-                    nodeName: nodeName ?? ProcessInfo.processInfo.hostName)
+                    nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection)
     }
 }
+
+extension EndpointSelection: ExpressibleByArgument {}
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case nft, iptables, json

@@ -27,24 +27,25 @@ struct KernelTests {
         #expect(shown.code == 0)
         #expect(NSDictionary(dictionary: try rulesetJSON(shown.out)) == NSDictionary(dictionary: try rulesetJSON(plan.out)))
 
-        // nft, an independent reader, sees the dispatch element, the cascade and the DNATs.
+        // nft, an independent reader, sees the dispatch element, the service chain and the
+        // endpoints in the endpoint map.
         let nftJSON = try bed.sh(n, ["nft", "-j", "list", "ruleset"])
         let items = (try JSONSerialization.jsonObject(with: Data(nftJSON.utf8)) as! [String: Any])["nftables"] as! [[String: Any]]
         let rules = items.compactMap { $0["rule"] as? [String: Any] }
         let svcChain = "svc-codereview/codereviewapi/tcp/codereviewapip"
-        let cascade = rules.filter { $0["chain"] as? String == svcChain }
-        #expect(cascade.count == 4)
-        let dnats = cascade.flatMap { ($0["expr"] as! [[String: Any]]).compactMap { $0["dnat"] as? [String: Any] } }
-        #expect(Set(dnats.compactMap { $0["addr"] as? String }) == ["198.19.1.2", "198.19.2.2", "198.19.3.2"])
-        #expect(dnats.allSatisfy { $0["port"] as? Int == 8888 })
-        let mods = cascade.compactMap { r in
-            (r["expr"] as! [[String: Any]]).compactMap { (($0["match"] as? [String: Any])?["left"] as? [String: Any])?["numgen"] as? [String: Any] }.first?["mod"] as? Int
-        }
-        #expect(mods == [3, 2])
+        let chainRules = rules.filter { $0["chain"] as? String == svcChain }
+        #expect(chainRules.count == 2)
+        let dnatText = String(describing: chainRules.last?["expr"] ?? "")
+        #expect(dnatText.contains("numgen") && dnatText.contains("endpoints-"))
         let maps = items.compactMap { $0["map"] as? [String: Any] }
         let serviceIPs = try #require(maps.first { $0["name"] as? String == "service-ips" })
         let elemText = String(describing: serviceIPs["elem"] ?? "")
         #expect(elemText.contains("198.18.100.10") && elemText.contains(svcChain))
+        let endpointMaps = maps.filter { ($0["name"] as? String ?? "").hasPrefix("endpoints-") }
+        #expect(endpointMaps.count == 1)
+        let endpointText = String(describing: endpointMaps.first?["elem"] ?? "")
+        for a in ["198.19.1.2", "198.19.2.2", "198.19.3.2"] { #expect(endpointText.contains(a)) }
+        #expect(endpointText.contains("8888"))
 
         // A second apply of the same input sends nothing.
         let again = try bed.svcnat(n, ["apply", "-f", examples] + cidr)
@@ -133,7 +134,7 @@ struct KernelTests {
         defer { bed.close() }
         let a = try bed.addNamespace("a"), b = try bed.addNamespace("b")
         let input = try bed.writeManifest(serviceManifest(name: "web", pods: [1, 2, 3]) + "---\n" + serviceManifest(name: "empty", ip: "198.18.100.30", pods: []))
-        for args in [cidr, ["--masquerade-all"], []] {
+        for args in [cidr, ["--masquerade-all"], [], cidr + ["--endpoint-selection", "cascade"]] {
             _ = try bed.svcnat(a, ["cleanup"])
             _ = try bed.exec(b, ["nft", "flush", "ruleset"])
             #expect(try bed.svcnat(a, ["apply", "-f", examples, "-f", input] + args).code == 0)

@@ -9,14 +9,15 @@ struct TrafficTests {
     /// chi-square critical value for 2 degrees of freedom at p = 0.001.
     let chi2Critical2 = 13.82
 
-    @Test func clusterIPSpreadsOverEveryPodFromNodeClientAndPods() throws {
+    @Test(arguments: ["map", "cascade"])
+    func clusterIPSpreadsOverEveryPodFromNodeClientAndPods(selection: String) throws {
         let bed = Testbed("spread")
         defer { bed.close() }
         try bed.topology(pods: 3)
         for i in 1...3 { try bed.startServer(pod: i, port: 8080) }
         let node = bed.ns("node")
         let input = try bed.writeManifest(serviceManifest(pods: [1, 2, 3]))
-        let applied = try bed.svcnat(node, ["apply", "-f", input] + cidr)
+        let applied = try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + cidr)
         #expect(applied.code == 0, "\(applied.err)")
 
         // From the node: every pod answers, evenly.

@@ -107,7 +107,7 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
     }
 }
 
-@Suite struct EndpointSelection {
+@Suite struct EndpointsFromObjects {
     let svc = Service(meta: ObjectMeta(namespace: "ns", name: "web"), clusterIP: IPv4Address("198.18.100.5"),
                       selector: ["app": "web"], ports: [ServicePort(name: "http", port: 80, targetPort: .string("web"))])
 
@@ -171,9 +171,10 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(RuleItem.parse([.unknown("counter")]) == [.raw(.unknown("counter"))])
     }
 
-    @Test func cascadeGivesEqualProbabilities() throws {
+    @Test(arguments: EndpointSelection.allCases)
+    func bothShapesGiveEqualProbabilities(selection: EndpointSelection) throws {
         let r = try ManifestSource.load([examplesDir])
-        let (_, ruleset) = try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!]))
+        let (_, ruleset) = try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], endpointSelection: selection))
         let view = try #require(ruleset.serviceViews.first)
         #expect(view.endpoints.map(\.1) == ["1/3", "1/3", "1/3"])
         #expect(view.frontends == ["198.18.100.10:80"])
@@ -187,10 +188,11 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         return format == "nft" ? ruleset.nftText : IptablesRenderer(args.translator).render(proxy)
     }
 
-    @Test(arguments: ["nft", "iptables"])
-    func dryRunMatchesGolden(format: String) throws {
-        let got = try render(format, ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!]))
-        let want = try String(contentsOfFile: fixtures + "/golden.\(format)", encoding: .utf8)
+    @Test(arguments: [("nft", EndpointSelection.map), ("nft", .cascade), ("iptables", .map)])
+    func dryRunMatchesGolden(format: String, selection: EndpointSelection) throws {
+        let got = try render(format, ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], endpointSelection: selection))
+        let name = format == "nft" ? "golden.\(selection.rawValue).nft" : "golden.iptables"
+        let want = try String(contentsOfFile: fixtures + "/" + name, encoding: .utf8)
         #expect(got == want)
     }
 }
@@ -216,9 +218,47 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(Planner.plan(from: kernel.ruleset, to: try Reconciler.desired(state([1, 2]), config: config).1).isEmpty)
     }
 
-    @Test func endpointChangeTouchesOnlyItsChainAndElements() throws {
+    @Test func endpointSwapIsOnlyElementUpdates() throws {
         let kernel = FakeKernel()
         let rec = Reconciler(config: config, kernel: kernel)
+        try rec.reconcile(state([1, 2, 3]))
+        let swap = try rec.reconcile(state([1, 2, 4])).transaction
+        // Pod 3 replaced by pod 4: its map element and its hairpin element change; no rule moves.
+        #expect(!swap.operations.contains { if case .addRule = $0 { true } else if case .deleteRule = $0 { true } else { false } })
+        #expect(swap.messageCount == 4, "\(swap.nftText)")
+        #expect(swap.nftText.contains("add element ip svcnat endpoints-"))
+        #expect(swap.nftText.contains(": 198.19.4.2 . 8080 }"))
+        // One more endpoint: the one rule is replaced (new modulus), one element added.
+        let grow = try rec.reconcile(state([1, 2, 4, 5])).transaction
+        #expect(grow.operations.filter { if case .addRule = $0 { true } else { false } }.count == 1)
+        #expect(grow.operations.filter { if case .deleteRule = $0 { true } else { false } }.count == 1)
+        #expect(grow.messageCount == 4, "\(grow.nftText)")
+    }
+
+    @Test func slotsStayPutAndDoNotOverlap() {
+        let ports = (0..<2000).map { ("svc-ns/s\($0)/tcp/http", UInt32($0 % 13 + 1)) }
+        let first = EndpointSlots.allocate(ports, previous: [:])
+        var byShard: [Int: [(UInt32, UInt32)]] = [:]
+        for (c, n) in ports {
+            let s = first[c]!
+            #expect(s.shard == EndpointSlots.shard(c) && s.capacity >= n && s.base % s.capacity == 0)
+            byShard[s.shard, default: []].append((s.base, s.base + s.capacity))
+        }
+        for ranges in byShard.values {
+            let sorted = ranges.sorted { $0.0 < $1.0 }
+            for i in sorted.indices.dropFirst() { #expect(sorted[i - 1].1 <= sorted[i].0) }
+        }
+        // Growing one port past its capacity moves only that port.
+        var changed = ports
+        changed[7].1 = 40
+        let second = EndpointSlots.allocate(changed, previous: first)
+        let moved = ports.map(\.0).filter { first[$0] != second[$0] }
+        #expect(moved == [ports[7].0])
+    }
+
+    @Test func endpointChangeTouchesOnlyItsChainAndElements() throws {
+        let kernel = FakeKernel()
+        let rec = Reconciler(config: ProxyConfig(clusterCIDRs: config.clusterCIDRs, endpointSelection: .cascade), kernel: kernel)
         try rec.reconcile(state([1, 2]))
         let change = try rec.reconcile(state([1, 2, 3])).transaction
         let chain = "svc-demo/web/tcp/http"
