@@ -10,6 +10,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // libnftnl + libmnl, as Debian ships them. libnftnl.pc does not name libmnl, so the
@@ -28,9 +32,19 @@ let package = Package(
         .target(name: "SvcnatSources", dependencies: ["SvcnatModel", "Yams"]),
         // Reconciler behind the Kernel protocol.
         .target(name: "SvcnatCore", dependencies: ["SvcnatModel", "SvcnatSources", "NFNetlink"]),
+        // The node agent: file watching, sync loop, metrics and health over HTTP.
+        .target(name: "SvcnatDaemon", dependencies: [
+            "SvcnatCore", "NFNetlink",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .executableTarget(
             name: "svcnat",
-            dependencies: ["SvcnatCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SvcnatCore", "SvcnatDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(
             name: "SvcnatModelTests",

@@ -210,7 +210,7 @@ public final class NFTables {
 
     /// Sends one request and hands every answer to `each` until the kernel says it is done
     /// (NLMSG_DONE for a dump, the ack otherwise).
-    private func request(_ type: nf_tables_msg_types, flags: Int32, what: String,
+    func request(_ type: nf_tables_msg_types, flags: Int32, what: String,
                          build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
                          each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
         let buffer = MessageBuffer(capacity: 0)

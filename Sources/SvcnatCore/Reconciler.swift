@@ -56,7 +56,7 @@ public struct Reconciler {
         return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
     }
 
-    static func checkConflicts(_ proxy: ProxyState, _ state: ClusterState) throws {
+    public static func checkConflicts(_ proxy: ProxyState, _ state: ClusterState) throws {
         var owner: [String: ServicePortName] = [:]
         var errors: [InputError] = []
         for sp in proxy.servicePorts {

@@ -95,8 +95,13 @@ public enum Planner {
             var p = 0
             while p < have.count, p < d.rules.count, have[p] == d.rules[p] { p += 1 }
             if p < have.count {
-                if p == 0 { ops.append(.flushChain(d.name)) }
-                else { ops += have[p...].compactMap { r in r.handle.map { .deleteRule(chain: d.name, handle: $0) } } }
+                // Without handles (a cached view of what svcnat wrote) rules can only go by flushing.
+                if p == 0 || have[p...].contains(where: { $0.handle == nil }) {
+                    ops.append(.flushChain(d.name))
+                    p = 0
+                } else {
+                    ops += have[p...].map { .deleteRule(chain: d.name, handle: $0.handle!) }
+                }
             }
             ruleAdds += d.rules[p...].map { .addRule(chain: d.name, $0) }
         }

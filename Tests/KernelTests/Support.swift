@@ -134,6 +134,51 @@ final class Testbed {
         guard line.contains("ready") else { throw TestbedError("server in pod\(i) did not start") }
     }
 
+    /// A background process (the daemon, nft monitor) whose output goes to a file.
+    final class Background {
+        let process: Process
+        let logPath: String
+        init(process: Process, logPath: String) {
+            self.process = process
+            self.logPath = logPath
+        }
+        func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        func signal(_ s: Int32) { kill(process.processIdentifier, s) }
+        /// The exit status, or nil if it did not exit in time.
+        func waitExit(seconds: Double) -> Int32? {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            return process.isRunning ? nil : process.terminationStatus
+        }
+    }
+
+    func startProcess(_ namespace: String, _ args: [String]) throws -> Background {
+        let logPath = NSTemporaryDirectory() + "svcnat-test-\(id)-\(files.count).log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        files.append(logPath)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        p.arguments = ["netns", "exec", namespace] + args
+        let handle = FileHandle(forWritingAtPath: logPath)!
+        p.standardOutput = handle
+        p.standardError = handle
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        processes.append(p)
+        return Background(process: p, logPath: logPath)
+    }
+
+    func startDaemon(_ namespace: String, _ args: [String]) throws -> Background {
+        try startProcess(namespace, [svcnatPath, "run"] + args)
+    }
+
+    func makeDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "svcnat-test-\(id)-dir\(files.count)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        files.append(path)
+        return path
+    }
+
     func writeManifest(_ text: String) throws -> String {
         let path = NSTemporaryDirectory() + "svcnat-test-\(id)-\(files.count).yaml"
         try text.write(toFile: path, atomically: true, encoding: .utf8)

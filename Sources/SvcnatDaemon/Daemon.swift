@@ -1,0 +1,295 @@
+import Dispatch
+import Foundation
+import Logging
+import NFNetlink
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import SvcnatCore
+import SvcnatModel
+import SvcnatSources
+
+public struct DaemonConfig: Sendable {
+    public var proxy: ProxyConfig
+    public var manifests: String
+    public var minSyncPeriod: Duration
+    public var syncPeriod: Duration
+    public var metricsAddress: String
+    public var healthzAddress: String
+    public var cleanupOnExit: Bool
+    /// How often the ruleset generation id is checked for changes made by others.
+    public var driftCheckPeriod: Duration = .milliseconds(500)
+
+    public init(proxy: ProxyConfig, manifests: String, minSyncPeriod: Duration = .seconds(1), syncPeriod: Duration = .seconds(3600),
+                metricsAddress: String = "127.0.0.1:10249", healthzAddress: String = "0.0.0.0:10256", cleanupOnExit: Bool = false) {
+        self.proxy = proxy
+        self.manifests = manifests
+        self.minSyncPeriod = minSyncPeriod
+        self.syncPeriod = syncPeriod
+        self.metricsAddress = metricsAddress
+        self.healthzAddress = healthzAddress
+        self.cleanupOnExit = cleanupOnExit
+    }
+}
+
+/// `svcnat run --manifests DIR`: keeps the kernel in step with a folder of manifests.
+///
+/// Everything that touches state runs on one serial queue. A sync plans from a cached view of
+/// what svcnat last wrote while the kernel's generation id says nobody else committed since;
+/// otherwise (drift, SIGHUP, --sync-period) it reads the table back and repairs it.
+public final class Daemon: @unchecked Sendable {
+    let config: DaemonConfig
+    let queue = DispatchQueue(label: "svcnat.sync")
+    let log: Logger
+    let metrics = DaemonMetrics()
+    let store: ManifestStore
+    let nft: NFTables
+    private var watcher: DirectoryWatcher?
+    private var timers: [DispatchSourceTimer] = []
+    private var signals: [DispatchSourceSignal] = []
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    private lazy var http = HTTPServer(group: group)
+
+    // Sync state (queue only).
+    private var cache: Ruleset?
+    private var cacheGeneration: UInt32?
+    private var lastSyncEnd: ContinuousClock.Instant?
+    private var syncScheduled = false
+    private var pendingFull = false
+    private var pendingReason = "start"
+    private var failures = 0
+    private let clock = ContinuousClock()
+
+    // Health (read from HTTP threads under the lock).
+    private let healthLock = NSLock()
+    private var lastSuccess: Date?
+    private var lastError: String?
+    private var rejectedSummary: [String: String] = [:]
+    private var exitSemaphore = DispatchSemaphore(value: 0)
+    private var exitCode: Int32 = 0
+
+    public init(config: DaemonConfig, logger: Logger) throws {
+        self.config = config
+        self.log = logger
+        self.store = ManifestStore(root: config.manifests)
+        self.nft = try NFTables()
+    }
+
+    /// Starts everything and blocks until SIGTERM or SIGINT; returns the exit code.
+    public func run() throws -> Int32 {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: config.manifests, isDirectory: &isDir), isDir.boolValue else {
+            throw InputError(file: config.manifests, message: "--manifests must name a folder")
+        }
+        try http.listen(config.metricsAddress) { [weak self] path in self?.serveMetrics(path) ?? (.serviceUnavailable, "text/plain", "") }
+        try http.listen(config.healthzAddress) { [weak self] path in self?.serveHealth(path) ?? (.serviceUnavailable, "text/plain", "") }
+        log.info("svcnat run: manifests \(config.manifests), table ip \(config.proxy.table), metrics on \(config.metricsAddress), health on \(config.healthzAddress)")
+
+        queue.sync {
+            store.loadAll()
+            reportInput()
+        }
+        watcher = try DirectoryWatcher(root: config.manifests) { [weak self] paths in
+            guard let self else { return }
+            self.queue.async {
+                if self.store.reload(paths) {
+                    self.reportInput()
+                    self.requestSync(full: false, reason: "manifests changed")
+                }
+            }
+        }
+        queue.async { self.requestSync(full: true, reason: "start") }
+        startTimer(every: config.syncPeriod) { [weak self] in self?.requestSync(full: true, reason: "sync period") }
+        startTimer(every: config.driftCheckPeriod) { [weak self] in self?.checkDrift() }
+        handle(SIGHUP) { [weak self] in self?.requestSync(full: true, reason: "SIGHUP") }
+        handle(SIGTERM) { [weak self] in self?.stop(signal: "SIGTERM") }
+        handle(SIGINT) { [weak self] in self?.stop(signal: "SIGINT") }
+
+        exitSemaphore.wait()
+        watcher?.stop()
+        http.close()
+        try? group.syncShutdownGracefully()
+        return exitCode
+    }
+
+    private func stop(signal: String) {
+        queue.async {
+            for t in self.timers { t.cancel() }
+            if self.config.cleanupOnExit {
+                do {
+                    let removed = try Reconciler(config: self.config.proxy, kernel: NetlinkKernelAdapter(self.nft)).cleanup()
+                    self.log.info("\(signal): \(removed ? "removed" : "found no") table ip \(self.config.proxy.table)")
+                } catch {
+                    self.log.error("\(signal): cleanup failed: \(error)")
+                    self.exitCode = 1
+                }
+            } else {
+                self.log.info("\(signal): stopping; the rules stay in place and keep serving")
+            }
+            self.exitSemaphore.signal()
+        }
+    }
+
+    private func handle(_ sig: Int32, _ action: @escaping @Sendable () -> Void) {
+        signal(sig, SIG_IGN)
+        let s = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+        s.setEventHandler(handler: action)
+        s.resume()
+        signals.append(s)
+    }
+
+    private func startTimer(every period: Duration, _ action: @escaping @Sendable () -> Void) {
+        let t = DispatchSource.makeTimerSource(queue: queue)
+        let ns = Int(period.components.seconds) * 1_000_000_000 + Int(period.components.attoseconds / 1_000_000_000)
+        t.schedule(deadline: .now() + .nanoseconds(ns), repeating: .nanoseconds(ns), leeway: .milliseconds(20))
+        t.setEventHandler(handler: action)
+        t.resume()
+        timers.append(t)
+    }
+
+    // MARK: syncing (queue only)
+
+    /// Runs a sync as soon as --min-sync-period allows; requests arriving meanwhile join it.
+    func requestSync(full: Bool, reason: String) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        pendingFull = pendingFull || full
+        pendingReason = reason
+        metrics.lastQueuedTimestamp.record(Date().timeIntervalSince1970)
+        guard !syncScheduled else { return }
+        syncScheduled = true
+        var delay = Duration.zero
+        if let last = lastSyncEnd {
+            let next = last + config.minSyncPeriod
+            let now = clock.now
+            if next > now { delay = next - now }
+        }
+        let ms = Int(delay.components.seconds) * 1000 + Int(delay.components.attoseconds / 1_000_000_000_000_000)
+        queue.asyncAfter(deadline: .now() + .milliseconds(ms)) { [self] in
+            syncScheduled = false
+            let full = pendingFull
+            pendingFull = false
+            sync(full: full, reason: pendingReason)
+        }
+    }
+
+    private func checkDrift() {
+        guard !syncScheduled else { return }
+        guard let gen = try? nft.generation() else { return }
+        if cacheGeneration != gen {
+            requestSync(full: true, reason: "ruleset generation changed (\(cacheGeneration.map(String.init) ?? "unknown") -> \(gen))")
+        }
+    }
+
+    func sync(full requestedFull: Bool, reason: String) {
+        let start = clock.now
+        do {
+            let gen = try nft.generation()
+            let partial = !requestedFull && cache != nil && cacheGeneration == gen
+            let current = partial ? cache : try nft.read(table: config.proxy.table)
+            let state = store.state
+            let proxy = ProxyState(state)
+            try Reconciler.checkConflicts(proxy, state)
+            let desired = Translator(config.proxy.translator).ruleset(for: proxy, previous: current)
+            let tx = Planner.plan(from: current, to: desired)
+            if !tx.isEmpty {
+                try nft.apply(tx)
+                let after = try nft.generation()
+                cache = desired
+                // Trust the cache only if ours was the only commit in between.
+                cacheGeneration = after == gen &+ 1 ? after : nil
+            } else {
+                cache = current
+                cacheGeneration = gen
+            }
+            let drift = !partial && !tx.isEmpty && reason.hasPrefix("ruleset generation changed")
+            let d = clock.now - start
+            lastSyncEnd = clock.now
+            failures = 0
+            record(duration: d, partial: partial, tx: tx, proxy: proxy, desired: desired)
+            healthLock.withLock { lastSuccess = Date(); lastError = nil }
+            let ms = String(format: "%.2f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000)
+            let kind = partial ? "partial" : "full"
+            if drift {
+                metrics.driftRepairs.increment()
+                log.warning("drift: someone else changed table ip \(config.proxy.table); repaired with \(tx.messageCount) changes")
+            }
+            log.info("sync (\(kind), \(reason)): \(proxy.serviceCount) services, \(proxy.endpointCount) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : nft.lastBatchMessages) netlink messages, \(ms) ms")
+        } catch {
+            lastSyncEnd = clock.now
+            failures += 1
+            metrics.syncFailures.increment()
+            cache = nil
+            cacheGeneration = nil
+            healthLock.withLock { lastError = "\(error)" }
+            let backoff = min(30.0, pow(2.0, Double(min(failures, 5))) * 0.5)
+            log.error("sync failed (\(reason)); the previous rules stay in force; retrying in \(backoff) s: \(error)")
+            queue.asyncAfter(deadline: .now() + backoff) { [weak self] in self?.requestSync(full: true, reason: "retry after failure") }
+        }
+    }
+
+    private func record(duration: Duration, partial: Bool, tx: Transaction, proxy: ProxyState, desired: Ruleset) {
+        metrics.syncDuration.recordNanoseconds(duration.nanoseconds)
+        (partial ? metrics.partialSyncDuration : metrics.fullSyncDuration).recordNanoseconds(duration.nanoseconds)
+        metrics.lastSyncTimestamp.record(Date().timeIntervalSince1970)
+        metrics.services.record(proxy.serviceCount)
+        metrics.endpoints.record(proxy.endpointCount)
+        metrics.rules.record(desired.ruleCount)
+        metrics.elements.record(desired.elementCount)
+        metrics.lastBatchMessages.record(tx.isEmpty ? 0 : nft.lastBatchMessages)
+        metrics.changes.increment(by: tx.messageCount)
+    }
+
+    /// Logs rejected files and warnings after the store changed.
+    private func reportInput() {
+        for w in store.takeWarnings() { log.warning("\(w)") }
+        var summary: [String: String] = [:]
+        for (file, errors) in store.rejected.sorted(by: { $0.key < $1.key }) {
+            summary[file] = errors.map(\.description).joined(separator: "; ")
+            for e in errors { log.error("rejected input (its last good version stays in force): \(e)") }
+        }
+        metrics.rejectedFiles.record(summary.count)
+        healthLock.withLock { rejectedSummary = summary }
+    }
+
+    // MARK: HTTP
+
+    private func serveMetrics(_ path: String) -> (HTTPResponseStatus, String, String) {
+        guard path == "/metrics" else { return (.notFound, "text/plain", "not found\n") }
+        return (.ok, "text/plain; version=0.0.4", metrics.exposition())
+    }
+
+    /// /healthz: 200 while the last sync succeeded and syncs are recent; 503 with the reason
+    /// otherwise. Rejected input files are listed either way (their last good version serves).
+    private func serveHealth(_ path: String) -> (HTTPResponseStatus, String, String) {
+        switch path {
+        case "/livez": return (.ok, "text/plain", "ok\n")
+        case "/healthz":
+            let (success, error, rejected) = healthLock.withLock { (lastSuccess, lastError, rejectedSummary) }
+            let staleAfter = Double(config.syncPeriod.components.seconds) * 2 + 60
+            var reason: String?
+            if let error { reason = "last sync failed: \(error)" }
+            else if success == nil { reason = "no sync has completed yet" }
+            else if Date().timeIntervalSince(success!) > staleAfter { reason = "no successful sync for more than \(Int(staleAfter)) s" }
+            let body = JSON.object([
+                ("status", .string(reason == nil ? "ok" : "unhealthy")),
+                ("reason", reason.map { .string($0) } ?? .null),
+                ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
+                ("rejectedFiles", .array(rejected.sorted { $0.key < $1.key }.map { .object([("file", .string($0.key)), ("error", .string($0.value))]) })),
+            ]).text() + "\n"
+            return (reason == nil ? .ok : .serviceUnavailable, "application/json", body)
+        default: return (.notFound, "text/plain", "not found\n")
+        }
+    }
+}
+
+/// Lets the reconciler's cleanup use the daemon's socket.
+final class NetlinkKernelAdapter: Kernel {
+    let nft: NFTables
+    init(_ nft: NFTables) { self.nft = nft }
+    func read(table: String) throws -> Ruleset? { try nft.read(table: table) }
+    func apply(_ tx: Transaction) throws { try nft.apply(tx) }
+}
+
+extension Duration {
+    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
+}

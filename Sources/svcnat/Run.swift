@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SvcnatCore
+import SvcnatDaemon
+
+extension Svcnat {
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run as the node agent: program a folder of manifests and keep the kernel in step with it.",
+            discussion: """
+            Watches the folder (inotify) and applies each edit within --min-sync-period. A file that \
+            fails to parse or validate is reported and its last good version stays in force. Changes \
+            others make to svcnat's table are noticed (ruleset generation id) and repaired. SIGHUP \
+            forces a full resync; SIGTERM/SIGINT stop and leave the rules serving (or remove them \
+            with --cleanup-on-exit).
+            """)
+
+        @Option(help: "A folder of manifests (read recursively: *.yaml, *.yml, *.json).")
+        var manifests: String
+
+        @Option(help: "The shortest time between syncs, e.g. 1s, 500ms, 0 (at once).")
+        var minSyncPeriod = "1s"
+
+        @Option(help: "How often a full resync compares everything with the kernel, e.g. 1h, 30s.")
+        var syncPeriod = "1h"
+
+        @Option(help: "Where /metrics is served (HOST:PORT).")
+        var metricsBindAddress = "127.0.0.1:10249"
+
+        @Option(help: "Where /healthz and /livez are served (HOST:PORT).")
+        var healthzBindAddress = "0.0.0.0:10256"
+
+        @Flag(help: "Remove svcnat's table when stopping.")
+        var cleanupOnExit = false
+
+        @OptionGroup var options: CommonOptions
+
+        func validate() throws {
+            guard (try? parseDuration(minSyncPeriod)) != nil else { throw ValidationError("--min-sync-period \"\(minSyncPeriod)\" is not a duration such as 1s or 500ms") }
+            guard let p = try? parseDuration(syncPeriod), p > .zero else { throw ValidationError("--sync-period \"\(syncPeriod)\" is not a positive duration such as 1h") }
+        }
+
+        func run() throws {
+            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+            var logger = Logger(label: "svcnat")
+            logger.logLevel = options.verbose ? .debug : .info
+            let config = DaemonConfig(proxy: options.config, manifests: manifests,
+                                      minSyncPeriod: try parseDuration(minSyncPeriod), syncPeriod: try parseDuration(syncPeriod),
+                                      metricsAddress: metricsBindAddress, healthzAddress: healthzBindAddress,
+                                      cleanupOnExit: cleanupOnExit)
+            let code = try Daemon(config: config, logger: logger).run()
+            if code != 0 { throw ExitCode(code) }
+        }
+    }
+}
+
+/// Go-style durations as kube-proxy's flags take them: "1h", "30s", "500ms", "1m30s", "0".
+func parseDuration(_ s: String) throws -> Duration {
+    if s == "0" { return .zero }
+    var total = Duration.zero
+    var number = ""
+    var unit = ""
+    func flush() throws {
+        guard let n = Double(number), !unit.isEmpty else { throw ValidationError("bad duration \(s)") }
+        let scale: Double
+        switch unit {
+        case "ms": scale = 0.001
+        case "s": scale = 1
+        case "m": scale = 60
+        case "h": scale = 3600
+        default: throw ValidationError("bad duration unit \(unit)")
+        }
+        total += .milliseconds(Int64((n * scale * 1000).rounded()))
+        number = ""
+        unit = ""
+    }
+    for c in s {
+        if c.isNumber || c == "." {
+            if !unit.isEmpty { try flush() }
+            number.append(c)
+        } else { unit.append(c) }
+    }
+    try flush()
+    return total
+}

@@ -1,0 +1,170 @@
+import Foundation
+import Testing
+
+/// `svcnat run --manifests DIR` in a namespace: file changes, bad files, drift, signals, metrics.
+@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+struct DaemonTests {
+    /// Polls `check` every 50 ms for at most `seconds`; returns the time it took, or nil.
+    func within(_ seconds: Double, _ check: () throws -> Bool) rethrows -> Double? {
+        let start = Date()
+        while Date().timeIntervalSince(start) < seconds {
+            if try check() { return Date().timeIntervalSince(start) }
+            usleep(50_000)
+        }
+        return nil
+    }
+
+    func ruleset(_ bed: Testbed, _ ns: String) -> String { (try? bed.sh(ns, ["nft", "list", "ruleset"])) ?? "" }
+
+    func http(_ bed: Testbed, _ ns: String, _ url: String) throws -> (Int, String) {
+        let out = try bed.sh(ns, ["python3", helper("fetch.py"), url])
+        let lines = out.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false)
+        return (Int(lines[0]) ?? 0, lines.count > 1 ? String(lines[1]) : "")
+    }
+
+    func write(_ path: String, _ text: String) throws {
+        // Write then rename, as editors and kubectl-style tools do.
+        try text.write(toFile: path + ".tmp", atomically: false, encoding: .utf8)
+        #expect(rename(path + ".tmp", path) == 0)
+    }
+
+    @Test func followsNewEditedAndDeletedFiles() throws {
+        let bed = Testbed("dfiles")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2]))
+        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "100ms"])
+        #expect(within(5) { ruleset(bed, n).contains("svc-demo/web/tcp/http") } != nil, "\(daemon.log())")
+
+        // A new file.
+        try write(dir + "/api.yaml", serviceManifest(name: "api", ip: "198.18.100.21", pods: [3]))
+        #expect(within(3) { ruleset(bed, n).contains("svc-demo/api/tcp/http") } != nil)
+        // An edited file: pod 2 goes, pod 4 comes.
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 4]))
+        #expect(within(3) { let r = ruleset(bed, n); return r.contains("198.19.4.2") && !r.contains("198.19.2.2") } != nil)
+        // A file in a new subfolder.
+        try FileManager.default.createDirectory(atPath: dir + "/more", withIntermediateDirectories: true)
+        try write(dir + "/more/db.yaml", serviceManifest(name: "db", ip: "198.18.100.22", pods: [5]))
+        #expect(within(3) { ruleset(bed, n).contains("svc-demo/db/tcp/http") } != nil)
+        // A deleted file.
+        try FileManager.default.removeItem(atPath: dir + "/api.yaml")
+        #expect(within(3) { !ruleset(bed, n).contains("demo/api") } != nil)
+        // What the daemon converged to is what a one-shot apply of the folder wants: nothing to
+        // change (endpoint map slots depend on history, so compare through svcnat's planner).
+        let diff = try bed.svcnat(n, ["diff", "-f", dir])
+        #expect(diff.code == 0, "\(diff.out)")
+        #expect(daemon.log().contains("sync (partial, manifests changed)"))
+    }
+
+    @Test func badFileKeepsLastGoodStateAndShowsInHealthAndMetrics() throws {
+        let bed = Testbed("dbad")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2]))
+        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "100ms"])
+        #expect(within(5) { ruleset(bed, n).contains("198.19.2.2") } != nil)
+        let good = ruleset(bed, n)
+
+        // The file turns bad: the old rules stay, health and metrics say which file and why.
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 3]).replacingOccurrences(of: "port: 80,", with: "port: 99999,"))
+        #expect(try within(3) { try http(bed, n, "http://127.0.0.1:10256/healthz").1.contains("99999 is not a port") } != nil)
+        let (status, body) = try http(bed, n, "http://127.0.0.1:10256/healthz")
+        #expect(status == 200)
+        #expect(body.contains("web.yaml") && body.contains("Service demo/web: spec.ports[0].port"))
+        #expect(try http(bed, n, "http://127.0.0.1:10249/metrics").1.contains("svcnat_rejected_input_files 1"))
+        #expect(daemon.log().contains("rejected input"))
+        usleep(300_000)
+        #expect(ruleset(bed, n) == good)
+
+        // Fixed: applied, and the rejection clears.
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 3]))
+        #expect(within(3) { ruleset(bed, n).contains("198.19.3.2") } != nil)
+        #expect(try within(2) { try http(bed, n, "http://127.0.0.1:10249/metrics").1.contains("svcnat_rejected_input_files 0") } != nil)
+    }
+
+    @Test func repairsOutsideChangesWithinTwoSeconds() throws {
+        let bed = Testbed("ddrift")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2]))
+        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "100ms"])
+        #expect(within(5) { ruleset(bed, n).contains("198.19.2.2") } != nil)
+        let good = ruleset(bed, n)
+        for damage in [["nft", "flush", "table", "ip", "svcnat"],
+                       ["nft", "delete", "chain", "ip", "svcnat", "svc-demo/web/udp/dns"],
+                       ["nft", "delete", "table", "ip", "svcnat"]] {
+            if damage[2] == "chain" { try bed.sh(n, ["nft", "flush", "chain", "ip", "svcnat", "svc-demo/web/udp/dns"]) }
+            if damage[2] == "chain" { try bed.sh(n, ["nft", "delete", "element", "ip", "svcnat", "service-ips", "{ 198.18.100.20 . udp . 53 }"]) }
+            try bed.sh(n, damage)
+            #expect(ruleset(bed, n) != good)
+            let took = within(2) { ruleset(bed, n) == good }
+            #expect(took != nil, "not repaired within 2 s after \(damage.joined(separator: " ")): \(daemon.log())")
+        }
+        #expect(daemon.log().contains("drift"))
+        #expect(try http(bed, n, "http://127.0.0.1:10249/metrics").1.contains("svcnat_drift_repairs_total 3"))
+    }
+
+    @Test func sigtermLeavesRulesAndCleanupOnExitRemovesThem() throws {
+        let bed = Testbed("dsig")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1]))
+        let first = try bed.startDaemon(n, ["--manifests", dir])
+        #expect(within(5) { ruleset(bed, n).contains("198.19.1.2") } != nil)
+        first.signal(SIGTERM)
+        #expect(first.waitExit(seconds: 5) == 0)
+        #expect(ruleset(bed, n).contains("198.19.1.2"))
+        #expect(first.log().contains("SIGTERM: stopping; the rules stay in place"))
+
+        let second = try bed.startDaemon(n, ["--manifests", dir, "--cleanup-on-exit"])
+        #expect(within(5) { second.log().contains("sync (") } != nil)
+        second.signal(SIGINT)
+        #expect(second.waitExit(seconds: 5) == 0)
+        #expect(!ruleset(bed, n).contains("svcnat"))
+    }
+
+    @Test func metricsAndAOneEndpointChangeInFewMessages() throws {
+        let bed = Testbed("dmetrics")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2, 3]))
+        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0"])
+        #expect(within(5) { ruleset(bed, n).contains("198.19.3.2") } != nil)
+
+        // An independent observer: nft monitor prints every object the kernel commits.
+        let monitor = try bed.startProcess(n, ["nft", "monitor"])
+        usleep(300_000)
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2, 4]))
+        #expect(within(3) { ruleset(bed, n).contains("198.19.4.2") } != nil)
+        usleep(300_000)
+        monitor.signal(SIGTERM)
+        _ = monitor.waitExit(seconds: 2)
+        let events = monitor.log().split(separator: "\n").filter { $0.hasPrefix("add ") || $0.hasPrefix("delete ") }
+        // Pod 3 -> pod 4 in both services ports (TCP and UDP share the endpoint IPs): endpoint
+        // map elements and the hairpin element, nothing else.
+        #expect(events.allSatisfy { $0.contains("element") }, "\(events)")
+        #expect(events.count <= 6, "\(events)")
+
+        let (status, m) = try http(bed, n, "http://127.0.0.1:10249/metrics")
+        #expect(status == 200)
+        for name in ["kubeproxy_sync_proxy_rules_duration_seconds_count", "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+                     "kubeproxy_sync_partial_proxy_rules_duration_seconds_count", "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                     "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0", "svcnat_services 1", "svcnat_endpoints 6",
+                     "svcnat_drift_repairs_total", "svcnat_rejected_input_files 0"] {
+            #expect(m.contains(name), "metrics lack \(name)")
+        }
+        let partialCount = m.split(separator: "\n").first { $0.hasPrefix("kubeproxy_sync_partial_proxy_rules_duration_seconds_count") }
+        #expect(partialCount.map { Int($0.split(separator: " ").last!)! >= 1 } == true)
+        let batch = m.split(separator: "\n").first { $0.hasPrefix("svcnat_sync_last_batch_netlink_messages") }
+        #expect(batch.map { Double($0.split(separator: " ").last!)! <= 6 } == true, "\(batch ?? "")")
+        let (hs, hb) = try http(bed, n, "http://127.0.0.1:10256/healthz")
+        #expect(hs == 200 && hb.contains("\"status\": \"ok\""))
+        #expect(try http(bed, n, "http://127.0.0.1:10256/livez").0 == 200)
+        #expect(daemon.log().contains("sync (partial"))
+    }
+}
