@@ -2,13 +2,37 @@ import Foundation
 import SvcnatModel
 import SvcnatSources
 
-/// The manifests of one folder, file by file. A file that fails to parse or validate keeps its
-/// last good objects in force and is listed in `rejected` until it is fixed.
+/// The manifests of one folder, file by file, indexed so that the Services a file change
+/// touches can be recomputed alone. A file that fails to parse or validate keeps its last good
+/// objects in force and is listed in `rejected` until it is fixed. When two files define the
+/// same object, the file whose path sorts first wins.
 public final class ManifestStore {
     public let root: String
-    private var good: [String: ClusterState] = [:]
+    private var files: [String: ClusterState] = [:]
     public private(set) var rejected: [String: [InputError]] = [:]
     public private(set) var warnings: [Warning] = []
+
+    // kind+key -> file -> object; the winner is the smallest file path.
+    private var services = Index<Service>()
+    private var slices = Index<EndpointSlice>()
+    private var endpoints = Index<Endpoints>()
+    private var pods = Index<Pod>()
+    private var ingresses = Index<Ingress>()
+    private var slicesByService: [String: Set<String>] = [:]       // ns/service -> slice keys
+    private var podsByNamespace: [String: Set<String>] = [:]
+    private var servicesByNamespace: [String: Set<String>] = [:]
+    /// Services (ns/name) whose ports may have changed since `takeDirty()`.
+    private var dirty = Set<String>()
+
+    struct Index<T> {
+        var byKey: [String: [String: T]] = [:]
+        func winner(_ key: String) -> T? { byKey[key].flatMap { m in m.keys.min().map { m[$0]! } } }
+        mutating func set(_ key: String, file: String, _ value: T?) {
+            byKey[key, default: [:]][file] = value
+            if byKey[key]?.isEmpty == true { byKey[key] = nil }
+        }
+        var winners: [T] { byKey.keys.sorted().compactMap(winner) }
+    }
 
     public init(root: String) { self.root = (root as NSString).standardizingPath }
 
@@ -18,7 +42,7 @@ public final class ManifestStore {
 
     /// Reads every manifest under the root.
     public func loadAll() {
-        good = [:]
+        for f in Array(files.keys) { replace(file: f, with: nil) }
         rejected = [:]
         reload(ManifestSource.manifestFiles(in: root))
     }
@@ -28,7 +52,7 @@ public final class ManifestStore {
     @discardableResult
     public func reload(_ paths: [String]) -> Bool {
         var changed = false
-        for path in Set(paths.map { ($0 as NSString).standardizingPath }) {
+        for path in Set(paths.map { ($0 as NSString).standardizingPath }).sorted() {
             var isDir: ObjCBool = false
             let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
             if exists && isDir.boolValue {
@@ -36,12 +60,8 @@ public final class ManifestStore {
                 continue
             }
             if !exists {
-                // A file or a whole folder went away.
-                let gone = good.keys.filter { $0 == path || $0.hasPrefix(path + "/") }
-                for g in gone { good[g] = nil }
-                let goneRejected = rejected.keys.filter { $0 == path || $0.hasPrefix(path + "/") }
-                for g in goneRejected { rejected[g] = nil }
-                if !gone.isEmpty || !goneRejected.isEmpty { changed = true }
+                for g in files.keys.filter({ $0 == path || $0.hasPrefix(path + "/") }) { replace(file: g, with: nil); changed = true }
+                for g in rejected.keys.filter({ $0 == path || $0.hasPrefix(path + "/") }) { rejected[g] = nil; changed = true }
                 continue
             }
             guard Self.isManifest(path) else { continue }
@@ -54,7 +74,7 @@ public final class ManifestStore {
             decoder.decode(text, file: path)
             warnings += decoder.warnings
             if decoder.errors.isEmpty {
-                if good[path] != decoder.state { good[path] = decoder.state; changed = true }
+                if files[path] != decoder.state { replace(file: path, with: decoder.state); changed = true }
                 if rejected.removeValue(forKey: path) != nil { changed = true }
             } else {
                 rejected[path] = decoder.errors
@@ -64,21 +84,59 @@ public final class ManifestStore {
         return changed
     }
 
-    /// All files' good objects together; the first file (by path) wins when two define the same
-    /// object.
-    public var state: ClusterState {
-        var s = ClusterState()
-        var seen = Set<String>()
-        func fresh(_ kind: String, _ m: ObjectMeta) -> Bool { seen.insert("\(kind) \(m.key)").inserted }
-        for path in good.keys.sorted() {
-            let f = good[path]!
-            s.services += f.services.filter { fresh("Service", $0.meta) }
-            s.endpointSlices += f.endpointSlices.filter { fresh("EndpointSlice", $0.meta) }
-            s.endpoints += f.endpoints.filter { fresh("Endpoints", $0.meta) }
-            s.pods += f.pods.filter { fresh("Pod", $0.meta) }
-            s.ingresses += f.ingresses.filter { fresh("Ingress", $0.meta) }
+    /// Swaps one file's objects in the indexes and marks the Services they touch.
+    private func replace(file: String, with new: ClusterState?) {
+        let old = files[file]
+        files[file] = new
+        for s in [old, new].compactMap({ $0 }) {
+            for svc in s.services { dirty.insert(svc.meta.key) }
+            for sl in s.endpointSlices { dirty.insert("\(sl.meta.namespace)/\(sl.serviceName)") }
+            for e in s.endpoints { dirty.insert(e.meta.key) }
+            // A pod can back any selector Service of its namespace.
+            for p in s.pods { dirty.formUnion(servicesByNamespace[p.meta.namespace] ?? []) }
         }
-        return s
+        for svc in old?.services ?? [] { services.set(svc.meta.key, file: file, nil) }
+        for sl in old?.endpointSlices ?? [] { slices.set(sl.meta.key, file: file, nil) }
+        for e in old?.endpoints ?? [] { endpoints.set(e.meta.key, file: file, nil) }
+        for p in old?.pods ?? [] { pods.set(p.meta.key, file: file, nil) }
+        for i in old?.ingresses ?? [] { ingresses.set(i.meta.key, file: file, nil) }
+        for svc in new?.services ?? [] {
+            services.set(svc.meta.key, file: file, svc)
+            servicesByNamespace[svc.meta.namespace, default: []].insert(svc.meta.key)
+        }
+        for sl in new?.endpointSlices ?? [] {
+            slices.set(sl.meta.key, file: file, sl)
+            slicesByService["\(sl.meta.namespace)/\(sl.serviceName)", default: []].insert(sl.meta.key)
+        }
+        for e in new?.endpoints ?? [] { endpoints.set(e.meta.key, file: file, e) }
+        for p in new?.pods ?? [] {
+            pods.set(p.meta.key, file: file, p)
+            podsByNamespace[p.meta.namespace, default: []].insert(p.meta.key)
+        }
+        for i in new?.ingresses ?? [] { ingresses.set(i.meta.key, file: file, i) }
+        for p in new?.pods ?? [] { dirty.formUnion(servicesByNamespace[p.meta.namespace] ?? []) }
+    }
+
+    /// Everything, for a full sync.
+    public var state: ClusterState {
+        ClusterState(services: services.winners, endpointSlices: slices.winners, endpoints: endpoints.winners,
+                     pods: pods.winners, ingresses: ingresses.winners)
+    }
+
+    /// The Services marked since the last call, and forgets them.
+    public func takeDirty() -> Set<String> {
+        defer { dirty = [] }
+        return dirty
+    }
+
+    /// One Service's ports as they are now (empty when the Service is gone or gets no rules).
+    public func ports(ofService key: String) -> [ServicePortState] {
+        guard let svc = services.winner(key) else { return [] }
+        let sliceKeys = slicesByService[key] ?? []
+        let svcSlices = sliceKeys.sorted().compactMap { slices.winner($0) }.filter { "\($0.meta.namespace)/\($0.serviceName)" == key }
+        let podKeys = svc.selector == nil ? [] : (podsByNamespace[svc.meta.namespace] ?? [])
+        return ProxyState.ports(of: svc, slices: svcSlices.isEmpty ? nil : svcSlices, endpoints: endpoints.winner(key),
+                                pods: podKeys.sorted().compactMap { pods.winner($0) })
     }
 
     public func takeWarnings() -> [Warning] {

@@ -51,7 +51,9 @@ public final class Daemon: @unchecked Sendable {
     private lazy var http = HTTPServer(group: group)
 
     // Sync state (queue only).
-    private var cache: Ruleset?
+    /// What svcnat last wrote, port by port; valid while the kernel's generation is
+    /// `cacheGeneration`.
+    private var incremental: IncrementalState?
     private var cacheGeneration: UInt32?
     private var lastSyncEnd: ContinuousClock.Instant?
     private var syncScheduled = false
@@ -184,41 +186,51 @@ public final class Daemon: @unchecked Sendable {
         let start = clock.now
         do {
             let gen = try nft.generation()
-            let partial = !requestedFull && cache != nil && cacheGeneration == gen
-            let current = partial ? cache : try nft.read(table: config.proxy.table)
-            let state = store.state
-            let proxy = ProxyState(state)
-            try Reconciler.checkConflicts(proxy, state)
-            let desired = Translator(config.proxy.translator).ruleset(for: proxy, previous: current)
-            let tx = Planner.plan(from: current, to: desired)
-            if !tx.isEmpty {
-                try nft.apply(tx)
-                let after = try nft.generation()
-                cache = desired
-                // Trust the cache only if ours was the only commit in between.
-                cacheGeneration = after == gen &+ 1 ? after : nil
+            let translator = Translator(config.proxy.translator)
+            let tx: Transaction
+            let partial = !requestedFull && incremental != nil && cacheGeneration == gen
+            var counts: (services: Int, endpoints: Int)
+            if partial {
+                // Only the Services the changed files touch are recomputed and compared.
+                let dirty = store.takeDirty()
+                var ports: [String: [ServicePortState]] = [:]
+                for key in dirty { ports[key] = store.ports(ofService: key) }
+                tx = incremental!.update(ports)
+                try apply(tx, generation: gen)
+                counts = (incremental!.serviceCount, incremental!.endpointCount)
             } else {
-                cache = current
-                cacheGeneration = gen
+                _ = store.takeDirty()
+                let current = try nft.read(table: config.proxy.table)
+                let state = store.state
+                let proxy = ProxyState(state)
+                try Reconciler.checkConflicts(proxy, state)
+                let fragments = translator.fragments(for: proxy, previous: current)
+                let desired = translator.assemble(fragments)
+                tx = Planner.plan(from: current, to: desired)
+                incremental = nil
+                try apply(tx, generation: gen)
+                incremental = IncrementalState(translator: translator, fragments: fragments)
+                counts = (proxy.serviceCount, proxy.endpointCount)
+                metrics.rules.record(desired.ruleCount)
+                metrics.elements.record(desired.elementCount)
             }
             let drift = !partial && !tx.isEmpty && reason.hasPrefix("ruleset generation changed")
             let d = clock.now - start
             lastSyncEnd = clock.now
             failures = 0
-            record(duration: d, partial: partial, tx: tx, proxy: proxy, desired: desired)
+            record(duration: d, partial: partial, tx: tx, services: counts.services, endpoints: counts.endpoints)
             healthLock.withLock { lastSuccess = Date(); lastError = nil }
             let ms = String(format: "%.2f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000)
-            let kind = partial ? "partial" : "full"
             if drift {
                 metrics.driftRepairs.increment()
                 log.warning("drift: someone else changed table ip \(config.proxy.table); repaired with \(tx.messageCount) changes")
             }
-            log.info("sync (\(kind), \(reason)): \(proxy.serviceCount) services, \(proxy.endpointCount) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : nft.lastBatchMessages) netlink messages, \(ms) ms")
+            log.info("sync (\(partial ? "partial" : "full"), \(reason)): \(counts.services) services, \(counts.endpoints) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : nft.lastBatchMessages) netlink messages, \(ms) ms")
         } catch {
             lastSyncEnd = clock.now
             failures += 1
             metrics.syncFailures.increment()
-            cache = nil
+            incremental = nil
             cacheGeneration = nil
             healthLock.withLock { lastError = "\(error)" }
             let backoff = min(30.0, pow(2.0, Double(min(failures, 5))) * 0.5)
@@ -227,14 +239,25 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    private func record(duration: Duration, partial: Bool, tx: Transaction, proxy: ProxyState, desired: Ruleset) {
+    /// Sends the batch (if any) and notes the generation the kernel is at afterwards: the cache
+    /// is trusted only if ours was the only commit in between.
+    private func apply(_ tx: Transaction, generation gen: UInt32) throws {
+        if tx.isEmpty {
+            cacheGeneration = gen
+            return
+        }
+        cacheGeneration = nil
+        try nft.apply(tx)
+        let after = try nft.generation()
+        cacheGeneration = after == gen &+ 1 ? after : nil
+    }
+
+    private func record(duration: Duration, partial: Bool, tx: Transaction, services: Int, endpoints: Int) {
         metrics.syncDuration.recordNanoseconds(duration.nanoseconds)
         (partial ? metrics.partialSyncDuration : metrics.fullSyncDuration).recordNanoseconds(duration.nanoseconds)
         metrics.lastSyncTimestamp.record(Date().timeIntervalSince1970)
-        metrics.services.record(proxy.serviceCount)
-        metrics.endpoints.record(proxy.endpointCount)
-        metrics.rules.record(desired.ruleCount)
-        metrics.elements.record(desired.elementCount)
+        metrics.services.record(services)
+        metrics.endpoints.record(endpoints)
         metrics.lastBatchMessages.record(tx.isEmpty ? 0 : nft.lastBatchMessages)
         metrics.changes.increment(by: tx.messageCount)
     }

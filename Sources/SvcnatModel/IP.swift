@@ -6,14 +6,24 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
     public init(_ value: UInt32) { self.value = value }
 
     public init?(_ text: some StringProtocol) {
-        var octets: [UInt32] = []
-        for part in text.split(separator: ".", omittingEmptySubsequences: false) {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
-                  !(part.count > 1 && part.first == "0"), let n = UInt32(part), n <= 255 else { return nil }
-            octets.append(n)
+        // One pass over the bytes: four decimal octets 0-255, no leading zeros, nothing else.
+        var value: UInt32 = 0, octet: UInt32 = 0, digits = 0, dots = 0, leadingZero = false
+        for b in text.utf8 {
+            if b == UInt8(ascii: ".") {
+                guard digits > 0, dots < 3 else { return nil }
+                value = value << 8 | octet
+                octet = 0; digits = 0; dots += 1
+            } else if b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") {
+                if digits == 0 { leadingZero = b == UInt8(ascii: "0") } else if leadingZero { return nil }
+                octet = octet * 10 + UInt32(b - UInt8(ascii: "0"))
+                digits += 1
+                guard octet <= 255 else { return nil }
+            } else {
+                return nil
+            }
         }
-        guard octets.count == 4 else { return nil }
-        value = octets.reduce(0) { $0 << 8 | $1 }
+        guard digits > 0, dots == 3 else { return nil }
+        self.value = value << 8 | octet
     }
 
     /// Network byte order, as the kernel stores it.

@@ -75,24 +75,31 @@ public struct ProxyState: Hashable, Sendable {
 
         var out: [ServicePortState] = []
         for svc in cluster.services {
-            guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP else { continue }
-            for port in svc.ports {
-                let spn = ServicePortName(namespace: svc.meta.namespace, name: svc.meta.name, port: port.name, proto: port.proto)
-                let eps: [EndpointAddress]
-                if let slices = slicesByService[svc.meta.key] {
-                    eps = Self.endpoints(from: slices, for: port)
-                } else if let e = endpointsByService[svc.meta.key] {
-                    eps = Self.endpoints(from: e, for: port)
-                } else if let selector = svc.selector, !selector.isEmpty {
-                    eps = Self.endpoints(fromPods: podsByNamespace[svc.meta.namespace] ?? [], selector: selector, for: port)
-                } else {
-                    eps = []
-                }
-                out.append(ServicePortState(name: spn, frontends: [Frontend(kind: .clusterIP, ip: ip, port: port.port)],
-                                            endpoints: Array(Set(eps)).sorted()))
-            }
+            out += Self.ports(of: svc, slices: slicesByService[svc.meta.key], endpoints: endpointsByService[svc.meta.key],
+                              pods: podsByNamespace[svc.meta.namespace] ?? [])
         }
         servicePorts = out.sorted { $0.name < $1.name }
+    }
+
+    /// One Service's ports with their frontends and usable endpoints: from its EndpointSlices if
+    /// it has any, else its v1 Endpoints, else its selector over the Pods of its namespace.
+    public static func ports(of svc: Service, slices: [EndpointSlice]?, endpoints: Endpoints?, pods: [Pod]) -> [ServicePortState] {
+        guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP else { return [] }
+        return svc.ports.map { port in
+            let spn = ServicePortName(namespace: svc.meta.namespace, name: svc.meta.name, port: port.name, proto: port.proto)
+            let eps: [EndpointAddress]
+            if let slices {
+                eps = Self.endpoints(from: slices, for: port)
+            } else if let endpoints {
+                eps = Self.endpoints(from: endpoints, for: port)
+            } else if let selector = svc.selector, !selector.isEmpty {
+                eps = Self.endpoints(fromPods: pods, selector: selector, for: port)
+            } else {
+                eps = []
+            }
+            return ServicePortState(name: spn, frontends: [Frontend(kind: .clusterIP, ip: ip, port: port.port)],
+                                    endpoints: Array(Set(eps)).sorted())
+        }
     }
 
     /// Ready endpoints; when none is ready, the serving and terminating ones (kube-proxy's

@@ -71,60 +71,76 @@ public struct Translator: Sendable {
     /// The ruleset for `state`. `previous` (what the kernel or the cache holds) keeps each
     /// Service port's place in the endpoint maps, so one Service's change moves no other.
     public func ruleset(for state: ProxyState, previous: Ruleset? = nil) -> Ruleset {
+        assemble(fragments(for: state, previous: previous))
+    }
+
+    /// Each Service port's share of the ruleset.
+    public func fragments(for state: ProxyState, previous: Ruleset? = nil) -> [PortFragment] {
+        let slots = config.endpointSelection == .map
+            ? EndpointSlots.allocate(state.servicePorts.filter { !$0.endpoints.isEmpty }.map { (PortFragment.key($0), UInt32($0.endpoints.count)) },
+                                     previous: previous.map(EndpointSlots.read) ?? [:])
+            : [:]
+        return state.servicePorts.map { fragment($0, slot: slots[PortFragment.key($0)]) }
+    }
+
+    /// One Service port's chain and elements. Pure.
+    public func fragment(_ sp: ServicePortState, slot: EndpointSlot?) -> PortFragment {
+        let comment = sp.name.description
+        let chain = PortFragment.key(sp)
+        var f = PortFragment(name: sp.name, key: chain)
+        if sp.endpoints.isEmpty {
+            f.rejects = sp.frontends.map {
+                SetElement(key: [.ipv4($0.ip), .proto(sp.name.proto), .port($0.port)], verdict: .goto(Names.rejectChain), comment: comment)
+            }
+            return f
+        }
+        f.dispatch = sp.frontends.map {
+            SetElement(key: [.ipv4($0.ip), .proto(sp.name.proto), .port($0.port)], verdict: .goto(chain), comment: comment)
+        }
+        f.endpointIPs = sp.endpoints.map(\.ip)
+        if let slot {
+            f.slot = slot
+            f.endpointElements = sp.endpoints.enumerated().map { i, ep in
+                SetElement(key: [.integer(slot.base + UInt32(i))], data: [.ipv4(ep.ip), .port(ep.port)])
+            }
+            f.chain = Chain(name: chain, rules: serviceRules(sp, slot: (Names.endpointMap(slot.shard), slot.base)))
+        } else {
+            f.chain = Chain(name: chain, rules: serviceRules(sp, slot: nil))
+        }
+        return f
+    }
+
+    /// The whole table from the ports' fragments.
+    public func assemble(_ fragments: [PortFragment]) -> Ruleset {
         var serviceIPs = NamedSet(name: Names.serviceIPs, key: Self.dispatchKey, data: .verdict)
         var noEndpoints = NamedSet(name: Names.noEndpointServices, key: Self.dispatchKey, data: .verdict)
         var hairpin = NamedSet(name: Names.hairpin, key: [.ipv4Addr, .ipv4Addr], data: .none)
-        var serviceChains: [Chain] = []
-        var hairpinIPs = Set<IPv4Address>()
-        let slots = config.endpointSelection == .map
-            ? EndpointSlots.allocate(state.servicePorts.filter { !$0.endpoints.isEmpty }.map {
-                (Names.serviceChain($0.name, port: $0.frontends.first?.port ?? 0), UInt32($0.endpoints.count))
-            }, previous: previous.map(EndpointSlots.read) ?? [:])
-            : [:]
         var endpointMaps: [Int: NamedSet] = [:]
-
-        for sp in state.servicePorts {
-            let comment = sp.name.description
-            if sp.endpoints.isEmpty {
-                for f in sp.frontends {
-                    noEndpoints.elements.append(SetElement(key: [.ipv4(f.ip), .proto(sp.name.proto), .port(f.port)],
-                                                           verdict: .goto(Names.rejectChain), comment: comment))
-                }
-                continue
+        var hairpinIPs = Set<IPv4Address>()
+        var chains: [Chain] = []
+        for f in fragments {
+            serviceIPs.elements += f.dispatch
+            noEndpoints.elements += f.rejects
+            if let c = f.chain { chains.append(c) }
+            hairpinIPs.formUnion(f.endpointIPs)
+            if let slot = f.slot {
+                endpointMaps[slot.shard, default: Self.endpointMap(Names.endpointMap(slot.shard))].elements += f.endpointElements
             }
-            let chain = Names.serviceChain(sp.name, port: sp.frontends.first?.port ?? 0)
-            for f in sp.frontends {
-                serviceIPs.elements.append(SetElement(key: [.ipv4(f.ip), .proto(sp.name.proto), .port(f.port)],
-                                                      verdict: .goto(chain), comment: comment))
-            }
-            if let slot = slots[chain] {
-                let name = Names.endpointMap(slot.shard)
-                var map = endpointMaps[slot.shard] ?? Self.endpointMap(name)
-                for (i, ep) in sp.endpoints.enumerated() {
-                    map.elements.append(SetElement(key: [.integer(slot.base + UInt32(i))], data: [.ipv4(ep.ip), .port(ep.port)]))
-                }
-                endpointMaps[slot.shard] = map
-                serviceChains.append(Chain(name: chain, rules: serviceRules(sp, slot: (name, slot.base))))
-            } else {
-                serviceChains.append(Chain(name: chain, rules: serviceRules(sp, slot: nil)))
-            }
-            hairpinIPs.formUnion(sp.endpoints.map(\.ip))
         }
         hairpin.elements = hairpinIPs.sorted().map { SetElement(key: [.ipv4($0), .ipv4($0)]) }
         serviceIPs.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
         noEndpoints.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
-        serviceChains.sort { $0.name < $1.name }
-
+        chains.sort { $0.name < $1.name }
         let maps = endpointMaps.keys.sorted().map { k -> NamedSet in
             var m = endpointMaps[k]!
             m.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
             return m
         }
         return Ruleset(family: .ip, table: config.table, sets: [serviceIPs, noEndpoints, hairpin] + maps,
-                       chains: staticChains() + serviceChains)
+                       chains: staticChains() + chains)
     }
 
-    static func endpointMap(_ name: String) -> NamedSet {
+    public static func endpointMap(_ name: String) -> NamedSet {
         NamedSet(name: name, key: [.integer], data: .values([.ipv4Addr, .inetService]),
                  typeof: "numgen random mod 1 : ip daddr . th dport")
     }

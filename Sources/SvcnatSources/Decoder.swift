@@ -12,11 +12,11 @@ public struct ManifestDecoder {
     public init() {}
 
     public mutating func decode(_ text: String, file: String) {
-        var nodes: [Node] = []
+        var nodes: [Value] = []
         do {
             // Parser.nextRoot throws on a syntax error; compose_all's sequence would just stop.
-            let parser = try Parser(yaml: text)
-            while let node = try parser.nextRoot() { nodes.append(node) }
+            let parser = try Parser(yaml: text, resolver: .basic)
+            while let node = try parser.nextRoot() { nodes.append(Value(node)) }
         } catch {
             errors.append(InputError(file: file, message: "not valid YAML or JSON: \(Self.yamlMessage(error))"))
             return

@@ -1,10 +1,39 @@
 import SvcnatModel
 import Yams
 
-/// Field access over a YAML/JSON node that remembers where it is, so every failure names the
+/// A parsed YAML/JSON document as plain values. Converted once from Yams' nodes, whose own
+/// key lookup resolves tags with regular expressions on every comparison (slow at 10,000
+/// objects).
+indirect enum Value {
+    /// A scalar and whether it was written plain (unquoted), which decides if it may be read as
+    /// a number, a boolean or null.
+    case scalar(String, plain: Bool)
+    case mapping([String: Value])
+    case sequence([Value])
+
+    init(_ node: Node) {
+        switch node {
+        case .scalar(let s):
+            self = .scalar(s.string, plain: s.style == .plain || s.style == .any)
+        case .mapping(let m):
+            var d: [String: Value] = [:]
+            d.reserveCapacity(m.count)
+            for (k, v) in m {
+                if case .scalar(let ks) = k { d[ks.string] = Value(v) }
+            }
+            self = .mapping(d)
+        case .sequence(let seq):
+            self = .sequence(seq.map(Value.init))
+        case .alias:
+            self = .scalar("", plain: true)
+        }
+    }
+}
+
+/// Field access over a YAML/JSON value that remembers where it is, so every failure names the
 /// object and the field path.
 struct Field {
-    let node: Node?
+    let node: Value?
     let path: String
     let context: Context
 
@@ -29,31 +58,30 @@ struct Field {
 
     var isNull: Bool {
         guard let node else { return true }
-        if case .scalar(let s) = node, s.tag == .init(.null) || (s.style == .plain && ["", "~", "null", "Null", "NULL"].contains(s.string)) { return true }
+        if case .scalar(let s, true) = node, ["", "~", "null", "Null", "NULL"].contains(s) { return true }
         return false
     }
 
     var isPresent: Bool { !isNull }
 
-    private func describe(_ node: Node) -> String {
+    private func describe(_ node: Value) -> String {
         switch node {
-        case .scalar(let s): "\"\(s.string)\""
+        case .scalar(let s, _): "\"\(s)\""
         case .mapping: "a mapping"
         case .sequence: "a list"
-        case .alias: "an alias"
         }
     }
 
     /// A string value; numbers and booleans written plainly are refused where a string is due.
     var string: String? {
         guard !isNull, let node else { return nil }
-        guard case .scalar(let s) = node else { context.fail(path, "expected a string, found \(describe(node))"); return nil }
-        return s.string
+        guard case .scalar(let s, _) = node else { context.fail(path, "expected a string, found \(describe(node))"); return nil }
+        return s
     }
 
     var int: Int? {
         guard !isNull, let node else { return nil }
-        guard case .scalar(let s) = node, s.style == .plain || s.style == .any, let i = Int(s.string) else {
+        guard case .scalar(let s, true) = node, let i = Int(s) else {
             context.fail(path, "expected an integer, found \(describe(node))")
             return nil
         }
@@ -62,7 +90,7 @@ struct Field {
 
     var bool: Bool? {
         guard !isNull, let node else { return nil }
-        guard case .scalar(let s) = node, let b = Bool(s.string.lowercased()) else {
+        guard case .scalar(let s, _) = node, let b = Bool(s.lowercased()) else {
             context.fail(path, "expected true or false, found \(describe(node))")
             return nil
         }
@@ -72,9 +100,9 @@ struct Field {
     /// An integer or a string (Kubernetes' IntOrString).
     var intOrString: IntOrString? {
         guard !isNull, let node else { return nil }
-        guard case .scalar(let s) = node else { context.fail(path, "expected a port number or name, found \(describe(node))"); return nil }
-        if (s.style == .plain || s.style == .any), let i = Int(s.string) { return .int(i) }
-        return .string(s.string)
+        guard case .scalar(let s, let plain) = node else { context.fail(path, "expected a port number or name, found \(describe(node))"); return nil }
+        if plain, let i = Int(s) { return .int(i) }
+        return .string(s)
     }
 
     var list: [Field] {
@@ -88,11 +116,11 @@ struct Field {
         guard case .mapping(let m) = node else { context.fail(path, "expected a mapping, found \(describe(node))"); return [:] }
         var out: [String: String] = [:]
         for (k, v) in m {
-            guard case .scalar(let ks) = k, case .scalar(let vs) = v else {
+            guard case .scalar(let vs, _) = v else {
                 context.fail(path, "expected a mapping of strings to strings")
                 return [:]
             }
-            out[ks.string] = vs.string
+            out[k] = vs
         }
         return out
     }

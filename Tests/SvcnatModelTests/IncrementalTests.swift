@@ -1,0 +1,72 @@
+import SvcnatCore
+import SvcnatModel
+import Testing
+
+/// The daemon's partial syncs plan from the changed Services alone. Whatever the sequence of
+/// changes, the table they produce must be one a full sync would leave alone.
+@Suite struct Incremental {
+    struct Rng {
+        var state: UInt64
+        mutating func next(_ n: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(n))
+        }
+    }
+
+    func service(_ i: Int, ports: Int) -> Service {
+        Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), clusterIP: IPv4Address(UInt32(0xC612_6400) + UInt32(i)),
+                ports: (0..<ports).map { ServicePort(name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0)) })
+    }
+
+    func slice(_ i: Int, _ svc: Service, endpoints: [Int]) -> EndpointSlice {
+        EndpointSlice(meta: ObjectMeta(namespace: svc.meta.namespace, name: "\(svc.meta.name)-x"), serviceName: svc.meta.name,
+                      endpoints: endpoints.map { SliceEndpoint(addresses: [IPv4Address(UInt32(0xC613_0000) + UInt32($0))]) },
+                      ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })
+    }
+
+    @Test(arguments: [EndpointSelection.map, .cascade])
+    func randomChangesMatchAFullSync(selection: EndpointSelection) throws {
+        var rng = Rng(state: 42)
+        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], endpointSelection: selection))
+        var services: [Int: (Service, [Int])] = [:]
+        for i in 0..<40 { services[i] = (service(i, ports: 1 + i % 3), (0..<(i % 6)).map { i * 10 + $0 }) }
+        func cluster() -> ClusterState {
+            ClusterState(services: services.values.map(\.0), endpointSlices: services.map { slice($0.key, $0.value.0, endpoints: $0.value.1) })
+        }
+        func ports(_ key: String) -> [ServicePortState] {
+            ProxyState(cluster()).servicePorts.filter { "\($0.name.namespace)/\($0.name.name)" == key }
+        }
+
+        let kernel = FakeKernel()
+        let first = translator.fragments(for: ProxyState(cluster()))
+        try kernel.apply(Planner.plan(from: nil, to: translator.assemble(first)))
+        var state = IncrementalState(translator: translator, fragments: first)
+
+        for step in 0..<300 {
+            var touched = Set<String>()
+            for _ in 0..<(1 + rng.next(3)) {
+                let i = rng.next(50)
+                switch rng.next(6) {
+                case 0: services[i] = nil                                    // Service deleted
+                case 1: services[i] = (service(i, ports: 1 + rng.next(3)), [i * 10])   // added or reshaped
+                default:
+                    guard var s = services[i] else { continue }
+                    switch rng.next(3) {
+                    case 0 where !s.1.isEmpty: s.1.removeLast()              // endpoint gone
+                    case 1: s.1.append(i * 10 + 5 + rng.next(20))            // endpoint added
+                    default: if !s.1.isEmpty { s.1[rng.next(s.1.count)] = i * 10 + 30 + rng.next(50) }  // swapped
+                    }
+                    services[i] = s
+                }
+                touched.insert("ns\(i % 3)/s\(i)")
+            }
+            let tx = state.update(Dictionary(uniqueKeysWithValues: touched.map { ($0, ports($0)) }))
+            try kernel.apply(tx)
+            let full = translator.ruleset(for: ProxyState(cluster()), previous: kernel.ruleset)
+            let remaining = Planner.plan(from: kernel.ruleset, to: full)
+            #expect(remaining.isEmpty, "step \(step): a full sync would still change:\n\(remaining.nftText)")
+            #expect(state.ruleset == full || selection == .map)
+            if !remaining.isEmpty { return }
+        }
+    }
+}
