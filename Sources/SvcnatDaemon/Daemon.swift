@@ -1,4 +1,5 @@
 import Dispatch
+import Glibc
 import Foundation
 import Logging
 import NFNetlink
@@ -211,6 +212,8 @@ public final class Daemon: @unchecked Sendable {
                 try apply(tx, generation: gen)
                 incremental = IncrementalState(translator: translator, fragments: fragments)
                 counts = (proxy.serviceCount, proxy.endpointCount)
+                // A full sync's transaction and batch are large and short-lived; hand the pages back.
+                releaseFreeMemory()
                 metrics.rules.record(desired.ruleCount)
                 metrics.elements.record(desired.elementCount)
             }

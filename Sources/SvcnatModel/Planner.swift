@@ -131,8 +131,9 @@ public enum Planner {
     static func creation(of r: Ruleset) -> [Operation] {
         var ops: [Operation] = r.sets.map { .addSet($0.definition) }
         ops += r.chains.map { .addChain($0.header) }
-        ops += r.sets.filter { !$0.elements.isEmpty }.map { .addElements(set: $0.name, $0.elements) }
+        // Rules before elements: a rule binding a map walks the elements the map already has.
         ops += r.chains.flatMap { c in c.rules.map { .addRule(chain: c.name, $0) } }
+        ops += r.sets.filter { !$0.elements.isEmpty }.map { .addElements(set: $0.name, $0.elements) }
         return ops
     }
 
