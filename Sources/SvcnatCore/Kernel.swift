@@ -12,19 +12,22 @@ public protocol Kernel: AnyObject {
 
 /// The kernel of the current network namespace, over netlink.
 public final class NetlinkKernel: Kernel {
-    let nft: NFTables
+    public let nft: NFTables
     public init() throws { nft = try NFTables() }
+    /// Shares an open netlink socket (the daemon's).
+    public init(_ nft: NFTables) { self.nft = nft }
     public func read(table: String) throws -> Ruleset? { try nft.read(table: table) }
     public func apply(_ tx: Transaction) throws {
         var tx = tx
         // Test hook: end a non-empty batch with a message the kernel must refuse, so tests can
         // show that a refused batch changes nothing. Never set outside tests.
-        if !tx.isEmpty, ProcessInfo.processInfo.environment["SVCNAT_TEST_APPEND_BAD_MESSAGE"] != nil {
+        if !tx.isEmpty, Self.appendBadMessage {
             tx.operations.append(.deleteChain("svcnat-test-missing-chain"))
         }
         try nft.apply(tx)
     }
     public var lastBatchMessages: Int { nft.lastBatchMessages }
+    static let appendBadMessage = ProcessInfo.processInfo.environment["SVCNAT_TEST_APPEND_BAD_MESSAGE"] != nil
 }
 
 /// A kernel made of values: applies transactions with the same refusals the kernel makes for

@@ -30,6 +30,10 @@ public struct SyncResult: Sendable {
     public var endpoints: Int
     public var transaction: Transaction
     public var seconds: Double
+    /// What was planned, and each Service port's share of it (the daemon keeps these to plan
+    /// later changes incrementally).
+    public var desired: Ruleset
+    public var fragments: [PortFragment]
 
     public var summary: String {
         let changes = transaction.isEmpty ? "no changes, the kernel already matches"
@@ -81,12 +85,15 @@ public struct Reconciler {
         let proxy = ProxyState(state)
         try Self.checkConflicts(proxy, state)
         let current = try kernel.read(table: config.table)
-        let desired = Translator(config.translator).ruleset(for: proxy, previous: current)
+        let translator = Translator(config.translator)
+        let fragments = translator.fragments(for: proxy, previous: current)
+        let desired = translator.assemble(fragments)
         let tx = Planner.plan(from: current, to: desired)
         if !dryRun { try kernel.apply(tx) }
         let d = clock.now - start
         return SyncResult(services: proxy.serviceCount, servicePorts: proxy.servicePorts.count, endpoints: proxy.endpointCount,
-                          transaction: tx, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+                          transaction: tx, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
+                          desired: desired, fragments: fragments)
     }
 
     /// Removes svcnat's table and nothing else. Returns whether there was one.

@@ -45,6 +45,7 @@ public final class Daemon: @unchecked Sendable {
     let metrics = DaemonMetrics()
     let store: ManifestStore
     let nft: NFTables
+    let kernel: NetlinkKernel
     private var watcher: DirectoryWatcher?
     private var timers: [DispatchSourceTimer] = []
     private var signals: [DispatchSourceSignal] = []
@@ -76,6 +77,7 @@ public final class Daemon: @unchecked Sendable {
         self.log = logger
         self.store = ManifestStore(root: config.manifests)
         self.nft = try NFTables()
+        self.kernel = NetlinkKernel(nft)
     }
 
     /// Starts everything and blocks until SIGTERM or SIGINT; returns the exit code.
@@ -120,7 +122,7 @@ public final class Daemon: @unchecked Sendable {
             for t in self.timers { t.cancel() }
             if self.config.cleanupOnExit {
                 do {
-                    let removed = try Reconciler(config: self.config.proxy, kernel: NetlinkKernelAdapter(self.nft)).cleanup()
+                    let removed = try Reconciler(config: self.config.proxy, kernel: self.kernel).cleanup()
                     self.log.info("\(signal): \(removed ? "removed" : "found no") table ip \(self.config.proxy.table)")
                 } catch {
                     self.log.error("\(signal): cleanup failed: \(error)")
@@ -197,25 +199,23 @@ public final class Daemon: @unchecked Sendable {
                 var ports: [String: [ServicePortState]] = [:]
                 for key in dirty { ports[key] = store.ports(ofService: key) }
                 tx = incremental!.update(ports)
-                try apply(tx, generation: gen)
+                cacheGeneration = nil
+                try kernel.apply(tx)
+                try noteGeneration(after: tx, before: gen)
                 counts = (incremental!.serviceCount, incremental!.endpointCount)
             } else {
                 _ = store.takeDirty()
-                let current = try nft.read(table: config.proxy.table)
-                let state = store.state
-                let proxy = ProxyState(state)
-                try Reconciler.checkConflicts(proxy, state)
-                let fragments = translator.fragments(for: proxy, previous: current)
-                let desired = translator.assemble(fragments)
-                tx = Planner.plan(from: current, to: desired)
                 incremental = nil
-                try apply(tx, generation: gen)
-                incremental = IncrementalState(translator: translator, fragments: fragments)
-                counts = (proxy.serviceCount, proxy.endpointCount)
+                cacheGeneration = nil
+                let result = try Reconciler(config: config.proxy, kernel: kernel).reconcile(store.state)
+                tx = result.transaction
+                try noteGeneration(after: tx, before: gen)
+                incremental = IncrementalState(translator: translator, fragments: result.fragments)
+                counts = (result.services, result.endpoints)
+                metrics.rules.record(result.desired.ruleCount)
+                metrics.elements.record(result.desired.elementCount)
                 // A full sync's transaction and batch are large and short-lived; hand the pages back.
                 releaseFreeMemory()
-                metrics.rules.record(desired.ruleCount)
-                metrics.elements.record(desired.elementCount)
             }
             let drift = !partial && !tx.isEmpty && reason.hasPrefix("ruleset generation changed")
             let d = clock.now - start
@@ -242,17 +242,11 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// Sends the batch (if any) and notes the generation the kernel is at afterwards: the cache
-    /// is trusted only if ours was the only commit in between.
-    private func apply(_ tx: Transaction, generation gen: UInt32) throws {
-        if tx.isEmpty {
-            cacheGeneration = gen
-            return
-        }
-        cacheGeneration = nil
-        try nft.apply(tx)
-        let after = try nft.generation()
-        cacheGeneration = after == gen &+ 1 ? after : nil
+    /// After a sync: the cached view is trusted at the kernel's new generation only if svcnat's
+    /// own commit was the only one since `gen`.
+    private func noteGeneration(after tx: Transaction, before gen: UInt32) throws {
+        let now = try nft.generation()
+        cacheGeneration = tx.isEmpty ? (now == gen ? gen : nil) : (now == gen &+ 1 ? now : nil)
     }
 
     private func record(duration: Duration, partial: Bool, tx: Transaction, services: Int, endpoints: Int) {
@@ -306,14 +300,6 @@ public final class Daemon: @unchecked Sendable {
         default: return (.notFound, "text/plain", "not found\n")
         }
     }
-}
-
-/// Lets the reconciler's cleanup use the daemon's socket.
-final class NetlinkKernelAdapter: Kernel {
-    let nft: NFTables
-    init(_ nft: NFTables) { self.nft = nft }
-    func read(table: String) throws -> Ruleset? { try nft.read(table: table) }
-    func apply(_ tx: Transaction) throws { try nft.apply(tx) }
 }
 
 extension Duration {
