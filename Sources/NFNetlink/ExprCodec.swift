@@ -91,6 +91,12 @@ enum ExprCodec {
             u32(x, NFTNL_EXPR_REJECT_TYPE, type)
             nftnl_expr_set_u8(x, UInt16(NFTNL_EXPR_REJECT_CODE), code)
             return x
+        case .fibDaddrType(let dreg):
+            let x = alloc("fib")
+            reg(x, NFTNL_EXPR_FIB_DREG, dreg)
+            u32(x, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE.rawValue)
+            u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR.rawValue)
+            return x
         case .unknown(let what):
             preconditionFailure("cannot encode an unknown expression: \(what)")
         }
@@ -182,6 +188,10 @@ enum ExprCodec {
             if type == NFT_REJECT_TCP_RST.rawValue { return .reject(kind: .tcpReset) }
             if type == NFT_REJECT_ICMP_UNREACH.rawValue && code == 3 { return .reject(kind: .icmpPortUnreachable) }
             return unknown
+        case "fib":
+            guard let d = reg(NFTNL_EXPR_FIB_DREG), u32(NFTNL_EXPR_FIB_RESULT) == NFT_FIB_RESULT_ADDRTYPE.rawValue,
+                  u32(NFTNL_EXPR_FIB_FLAGS) == NFTA_FIB_F_DADDR.rawValue else { return unknown }
+            return .fibDaddrType(dreg: d)
         default:
             return unknown
         }

@@ -9,18 +9,23 @@ public struct ProxyConfig: Sendable {
     public var masqueradeAll: Bool
     public var nodeName: String?
     public var endpointSelection: EndpointSelection
+    public var nodePortAddresses: [IPv4Prefix]
+    public var serviceCIDRs: [IPv4Prefix]
 
     public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
-                endpointSelection: EndpointSelection = .map) {
+                endpointSelection: EndpointSelection = .map, nodePortAddresses: [IPv4Prefix] = [], serviceCIDRs: [IPv4Prefix] = []) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
         self.nodeName = nodeName
         self.endpointSelection = endpointSelection
+        self.nodePortAddresses = nodePortAddresses
+        self.serviceCIDRs = serviceCIDRs
     }
 
     public var translator: TranslatorConfig {
-        TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection)
+        TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection,
+                         nodePortAddresses: nodePortAddresses, serviceCIDRs: serviceCIDRs)
     }
 }
 
@@ -69,6 +74,14 @@ public struct Reconciler {
                 if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
                     errors.append(InputError(file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)",
                                              field: "spec.clusterIP",
+                                             message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
+                }
+                owner[key] = sp.name
+            }
+            if let np = sp.nodePort {
+                let key = "node port \(np)/\(sp.name.proto.rawValue)"
+                if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
+                    errors.append(InputError(file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)", field: "spec.ports",
                                              message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
                 }
                 owner[key] = sp.name

@@ -20,6 +20,8 @@ public enum Expr: Hashable, Sendable {
     case dnat(addrReg: Register, protoReg: Register?, flags: UInt32)
     case masquerade(flags: UInt32)
     case reject(kind: RejectKind)
+    /// `fib daddr type` into dreg (the route type of the destination address).
+    case fibDaddrType(dreg: Register)
     /// An expression svcnat does not produce (found in the kernel, put there by someone else).
     case unknown(String)
 }
@@ -78,6 +80,11 @@ public enum NATFlags {
 public enum CtBits {
     public static let stateNew: UInt32 = 1 << 3     // NF_CT_STATE_BIT(IP_CT_NEW)
     public static let statusDNAT: UInt32 = 1 << 5   // IPS_DST_NAT
+}
+
+/// Route types (RTN_* in linux/rtnetlink.h) that `fib ... type` yields.
+public enum RouteType {
+    public static let local: UInt32 = 2   // RTN_LOCAL
 }
 
 extension UInt32 {

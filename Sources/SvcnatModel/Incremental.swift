@@ -1,15 +1,15 @@
-/// A Service port's share of svcnat's table: its chain, its elements in the dispatch maps, its
-/// endpoints' elements in an endpoint map, and the endpoint addresses the hairpin set needs.
+/// A Service port's share of svcnat's table: its chains, the elements it owns in the maps, and
+/// its contributions to the sets several ports share (the hairpin pairs of its endpoints, its
+/// ClusterIP), which are counted rather than owned.
 public struct PortFragment: Hashable, Sendable {
     public var name: ServicePortName
     /// The service chain's name, also when the port has no endpoints and so no chain.
     public var key: String
-    public var chain: Chain?
-    public var dispatch: [SetElement] = []
-    public var rejects: [SetElement] = []
+    public var chains: [Chain] = []
+    public var elements: [String: [SetElement]] = [:]
+    public var shared: [String: [SetElement]] = [:]
     public var slot: EndpointSlot?
-    public var endpointElements: [SetElement] = []
-    public var endpointIPs: [IPv4Address] = []
+    public var endpointCount = 0
 
     public init(name: ServicePortName, key: String) {
         self.name = name
@@ -30,8 +30,10 @@ public struct IncrementalState: Sendable {
     public let translator: Translator
     private(set) var fragments: [String: PortFragment] = [:]
     private var portsByService: [String: [String]] = [:]
-    private var hairpinRefs: [IPv4Address: Int] = [:]
+    /// set -> element key -> how many ports use it
+    private var sharedRefs: [String: [[KeyValue]: Int]] = [:]
     private var shardSlots: [Int: [String: EndpointSlot]] = [:]
+    public private(set) var endpointCount = 0
 
     /// Starts from a full translation (the fragments `Translator.fragments` gave for what is
     /// now in the kernel).
@@ -42,22 +44,26 @@ public struct IncrementalState: Sendable {
 
     public var portCount: Int { fragments.count }
     public var serviceCount: Int { portsByService.count }
-    public private(set) var endpointCount = 0
 
     private mutating func insert(_ f: PortFragment) {
         fragments[f.key] = f
-        endpointCount += f.endpointIPs.count
+        endpointCount += f.endpointCount
         portsByService[f.serviceKey, default: []].append(f.key)
-        for ip in f.endpointIPs { hairpinRefs[ip, default: 0] += 1 }
+        for (set, es) in f.shared { for e in es { sharedRefs[set, default: [:]][e.key, default: 0] += 1 } }
         if let s = f.slot { shardSlots[s.shard, default: [:]][f.key] = s }
     }
 
     private mutating func remove(_ key: String) -> PortFragment? {
         guard let f = fragments.removeValue(forKey: key) else { return nil }
-        endpointCount -= f.endpointIPs.count
+        endpointCount -= f.endpointCount
         portsByService[f.serviceKey]?.removeAll { $0 == key }
         if portsByService[f.serviceKey]?.isEmpty == true { portsByService[f.serviceKey] = nil }
-        for ip in f.endpointIPs { hairpinRefs[ip]! -= 1; if hairpinRefs[ip] == 0 { hairpinRefs[ip] = nil } }
+        for (set, es) in f.shared {
+            for e in es {
+                sharedRefs[set]![e.key]! -= 1
+                if sharedRefs[set]![e.key] == 0 { sharedRefs[set]![e.key] = nil }
+            }
+        }
         if let s = f.slot {
             shardSlots[s.shard]?[key] = nil
             if shardSlots[s.shard]?.isEmpty == true { shardSlots[s.shard] = nil }
@@ -83,19 +89,19 @@ public struct IncrementalState: Sendable {
     /// Replaces the ports of the given Services (ns/name -> their ports now; an empty list for
     /// a Service that is gone) and returns the transaction that makes the kernel follow.
     public mutating func update(_ services: [String: [ServicePortState]]) -> Transaction {
-        var addSets: [Operation] = [], addChains: [Operation] = [], flushes: [Operation] = []
-        var addRules: [Operation] = [], deleteChains: [Operation] = [], deleteSets: [Operation] = []
+        var addChains: [Operation] = [], flushes: [Operation] = [], addRules: [Operation] = []
+        var deleteChains: [Operation] = []
         var elementDeletes: [String: [SetElement]] = [:], elementAdds: [String: [SetElement]] = [:]
         let shardsBefore = Set(shardSlots.keys)
-        // Whether each endpoint address of the touched Services was in use before; only these
-        // can enter or leave the hairpin set.
-        var hairpinBefore: [IPv4Address: Bool] = [:]
-        for service in services.keys {
-            for key in portsByService[service] ?? [] {
-                for ip in fragments[key]?.endpointIPs ?? [] { hairpinBefore[ip] = true }
+        // Whether each shared element the touched Services use was in use before; only these
+        // can enter or leave their sets.
+        var sharedBefore: [String: [[KeyValue]: Bool]] = [:]
+        func noteShared(_ f: PortFragment?) {
+            for (set, es) in f?.shared ?? [:] {
+                for e in es where sharedBefore[set]?[e.key] == nil { sharedBefore[set, default: [:]][e.key] = sharedRefs[set]?[e.key] != nil }
             }
-            for sp in services[service]! { for ep in sp.endpoints where hairpinBefore[ep.ip] == nil { hairpinBefore[ep.ip] = hairpinRefs[ep.ip] != nil } }
         }
+        for service in services.keys { for key in portsByService[service] ?? [] { noteShared(fragments[key]) } }
 
         for (service, ports) in services.sorted(by: { $0.key < $1.key }) {
             var old: [String: PortFragment] = [:]
@@ -104,43 +110,44 @@ public struct IncrementalState: Sendable {
             for sp in ports {
                 let key = PortFragment.key(sp)
                 let f = translator.fragment(sp, slot: slot(for: key, endpoints: sp.endpoints.count, old: old[key]?.slot))
+                noteShared(f)
                 insert(f)
                 new[key] = f
             }
             for key in Set(old.keys).union(new.keys).sorted() {
                 let o = old[key], n = new[key]
-                diff(o?.dispatch ?? [], n?.dispatch ?? [], set: Names.serviceIPs, &elementDeletes, &elementAdds)
-                diff(o?.rejects ?? [], n?.rejects ?? [], set: Names.noEndpointServices, &elementDeletes, &elementAdds)
-                let oMap = o?.slot.map { Names.endpointMap($0.shard) }, nMap = n?.slot.map { Names.endpointMap($0.shard) }
-                if oMap == nMap, let m = nMap {
-                    diff(o!.endpointElements, n!.endpointElements, set: m, &elementDeletes, &elementAdds)
-                } else {
-                    if let m = oMap { diff(o!.endpointElements, [], set: m, &elementDeletes, &elementAdds) }
-                    if let m = nMap { diff([], n!.endpointElements, set: m, &elementDeletes, &elementAdds) }
+                let sets = Set((o?.elements ?? [:]).keys).union((n?.elements ?? [:]).keys)
+                for set in sets.sorted() {
+                    diff(o?.elements[set] ?? [], n?.elements[set] ?? [], set: set, &elementDeletes, &elementAdds)
                 }
-                switch (o?.chain, n?.chain) {
-                case (nil, let c?):
-                    addChains.append(.addChain(Chain(name: c.name)))
-                    addRules += c.rules.map { .addRule(chain: c.name, $0) }
-                case (let a?, let b?) where a.rules != b.rules:
-                    flushes.append(.flushChain(b.name))
-                    addRules += b.rules.map { .addRule(chain: b.name, $0) }
-                case (let a?, nil):
-                    flushes.append(.flushChain(a.name))
-                    deleteChains.append(.deleteChain(a.name))
-                default: break
+                let oc = Dictionary((o?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+                let nc = Dictionary((n?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+                for name in Set(oc.keys).union(nc.keys).sorted() {
+                    switch (oc[name], nc[name]) {
+                    case (nil, let c?):
+                        addChains.append(.addChain(Chain(name: c.name)))
+                        addRules += c.rules.map { .addRule(chain: c.name, $0) }
+                    case (let a?, let b?) where a.rules != b.rules:
+                        flushes.append(.flushChain(b.name))
+                        addRules += b.rules.map { .addRule(chain: b.name, $0) }
+                    case (_?, nil):
+                        flushes.append(.flushChain(name))
+                        deleteChains.append(.deleteChain(name))
+                    default: break
+                    }
                 }
             }
         }
-        // Hairpin: only addresses whose use went from none to some, or back.
-        for (ip, wasUsed) in hairpinBefore.sorted(by: { $0.key < $1.key }) {
-            let e = SetElement(key: [.ipv4(ip), .ipv4(ip)])
-            let isUsed = hairpinRefs[ip] != nil
-            if !wasUsed && isUsed { elementAdds[Names.hairpin, default: []].append(e) }
-            if wasUsed && !isUsed { elementDeletes[Names.hairpin, default: []].append(e) }
+        for (set, keys) in sharedBefore.sorted(by: { $0.key < $1.key }) {
+            for (key, wasUsed) in keys.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+                let isUsed = sharedRefs[set]?[key] != nil
+                if !wasUsed && isUsed { elementAdds[set, default: []].append(SetElement(key: key)) }
+                if wasUsed && !isUsed { elementDeletes[set, default: []].append(SetElement(key: key)) }
+            }
         }
         let shardsAfter = Set(shardSlots.keys)
-        for s in shardsAfter.subtracting(shardsBefore).sorted() { addSets.append(.addSet(Translator.endpointMap(Names.endpointMap(s)))) }
+        let addSets = shardsAfter.subtracting(shardsBefore).sorted().map { Operation.addSet(Translator.endpointMap(Names.endpointMap($0))) }
+        var deleteSets: [Operation] = []
         for s in shardsBefore.subtracting(shardsAfter).sorted() {
             deleteSets.append(.deleteSet(Names.endpointMap(s)))
             elementDeletes[Names.endpointMap(s)] = nil   // the set goes, and its elements with it

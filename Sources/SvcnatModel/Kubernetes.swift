@@ -53,9 +53,16 @@ public struct Service: Hashable, Sendable {
     public var selector: [String: String]?
     public var ports: [ServicePort]
     public var sessionAffinity: String
+    /// `spec.externalIPs`.
+    public var externalIPs: [IPv4Address]
+    /// `status.loadBalancer.ingress[].ip`.
+    public var loadBalancerIPs: [IPv4Address]
+    /// `spec.loadBalancerSourceRanges`: only these sources may use the load-balancer IPs.
+    public var loadBalancerSourceRanges: [IPv4Prefix]
 
     public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPv4Address?, isHeadless: Bool = false,
-                selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None") {
+                selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",
+                externalIPs: [IPv4Address] = [], loadBalancerIPs: [IPv4Address] = [], loadBalancerSourceRanges: [IPv4Prefix] = []) {
         self.meta = meta
         self.type = type
         self.clusterIP = clusterIP
@@ -63,6 +70,9 @@ public struct Service: Hashable, Sendable {
         self.selector = selector
         self.ports = ports
         self.sessionAffinity = sessionAffinity
+        self.externalIPs = externalIPs
+        self.loadBalancerIPs = loadBalancerIPs
+        self.loadBalancerSourceRanges = loadBalancerSourceRanges
     }
 }
 

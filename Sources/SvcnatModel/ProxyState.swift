@@ -36,7 +36,9 @@ public struct EndpointAddress: Hashable, Sendable, Comparable, CustomStringConve
     public static func < (a: Self, b: Self) -> Bool { (a.ip, a.port) < (b.ip, b.port) }
 }
 
-public enum FrontendKind: String, Hashable, Sendable, Codable { case clusterIP = "ClusterIP" }
+public enum FrontendKind: String, Hashable, Sendable, Codable {
+    case clusterIP = "ClusterIP", externalIP = "ExternalIP", loadBalancer = "LoadBalancer"
+}
 
 public struct Frontend: Hashable, Sendable, Comparable {
     public var kind: FrontendKind
@@ -52,9 +54,27 @@ public struct Frontend: Hashable, Sendable, Comparable {
 
 public struct ServicePortState: Hashable, Sendable {
     public var name: ServicePortName
+    /// The ClusterIP first, then external and load-balancer IPs.
     public var frontends: [Frontend]
     /// Usable endpoints, sorted and without duplicates.
     public var endpoints: [EndpointAddress]
+    /// The node port, for NodePort and LoadBalancer Services that have one.
+    public var nodePort: UInt16? = nil
+    /// Sources allowed to reach the load-balancer IPs (all when empty).
+    public var sourceRanges: [IPv4Prefix] = []
+
+    public init(name: ServicePortName, frontends: [Frontend], endpoints: [EndpointAddress], nodePort: UInt16? = nil,
+                sourceRanges: [IPv4Prefix] = []) {
+        self.name = name
+        self.frontends = frontends
+        self.endpoints = endpoints
+        self.nodePort = nodePort
+        self.sourceRanges = sourceRanges
+    }
+
+    public var clusterIP: Frontend? { frontends.first { $0.kind == .clusterIP } }
+    /// Frontends reached from outside the cluster: external and load-balancer IPs.
+    public var externalFrontends: [Frontend] { frontends.filter { $0.kind != .clusterIP } }
 }
 
 public struct ProxyState: Hashable, Sendable {
@@ -97,8 +117,13 @@ public struct ProxyState: Hashable, Sendable {
             } else {
                 eps = []
             }
-            return ServicePortState(name: spn, frontends: [Frontend(kind: .clusterIP, ip: ip, port: port.port)],
-                                    endpoints: Array(Set(eps)).sorted())
+            var frontends = [Frontend(kind: .clusterIP, ip: ip, port: port.port)]
+            frontends += Array(Set(svc.externalIPs)).sorted().map { Frontend(kind: .externalIP, ip: $0, port: port.port) }
+            frontends += Array(Set(svc.loadBalancerIPs)).sorted().map { Frontend(kind: .loadBalancer, ip: $0, port: port.port) }
+            let hasNodePort = svc.type == .nodePort || svc.type == .loadBalancer
+            return ServicePortState(name: spn, frontends: frontends, endpoints: Array(Set(eps)).sorted(),
+                                    nodePort: hasNodePort ? port.nodePort : nil,
+                                    sourceRanges: svc.type == .loadBalancer ? svc.loadBalancerSourceRanges : [])
         }
     }
 

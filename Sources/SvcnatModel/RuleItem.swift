@@ -7,7 +7,14 @@ public enum RuleItem: Hashable, Sendable {
     case ctStateNew
     case ctStatusDNAT
     case l4proto(TransportProtocol)
-    case saddrNotIn(IPv4Prefix)
+    /// `ip saddr|daddr [!=] prefix`.
+    case ipMatch(IPField, CmpOp, IPv4Prefix)
+    /// `fib daddr type local`: the destination is an address of this host.
+    case fibDaddrLocal
+    /// `ip daddr @set`
+    case daddrInSet(String)
+    /// `meta l4proto . th dport vmap @map` (node ports).
+    case nodePortDispatch(map: String)
     case markIsClear(UInt32)
     case markSetOr(UInt32)
     case markSetXor(UInt32)
@@ -25,6 +32,16 @@ public enum RuleItem: Hashable, Sendable {
     case saddrDaddrIn(set: String)
     case verdict(Verdict)
     case raw(Expr)
+}
+
+public enum IPField: Hashable, Sendable {
+    case saddr, daddr
+    var offset: UInt32 { self == .saddr ? 12 : 16 }
+    var name: String { self == .saddr ? "saddr" : "daddr" }
+}
+
+extension RuleItem {
+    public static func saddrNotIn(_ p: IPv4Prefix) -> RuleItem { .ipMatch(.saddr, .neq, p) }
 }
 
 public struct Rule: Hashable, Sendable {
@@ -59,7 +76,7 @@ public struct Rule: Hashable, Sendable {
     public var setReferences: [String] {
         items.compactMap {
             switch $0 {
-            case .dispatch(let s), .saddrDaddrIn(let s), .dnatFromMap(_, _, let s): s
+            case .dispatch(let s), .saddrDaddrIn(let s), .dnatFromMap(_, _, let s), .daddrInSet(let s), .nodePortDispatch(let s): s
             case .raw(.lookup(let s, _, _)): s
             default: nil
             }
@@ -82,10 +99,17 @@ extension RuleItem {
              .cmp(sreg: r1, op: .neq, data: [0, 0, 0, 0])]
         case .l4proto(let p):
             [.meta(key: .l4proto, dreg: r1), .cmp(sreg: r1, op: .eq, data: [p.number])]
-        case .saddrNotIn(let prefix):
+        case .ipMatch(let field, let op, let prefix):
             // As nft encodes it: a byte-aligned prefix loads only its bytes; otherwise the
             // whole bytes it touches, masked.
-            Self.prefixMatch(offset: 12, prefix: prefix, op: .neq)
+            Self.prefixMatch(offset: field.offset, prefix: prefix, op: op)
+        case .fibDaddrLocal:
+            [.fibDaddrType(dreg: r1), .cmp(sreg: r1, op: .eq, data: RouteType.local.hostBytes)]
+        case .daddrInSet(let set):
+            [.payload(base: .network, offset: 16, length: 4, dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
+        case .nodePortDispatch(let map):
+            [.meta(key: .l4proto, dreg: r1), .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(1)),
+             .lookup(set: map, sreg: r1, dreg: .verdict)]
         case .markIsClear(let bits):
             [.meta(key: .mark, dreg: r1),
              .bitwise(sreg: r1, dreg: r1, mask: bits.hostBytes, xor: [0, 0, 0, 0]),
@@ -165,7 +189,9 @@ extension RuleItem {
         switch e[i] {
         case .ct(.state, _): return starts(.ctStateNew)
         case .ct(.status, _): return starts(.ctStatusDNAT)
+        case .fibDaddrType: return starts(.fibDaddrLocal)
         case .meta(.l4proto, r1):
+            if i + 2 < e.count, case .lookup(let m, r1, .verdict) = e[i + 2] { return starts(.nodePortDispatch(map: m)) }
             guard i + 1 < e.count, case .cmp(r1, .eq, let d) = e[i + 1], d.count == 1,
                   let p = TransportProtocol(number: d[0]) else { return nil }
             return (.l4proto(p), 2)
@@ -193,13 +219,14 @@ extension RuleItem {
             return nil
         case .reject(let k): return (.reject(k), 1)
         case .payload(.network, 16, 4, r1):
-            guard i + 3 < e.count, case .lookup(let s, r1, .verdict) = e[i + 3] else { return nil }
-            return starts(.dispatch(map: s))
+            if i + 3 < e.count, case .lookup(let s, r1, .verdict) = e[i + 3] { return starts(.dispatch(map: s)) }
+            if i + 1 < e.count, case .lookup(let s, r1, nil) = e[i + 1] { return starts(.daddrInSet(s)) }
+            return matchPrefix(e, at: i)
         case .payload(.network, 12, 4, r1):
             if i + 2 < e.count, case .lookup(let s, r1, nil) = e[i + 2],
                let m = starts(.saddrDaddrIn(set: s)) { return m }
             return matchPrefix(e, at: i)
-        case .payload(.network, 12, _, r1):
+        case .payload(.network, 12, _, r1), .payload(.network, 16, _, r1):
             return matchPrefix(e, at: i)
         case .verdict(let v): return (.verdict(v), 1)
         default: return nil
@@ -207,16 +234,15 @@ extension RuleItem {
     }
 
     private static func matchPrefix(_ e: [Expr], at i: Int) -> (RuleItem, Int)? {
-        guard case .payload(_, _, let len, _) = e[i], len >= 1, len <= 4 else { return nil }
+        guard case .payload(_, let offset, let len, _) = e[i], len >= 1, len <= 4, offset == 12 || offset == 16 else { return nil }
         var mask = [UInt8](repeating: 0xff, count: Int(len))
         var j = i + 1
         if j < e.count, case .bitwise(r1, r1, let m, _) = e[j] { mask = m; j += 1 }
-        guard j < e.count, case .cmp(r1, .neq, let data) = e[j], data.count == Int(len) else { return nil }
+        guard j < e.count, case .cmp(r1, let op, let data) = e[j], data.count == Int(len) else { return nil }
         let ones = mask.reduce(0) { $0 + $1.nonzeroBitCount }
-        var full = data + [UInt8](repeating: 0, count: 4 - data.count)
-        full = Array(full.prefix(4))
+        let full = Array((data + [UInt8](repeating: 0, count: 4)).prefix(4))
         guard let addr = IPv4Address(bytes: full) else { return nil }
-        let item = RuleItem.saddrNotIn(IPv4Prefix(address: addr, length: ones))
+        let item = RuleItem.ipMatch(offset == 12 ? .saddr : .daddr, op, IPv4Prefix(address: addr, length: ones))
         return item.exprs == Array(e[i...j]) ? (item, j - i + 1) : nil
     }
 }
@@ -227,7 +253,10 @@ extension RuleItem {
         case .ctStateNew: "ct state new"
         case .ctStatusDNAT: "ct status dnat"
         case .l4proto(let p): "meta l4proto \(p.lowercased)"
-        case .saddrNotIn(let p): "ip saddr != \(p.length == 32 ? p.address.description : p.description)"
+        case .ipMatch(let f, let op, let p): "ip \(f.name) \(op == .neq ? "!= " : "")\(p.length == 32 ? p.address.description : p.description)"
+        case .fibDaddrLocal: "fib daddr type local"
+        case .daddrInSet(let s): "ip daddr @\(s)"
+        case .nodePortDispatch(let m): "meta l4proto . th dport vmap @\(m)"
         case .markIsClear(let b): "meta mark & \(hex(b)) == \(hex(0))"
         case .markSetOr(let b): "meta mark set meta mark | \(hex(b))"
         case .markSetXor(let b): "meta mark set meta mark ^ \(hex(b))"

@@ -28,18 +28,33 @@ public struct ServiceView: Hashable, Sendable {
 extension Ruleset {
     public var serviceViews: [ServiceView] {
         var views: [String: ServiceView] = [:]
+        /// External frontends go through `ext-...`, which goes on to `svc-...`.
+        func serviceChain(_ target: String?) -> String? {
+            guard let t = target else { return nil }
+            return t.hasPrefix("ext-") ? Names.serviceChainPrefix + t.dropFirst(4) : t
+        }
         func add(_ e: SetElement, chain: String?) {
-            guard e.key.count == 3, case .ipv4(let ip) = e.key[0], case .proto(let p) = e.key[1],
-                  case .port(let port) = e.key[2] else { return }
+            let frontend: String, proto: TransportProtocol
+            if e.key.count == 3, case .ipv4(let ip) = e.key[0], case .proto(let p) = e.key[1], case .port(let port) = e.key[2] {
+                frontend = "\(ip):\(port)"
+                proto = p
+            } else if e.key.count == 2, case .proto(let p) = e.key[0], case .port(let port) = e.key[1] {
+                frontend = "node port \(port)"
+                proto = p
+            } else { return }
             let name = e.comment ?? chain ?? e.keyText
-            let id = "\(name) \(p)"
-            var v = views[id] ?? ServiceView(name: name, proto: p, frontends: [], chain: chain, endpoints: [])
-            v.frontends.append("\(ip):\(port)")
-            if let chain, let c = self.chain(chain) { v.endpoints = endpoints(of: c) }
+            let id = "\(name) \(proto)"
+            var v = views[id] ?? ServiceView(name: name, proto: proto, frontends: [], chain: chain, endpoints: [])
+            v.frontends.append(frontend)
+            if let chain, let c = self.chain(chain) { v.chain = chain; v.endpoints = endpoints(of: c) }
             views[id] = v
         }
-        for e in set(Names.serviceIPs)?.elements ?? [] { add(e, chain: e.verdict?.target) }
-        for e in set(Names.noEndpointServices)?.elements ?? [] { add(e, chain: nil) }
+        for set in [Names.serviceIPs, Names.serviceNodePorts] {
+            for e in self.set(set)?.elements ?? [] { add(e, chain: serviceChain(e.verdict?.target)) }
+        }
+        for set in [Names.noEndpointServices, Names.noEndpointNodePorts] {
+            for e in self.set(set)?.elements ?? [] { add(e, chain: nil) }
+        }
         return views.values.sorted { ($0.name, $0.proto) < ($1.name, $1.proto) }
     }
 

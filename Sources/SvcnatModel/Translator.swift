@@ -20,14 +20,21 @@ public struct TranslatorConfig: Hashable, Sendable {
     /// kube-proxy's --masquerade-bit (default 14 -> 0x4000).
     public var masqueradeMark: UInt32
     public var endpointSelection: EndpointSelection
+    /// kube-proxy's --nodeport-addresses; empty means every local address but 127.0.0.0/8.
+    public var nodePortAddresses: [IPv4Prefix]
+    /// The Service CIDRs: traffic to an address in them that no Service has is dropped.
+    public var serviceCIDRs: [IPv4Prefix]
 
     public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false,
-                masqueradeBit: Int = 14, endpointSelection: EndpointSelection = .map) {
+                masqueradeBit: Int = 14, endpointSelection: EndpointSelection = .map,
+                nodePortAddresses: [IPv4Prefix] = [], serviceCIDRs: [IPv4Prefix] = []) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
         self.masqueradeMark = 1 << UInt32(masqueradeBit)
         self.endpointSelection = endpointSelection
+        self.nodePortAddresses = nodePortAddresses
+        self.serviceCIDRs = serviceCIDRs
     }
 }
 
@@ -43,16 +50,28 @@ public enum EndpointSelection: String, Hashable, Sendable, CaseIterable {
 public enum Names {
     public static let serviceIPs = "service-ips"
     public static let noEndpointServices = "no-endpoint-services"
+    public static let serviceNodePorts = "service-nodeports"
+    public static let noEndpointNodePorts = "no-endpoint-nodeports"
+    public static let firewallIPs = "firewall-ips"
+    public static let clusterIPs = "cluster-ips"
     public static let hairpin = "hairpin"
     public static let services = "services"
     public static let masquerading = "masquerading"
     public static let endpointsCheck = "service-endpoints-check"
+    public static let nodePortsCheck = "nodeport-endpoints-check"
+    public static let firewallCheck = "firewall-check"
+    public static let clusterIPsCheck = "cluster-ips-check"
     public static let rejectChain = "reject-chain"
     public static let serviceChainPrefix = "svc-"
     public static let endpointMapPrefix = "endpoints-"
     public static let endpointShards = 256
 
     public static func endpointMap(_ shard: Int) -> String { "\(endpointMapPrefix)\(shard)" }
+
+    /// `ext-...`: where external IPs, load-balancer IPs and node ports enter (marks for
+    /// masquerade, then the service chain). `fw-...`: the load-balancer source ranges.
+    public static func externalChain(_ serviceChain: String) -> String { "ext-" + serviceChain.dropFirst(serviceChainPrefix.count) }
+    public static func firewallChain(_ serviceChain: String) -> String { "fw-" + serviceChain.dropFirst(serviceChainPrefix.count) }
 
     /// `svc-<namespace>/<name>/<protocol>/<port name, or number when unnamed>`: readable, unique
     /// (Kubernetes names cannot hold "/", and a port name always has a letter), and at most 152
@@ -83,61 +102,84 @@ public struct Translator: Sendable {
         return state.servicePorts.map { fragment($0, slot: slots[PortFragment.key($0)]) }
     }
 
-    /// One Service port's chain and elements. Pure.
+    /// One Service port's chains and elements. Pure.
     public func fragment(_ sp: ServicePortState, slot: EndpointSlot?) -> PortFragment {
         let comment = sp.name.description
         let chain = PortFragment.key(sp)
+        let ext = Names.externalChain(chain), fw = Names.firewallChain(chain)
+        let proto = sp.name.proto
+        let served = !sp.endpoints.isEmpty
         var f = PortFragment(name: sp.name, key: chain)
-        if sp.endpoints.isEmpty {
-            f.rejects = sp.frontends.map {
-                SetElement(key: [.ipv4($0.ip), .proto(sp.name.proto), .port($0.port)], verdict: .goto(Names.rejectChain), comment: comment)
+        func add(_ set: String, _ key: [KeyValue], _ verdict: Verdict) {
+            f.elements[set, default: []].append(SetElement(key: key, verdict: verdict, comment: comment))
+        }
+        let reject = Verdict.goto(Names.rejectChain)
+        if let c = sp.clusterIP {
+            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ipv4(c.ip), .proto(proto), .port(c.port)], served ? .goto(chain) : reject)
+            f.shared[Names.clusterIPs, default: []].append(SetElement(key: [.ipv4(c.ip)]))
+        }
+        for e in sp.externalFrontends {
+            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ipv4(e.ip), .proto(proto), .port(e.port)], served ? .goto(ext) : reject)
+            if e.kind == .loadBalancer && !sp.sourceRanges.isEmpty {
+                add(Names.firewallIPs, [.ipv4(e.ip), .proto(proto), .port(e.port)], .goto(fw))
             }
-            return f
         }
-        f.dispatch = sp.frontends.map {
-            SetElement(key: [.ipv4($0.ip), .proto(sp.name.proto), .port($0.port)], verdict: .goto(chain), comment: comment)
+        if let np = sp.nodePort {
+            add(served ? Names.serviceNodePorts : Names.noEndpointNodePorts, [.proto(proto), .port(np)], served ? .goto(ext) : reject)
         }
-        f.endpointIPs = sp.endpoints.map(\.ip)
+        if !sp.sourceRanges.isEmpty && sp.externalFrontends.contains(where: { $0.kind == .loadBalancer }) {
+            f.chains.append(Chain(name: fw, rules: sp.sourceRanges.map { Rule([.ipMatch(.saddr, .eq, $0), .verdict(.return)]) }
+                                                   + [Rule([.verdict(.drop)])]))
+        }
+        guard served else { return f }
+        f.endpointCount = sp.endpoints.count
+        f.shared[Names.hairpin] = sp.endpoints.map { SetElement(key: [.ipv4($0.ip), .ipv4($0.ip)]) }
         if let slot {
             f.slot = slot
-            f.endpointElements = sp.endpoints.enumerated().map { i, ep in
+            f.elements[Names.endpointMap(slot.shard)] = sp.endpoints.enumerated().map { i, ep in
                 SetElement(key: [.integer(slot.base + UInt32(i))], data: [.ipv4(ep.ip), .port(ep.port)])
             }
-            f.chain = Chain(name: chain, rules: serviceRules(sp, slot: (Names.endpointMap(slot.shard), slot.base)))
+            f.chains.append(Chain(name: chain, rules: serviceRules(sp, slot: (Names.endpointMap(slot.shard), slot.base))))
         } else {
-            f.chain = Chain(name: chain, rules: serviceRules(sp, slot: nil))
+            f.chains.append(Chain(name: chain, rules: serviceRules(sp, slot: nil)))
+        }
+        if !sp.externalFrontends.isEmpty || sp.nodePort != nil {
+            // External traffic (Cluster policy) is always masqueraded, as kube-proxy does.
+            f.chains.append(Chain(name: ext, rules: [Rule([.markSetOr(config.masqueradeMark)]), Rule([.verdict(.goto(chain))])]))
         }
         return f
     }
 
+    static let setDefinitions: [NamedSet] = [
+        NamedSet(name: Names.serviceIPs, key: dispatchKey, data: .verdict),
+        NamedSet(name: Names.noEndpointServices, key: dispatchKey, data: .verdict),
+        NamedSet(name: Names.serviceNodePorts, key: [.inetProto, .inetService], data: .verdict),
+        NamedSet(name: Names.noEndpointNodePorts, key: [.inetProto, .inetService], data: .verdict),
+        NamedSet(name: Names.firewallIPs, key: dispatchKey, data: .verdict),
+        NamedSet(name: Names.clusterIPs, key: [.ipv4Addr], data: .none),
+        NamedSet(name: Names.hairpin, key: [.ipv4Addr, .ipv4Addr], data: .none),
+    ]
+
     /// The whole table from the ports' fragments.
     public func assemble(_ fragments: [PortFragment]) -> Ruleset {
-        var serviceIPs = NamedSet(name: Names.serviceIPs, key: Self.dispatchKey, data: .verdict)
-        var noEndpoints = NamedSet(name: Names.noEndpointServices, key: Self.dispatchKey, data: .verdict)
-        var hairpin = NamedSet(name: Names.hairpin, key: [.ipv4Addr, .ipv4Addr], data: .none)
-        var endpointMaps: [Int: NamedSet] = [:]
-        var hairpinIPs = Set<IPv4Address>()
+        var elements: [String: [SetElement]] = [:]
+        var shared: [String: Set<[KeyValue]>] = [:]
+        var endpointShards = Set<Int>()
         var chains: [Chain] = []
         for f in fragments {
-            serviceIPs.elements += f.dispatch
-            noEndpoints.elements += f.rejects
-            if let c = f.chain { chains.append(c) }
-            hairpinIPs.formUnion(f.endpointIPs)
-            if let slot = f.slot {
-                endpointMaps[slot.shard, default: Self.endpointMap(Names.endpointMap(slot.shard))].elements += f.endpointElements
-            }
+            for (set, es) in f.elements { elements[set, default: []] += es }
+            for (set, es) in f.shared { shared[set, default: []].formUnion(es.map(\.key)) }
+            chains += f.chains
+            if let slot = f.slot { endpointShards.insert(slot.shard) }
         }
-        hairpin.elements = hairpinIPs.sorted().map { SetElement(key: [.ipv4($0), .ipv4($0)]) }
-        serviceIPs.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
-        noEndpoints.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
+        for (set, keys) in shared { elements[set, default: []] += keys.map { SetElement(key: $0) } }
+        var sets = Self.setDefinitions
+        sets += endpointShards.sorted().map { Self.endpointMap(Names.endpointMap($0)) }
+        for i in sets.indices {
+            sets[i].elements = (elements[sets[i].name] ?? []).sorted { $0.key.lexicographicallyPrecedes($1.key) }
+        }
         chains.sort { $0.name < $1.name }
-        let maps = endpointMaps.keys.sorted().map { k -> NamedSet in
-            var m = endpointMaps[k]!
-            m.elements.sort { $0.key.lexicographicallyPrecedes($1.key) }
-            return m
-        }
-        return Ruleset(family: .ip, table: config.table, sets: [serviceIPs, noEndpoints, hairpin] + maps,
-                       chains: staticChains() + chains)
+        return Ruleset(family: .ip, table: config.table, sets: sets, chains: staticChains() + chains)
     }
 
     public static func endpointMap(_ name: String) -> NamedSet {
@@ -167,21 +209,39 @@ public struct Translator: Sendable {
         return rules
     }
 
-    /// kube-proxy's hook priorities: filter checks at -110 run before DNAT at -100 (dstnat).
+    /// kube-proxy's hook priorities: filter checks at -110 run before DNAT at -100 (dstnat); the
+    /// ClusterIP check of locally made connections runs after it (-90).
     func staticChains() -> [Chain] {
         let toServices = Rule([.verdict(.jump(Names.services))])
-        let endpointsCheck = Rule([.ctStateNew, .verdict(.jump(Names.endpointsCheck))])
+        func check(_ chain: String) -> Rule { Rule([.ctStateNew, .verdict(.jump(chain))]) }
+        // Node ports: the configured node addresses, or every local address but loopback.
+        let nodePortMatches: [[RuleItem]] = config.nodePortAddresses.isEmpty
+            ? [[.fibDaddrLocal, .ipMatch(.daddr, .neq, IPv4Prefix("127.0.0.0/8")!)]]
+            : config.nodePortAddresses.map { [.ipMatch(.daddr, .eq, $0)] }
+        let filter = { (hook: Hook, prio: Int32) in BaseChain(type: .filter, hook: hook, priority: prio) }
+        let nat = { (hook: Hook, prio: Int32) in BaseChain(type: .nat, hook: hook, priority: prio) }
         return [
-            Chain(name: "filter-forward", base: BaseChain(type: .filter, hook: .forward, priority: -110), rules: [endpointsCheck]),
-            Chain(name: "filter-output", base: BaseChain(type: .filter, hook: .output, priority: -110), rules: [endpointsCheck]),
-            Chain(name: "nat-prerouting", base: BaseChain(type: .nat, hook: .prerouting, priority: -100), rules: [toServices]),
-            Chain(name: "nat-output", base: BaseChain(type: .nat, hook: .output, priority: -100), rules: [toServices]),
-            Chain(name: "nat-postrouting", base: BaseChain(type: .nat, hook: .postrouting, priority: 100),
-                  rules: [Rule([.verdict(.jump(Names.masquerading))])]),
+            Chain(name: "filter-prerouting", base: filter(.prerouting, -110), rules: [check(Names.firewallCheck)]),
+            Chain(name: "filter-input", base: filter(.input, -110), rules: [check(Names.nodePortsCheck)]),
+            Chain(name: "filter-forward", base: filter(.forward, -110),
+                  rules: [check(Names.endpointsCheck), check(Names.clusterIPsCheck)]),
+            Chain(name: "filter-output", base: filter(.output, -110),
+                  rules: [check(Names.endpointsCheck), check(Names.nodePortsCheck), check(Names.firewallCheck)]),
+            Chain(name: "filter-output-post-dnat", base: filter(.output, -90), rules: [check(Names.clusterIPsCheck)]),
+            Chain(name: "nat-prerouting", base: nat(.prerouting, -100), rules: [toServices]),
+            Chain(name: "nat-output", base: nat(.output, -100), rules: [toServices]),
+            Chain(name: "nat-postrouting", base: nat(.postrouting, 100), rules: [Rule([.verdict(.jump(Names.masquerading))])]),
             Chain(name: Names.endpointsCheck, rules: [Rule([.dispatch(map: Names.noEndpointServices)])]),
+            Chain(name: Names.nodePortsCheck, rules: nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.noEndpointNodePorts)]) }),
+            Chain(name: Names.firewallCheck, rules: [Rule([.dispatch(map: Names.firewallIPs)])]),
+            // A ClusterIP on a port its Service lacks is refused; an unused address of the
+            // Service CIDR is dropped.
+            Chain(name: Names.clusterIPsCheck, rules: [Rule([.daddrInSet(Names.clusterIPs), .verdict(.goto(Names.rejectChain))])]
+                  + config.serviceCIDRs.map { Rule([.ipMatch(.daddr, .eq, $0), .verdict(.drop)]) }),
             Chain(name: Names.rejectChain, rules: [Rule([.l4proto(.tcp), .reject(.tcpReset)]),
                                                    Rule([.reject(.icmpPortUnreachable)])]),
-            Chain(name: Names.services, rules: [Rule([.dispatch(map: Names.serviceIPs)])]),
+            Chain(name: Names.services, rules: [Rule([.dispatch(map: Names.serviceIPs)])]
+                  + nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.serviceNodePorts)]) }),
             Chain(name: Names.masquerading, rules: [
                 Rule([.ctStatusDNAT, .saddrDaddrIn(set: Names.hairpin), .masquerade(fullyRandom: true)]),
                 Rule([.markIsClear(config.masqueradeMark), .verdict(.return)]),

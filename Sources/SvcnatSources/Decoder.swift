@@ -174,9 +174,38 @@ public struct ManifestDecoder {
         } else {
             warn(spec["clusterIP"], "spec.clusterIP is not set (the API server allocates it; a manifest for svcnat must carry it); the Service gets no rules")
         }
+        if type == .clusterIP || type == .externalName || headless {
+            for (i, p) in ports.enumerated() where p.nodePort != nil {
+                spec["ports"].child("[\(i)]").child("nodePort").fail("only Services of type NodePort or LoadBalancer have node ports")
+            }
+        }
+        let externalIPs = ipList(spec["externalIPs"])
+        let lbIPs = type == .loadBalancer ? f["status"]["loadBalancer"]["ingress"].list.compactMap { entry -> IPv4Address? in
+            guard let s = entry["ip"].string, !s.isEmpty else { return nil }   // hostname-only ingress: nothing to program
+            if s.contains(":") { return nil }
+            guard let ip = IPv4Address(s) else { entry["ip"].fail("\"\(s)\" is not a valid IPv4 address"); return nil }
+            return ip
+        } : []
+        var ranges: [IPv4Prefix] = []
+        for r in spec["loadBalancerSourceRanges"].list {
+            guard let text = r.string else { continue }
+            let t = text.trimmingCharacters(in: " ")
+            if t.contains(":") { continue }
+            guard let prefix = IPv4Prefix(t) else { r.fail("\"\(text)\" is not a CIDR such as 198.18.0.0/24"); continue }
+            ranges.append(prefix)
+        }
+        let etp = spec["externalTrafficPolicy"].string ?? "Cluster"
+        if etp != "Cluster" && etp != "Local" { spec["externalTrafficPolicy"].fail("\"\(etp)\" is not Cluster or Local") }
+        if etp == "Local" {
+            warn(spec["externalTrafficPolicy"], "spec.externalTrafficPolicy Local is not implemented yet: external traffic is handled as Cluster (masqueraded, any node's endpoints)")
+        }
+        if affinity == "ClientIP" {
+            warn(spec["sessionAffinity"], "spec.sessionAffinity ClientIP is not implemented yet: each new connection picks an endpoint at random")
+        }
         guard f.context.errors.count == errorsBefore else { return nil }
         return Service(meta: meta, type: type, clusterIP: clusterIP, isHeadless: headless, selector: selector,
-                       ports: ports, sessionAffinity: affinity)
+                       ports: ports, sessionAffinity: affinity, externalIPs: externalIPs, loadBalancerIPs: lbIPs,
+                       loadBalancerSourceRanges: ranges)
     }
 
     private func protocolField(_ f: Field) -> TransportProtocol? {
@@ -195,6 +224,16 @@ public struct ManifestDecoder {
         }
         guard (1...65535).contains(n) else { f.fail("\(n) is not a port (1-65535)"); return nil }
         return UInt16(n)
+    }
+
+    /// A list of IPv4 addresses; IPv6 ones are skipped (svcnat programs IPv4).
+    private func ipList(_ f: Field) -> [IPv4Address] {
+        f.list.compactMap { e in
+            guard let s = e.string else { return nil }
+            if s.contains(":") { return nil }
+            guard let ip = IPv4Address(s) else { e.fail("\"\(s)\" is not a valid IPv4 address"); return nil }
+            return ip
+        }
     }
 
     private func ipv4(_ f: Field) -> IPv4Address? {

@@ -29,8 +29,11 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("cluster-cidr"), help: "The pods' CIDR; traffic to a Service from outside it is masqueraded. Repeatable.")
     var clusterCIDR: [String] = []
 
-    @Option(name: .customLong("nodeport-addresses"), help: "CIDRs of node addresses that serve NodePorts. Repeatable. (NodePort is not programmed yet.)")
+    @Option(name: .customLong("nodeport-addresses"), help: "CIDRs of node addresses that serve node ports. Repeatable. Default: every local address but 127.0.0.0/8.")
     var nodePortAddresses: [String] = []
+
+    @Option(name: .customLong("service-cidr"), help: "The Service CIDR: traffic to one of its addresses that no Service has is dropped. Repeatable.")
+    var serviceCIDR: [String] = []
 
     @Flag(help: "Masquerade all traffic sent to Services.")
     var masqueradeAll = false
@@ -49,6 +52,12 @@ struct CommonOptions: ParsableArguments {
         for c in nodePortAddresses where IPv4Prefix(c) == nil {
             throw ValidationError("--nodeport-addresses \"\(c)\" is not an IPv4 CIDR")
         }
+        for c in nodePortAddresses where IPv4Prefix(c).map({ $0.address.isLoopback || $0.length == 0 }) == true {
+            throw ValidationError("--nodeport-addresses \"\(c)\": node ports are never served on 127.0.0.0/8")
+        }
+        for c in serviceCIDR where IPv4Prefix(c) == nil {
+            throw ValidationError("--service-cidr \"\(c)\" is not an IPv4 CIDR")
+        }
     }
 
     static func tableNameProblem(_ s: String) -> String? {
@@ -62,7 +71,8 @@ struct CommonOptions: ParsableArguments {
 
     var config: ProxyConfig {
         ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPv4Prefix($0) }, masqueradeAll: masqueradeAll,
-                    nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection)
+                    nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection,
+                    nodePortAddresses: nodePortAddresses.compactMap { IPv4Prefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPv4Prefix($0) })
     }
 }
 
