@@ -158,7 +158,7 @@ extension Ruleset {
     public static func applying(_ tx: Transaction, to start: Ruleset?) -> Ruleset?? {
         var r: Ruleset? = start
         for op in tx.operations {
-            guard let next = Self.apply(op, to: r, family: tx.family, table: tx.table) else { return .some(nil) }
+            guard let next = Self.apply(op, to: r, family: tx.family, table: tx.table) else { return nil }
             r = next
         }
         return .some(r)

@@ -92,3 +92,126 @@ struct TrafficTests {
         #expect(ok.answers["pod1"] == 10)
     }
 }
+
+/// NodePort, external IPs, load-balancer IPs with source ranges, and what happens to traffic
+/// that matches no Service port.
+@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+struct ExternalTrafficTests {
+    let cidr = ["--cluster-cidr", "198.19.0.0/16"]
+
+    func lbManifest(pods: [Int], nodePort: Int = 30080) -> String {
+        var s = """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: shop, namespace: demo}
+        spec:
+          type: LoadBalancer
+          clusterIP: 198.18.100.50
+          externalIPs: [198.18.200.5]
+          loadBalancerSourceRanges: [198.18.0.0/24]
+          selector: {app: shop}
+          ports:
+            - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: \(nodePort)}
+            - {name: dns, protocol: UDP, port: 53, targetPort: 8080, nodePort: \(nodePort)}
+        status:
+          loadBalancer:
+            ingress: [{ip: 198.18.200.6}]
+
+        """
+        for i in pods {
+            s += """
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: shop-\(i), namespace: demo, labels: {app: shop}}
+            status: {podIP: 198.19.\(i).2}
+
+            """
+        }
+        return s
+    }
+
+    @Test func nodePortExternalAndLoadBalancerIPs() throws {
+        let bed = Testbed("ext")
+        defer { bed.close() }
+        try bed.topology(pods: 2)
+        for i in 1...2 { try bed.startServer(pod: i, port: 8080) }
+        let node = bed.ns("node"), client = bed.ns("client"), pod1 = bed.ns("pod1")
+        try bed.sh(client, ["ip", "route", "add", "198.18.200.0/24", "via", "198.18.0.1"])
+        let input = try bed.writeManifest(lbManifest(pods: [1, 2]))
+        let r = try bed.svcnat(node, ["apply", "-f", input] + cidr)
+        #expect(r.code == 0, "\(r.err)")
+
+        // From the external client: node port on the node's address, the external IP, the LB IP.
+        // External traffic is masqueraded (Cluster policy): pods see the node, not the client.
+        for (ip, port) in [("198.18.0.1", 30080), ("198.18.200.5", 80), ("198.18.200.6", 80)] {
+            let got = try bed.client(in: client, "tcp", ip, port, count: 40)
+            #expect(got.refused == 0 && got.timeouts == 0, "\(ip):\(port): \(got)")
+            #expect(Set(got.answers.keys) == ["pod1", "pod2"], "\(ip):\(port): \(got.answers)")
+            #expect(got.sources["198.18.0.2"] == nil, "\(ip):\(port) was not masqueraded: \(got.sources)")
+        }
+        let udp = try bed.client(in: client, "udp", "198.18.0.1", 30080, count: 20)
+        #expect(udp.timeouts == 0 && Set(udp.answers.keys) == ["pod1", "pod2"], "\(udp)")
+
+        // The node port from a pod, on the node's address on that pod's link.
+        let fromPod = try bed.client(in: pod1, "tcp", "198.19.1.1", 30080, count: 20)
+        #expect(fromPod.refused == 0 && fromPod.timeouts == 0 && !fromPod.answers.isEmpty, "\(fromPod)")
+
+        // loadBalancerSourceRanges: pod1 (198.19.1.2) is outside 198.18.0.0/24, so the LB IP
+        // drops it; the external IP (no source ranges) still answers it.
+        let denied = try bed.client(in: pod1, "tcp", "198.18.200.6", 80, count: 2)
+        #expect(denied.answers.isEmpty && denied.timeouts == 2, "\(denied)")
+        let allowedExt = try bed.client(in: pod1, "tcp", "198.18.200.5", 80, count: 10)
+        #expect(allowedExt.answers.values.reduce(0, +) == 10, "\(allowedExt)")
+
+        // Without endpoints, every frontend refuses at once.
+        let none = try bed.writeManifest(lbManifest(pods: []))
+        #expect(try bed.svcnat(node, ["apply", "-f", none] + cidr).code == 0)
+        for (ip, port) in [("198.18.0.1", 30080), ("198.18.200.5", 80), ("198.18.100.50", 80)] {
+            let got = try bed.client(in: client, "tcp", ip, port, count: 5)
+            #expect(got.refused == 5 && got.seconds < 2, "\(ip):\(port): \(got)")
+        }
+    }
+
+    @Test func nodePortAddressesLimitWhereNodePortsAnswer() throws {
+        let bed = Testbed("npaddr")
+        defer { bed.close() }
+        try bed.topology(pods: 1)
+        try bed.startServer(pod: 1, port: 8080)
+        let node = bed.ns("node"), pod1 = bed.ns("pod1"), client = bed.ns("client")
+        let input = try bed.writeManifest(lbManifest(pods: [1]))
+        #expect(try bed.svcnat(node, ["apply", "-f", input, "--nodeport-addresses", "198.18.0.0/24"] + cidr).code == 0)
+        // Served on 198.18.0.1 ...
+        let ok = try bed.client(in: client, "tcp", "198.18.0.1", 30080, count: 5)
+        #expect(ok.answers["pod1"] == 5, "\(ok)")
+        // ... but not on the node's other address: nothing listens there, the node's own TCP
+        // stack refuses.
+        let no = try bed.client(in: pod1, "tcp", "198.19.1.1", 30080, count: 3)
+        #expect(no.answers.isEmpty && no.refused == 3, "\(no)")
+        // And never on loopback, even without --nodeport-addresses.
+        #expect(try bed.svcnat(node, ["apply", "-f", input] + cidr).code == 0)
+        let lo = try bed.client(in: node, "tcp", "127.0.0.1", 30080, count: 2)
+        #expect(lo.answers.isEmpty, "\(lo)")
+        let nodeIP = try bed.client(in: node, "tcp", "198.18.0.1", 30080, count: 3)
+        #expect(nodeIP.answers["pod1"] == 3, "\(nodeIP)")
+    }
+
+    @Test func unknownPortsAndUnusedServiceAddresses() throws {
+        let bed = Testbed("unknown")
+        defer { bed.close() }
+        try bed.topology(pods: 1)
+        try bed.startServer(pod: 1, port: 8080)
+        let node = bed.ns("node"), pod1 = bed.ns("pod1")
+        let input = try bed.writeManifest(serviceManifest(pods: [1]))
+        #expect(try bed.svcnat(node, ["apply", "-f", input, "--service-cidr", "198.18.100.0/24"] + cidr).code == 0)
+        // The Service's own port works; a port it does not have is refused at once.
+        #expect(try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 3).answers["pod1"] == 3)
+        for ns in [node, pod1] {
+            let wrong = try bed.client(in: ns, "tcp", "198.18.100.20", 81, count: 3)
+            #expect(wrong.refused == 3 && wrong.seconds < 2, "\(wrong)")
+        }
+        // An address of the Service CIDR that no Service has: dropped.
+        let unused = try bed.client(in: pod1, "tcp", "198.18.100.99", 80, count: 1)
+        #expect(unused.timeouts == 1 && unused.answers.isEmpty, "\(unused)")
+    }
+}

@@ -13,9 +13,17 @@ import Testing
         }
     }
 
+    /// Every fourth Service is a LoadBalancer with node ports, a load-balancer IP and source
+    /// ranges; every fifth has an external IP.
     func service(_ i: Int, ports: Int) -> Service {
-        Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), clusterIP: IPv4Address(UInt32(0xC612_6400) + UInt32(i)),
-                ports: (0..<ports).map { ServicePort(name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0)) })
+        let lb = i % 4 == 0
+        return Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), type: lb ? .loadBalancer : .clusterIP,
+                       clusterIP: IPv4Address(UInt32(0xC612_6400) + UInt32(i)),
+                       ports: (0..<ports).map { ServicePort(name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0),
+                                                            nodePort: lb ? UInt16(30000 + i * 4 + $0) : nil) },
+                       externalIPs: i % 5 == 0 ? [IPv4Address(UInt32(0xC612_C800) + UInt32(i))] : [],
+                       loadBalancerIPs: lb ? [IPv4Address(UInt32(0xC612_C900) + UInt32(i))] : [],
+                       loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPv4Prefix("198.18.0.0/24")!] : [])
     }
 
     func slice(_ i: Int, _ svc: Service, endpoints: [Int]) -> EndpointSlice {
