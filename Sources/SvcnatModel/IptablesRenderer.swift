@@ -13,37 +13,76 @@ public struct IptablesRenderer: Sendable {
 
         for sp in state.servicePorts {
             let spn = sp.name, proto = spn.proto.lowercased
+            let svcChain = KubeProxyNames.serviceChain(spn)
+            let extChain = KubeProxyNames.externalChain(spn), fwChain = KubeProxyNames.firewallChain(spn)
+            let match = { (ip: IPv4Address, port: UInt16, comment: String) in
+                "-d \(ip)/32 -p \(proto) -m comment --comment \(q(comment)) -m \(proto) --dport \(port)"
+            }
+            if sp.endpoints.isEmpty {
+                // kube-proxy rejects in the filter table: ClusterIPs in KUBE-SERVICES, the
+                // externally visible frontends in KUBE-EXTERNAL-SERVICES.
+                for f in sp.frontends {
+                    let chain = f.kind == .clusterIP ? "KUBE-SERVICES" : "KUBE-EXTERNAL-SERVICES"
+                    filterRules.append("-A \(chain) \(match(f.ip, f.port, "\(spn) has no endpoints")) -j REJECT --reject-with icmp-port-unreachable")
+                }
+                if let np = sp.nodePort {
+                    filterRules.append("-A KUBE-EXTERNAL-SERVICES -p \(proto) -m comment --comment \(q("\(spn) has no endpoints")) -m addrtype --dst-type LOCAL -m \(proto) --dport \(np) -j REJECT --reject-with icmp-port-unreachable")
+                }
+                continue
+            }
+            natChains.insert(svcChain)
+            let external = !sp.externalFrontends.isEmpty || sp.nodePort != nil
+            if external {
+                natChains.insert(extChain)
+                natRules.append("-A \(extChain) -m comment --comment \(q("masquerade traffic for \(spn) external destinations")) -j KUBE-MARK-MASQ")
+                natRules.append("-A \(extChain) -j \(svcChain)")
+            }
             for f in sp.frontends {
-                if sp.endpoints.isEmpty {
-                    filterRules.append("-A KUBE-SERVICES -d \(f.ip)/32 -p \(proto) -m comment --comment \(q("\(spn) has no endpoints")) -m \(proto) --dport \(f.port) -j REJECT --reject-with icmp-port-unreachable")
-                    continue
-                }
-                let svcChain = KubeProxyNames.serviceChain(spn)
-                natChains.insert(svcChain)
-                natRules.append("-A KUBE-SERVICES -d \(f.ip)/32 -p \(proto) -m comment --comment \(q("\(spn) cluster IP")) -m \(proto) --dport \(f.port) -j \(svcChain)")
-                let masq = config.masqueradeAll ? [""] : config.clusterCIDRs.map { "! -s \($0) " }
-                for m in masq {
-                    natRules.append("-A \(svcChain) \(m)-d \(f.ip)/32 -p \(proto) -m comment --comment \(q("\(spn) cluster IP")) -m \(proto) --dport \(f.port) -j KUBE-MARK-MASQ")
-                }
-                let n = sp.endpoints.count
-                for (i, ep) in sp.endpoints.enumerated() {
-                    let sep = KubeProxyNames.endpointChain(spn, ep)
-                    natChains.insert(sep)
-                    let prob = i < n - 1 ? " -m statistic --mode random --probability \(Self.storedProbability(n - i))" : ""
-                    natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)"))\(prob) -j \(sep)")
-                    natRules.append("-A \(sep) -s \(ep.ip)/32 -m comment --comment \(q(spn.description)) -j KUBE-MARK-MASQ")
-                    natRules.append("-A \(sep) -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) -j DNAT --to-destination \(ep)")
+                switch f.kind {
+                case .clusterIP:
+                    natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) cluster IP")) -j \(svcChain)")
+                    let masq = config.masqueradeAll ? [""] : config.clusterCIDRs.map { "! -s \($0) " }
+                    for m in masq {
+                        natRules.append("-A \(svcChain) \(m)\(match(f.ip, f.port, "\(spn) cluster IP")) -j KUBE-MARK-MASQ")
+                    }
+                case .externalIP:
+                    natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) external IP")) -j \(extChain)")
+                case .loadBalancer:
+                    if sp.sourceRanges.isEmpty {
+                        natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) loadbalancer IP")) -j \(extChain)")
+                    } else {
+                        // Allowed sources go on; the rest are not DNATed and the filter table drops them.
+                        natChains.insert(fwChain)
+                        natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) loadbalancer IP")) -j \(fwChain)")
+                        for r in sp.sourceRanges {
+                            natRules.append("-A \(fwChain) -s \(r) -m comment --comment \(q("\(spn) loadbalancer IP")) -j \(extChain)")
+                        }
+                        filterRules.append("-A KUBE-PROXY-FIREWALL \(match(f.ip, f.port, "\(spn) traffic not accepted by \(fwChain)")) -j DROP")
+                    }
                 }
             }
+            if let np = sp.nodePort {
+                natRules.append("-A KUBE-NODEPORTS -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) --dport \(np) -j \(extChain)")
+            }
+            let n = sp.endpoints.count
+            for (i, ep) in sp.endpoints.enumerated() {
+                let sep = KubeProxyNames.endpointChain(spn, ep)
+                natChains.insert(sep)
+                let prob = i < n - 1 ? " -m statistic --mode random --probability \(Self.storedProbability(n - i))" : ""
+                natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)"))\(prob) -j \(sep)")
+                natRules.append("-A \(sep) -s \(ep.ip)/32 -m comment --comment \(q(spn.description)) -j KUBE-MARK-MASQ")
+                natRules.append("-A \(sep) -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) -j DNAT --to-destination \(ep)")
+            }
         }
-        natRules.append("-A KUBE-SERVICES -m comment --comment \(q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")) -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+        let nodePortNote = q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+        if config.nodePortAddresses.isEmpty {
+            natRules.append("-A KUBE-SERVICES -m comment --comment \(nodePortNote) -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+        } else {
+            for c in config.nodePortAddresses { natRules.append("-A KUBE-SERVICES -d \(c) -m comment --comment \(nodePortNote) -j KUBE-NODEPORTS") }
+        }
 
-        var out = "# svcnat: the kube-proxy iptables-mode equivalent of the same Services\n*filter\n"
-        out += ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
-        for c in ["KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-SERVICES"] {
-            out += ":\(c) - [0:0]\n"
-        }
-        out += """
+        let filterChains = ["KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-SERVICES"]
+        let fixedFilter = """
         -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
         -A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS
         -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES
@@ -58,12 +97,8 @@ public struct IptablesRenderer: Sendable {
         -A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
         -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark \(mark)/\(mark) -j ACCEPT
         -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-
         """
-        out += filterRules.map { $0 + "\n" }.joined()
-        out += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
-        out += natChains.sorted().map { ":\($0) - [0:0]\n" }.joined()
-        out += """
+        let fixedNat = """
         -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
         -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
         -A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
@@ -71,18 +106,26 @@ public struct IptablesRenderer: Sendable {
         -A KUBE-POSTROUTING -m mark ! --mark \(mark)/\(mark) -j RETURN
         -A KUBE-POSTROUTING -j MARK --set-xmark \(mark)/0x0
         -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
-
         """
-        // iptables-save prints a table's rules chain by chain; kube-proxy writes each chain's
-        // rules together, in the order above.
-        var byChain: [String: [String]] = [:]
-        for r in natRules {
-            let chain = String(r.split(separator: " ")[1])
-            byChain[chain, default: []].append(r)
-        }
-        for c in natChains.sorted() where byChain[c] != nil { out += byChain[c]!.map { $0 + "\n" }.joined() }
+        var out = "# svcnat: the kube-proxy iptables-mode equivalent of the same Services\n*filter\n"
+        out += ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        out += filterChains.map { ":\($0) - [0:0]\n" }.joined()
+        out += Self.byChain(fixedFilter.split(separator: "\n").map(String.init) + filterRules,
+                            order: ["INPUT", "FORWARD", "OUTPUT"] + filterChains)
+        out += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+        out += natChains.sorted().map { ":\($0) - [0:0]\n" }.joined()
+        out += Self.byChain(fixedNat.split(separator: "\n").map(String.init) + natRules,
+                            order: ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] + natChains.sorted())
         out += "COMMIT\n"
         return out
+    }
+
+    /// iptables-save prints a table's rules chain by chain, in the order the chains are listed;
+    /// within a chain, in the order they were added.
+    static func byChain(_ rules: [String], order: [String]) -> String {
+        var grouped: [String: [String]] = [:]
+        for r in rules { grouped[String(r.split(separator: " ")[1]), default: []].append(r) }
+        return order.compactMap { grouped[$0] }.joined().map { $0 + "\n" }.joined()
     }
 
     /// kube-proxy writes 1/n with ten decimals; xt_statistic stores round(2^31 * p) and

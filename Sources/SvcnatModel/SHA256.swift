@@ -75,6 +75,14 @@ public enum KubeProxyNames {
         "KUBE-SVC-" + hash(spn.description + spn.proto.lowercased)
     }
 
+    public static func externalChain(_ spn: ServicePortName) -> String {
+        "KUBE-EXT-" + hash(spn.description + spn.proto.lowercased)
+    }
+
+    public static func firewallChain(_ spn: ServicePortName) -> String {
+        "KUBE-FW-" + hash(spn.description + spn.proto.lowercased)
+    }
+
     public static func endpointChain(_ spn: ServicePortName, _ ep: EndpointAddress) -> String {
         "KUBE-SEP-" + hash(spn.description + spn.proto.lowercased + ep.description)
     }

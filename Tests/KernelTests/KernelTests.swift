@@ -133,8 +133,12 @@ struct KernelTests {
         let bed = Testbed("dryrun")
         defer { bed.close() }
         let a = try bed.addNamespace("a"), b = try bed.addNamespace("b")
-        let input = try bed.writeManifest(serviceManifest(name: "web", pods: [1, 2, 3]) + "---\n" + serviceManifest(name: "empty", ip: "198.18.100.30", pods: []))
-        for args in [cidr, ["--masquerade-all"], [], cidr + ["--endpoint-selection", "cascade"]] {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("SvcnatModelTests/Fixtures/services.yaml").path
+        let input = try bed.writeManifest(serviceManifest(name: "web", pods: [1, 2, 3]) + "---\n" + serviceManifest(name: "empty", ip: "198.18.100.30", pods: [])
+                                          + "---\n" + (try String(contentsOfFile: fixtures, encoding: .utf8)))
+        for args in [cidr, ["--masquerade-all"], [], cidr + ["--endpoint-selection", "cascade"],
+                     cidr + ["--nodeport-addresses", "198.18.0.0/24", "--nodeport-addresses", "198.19.0.0/16", "--service-cidr", "198.18.100.0/24"]] {
             _ = try bed.svcnat(a, ["cleanup"])
             _ = try bed.exec(b, ["nft", "flush", "ruleset"])
             #expect(try bed.svcnat(a, ["apply", "-f", examples, "-f", input] + args).code == 0)
