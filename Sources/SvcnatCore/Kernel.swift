@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import NFNetlink
 import SvcnatModel
 
@@ -8,6 +9,8 @@ public protocol Kernel: AnyObject {
     func read(table: String) throws -> Ruleset?
     /// Applies the transaction as one atomic batch.
     func apply(_ tx: Transaction) throws
+    /// Deletes the UDP conntrack entries the filters match; returns how many.
+    func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int
 }
 
 /// The kernel of the current network namespace, over netlink.
@@ -27,6 +30,12 @@ public final class NetlinkKernel: Kernel {
         try nft.apply(tx)
     }
     public var lastBatchMessages: Int { nft.lastBatchMessages }
+    private lazy var conntrack: Conntrack? = try? Conntrack()
+    public func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int {
+        guard !filters.isEmpty else { return 0 }
+        guard let ct = conntrack else { throw NetlinkError("open ctnetlink socket", errno: EPROTONOSUPPORT) }
+        return try ct.deleteUDPFlows(matching: filters)
+    }
     static let appendBadMessage = ProcessInfo.processInfo.environment["SVCNAT_TEST_APPEND_BAD_MESSAGE"] != nil
 }
 
@@ -38,6 +47,12 @@ public final class FakeKernel: Kernel {
     public var refuseNext: Error?
 
     public init(_ ruleset: Ruleset? = nil) { self.ruleset = ruleset }
+    /// The filters each sync asked for, in order.
+    public private(set) var flowCleanups: [[FlowFilter]] = []
+    public func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int {
+        if !filters.isEmpty { flowCleanups.append(filters) }
+        return 0
+    }
 
     public func read(table: String) throws -> Ruleset? { ruleset?.table == table ? ruleset : nil }
 

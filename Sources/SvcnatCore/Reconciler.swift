@@ -39,10 +39,14 @@ public struct SyncResult: Sendable {
     /// later changes incrementally).
     public var desired: Ruleset
     public var fragments: [PortFragment]
+    /// Stale UDP conntrack entries deleted after the change, and a warning if that failed.
+    public var flowsDeleted = 0
+    public var flowWarning: String?
 
     public var summary: String {
-        let changes = transaction.isEmpty ? "no changes, the kernel already matches"
+        var changes = transaction.isEmpty ? "no changes, the kernel already matches"
             : "\(transaction.messageCount) changes applied in one transaction"
+        if flowsDeleted > 0 { changes += ", \(flowsDeleted) stale UDP flows deleted" }
         return "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in \(String(format: "%.1f", seconds * 1000)) ms"
     }
 }
@@ -102,11 +106,30 @@ public struct Reconciler {
         let fragments = translator.fragments(for: proxy, previous: current)
         let desired = translator.assemble(fragments)
         let tx = Planner.plan(from: current, to: desired)
-        if !dryRun { try kernel.apply(tx) }
+        var deleted = 0
+        var warning: String?
+        if !dryRun {
+            try kernel.apply(tx)
+            (deleted, warning) = Self.deleteStaleFlows(kernel, before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))
+        }
         let d = clock.now - start
-        return SyncResult(services: proxy.serviceCount, servicePorts: proxy.servicePorts.count, endpoints: proxy.endpointCount,
-                          transaction: tx, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
-                          desired: desired, fragments: fragments)
+        var result = SyncResult(services: proxy.serviceCount, servicePorts: proxy.servicePorts.count, endpoints: proxy.endpointCount,
+                                transaction: tx, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
+                                desired: desired, fragments: fragments)
+        result.flowsDeleted = deleted
+        result.flowWarning = warning
+        return result
+    }
+
+    /// After a committed change: deletes the UDP flows it left pointing at gone endpoints, or
+    /// stuck un-NATed on a frontend that now has endpoints. A failure here does not undo the
+    /// sync; it is reported.
+    public static func deleteStaleFlows(_ kernel: Kernel, before: [StaleFlows.Frontend: Set<EndpointAddress>],
+                                        after: [StaleFlows.Frontend: Set<EndpointAddress>]) -> (Int, String?) {
+        let filters = StaleFlows.filters(before: before, after: after)
+        guard !filters.isEmpty else { return (0, nil) }
+        do { return (try kernel.deleteStaleFlows(filters), nil) }
+        catch { return (0, "stale UDP conntrack entries were not deleted: \(error)") }
     }
 
     /// Removes svcnat's table and nothing else. Returns whether there was one.

@@ -193,15 +193,19 @@ public final class Daemon: @unchecked Sendable {
             let tx: Transaction
             let partial = !requestedFull && incremental != nil && cacheGeneration == gen
             var counts: (services: Int, endpoints: Int)
+            var flows: (deleted: Int, warning: String?) = (0, nil)
             if partial {
                 // Only the Services the changed files touch are recomputed and compared.
                 let dirty = store.takeDirty()
                 var ports: [String: [ServicePortState]] = [:]
                 for key in dirty { ports[key] = store.ports(ofService: key) }
+                let before = StaleFlows.udpFrontends(incremental!.states(ofServices: dirty))
                 tx = incremental!.update(ports)
                 cacheGeneration = nil
                 try kernel.apply(tx)
                 try noteGeneration(after: tx, before: gen)
+                let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, before: before, after: StaleFlows.udpFrontends(ports.values.flatMap { $0 }))
+                flows = (deleted, warning)
                 counts = (incremental!.serviceCount, incremental!.endpointCount)
             } else {
                 _ = store.takeDirty()
@@ -210,6 +214,7 @@ public final class Daemon: @unchecked Sendable {
                 let result = try Reconciler(config: config.proxy, kernel: kernel).reconcile(store.state)
                 tx = result.transaction
                 try noteGeneration(after: tx, before: gen)
+                flows = (result.flowsDeleted, result.flowWarning)
                 incremental = IncrementalState(translator: translator, fragments: result.fragments)
                 counts = (result.services, result.endpoints)
                 metrics.rules.record(result.desired.ruleCount)
@@ -228,7 +233,9 @@ public final class Daemon: @unchecked Sendable {
                 metrics.driftRepairs.increment()
                 log.warning("drift: someone else changed table ip \(config.proxy.table); repaired with \(tx.messageCount) changes")
             }
-            log.info("sync (\(partial ? "partial" : "full"), \(reason)): \(counts.services) services, \(counts.endpoints) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : nft.lastBatchMessages) netlink messages, \(ms) ms")
+            if let w = flows.warning { log.warning("\(w)") }
+            let flowNote = flows.deleted > 0 ? ", \(flows.deleted) stale UDP flows deleted" : ""
+            log.info("sync (\(partial ? "partial" : "full"), \(reason)): \(counts.services) services, \(counts.endpoints) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : nft.lastBatchMessages) netlink messages\(flowNote), \(ms) ms")
         } catch {
             lastSyncEnd = clock.now
             failures += 1

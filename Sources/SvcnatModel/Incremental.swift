@@ -10,6 +10,8 @@ public struct PortFragment: Hashable, Sendable {
     public var shared: [String: [SetElement]] = [:]
     public var slot: EndpointSlot?
     public var endpointCount = 0
+    /// The port's state it was made from.
+    public var state: ServicePortState?
 
     public init(name: ServicePortName, key: String) {
         self.name = name
@@ -84,6 +86,11 @@ public struct IncrementalState: Sendable {
             if end > base { base = (end + cap - 1) / cap * cap }
         }
         return EndpointSlot(shard: shard, base: base, capacity: cap)
+    }
+
+    /// The current states of the given Services' ports.
+    public func states(ofServices keys: some Sequence<String>) -> [ServicePortState] {
+        keys.flatMap { (portsByService[$0] ?? []).compactMap { fragments[$0]?.state } }
     }
 
     /// Replaces the ports of the given Services (ns/name -> their ports now; an empty list for

@@ -5,6 +5,8 @@ public struct ServiceView: Hashable, Sendable {
     public var name: String
     public var proto: TransportProtocol
     public var frontends: [String]
+    /// The same frontends as keys (an address and port, or a node port).
+    public var frontendKeys: [StaleFlows.Frontend] = []
     public var chain: String?
     /// Each endpoint with its probability as a fraction ("1/3").
     public var endpoints: [(EndpointAddress, String)]
@@ -34,18 +36,21 @@ extension Ruleset {
             return t.hasPrefix("ext-") ? Names.serviceChainPrefix + t.dropFirst(4) : t
         }
         func add(_ e: SetElement, chain: String?) {
-            let frontend: String, proto: TransportProtocol
+            let frontend: String, proto: TransportProtocol, key: StaleFlows.Frontend
             if e.key.count == 3, case .ipv4(let ip) = e.key[0], case .proto(let p) = e.key[1], case .port(let port) = e.key[2] {
                 frontend = "\(ip):\(port)"
                 proto = p
+                key = .init(ip: ip, port: port)
             } else if e.key.count == 2, case .proto(let p) = e.key[0], case .port(let port) = e.key[1] {
                 frontend = "node port \(port)"
                 proto = p
+                key = .init(ip: nil, port: port)
             } else { return }
             let name = e.comment ?? chain ?? e.keyText
             let id = "\(name) \(proto)"
-            var v = views[id] ?? ServiceView(name: name, proto: proto, frontends: [], chain: chain, endpoints: [])
+            var v = views[id] ?? ServiceView(name: name, proto: proto, frontends: [], chain: nil, endpoints: [])
             v.frontends.append(frontend)
+            v.frontendKeys.append(key)
             if let chain, let c = self.chain(chain) { v.chain = chain; v.endpoints = endpoints(of: c) }
             views[id] = v
         }

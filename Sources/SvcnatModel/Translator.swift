@@ -110,6 +110,7 @@ public struct Translator: Sendable {
         let proto = sp.name.proto
         let served = !sp.endpoints.isEmpty
         var f = PortFragment(name: sp.name, key: chain)
+        f.state = sp
         func add(_ set: String, _ key: [KeyValue], _ verdict: Verdict) {
             f.elements[set, default: []].append(SetElement(key: key, verdict: verdict, comment: comment))
         }

@@ -39,6 +39,7 @@ extension Svcnat {
             let kernel = try NetlinkKernel()
             let result = try Reconciler(config: config, kernel: kernel).reconcile(state)
             if options.verbose { print(result.transaction.nftText, terminator: "") }
+            if let w = result.flowWarning { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
             print(result.summary)
         }
     }

@@ -299,3 +299,31 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(kernel.ruleset == before)
     }
 }
+
+@Suite struct StaleFlowFilters {
+    let svc = StaleFlows.Frontend(ip: IPv4Address("198.18.100.20"), port: 53)
+    let np = StaleFlows.Frontend(ip: nil, port: 30053)
+    let a = EndpointAddress(ip: IPv4Address("198.19.1.2")!, port: 8080)
+    let b = EndpointAddress(ip: IPv4Address("198.19.2.2")!, port: 8080)
+
+    @Test func onlyGoneEndpointsAndNewlyServedFrontends() {
+        let f = StaleFlows.filters(before: [svc: [a, b], np: []], after: [svc: [b], np: [b]])
+        #expect(Set(f) == [FlowFilter(destination: svc.ip, port: 53, endpoint: a), FlowFilter(destination: nil, port: 30053, endpoint: nil)])
+        #expect(StaleFlows.filters(before: [svc: [a]], after: [svc: [a]]).isEmpty)
+        // A Service that goes away: its flows to its endpoints go too.
+        #expect(StaleFlows.filters(before: [svc: [a]], after: [:]) == [FlowFilter(destination: svc.ip, port: 53, endpoint: a)])
+    }
+
+    @Test func filtersMatchOnlyTheirFlows() {
+        let gone = FlowFilter(destination: svc.ip, port: 53, endpoint: a)
+        let svcIP = svc.ip!
+        #expect(gone.matches(originalDestination: svcIP, originalPort: 53, replySource: a.ip, replyPort: 8080))
+        #expect(!gone.matches(originalDestination: svcIP, originalPort: 53, replySource: b.ip, replyPort: 8080))
+        #expect(!gone.matches(originalDestination: IPv4Address("198.18.100.21")!, originalPort: 53, replySource: a.ip, replyPort: 8080))
+        #expect(!gone.matches(originalDestination: svcIP, originalPort: 54, replySource: a.ip, replyPort: 8080))
+        let unNATed = FlowFilter(destination: nil, port: 30053, endpoint: nil)
+        let node = IPv4Address("198.18.0.1")!
+        #expect(unNATed.matches(originalDestination: node, originalPort: 30053, replySource: node, replyPort: 30053))
+        #expect(!unNATed.matches(originalDestination: node, originalPort: 30053, replySource: a.ip, replyPort: 8080))
+    }
+}

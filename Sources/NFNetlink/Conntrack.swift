@@ -1,0 +1,149 @@
+import CNftables
+import Glibc
+import SvcnatModel
+
+/// Deletes connection-tracking entries over ctnetlink (the kernel's nf_conntrack netlink
+/// interface; `conntrack -D` does the same). The corresponding libmnl calls are
+/// `mnl_nlmsg_put_header`, `mnl_attr_nest_start` and `mnl_attr_put_*`.
+public final class Conntrack {
+    private let socket: NetlinkSocket
+    private var seq: UInt32
+
+    public init() throws {
+        socket = try NetlinkSocket()
+        seq = UInt32(truncatingIfNeeded: time(nil)) &* 7
+    }
+
+    struct Tuple {
+        var src: UInt32, dst: UInt32          // network order, as the kernel gives them
+        var proto: UInt8
+        var sport: UInt16, dport: UInt16      // network order
+    }
+
+    /// Deletes every IPv4 UDP flow that matches one of the filters; returns how many went.
+    @discardableResult
+    public func deleteUDPFlows(matching filters: [FlowFilter]) throws -> Int {
+        guard !filters.isEmpty else { return 0 }
+        var doomed: [Tuple] = []
+        try dumpUDP { orig, reply in
+            let od = IPv4Address(UInt32(bigEndian: orig.dst)), op = UInt16(bigEndian: orig.dport)
+            let rs = IPv4Address(UInt32(bigEndian: reply.src)), rp = UInt16(bigEndian: reply.sport)
+            if filters.contains(where: { $0.matches(originalDestination: od, originalPort: op, replySource: rs, replyPort: rp) }) {
+                doomed.append(orig)
+            }
+        }
+        var deleted = 0
+        for t in doomed {
+            do {
+                try delete(t)
+                deleted += 1
+            } catch let e as NetlinkError where e.errno == ENOENT {
+                continue   // gone meanwhile
+            }
+        }
+        return deleted
+    }
+
+    private func header(_ buf: UnsafeMutableRawPointer, type: Int32, flags: Int32) -> UnsafeMutablePointer<nlmsghdr> {
+        let nlh = mnl_nlmsg_put_header(buf)!
+        nlh.pointee.nlmsg_type = UInt16(NFNL_SUBSYS_CTNETLINK << 8) | UInt16(type)
+        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | flags)
+        seq &+= 1
+        nlh.pointee.nlmsg_seq = seq
+        let nfg = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<nfgenmsg>.size)!.assumingMemoryBound(to: nfgenmsg.self)
+        nfg.pointee.nfgen_family = UInt8(AF_INET)
+        nfg.pointee.version = UInt8(NFNETLINK_V0)
+        nfg.pointee.res_id = 0
+        return nlh
+    }
+
+    private func dumpUDP(_ each: (Tuple, Tuple) -> Void) throws {
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
+        defer { buf.deallocate() }
+        let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_GET.rawValue), flags: NLM_F_DUMP)
+        let mySeq = nlh.pointee.nlmsg_seq
+        try socket.send(UnsafeRawBufferPointer(start: buf, count: Int(nlh.pointee.nlmsg_len)), what: "list conntrack entries")
+        var done = false
+        while !done {
+            try socket.receive { h in
+                guard h.pointee.nlmsg_seq == mySeq else { return }
+                switch Int32(h.pointee.nlmsg_type) {
+                case NLMSG_DONE: done = true
+                case NLMSG_ERROR:
+                    let (err, _) = h.errorPayload
+                    if err != 0 { throw NetlinkError("list conntrack entries", errno: err) }
+                    done = true
+                default:
+                    let payload = UnsafeRawPointer(mnl_nlmsg_get_payload_offset(h, MemoryLayout<nfgenmsg>.size))
+                    let len = Int(h.pointee.nlmsg_len) - Int(mnl_nlmsg_size(0)) - MemoryLayout<nfgenmsg>.size.alignedTo4
+                    let attrs = Attributes(UnsafeRawBufferPointer(start: payload, count: max(0, len)))
+                    guard let o = attrs[Int(CTA_TUPLE_ORIG.rawValue)].flatMap(Self.tuple),
+                          let r = attrs[Int(CTA_TUPLE_REPLY.rawValue)].flatMap(Self.tuple), o.proto == UInt8(IPPROTO_UDP) else { return }
+                    each(o, r)
+                }
+            }
+        }
+    }
+
+    private func delete(_ t: Tuple) throws {
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: 1024, alignment: 8)
+        defer { buf.deallocate() }
+        let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_DELETE.rawValue), flags: NLM_F_ACK)
+        let tuple = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_ORIG.rawValue))
+        let ip = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_IP.rawValue))
+        mnl_attr_put_u32(nlh, UInt16(CTA_IP_V4_SRC.rawValue), t.src)
+        mnl_attr_put_u32(nlh, UInt16(CTA_IP_V4_DST.rawValue), t.dst)
+        mnl_attr_nest_end(nlh, ip)
+        let proto = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_PROTO.rawValue))
+        mnl_attr_put_u8(nlh, UInt16(CTA_PROTO_NUM.rawValue), t.proto)
+        mnl_attr_put_u16(nlh, UInt16(CTA_PROTO_SRC_PORT.rawValue), t.sport)
+        mnl_attr_put_u16(nlh, UInt16(CTA_PROTO_DST_PORT.rawValue), t.dport)
+        mnl_attr_nest_end(nlh, proto)
+        mnl_attr_nest_end(nlh, tuple)
+        let mySeq = nlh.pointee.nlmsg_seq
+        try socket.send(UnsafeRawBufferPointer(start: buf, count: Int(nlh.pointee.nlmsg_len)), what: "delete conntrack entry")
+        var done = false
+        while !done {
+            try socket.receive { h in
+                guard h.pointee.nlmsg_seq == mySeq, Int32(h.pointee.nlmsg_type) == NLMSG_ERROR else { return }
+                let (err, _) = h.errorPayload
+                if err != 0 { throw NetlinkError("delete conntrack entry", errno: err) }
+                done = true
+            }
+        }
+    }
+
+    /// Reads a CTA_TUPLE_* nest: addresses and ports stay in network order.
+    static func tuple(_ raw: UnsafeRawBufferPointer) -> Tuple? {
+        let a = Attributes(raw)
+        guard let ip = a[Int(CTA_TUPLE_IP.rawValue)].map(Attributes.init), let proto = a[Int(CTA_TUPLE_PROTO.rawValue)].map(Attributes.init),
+              let src = ip.u32(Int(CTA_IP_V4_SRC.rawValue)), let dst = ip.u32(Int(CTA_IP_V4_DST.rawValue)),
+              let num = proto[Int(CTA_PROTO_NUM.rawValue)]?.first else { return nil }
+        return Tuple(src: src, dst: dst, proto: num, sport: proto.u16(Int(CTA_PROTO_SRC_PORT.rawValue)) ?? 0,
+                     dport: proto.u16(Int(CTA_PROTO_DST_PORT.rawValue)) ?? 0)
+    }
+}
+
+/// The netlink attributes of a payload, by type (nested flag cleared).
+struct Attributes {
+    private var byType: [Int: UnsafeRawBufferPointer] = [:]
+
+    init(_ raw: UnsafeRawBufferPointer) {
+        var at = 0
+        while at + 4 <= raw.count {
+            let len = Int(raw.loadUnaligned(fromByteOffset: at, as: UInt16.self))
+            let type = Int(raw.loadUnaligned(fromByteOffset: at + 2, as: UInt16.self)) & ~(Int(NLA_F_NESTED) | Int(NLA_F_NET_BYTEORDER))
+            guard len >= 4, at + len <= raw.count else { break }
+            byType[type] = UnsafeRawBufferPointer(rebasing: raw[(at + 4)..<(at + len)])
+            at += len.alignedTo4
+        }
+    }
+
+    subscript(_ type: Int) -> UnsafeRawBufferPointer? { byType[type] }
+    func u32(_ type: Int) -> UInt32? { byType[type].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil } }
+    func u16(_ type: Int) -> UInt16? { byType[type].flatMap { $0.count >= 2 ? $0.loadUnaligned(as: UInt16.self) : nil } }
+}
+
+extension Int {
+    var alignedTo4: Int { (self + 3) & ~3 }
+}
