@@ -36,6 +36,10 @@ public enum StaleFlows {
     public struct Frontend: Hashable, Sendable {
         public var ip: IPv4Address?
         public var port: UInt16
+        public init(ip: IPv4Address?, port: UInt16) {
+            self.ip = ip
+            self.port = port
+        }
     }
 
     /// UDP frontends with their endpoints, read off a ruleset (what is or will be in the kernel).
