@@ -91,11 +91,12 @@ enum ExprCodec {
             u32(x, NFTNL_EXPR_REJECT_TYPE, type)
             nftnl_expr_set_u8(x, UInt16(NFTNL_EXPR_REJECT_CODE), code)
             return x
-        case .fibDaddrType(let dreg):
+        case .fibDaddrType(let dreg), .fibSaddrType(let dreg):
             let x = alloc("fib")
             reg(x, NFTNL_EXPR_FIB_DREG, dreg)
             u32(x, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE.rawValue)
-            u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR.rawValue)
+            if case .fibDaddrType = e { u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR.rawValue) }
+            else { u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_SADDR.rawValue) }
             return x
         case .unknown(let what):
             preconditionFailure("cannot encode an unknown expression: \(what)")
@@ -189,9 +190,12 @@ enum ExprCodec {
             if type == NFT_REJECT_ICMP_UNREACH.rawValue && code == 3 { return .reject(kind: .icmpPortUnreachable) }
             return unknown
         case "fib":
-            guard let d = reg(NFTNL_EXPR_FIB_DREG), u32(NFTNL_EXPR_FIB_RESULT) == NFT_FIB_RESULT_ADDRTYPE.rawValue,
-                  u32(NFTNL_EXPR_FIB_FLAGS) == NFTA_FIB_F_DADDR.rawValue else { return unknown }
-            return .fibDaddrType(dreg: d)
+            guard let d = reg(NFTNL_EXPR_FIB_DREG), u32(NFTNL_EXPR_FIB_RESULT) == NFT_FIB_RESULT_ADDRTYPE.rawValue else { return unknown }
+            switch u32(NFTNL_EXPR_FIB_FLAGS) {
+            case NFTA_FIB_F_DADDR.rawValue: return .fibDaddrType(dreg: d)
+            case NFTA_FIB_F_SADDR.rawValue: return .fibSaddrType(dreg: d)
+            default: return unknown
+            }
         default:
             return unknown
         }

@@ -64,7 +64,7 @@ public struct Reconciler {
     /// Pure: what svcnat wants in its table for this cluster state. Throws when two Services
     /// claim the same address, protocol and port.
     public static func desired(_ state: ClusterState, config: ProxyConfig, previous: Ruleset? = nil) throws -> (ProxyState, Ruleset) {
-        let proxy = ProxyState(state)
+        let proxy = ProxyState(state, nodeName: config.nodeName)
         try checkConflicts(proxy, state)
         return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
     }
@@ -99,7 +99,7 @@ public struct Reconciler {
     public func reconcile(_ state: ClusterState, dryRun: Bool = false) throws -> SyncResult {
         let clock = ContinuousClock()
         let start = clock.now
-        let proxy = ProxyState(state)
+        let proxy = ProxyState(state, nodeName: config.nodeName)
         try Self.checkConflicts(proxy, state)
         let current = try kernel.read(table: config.table)
         let translator = Translator(config.translator)

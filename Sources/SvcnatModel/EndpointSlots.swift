@@ -22,14 +22,22 @@ public enum EndpointSlots {
         return Int(h % UInt32(Names.endpointShards))
     }
 
-    /// Slots found in a ruleset: each service chain's `dnat ... offset base map @endpoints-K`.
+    /// Slots found in a ruleset: each service chain's `dnat ... offset base map @endpoints-K`,
+    /// sized by the endpoints the map holds from `base` on (the rule's modulus may cover only
+    /// this node's endpoints).
     public static func read(_ r: Ruleset) -> [String: EndpointSlot] {
         var out: [String: EndpointSlot] = [:]
+        var keysByMap: [String: Set<UInt32>] = [:]
         for c in r.chains where c.name.hasPrefix(Names.serviceChainPrefix) {
             for rule in c.rules {
-                for case .dnatFromMap(let n, let base, let map) in rule.items {
-                    guard let shard = Int(map.dropFirst(Names.endpointMapPrefix.count)), map.hasPrefix(Names.endpointMapPrefix) else { continue }
-                    out[c.name] = EndpointSlot(shard: shard, base: base, capacity: capacity(n))
+                for case .dnatFromMap(_, let base, let map) in rule.items {
+                    guard map.hasPrefix(Names.endpointMapPrefix), let shard = Int(map.dropFirst(Names.endpointMapPrefix.count)) else { continue }
+                    if keysByMap[map] == nil {
+                        keysByMap[map] = Set((r.set(map)?.elements ?? []).compactMap { if case .integer(let k)? = $0.key.first { k } else { nil } })
+                    }
+                    var n: UInt32 = 0
+                    while keysByMap[map]!.contains(base + n) { n += 1 }
+                    out[c.name] = EndpointSlot(shard: shard, base: base, capacity: capacity(max(n, 1)))
                 }
             }
         }

@@ -59,6 +59,12 @@ public struct Service: Hashable, Sendable {
     public var loadBalancerIPs: [IPv4Address]
     /// `spec.loadBalancerSourceRanges`: only these sources may use the load-balancer IPs.
     public var loadBalancerSourceRanges: [IPv4Prefix]
+    /// `spec.externalTrafficPolicy: Local`: external traffic only to this node's endpoints,
+    /// client source kept.
+    public var externalTrafficPolicyLocal = false
+    /// `spec.internalTrafficPolicy: Local`: ClusterIP traffic only to this node's endpoints.
+    public var internalTrafficPolicyLocal = false
+    public var healthCheckNodePort: UInt16?
 
     public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPv4Address?, isHeadless: Bool = false,
                 selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",

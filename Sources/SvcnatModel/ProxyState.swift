@@ -56,8 +56,14 @@ public struct ServicePortState: Hashable, Sendable {
     public var name: ServicePortName
     /// The ClusterIP first, then external and load-balancer IPs.
     public var frontends: [Frontend]
-    /// Usable endpoints, sorted and without duplicates.
+    /// Usable endpoints without duplicates: this node's first, then the others, each part sorted.
     public var endpoints: [EndpointAddress]
+    /// How many of `endpoints` (the first ones) are on this node.
+    public var localEndpointCount = 0
+    public var externalLocal = false
+    public var internalLocal = false
+    public var healthCheckNodePort: UInt16?
+    public var localEndpoints: ArraySlice<EndpointAddress> { endpoints.prefix(localEndpointCount) }
     /// The node port, for NodePort and LoadBalancer Services that have one.
     public var nodePort: UInt16? = nil
     /// Sources allowed to reach the load-balancer IPs (all when empty).
@@ -85,7 +91,7 @@ public struct ProxyState: Hashable, Sendable {
 
     public init(servicePorts: [ServicePortState]) { self.servicePorts = servicePorts }
 
-    public init(_ cluster: ClusterState) {
+    public init(_ cluster: ClusterState, nodeName: String? = nil) {
         var slicesByService: [String: [EndpointSlice]] = [:]
         for s in cluster.endpointSlices { slicesByService["\(s.meta.namespace)/\(s.serviceName)", default: []].append(s) }
         var endpointsByService: [String: Endpoints] = [:]
@@ -96,18 +102,19 @@ public struct ProxyState: Hashable, Sendable {
         var out: [ServicePortState] = []
         for svc in cluster.services {
             out += Self.ports(of: svc, slices: slicesByService[svc.meta.key], endpoints: endpointsByService[svc.meta.key],
-                              pods: podsByNamespace[svc.meta.namespace] ?? [])
+                              pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName)
         }
         servicePorts = out.sorted { $0.name < $1.name }
     }
 
     /// One Service's ports with their frontends and usable endpoints: from its EndpointSlices if
     /// it has any, else its v1 Endpoints, else its selector over the Pods of its namespace.
-    public static func ports(of svc: Service, slices: [EndpointSlice]?, endpoints: Endpoints?, pods: [Pod]) -> [ServicePortState] {
+    public static func ports(of svc: Service, slices: [EndpointSlice]?, endpoints: Endpoints?, pods: [Pod],
+                             nodeName: String? = nil) -> [ServicePortState] {
         guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP else { return [] }
         return svc.ports.map { port in
             let spn = ServicePortName(namespace: svc.meta.namespace, name: svc.meta.name, port: port.name, proto: port.proto)
-            let eps: [EndpointAddress]
+            let eps: [(EndpointAddress, node: String?)]
             if let slices {
                 eps = Self.endpoints(from: slices, for: port)
             } else if let endpoints {
@@ -121,21 +128,31 @@ public struct ProxyState: Hashable, Sendable {
             frontends += Array(Set(svc.externalIPs)).sorted().map { Frontend(kind: .externalIP, ip: $0, port: port.port) }
             frontends += Array(Set(svc.loadBalancerIPs)).sorted().map { Frontend(kind: .loadBalancer, ip: $0, port: port.port) }
             let hasNodePort = svc.type == .nodePort || svc.type == .loadBalancer
-            return ServicePortState(name: spn, frontends: frontends, endpoints: Array(Set(eps)).sorted(),
-                                    nodePort: hasNodePort ? port.nodePort : nil,
-                                    sourceRanges: svc.type == .loadBalancer ? svc.loadBalancerSourceRanges : [])
+            var local = Set<EndpointAddress>(), all = Set<EndpointAddress>()
+            for (ep, node) in eps {
+                all.insert(ep)
+                if let nodeName, node == nodeName { local.insert(ep) }
+            }
+            var state = ServicePortState(name: spn, frontends: frontends, endpoints: local.sorted() + all.subtracting(local).sorted(),
+                                         nodePort: hasNodePort ? port.nodePort : nil,
+                                         sourceRanges: svc.type == .loadBalancer ? svc.loadBalancerSourceRanges : [])
+            state.localEndpointCount = local.count
+            state.externalLocal = svc.externalTrafficPolicyLocal && (hasNodePort || !frontends.dropFirst().isEmpty)
+            state.internalLocal = svc.internalTrafficPolicyLocal
+            state.healthCheckNodePort = svc.healthCheckNodePort
+            return state
         }
     }
 
     /// Ready endpoints; when none is ready, the serving and terminating ones (kube-proxy's
     /// fallback, so connections drain instead of failing during a rollout).
-    static func endpoints(from slices: [EndpointSlice], for port: ServicePort) -> [EndpointAddress] {
-        var ready: [EndpointAddress] = [], terminating: [EndpointAddress] = []
+    static func endpoints(from slices: [EndpointSlice], for port: ServicePort) -> [(EndpointAddress, node: String?)] {
+        var ready: [(EndpointAddress, node: String?)] = [], terminating: [(EndpointAddress, node: String?)] = []
         for slice in slices {
             guard let p = slice.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { continue }
             for ep in slice.endpoints {
                 guard let ip = ep.addresses.first else { continue }
-                let addr = EndpointAddress(ip: ip, port: p.port)
+                let addr = (EndpointAddress(ip: ip, port: p.port), node: ep.nodeName)
                 if ep.conditions.ready { ready.append(addr) }
                 else if ep.conditions.serving && ep.conditions.terminating { terminating.append(addr) }
             }
@@ -143,25 +160,25 @@ public struct ProxyState: Hashable, Sendable {
         return ready.isEmpty ? terminating : ready
     }
 
-    static func endpoints(from e: Endpoints, for port: ServicePort) -> [EndpointAddress] {
-        e.subsets.flatMap { subset -> [EndpointAddress] in
+    static func endpoints(from e: Endpoints, for port: ServicePort) -> [(EndpointAddress, node: String?)] {
+        e.subsets.flatMap { subset -> [(EndpointAddress, node: String?)] in
             guard let p = subset.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { return [] }
-            return subset.addresses.map { EndpointAddress(ip: $0, port: p.port) }
+            return subset.addresses.map { (EndpointAddress(ip: $0, port: p.port), node: nil) }
         }
     }
 
     /// The endpoints controller's view: running, ready, not terminating pods whose labels match,
     /// with a named target port resolved against each pod's container ports.
-    static func endpoints(fromPods pods: [Pod], selector: [String: String], for port: ServicePort) -> [EndpointAddress] {
-        pods.compactMap { pod in
+    static func endpoints(fromPods pods: [Pod], selector: [String: String], for port: ServicePort) -> [(EndpointAddress, node: String?)] {
+        pods.compactMap { pod -> (EndpointAddress, node: String?)? in
             guard let ip = pod.podIP, pod.ready, !pod.terminating, pod.phase == "Running",
                   selector.allSatisfy({ pod.meta.labels[$0.key] == $0.value }) else { return nil }
             switch port.targetPort {
             case .int(let n):
-                return EndpointAddress(ip: ip, port: UInt16(n))
+                return (EndpointAddress(ip: ip, port: UInt16(n)), node: pod.nodeName)
             case .string(let name):
                 guard let cp = pod.containerPorts.first(where: { $0.name == name && $0.proto == port.proto }) else { return nil }
-                return EndpointAddress(ip: ip, port: cp.containerPort)
+                return (EndpointAddress(ip: ip, port: cp.containerPort), node: pod.nodeName)
             }
         }
     }

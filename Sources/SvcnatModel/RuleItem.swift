@@ -11,6 +11,8 @@ public enum RuleItem: Hashable, Sendable {
     case ipMatch(IPField, CmpOp, IPv4Prefix)
     /// `fib daddr type local`: the destination is an address of this host.
     case fibDaddrLocal
+    /// `fib saddr type local`: the packet comes from this host.
+    case fibSaddrLocal
     /// `ip daddr @set`
     case daddrInSet(String)
     /// `meta l4proto . th dport vmap @map` (node ports).
@@ -105,6 +107,8 @@ extension RuleItem {
             Self.prefixMatch(offset: field.offset, prefix: prefix, op: op)
         case .fibDaddrLocal:
             [.fibDaddrType(dreg: r1), .cmp(sreg: r1, op: .eq, data: RouteType.local.hostBytes)]
+        case .fibSaddrLocal:
+            [.fibSaddrType(dreg: r1), .cmp(sreg: r1, op: .eq, data: RouteType.local.hostBytes)]
         case .daddrInSet(let set):
             [.payload(base: .network, offset: 16, length: 4, dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
         case .nodePortDispatch(let map):
@@ -190,6 +194,7 @@ extension RuleItem {
         case .ct(.state, _): return starts(.ctStateNew)
         case .ct(.status, _): return starts(.ctStatusDNAT)
         case .fibDaddrType: return starts(.fibDaddrLocal)
+        case .fibSaddrType: return starts(.fibSaddrLocal)
         case .meta(.l4proto, r1):
             if i + 2 < e.count, case .lookup(let m, r1, .verdict) = e[i + 2] { return starts(.nodePortDispatch(map: m)) }
             guard i + 1 < e.count, case .cmp(r1, .eq, let d) = e[i + 1], d.count == 1,
@@ -255,6 +260,7 @@ extension RuleItem {
         case .l4proto(let p): "meta l4proto \(p.lowercased)"
         case .ipMatch(let f, let op, let p): "ip \(f.name) \(op == .neq ? "!= " : "")\(p.length == 32 ? p.address.description : p.description)"
         case .fibDaddrLocal: "fib daddr type local"
+        case .fibSaddrLocal: "fib saddr type local"
         case .daddrInSet(let s): "ip daddr @\(s)"
         case .nodePortDispatch(let m): "meta l4proto . th dport vmap @\(m)"
         case .markIsClear(let b): "meta mark & \(hex(b)) == \(hex(0))"

@@ -135,18 +135,37 @@ public struct Translator: Sendable {
         guard served else { return f }
         f.endpointCount = sp.endpoints.count
         f.shared[Names.hairpin] = sp.endpoints.map { SetElement(key: [.ipv4($0.ip), .ipv4($0.ip)]) }
+        var mapSlot: (map: String, base: UInt32)?
         if let slot {
             f.slot = slot
+            mapSlot = (Names.endpointMap(slot.shard), slot.base)
             f.elements[Names.endpointMap(slot.shard)] = sp.endpoints.enumerated().map { i, ep in
                 SetElement(key: [.integer(slot.base + UInt32(i))], data: [.ipv4(ep.ip), .port(ep.port)])
             }
-            f.chains.append(Chain(name: chain, rules: serviceRules(sp, slot: (Names.endpointMap(slot.shard), slot.base))))
-        } else {
-            f.chains.append(Chain(name: chain, rules: serviceRules(sp, slot: nil)))
         }
+        // Endpoint choice over all endpoints, or over this node's (the first localEndpointCount
+        // of the same slot); with no local endpoint, traffic for "local only" is dropped.
+        func choose(local: Bool, when prefix: [RuleItem] = []) -> [Rule] {
+            let n = local ? sp.localEndpointCount : sp.endpoints.count
+            guard n > 0 else { return [Rule(prefix + [.verdict(.drop)])] }
+            return selection(sp.name.proto, Array(sp.endpoints.prefix(n)), slot: mapSlot, when: prefix)
+        }
+        f.chains.append(Chain(name: chain, rules: masqueradeRules(sp) + choose(local: sp.internalLocal)))
         if !sp.externalFrontends.isEmpty || sp.nodePort != nil {
-            // External traffic (Cluster policy) is always masqueraded, as kube-proxy does.
-            f.chains.append(Chain(name: ext, rules: [Rule([.markSetOr(config.masqueradeMark)]), Rule([.verdict(.goto(chain))])]))
+            var rules: [Rule] = []
+            if sp.externalLocal {
+                // Local policy: pods and the node itself still reach every endpoint (the node
+                // masqueraded); everyone else reaches this node's endpoints with their own source.
+                for c in config.clusterCIDRs { rules += choose(local: false, when: [.ipMatch(.saddr, .eq, c)]) }
+                rules.append(Rule([.fibSaddrLocal, .markSetOr(config.masqueradeMark)]))
+                rules += choose(local: false, when: [.fibSaddrLocal])
+                rules += choose(local: true)
+            } else {
+                // Cluster policy: always masqueraded, as kube-proxy does.
+                rules.append(Rule([.markSetOr(config.masqueradeMark)]))
+                rules += choose(local: false)
+            }
+            f.chains.append(Chain(name: ext, rules: rules))
         }
         return f
     }
@@ -188,26 +207,24 @@ public struct Translator: Sendable {
                  typeof: "numgen random mod 1 : ip daddr . th dport")
     }
 
-    /// The mark rule (if any), then the endpoint choice: one map lookup, or the cascade.
-    func serviceRules(_ sp: ServicePortState, slot: (map: String, base: UInt32)?) -> [Rule] {
-        var rules: [Rule] = []
-        if config.masqueradeAll {
-            rules.append(Rule([.markSetOr(config.masqueradeMark)]))
-        } else if !config.clusterCIDRs.isEmpty {
-            rules.append(Rule(config.clusterCIDRs.map { .saddrNotIn($0) } + [.markSetOr(config.masqueradeMark)]))
-        }
-        let n = sp.endpoints.count
+    /// Marks ClusterIP traffic for masquerade: from outside the cluster CIDRs, or all of it.
+    func masqueradeRules(_ sp: ServicePortState) -> [Rule] {
+        if config.masqueradeAll { return [Rule([.markSetOr(config.masqueradeMark)])] }
+        if config.clusterCIDRs.isEmpty { return [] }
+        return [Rule(config.clusterCIDRs.map { .saddrNotIn($0) } + [.markSetOr(config.masqueradeMark)])]
+    }
+
+    /// DNAT to one of `endpoints`, each with probability 1/n: one lookup in the endpoint map slot
+    /// (its first n elements are these endpoints), or the cascade. `prefix` guards every rule.
+    func selection(_ proto: TransportProtocol, _ endpoints: [EndpointAddress], slot: (map: String, base: UInt32)?,
+                   when prefix: [RuleItem] = []) -> [Rule] {
+        let n = endpoints.count
         if let slot {
-            rules.append(Rule([.l4proto(sp.name.proto), .dnatFromMap(modulus: UInt32(n), offset: slot.base, map: slot.map)]))
-            return rules
+            return [Rule(prefix + [.l4proto(proto), .dnatFromMap(modulus: UInt32(n), offset: slot.base, map: slot.map)])]
         }
-        for (i, ep) in sp.endpoints.enumerated() {
-            var items: [RuleItem] = []
-            if i < n - 1 { items.append(.numgenIsZero(modulus: UInt32(n - i))) }
-            items += [.l4proto(sp.name.proto), .dnat(ep.ip, port: ep.port)]
-            rules.append(Rule(items))
+        return endpoints.enumerated().map { i, ep in
+            Rule(prefix + (i < n - 1 ? [.numgenIsZero(modulus: UInt32(n - i))] : []) + [.l4proto(proto), .dnat(ep.ip, port: ep.port)])
         }
-        return rules
     }
 
     /// kube-proxy's hook priorities: filter checks at -110 run before DNAT at -100 (dstnat); the

@@ -196,16 +196,23 @@ public struct ManifestDecoder {
         }
         let etp = spec["externalTrafficPolicy"].string ?? "Cluster"
         if etp != "Cluster" && etp != "Local" { spec["externalTrafficPolicy"].fail("\"\(etp)\" is not Cluster or Local") }
-        if etp == "Local" {
-            warn(spec["externalTrafficPolicy"], "spec.externalTrafficPolicy Local is not implemented yet: external traffic is handled as Cluster (masqueraded, any node's endpoints)")
+        let itp = spec["internalTrafficPolicy"].string ?? "Cluster"
+        if itp != "Cluster" && itp != "Local" { spec["internalTrafficPolicy"].fail("\"\(itp)\" is not Cluster or Local") }
+        let healthCheckNodePort = portNumber(spec["healthCheckNodePort"], required: false)
+        if healthCheckNodePort != nil && !(type == .loadBalancer && etp == "Local") {
+            spec["healthCheckNodePort"].fail("only a LoadBalancer Service with externalTrafficPolicy Local has a health check node port")
         }
         if affinity == "ClientIP" {
             warn(spec["sessionAffinity"], "spec.sessionAffinity ClientIP is not implemented yet: each new connection picks an endpoint at random")
         }
         guard f.context.errors.count == errorsBefore else { return nil }
-        return Service(meta: meta, type: type, clusterIP: clusterIP, isHeadless: headless, selector: selector,
-                       ports: ports, sessionAffinity: affinity, externalIPs: externalIPs, loadBalancerIPs: lbIPs,
-                       loadBalancerSourceRanges: ranges)
+        var service = Service(meta: meta, type: type, clusterIP: clusterIP, isHeadless: headless, selector: selector,
+                              ports: ports, sessionAffinity: affinity, externalIPs: externalIPs, loadBalancerIPs: lbIPs,
+                              loadBalancerSourceRanges: ranges)
+        service.externalTrafficPolicyLocal = etp == "Local"
+        service.internalTrafficPolicyLocal = itp == "Local"
+        service.healthCheckNodePort = healthCheckNodePort
+        return service
     }
 
     private func protocolField(_ f: Field) -> TransportProtocol? {

@@ -266,3 +266,92 @@ struct ConntrackTests {
         if let d { #expect(d.log().contains("stale UDP flows deleted"), "\(d.log())") }
     }
 }
+
+/// externalTrafficPolicy and internalTrafficPolicy Local, with endpoints on this node (pod1,
+/// node-a) and on another node (pod2, node-b, still reachable over the pod network).
+@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+struct LocalPolicyTests {
+    let args = ["--cluster-cidr", "198.19.0.0/16", "--node-name", "node-a"]
+
+    func manifest(pods: [(Int, String)], etp: String = "Local", itp: String = "Cluster") -> String {
+        var s = """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: edge, namespace: demo}
+        spec:
+          type: LoadBalancer
+          clusterIP: 198.18.100.60
+          externalTrafficPolicy: \(etp)
+          internalTrafficPolicy: \(itp)
+          healthCheckNodePort: 32000
+          selector: {app: edge}
+          ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30090}]
+        status: {loadBalancer: {ingress: [{ip: 198.18.200.9}]}}
+
+        """
+        if etp != "Local" { s = s.replacingOccurrences(of: "  healthCheckNodePort: 32000\n", with: "") }
+        for (i, node) in pods {
+            s += """
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: edge-\(i), namespace: demo, labels: {app: edge}}
+            spec: {nodeName: \(node)}
+            status: {podIP: 198.19.\(i).2}
+
+            """
+        }
+        return s
+    }
+
+    @Test func externalLocalKeepsTheClientSourceAndUsesOnlyThisNode() throws {
+        let bed = Testbed("etp")
+        defer { bed.close() }
+        try bed.topology(pods: 2)
+        for i in 1...2 { try bed.startServer(pod: i, port: 8080) }
+        let node = bed.ns("node"), client = bed.ns("client"), pod2 = bed.ns("pod2")
+        try bed.sh(client, ["ip", "route", "add", "198.18.200.0/24", "via", "198.18.0.1"])
+        let both = try bed.writeManifest(manifest(pods: [(1, "node-a"), (2, "node-b")]))
+        let r = try bed.svcnat(node, ["apply", "-f", both] + args)
+        #expect(r.code == 0, "\(r.err)")
+
+        // From outside: only this node's endpoint, and it sees the client's own address.
+        for (ip, port) in [("198.18.0.1", 30090), ("198.18.200.9", 80)] {
+            let got = try bed.client(in: client, "tcp", ip, port, count: 20)
+            #expect(got.answers == ["pod1": 20], "\(ip):\(port): \(got)")
+            #expect(got.sources == ["198.18.0.2": 20], "\(ip):\(port) must keep the client's source: \(got.sources)")
+        }
+        // From a pod: every endpoint (pods get cluster-wide semantics).
+        let fromPod = try bed.client(in: pod2, "tcp", "198.18.200.9", 80, count: 40)
+        #expect(Set(fromPod.answers.keys) == ["pod1", "pod2"], "\(fromPod)")
+        // From the node itself: works, to every endpoint.
+        let fromNode = try bed.client(in: node, "tcp", "198.18.0.1", 30090, count: 40)
+        #expect(fromNode.timeouts == 0 && Set(fromNode.answers.keys) == ["pod1", "pod2"], "\(fromNode)")
+        // ClusterIP traffic is not affected by the external policy.
+        #expect(Set(try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 40).answers.keys) == ["pod1", "pod2"])
+
+        // No endpoint on this node: outside traffic is dropped, pods still get through.
+        let remote = try bed.writeManifest(manifest(pods: [(2, "node-b")]))
+        #expect(try bed.svcnat(node, ["apply", "-f", remote] + args).code == 0)
+        let dropped = try bed.client(in: client, "tcp", "198.18.0.1", 30090, count: 2)
+        #expect(dropped.answers.isEmpty && dropped.timeouts == 2, "\(dropped)")
+        #expect(try bed.client(in: pod2, "tcp", "198.18.200.9", 80, count: 5).answers == ["pod2": 5])
+    }
+
+    @Test func internalLocalUsesOnlyThisNodesEndpoints() throws {
+        let bed = Testbed("itp")
+        defer { bed.close() }
+        try bed.topology(pods: 2)
+        for i in 1...2 { try bed.startServer(pod: i, port: 8080) }
+        let node = bed.ns("node")
+        let both = try bed.writeManifest(manifest(pods: [(1, "node-a"), (2, "node-b")], etp: "Cluster", itp: "Local"))
+        #expect(try bed.svcnat(node, ["apply", "-f", both] + args).code == 0)
+        #expect(try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 20).answers == ["pod1": 20])
+        // External traffic (Cluster policy) still reaches every endpoint.
+        #expect(Set(try bed.client(in: bed.ns("client"), "tcp", "198.18.0.1", 30090, count: 40).answers.keys) == ["pod1", "pod2"])
+        let remote = try bed.writeManifest(manifest(pods: [(2, "node-b")], etp: "Cluster", itp: "Local"))
+        #expect(try bed.svcnat(node, ["apply", "-f", remote] + args).code == 0)
+        let none = try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 1)
+        #expect(none.answers.isEmpty && none.timeouts == 1, "\(none)")
+    }
+}
