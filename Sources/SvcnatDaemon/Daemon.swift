@@ -69,6 +69,10 @@ public final class Daemon: @unchecked Sendable {
     private var lastSuccess: Date?
     private var lastError: String?
     private var rejectedSummary: [String: String] = [:]
+    /// healthCheckNodePort -> the Service (ns, name) and its endpoints on this node.
+    private var serviceHealth: [UInt16: (namespace: String, name: String, local: Int)] = [:]
+    /// Which health check port each Service has (queue only).
+    private var healthPortOfService: [String: UInt16] = [:]
     private var exitSemaphore = DispatchSemaphore(value: 0)
     private var exitCode: Int32 = 0
 
@@ -201,6 +205,7 @@ public final class Daemon: @unchecked Sendable {
                 for key in dirty { ports[key] = store.ports(ofService: key, nodeName: config.proxy.nodeName) }
                 let before = StaleFlows.udpFrontends(incremental!.states(ofServices: dirty))
                 tx = incremental!.update(ports)
+                updateHealthChecks(ports, replacingAll: false)
                 cacheGeneration = nil
                 try kernel.apply(tx)
                 try noteGeneration(after: tx, before: gen)
@@ -216,6 +221,9 @@ public final class Daemon: @unchecked Sendable {
                 try noteGeneration(after: tx, before: gen)
                 flows = (result.flowsDeleted, result.flowWarning)
                 incremental = IncrementalState(translator: translator, fragments: result.fragments)
+                var all: [String: [ServicePortState]] = [:]
+                for f in result.fragments { if let st = f.state { all[f.serviceKey, default: []].append(st) } }
+                updateHealthChecks(all, replacingAll: true)
                 counts = (result.services, result.endpoints)
                 metrics.rules.record(result.desired.ruleCount)
                 metrics.elements.record(result.desired.elementCount)
@@ -264,6 +272,44 @@ public final class Daemon: @unchecked Sendable {
         metrics.endpoints.record(endpoints)
         metrics.lastBatchMessages.record(tx.isEmpty ? 0 : nft.lastBatchMessages)
         metrics.changes.increment(by: tx.messageCount)
+    }
+
+    /// kube-proxy's per-Service health check servers: for each LoadBalancer Service with
+    /// externalTrafficPolicy Local and a healthCheckNodePort, an HTTP server on that port of the
+    /// node answering 200 with the number of this node's endpoints, or 503 when there are none,
+    /// so load balancers send traffic only to nodes that can serve it.
+    private func updateHealthChecks(_ services: [String: [ServicePortState]], replacingAll: Bool) {
+        if replacingAll { healthPortOfService = [:] }
+        var table = healthLock.withLock { replacingAll ? [:] : serviceHealth }
+        for (key, ports) in services {
+            if let old = healthPortOfService.removeValue(forKey: key) { table[old] = nil }
+            guard let first = ports.first(where: { $0.healthCheckNodePort != nil }), let port = first.healthCheckNodePort else { continue }
+            let local = ports.filter { $0.healthCheckNodePort == port }.map(\.localEndpointCount).max() ?? 0
+            table[port] = (first.name.namespace, first.name.name, local)
+            healthPortOfService[key] = port
+        }
+        healthLock.withLock { serviceHealth = table }
+        let wanted = Set(table.keys.map { "0.0.0.0:\($0)" })
+        let running = http.addresses.filter { $0.hasPrefix("0.0.0.0:") && $0 != config.healthzAddress && $0 != config.metricsAddress }
+        for gone in running.subtracting(wanted) { http.close(gone) }
+        for address in wanted.subtracting(running).sorted() {
+            let port = UInt16(address.split(separator: ":").last!)!
+            do {
+                try http.listen(address) { [weak self] _ in self?.serveServiceHealth(port) ?? (.serviceUnavailable, "text/plain", "") }
+            } catch {
+                log.error("health check node port \(port): cannot listen: \(error)")
+            }
+        }
+    }
+
+    private func serveServiceHealth(_ port: UInt16) -> (HTTPResponseStatus, String, String) {
+        guard let s = healthLock.withLock({ serviceHealth[port] }) else { return (.notFound, "text/plain", "not found\n") }
+        let body = JSON.object([
+            ("service", .object([("namespace", .string(s.namespace)), ("name", .string(s.name))])),
+            ("localEndpoints", .number(s.local)),
+            ("serviceProxyHealthy", .bool(true)),
+        ]).text() + "\n"
+        return (s.local > 0 ? .ok : .serviceUnavailable, "application/json", body)
     }
 
     /// Logs rejected files and warnings after the store changed.

@@ -8,11 +8,26 @@ final class HTTPServer: @unchecked Sendable {
 
     private let group: EventLoopGroup
     private var channels: [Channel] = []
+    private var byAddress: [String: Channel] = [:]
 
     init(group: EventLoopGroup) { self.group = group }
 
-    /// Listens on "host:port" ("[v6]:port" too).
+    /// Listens on "host:port" ("[v6]:port" too) until `close(address)` or `close()`.
     func listen(_ address: String, handler: @escaping Handler) throws {
+        let channel = try bind(address, handler: handler)
+        channels.append(channel)
+        byAddress[address] = channel
+    }
+
+    func close(_ address: String) {
+        guard let c = byAddress.removeValue(forKey: address) else { return }
+        try? c.close().wait()
+        channels.removeAll { $0 === c }
+    }
+
+    var addresses: Set<String> { Set(byAddress.keys) }
+
+    private func bind(_ address: String, handler: @escaping Handler) throws -> Channel {
         let (host, port) = try Self.split(address)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -21,12 +36,13 @@ final class HTTPServer: @unchecked Sendable {
                     channel.pipeline.addHandler(RequestHandler(handler: handler))
                 }
             }
-        channels.append(try bootstrap.bind(host: host, port: port).wait())
+        return try bootstrap.bind(host: host, port: port).wait()
     }
 
     func close() {
         for c in channels { try? c.close().wait() }
         channels = []
+        byAddress = [:]
     }
 
     static func split(_ address: String) throws -> (String, Int) {
@@ -64,6 +80,7 @@ private final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
             let (status, type, body) = handler(path)
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: type)
+            headers.add(name: "X-Content-Type-Options", value: "nosniff")
             headers.add(name: "Content-Length", value: String(body.utf8.count))
             if !keepAlive { headers.add(name: "Connection", value: "close") }
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)

@@ -23,23 +23,31 @@ public enum EndpointSlots {
     }
 
     /// Slots found in a ruleset: each service chain's `dnat ... offset base map @endpoints-K`,
-    /// sized by the endpoints the map holds from `base` on (the rule's modulus may cover only
-    /// this node's endpoints).
+    /// sized by the endpoints the map holds from `base` up to the next slot (the rule's modulus
+    /// may cover only this node's endpoints).
     public static func read(_ r: Ruleset) -> [String: EndpointSlot] {
-        var out: [String: EndpointSlot] = [:]
-        var keysByMap: [String: Set<UInt32>] = [:]
-        for c in r.chains where c.name.hasPrefix(Names.serviceChainPrefix) {
+        var found: [(chain: String, shard: Int, map: String, base: UInt32)] = []
+        // A port's slot is used by its service chain, its external chain, or both.
+        for c in r.chains where c.name.hasPrefix(Names.serviceChainPrefix) || c.name.hasPrefix("ext-") {
+            let key = c.name.hasPrefix("ext-") ? Names.serviceChainPrefix + c.name.dropFirst(4) : c.name
             for rule in c.rules {
                 for case .dnatFromMap(_, let base, let map) in rule.items {
                     guard map.hasPrefix(Names.endpointMapPrefix), let shard = Int(map.dropFirst(Names.endpointMapPrefix.count)) else { continue }
-                    if keysByMap[map] == nil {
-                        keysByMap[map] = Set((r.set(map)?.elements ?? []).compactMap { if case .integer(let k)? = $0.key.first { k } else { nil } })
-                    }
-                    var n: UInt32 = 0
-                    while keysByMap[map]!.contains(base + n) { n += 1 }
-                    out[c.name] = EndpointSlot(shard: shard, base: base, capacity: capacity(max(n, 1)))
+                    found.append((key, shard, map, base))
                 }
             }
+        }
+        var basesByMap: [String: Set<UInt32>] = [:]
+        for f in found { basesByMap[f.map, default: []].insert(f.base) }
+        var keysByMap: [String: Set<UInt32>] = [:]
+        var out: [String: EndpointSlot] = [:]
+        for f in found {
+            if keysByMap[f.map] == nil {
+                keysByMap[f.map] = Set((r.set(f.map)?.elements ?? []).compactMap { if case .integer(let k)? = $0.key.first { k } else { nil } })
+            }
+            var n: UInt32 = 1
+            while keysByMap[f.map]!.contains(f.base + n) && !basesByMap[f.map]!.contains(f.base + n) { n += 1 }
+            out[f.chain] = EndpointSlot(shard: f.shard, base: f.base, capacity: capacity(n))
         }
         return out
     }

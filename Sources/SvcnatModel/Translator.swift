@@ -136,7 +136,11 @@ public struct Translator: Sendable {
         f.endpointCount = sp.endpoints.count
         f.shared[Names.hairpin] = sp.endpoints.map { SetElement(key: [.ipv4($0.ip), .ipv4($0.ip)]) }
         var mapSlot: (map: String, base: UInt32)?
-        if let slot {
+        let external = !sp.externalFrontends.isEmpty || sp.nodePort != nil
+        // A slot no rule would use (internal traffic local-only with no local endpoint, and no
+        // external frontend) is not kept.
+        let slotUsed = external || !sp.internalLocal || sp.localEndpointCount > 0
+        if let slot, slotUsed {
             f.slot = slot
             mapSlot = (Names.endpointMap(slot.shard), slot.base)
             f.elements[Names.endpointMap(slot.shard)] = sp.endpoints.enumerated().map { i, ep in
@@ -151,7 +155,7 @@ public struct Translator: Sendable {
             return selection(sp.name.proto, Array(sp.endpoints.prefix(n)), slot: mapSlot, when: prefix)
         }
         f.chains.append(Chain(name: chain, rules: masqueradeRules(sp) + choose(local: sp.internalLocal)))
-        if !sp.externalFrontends.isEmpty || sp.nodePort != nil {
+        if external {
             var rules: [Rule] = []
             if sp.externalLocal {
                 // Local policy: pods and the node itself still reach every endpoint (the node

@@ -167,4 +167,24 @@ struct DaemonTests {
         #expect(try http(bed, n, "http://127.0.0.1:10256/livez").0 == 200)
         #expect(daemon.log().contains("sync (partial"))
     }
+
+    @Test func healthCheckNodePortFollowsLocalEndpoints() throws {
+        let bed = Testbed("dhc")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        let local = LocalPolicyTests().manifest(pods: [(1, "node-a"), (2, "node-b")])
+        try write(dir + "/edge.yaml", local)
+        _ = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0", "--node-name", "node-a"])
+        #expect(try within(5) { try http(bed, n, "http://127.0.0.1:32000/").0 == 200 } != nil)
+        let (_, body) = try http(bed, n, "http://127.0.0.1:32000/")
+        #expect(body.contains("\"localEndpoints\": 1") && body.contains("\"name\": \"edge\""), "\(body)")
+        // The local endpoint goes: 503, so a load balancer stops sending traffic to this node.
+        try write(dir + "/edge.yaml", LocalPolicyTests().manifest(pods: [(2, "node-b")]))
+        #expect(try within(3) { try http(bed, n, "http://127.0.0.1:32000/").0 == 503 } != nil)
+        #expect(try http(bed, n, "http://127.0.0.1:32000/").1.contains("\"localEndpoints\": 0"))
+        // The Service goes: so does its health check server.
+        try FileManager.default.removeItem(atPath: dir + "/edge.yaml")
+        #expect(try within(3) { try http(bed, n, "http://127.0.0.1:32000/").0 == 0 } != nil)
+    }
 }

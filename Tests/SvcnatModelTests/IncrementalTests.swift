@@ -17,18 +17,22 @@ import Testing
     /// ranges; every fifth has an external IP.
     func service(_ i: Int, ports: Int) -> Service {
         let lb = i % 4 == 0
-        return Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), type: lb ? .loadBalancer : .clusterIP,
+        var svc = Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), type: lb ? .loadBalancer : .clusterIP,
                        clusterIP: IPv4Address(UInt32(0xC612_6400) + UInt32(i)),
                        ports: (0..<ports).map { ServicePort(name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0),
                                                             nodePort: lb ? UInt16(30000 + i * 4 + $0) : nil) },
                        externalIPs: i % 5 == 0 ? [IPv4Address(UInt32(0xC612_C800) + UInt32(i))] : [],
                        loadBalancerIPs: lb ? [IPv4Address(UInt32(0xC612_C900) + UInt32(i))] : [],
                        loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPv4Prefix("198.18.0.0/24")!] : [])
+        svc.externalTrafficPolicyLocal = lb && i % 3 == 0
+        svc.internalTrafficPolicyLocal = i % 7 == 0
+        return svc
     }
 
     func slice(_ i: Int, _ svc: Service, endpoints: [Int]) -> EndpointSlice {
         EndpointSlice(meta: ObjectMeta(namespace: svc.meta.namespace, name: "\(svc.meta.name)-x"), serviceName: svc.meta.name,
-                      endpoints: endpoints.map { SliceEndpoint(addresses: [IPv4Address(UInt32(0xC613_0000) + UInt32($0))]) },
+                      endpoints: endpoints.map { SliceEndpoint(addresses: [IPv4Address(UInt32(0xC613_0000) + UInt32($0))],
+                                                               nodeName: $0 % 2 == 0 ? "node-a" : "node-b") },
                       ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })
     }
 
@@ -42,11 +46,11 @@ import Testing
             ClusterState(services: services.values.map(\.0), endpointSlices: services.map { slice($0.key, $0.value.0, endpoints: $0.value.1) })
         }
         func ports(_ key: String) -> [ServicePortState] {
-            ProxyState(cluster()).servicePorts.filter { "\($0.name.namespace)/\($0.name.name)" == key }
+            ProxyState(cluster(), nodeName: "node-a").servicePorts.filter { "\($0.name.namespace)/\($0.name.name)" == key }
         }
 
         let kernel = FakeKernel()
-        let first = translator.fragments(for: ProxyState(cluster()))
+        let first = translator.fragments(for: ProxyState(cluster(), nodeName: "node-a"))
         try kernel.apply(Planner.plan(from: nil, to: translator.assemble(first)))
         var state = IncrementalState(translator: translator, fragments: first)
 
@@ -70,7 +74,7 @@ import Testing
             }
             let tx = state.update(Dictionary(uniqueKeysWithValues: touched.map { ($0, ports($0)) }))
             try kernel.apply(tx)
-            let full = translator.ruleset(for: ProxyState(cluster()), previous: kernel.ruleset)
+            let full = translator.ruleset(for: ProxyState(cluster(), nodeName: "node-a"), previous: kernel.ruleset)
             let remaining = Planner.plan(from: kernel.ruleset, to: full)
             #expect(remaining.isEmpty, "step \(step): a full sync would still change:\n\(remaining.nftText)")
             #expect(state.ruleset == full || selection == .map)
