@@ -11,6 +11,8 @@ public struct ProxyConfig: Sendable {
     public var endpointSelection: EndpointSelection
     public var nodePortAddresses: [IPv4Prefix]
     public var serviceCIDRs: [IPv4Prefix]
+    /// This node's zone, for topology hints.
+    public var zone: String?
 
     public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
                 endpointSelection: EndpointSelection = .map, nodePortAddresses: [IPv4Prefix] = [], serviceCIDRs: [IPv4Prefix] = []) {
@@ -64,7 +66,7 @@ public struct Reconciler {
     /// Pure: what svcnat wants in its table for this cluster state. Throws when two Services
     /// claim the same address, protocol and port.
     public static func desired(_ state: ClusterState, config: ProxyConfig, previous: Ruleset? = nil) throws -> (ProxyState, Ruleset) {
-        let proxy = ProxyState(state, nodeName: config.nodeName)
+        let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone)
         try checkConflicts(proxy, state)
         return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
     }
@@ -99,7 +101,7 @@ public struct Reconciler {
     public func reconcile(_ state: ClusterState, dryRun: Bool = false) throws -> SyncResult {
         let clock = ContinuousClock()
         let start = clock.now
-        let proxy = ProxyState(state, nodeName: config.nodeName)
+        let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone)
         try Self.checkConflicts(proxy, state)
         let current = try kernel.read(table: config.table)
         let translator = Translator(config.translator)

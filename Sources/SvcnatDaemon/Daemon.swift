@@ -202,7 +202,7 @@ public final class Daemon: @unchecked Sendable {
                 // Only the Services the changed files touch are recomputed and compared.
                 let dirty = store.takeDirty()
                 var ports: [String: [ServicePortState]] = [:]
-                for key in dirty { ports[key] = store.ports(ofService: key, nodeName: config.proxy.nodeName) }
+                for key in dirty { ports[key] = store.ports(ofService: key, nodeName: config.proxy.nodeName, zone: config.proxy.zone) }
                 let before = StaleFlows.udpFrontends(incremental!.states(ofServices: dirty))
                 tx = incremental!.update(ports)
                 updateHealthChecks(ports, replacingAll: false)

@@ -97,10 +97,13 @@ public struct SliceEndpoint: Hashable, Sendable {
     public var addresses: [IPv4Address]
     public var conditions: EndpointConditions
     public var nodeName: String?
-    public init(addresses: [IPv4Address], conditions: EndpointConditions = .init(), nodeName: String? = nil) {
+    /// `hints.forZones[].name`: the zones this endpoint is meant to serve (topology hints).
+    public var zoneHints: [String]?
+    public init(addresses: [IPv4Address], conditions: EndpointConditions = .init(), nodeName: String? = nil, zoneHints: [String]? = nil) {
         self.addresses = addresses
         self.conditions = conditions
         self.nodeName = nodeName
+        self.zoneHints = zoneHints
     }
 }
 

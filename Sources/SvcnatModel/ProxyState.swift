@@ -91,7 +91,7 @@ public struct ProxyState: Hashable, Sendable {
 
     public init(servicePorts: [ServicePortState]) { self.servicePorts = servicePorts }
 
-    public init(_ cluster: ClusterState, nodeName: String? = nil) {
+    public init(_ cluster: ClusterState, nodeName: String? = nil, zone: String? = nil) {
         var slicesByService: [String: [EndpointSlice]] = [:]
         for s in cluster.endpointSlices { slicesByService["\(s.meta.namespace)/\(s.serviceName)", default: []].append(s) }
         var endpointsByService: [String: Endpoints] = [:]
@@ -102,7 +102,7 @@ public struct ProxyState: Hashable, Sendable {
         var out: [ServicePortState] = []
         for svc in cluster.services {
             out += Self.ports(of: svc, slices: slicesByService[svc.meta.key], endpoints: endpointsByService[svc.meta.key],
-                              pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName)
+                              pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone)
         }
         servicePorts = out.sorted { $0.name < $1.name }
     }
@@ -110,13 +110,19 @@ public struct ProxyState: Hashable, Sendable {
     /// One Service's ports with their frontends and usable endpoints: from its EndpointSlices if
     /// it has any, else its v1 Endpoints, else its selector over the Pods of its namespace.
     public static func ports(of svc: Service, slices: [EndpointSlice]?, endpoints: Endpoints?, pods: [Pod],
-                             nodeName: String? = nil) -> [ServicePortState] {
+                             nodeName: String? = nil, zone: String? = nil) -> [ServicePortState] {
         guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP else { return [] }
         return svc.ports.map { port in
             let spn = ServicePortName(namespace: svc.meta.namespace, name: svc.meta.name, port: port.name, proto: port.proto)
-            let eps: [(EndpointAddress, node: String?)]
+            var eps: [(EndpointAddress, node: String?)]
             if let slices {
                 eps = Self.endpoints(from: slices, for: port)
+                // Topology hints, as kube-proxy uses them: only when every endpoint has zone
+                // hints and some are for this node's zone; then only those serve.
+                if let zone {
+                    let hinted = Self.endpoints(from: slices, for: port, zone: zone)
+                    if !hinted.isEmpty { eps = hinted }
+                }
             } else if let endpoints {
                 eps = Self.endpoints(from: endpoints, for: port)
             } else if let selector = svc.selector, !selector.isEmpty {
@@ -146,6 +152,21 @@ public struct ProxyState: Hashable, Sendable {
 
     /// Ready endpoints; when none is ready, the serving and terminating ones (kube-proxy's
     /// fallback, so connections drain instead of failing during a rollout).
+    /// The endpoints hinted for `zone`, or none when hints are missing from any usable endpoint.
+    static func endpoints(from slices: [EndpointSlice], for port: ServicePort, zone: String) -> [(EndpointAddress, node: String?)] {
+        let usable = Set(endpoints(from: slices, for: port).map(\.0))
+        var out: [(EndpointAddress, node: String?)] = []
+        for slice in slices {
+            guard let p = slice.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { continue }
+            for ep in slice.endpoints {
+                guard let ip = ep.addresses.first, usable.contains(EndpointAddress(ip: ip, port: p.port)) else { continue }
+                guard let hints = ep.zoneHints else { return [] }
+                if hints.contains(zone) { out.append((EndpointAddress(ip: ip, port: p.port), node: ep.nodeName)) }
+            }
+        }
+        return out
+    }
+
     static func endpoints(from slices: [EndpointSlice], for port: ServicePort) -> [(EndpointAddress, node: String?)] {
         var ready: [(EndpointAddress, node: String?)] = [], terminating: [(EndpointAddress, node: String?)] = []
         for slice in slices {

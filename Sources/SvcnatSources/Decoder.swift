@@ -274,7 +274,8 @@ public struct ManifestDecoder {
             let c = e["conditions"]
             let ready = c["ready"].bool ?? true
             let conditions = EndpointConditions(ready: ready, serving: c["serving"].bool, terminating: c["terminating"].bool ?? false)
-            endpoints.append(SliceEndpoint(addresses: ips, conditions: conditions, nodeName: e["nodeName"].string))
+            let zones = e["hints"]["forZones"].isPresent ? e["hints"]["forZones"].list.compactMap { $0["name"].string } : nil
+            endpoints.append(SliceEndpoint(addresses: ips, conditions: conditions, nodeName: e["nodeName"].string, zoneHints: zones))
         }
         var ports: [EndpointPort] = []
         for p in f["ports"].list {

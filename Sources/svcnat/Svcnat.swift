@@ -23,8 +23,11 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "The nftables table svcnat owns (family ip).")
     var table = "svcnat"
 
-    @Option(help: "The node this runs on (default: the hostname).")
+    @Option(help: "The node this runs on (default: the hostname); decides which endpoints are local.")
     var nodeName: String?
+
+    @Option(help: "This node's zone: EndpointSlice topology hints (hints.forZones) are followed when every endpoint has them.")
+    var nodeZone: String?
 
     @Option(name: .customLong("cluster-cidr"), help: "The pods' CIDR; traffic to a Service from outside it is masqueraded. Repeatable.")
     var clusterCIDR: [String] = []
@@ -70,9 +73,11 @@ struct CommonOptions: ParsableArguments {
     }
 
     var config: ProxyConfig {
-        ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPv4Prefix($0) }, masqueradeAll: masqueradeAll,
+        var c = ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPv4Prefix($0) }, masqueradeAll: masqueradeAll,
                     nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection,
                     nodePortAddresses: nodePortAddresses.compactMap { IPv4Prefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPv4Prefix($0) })
+        c.zone = nodeZone
+        return c
     }
 }
 

@@ -354,4 +354,33 @@ struct LocalPolicyTests {
         let none = try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 1)
         #expect(none.answers.isEmpty && none.timeouts == 1, "\(none)")
     }
+
+    @Test func topologyHintsKeepTrafficInTheZone() throws {
+        let bed = Testbed("zone")
+        defer { bed.close() }
+        try bed.topology(pods: 3)
+        for i in 1...3 { try bed.startServer(pod: i, port: 8080) }
+        let node = bed.ns("node")
+        let input = try bed.writeManifest("""
+            apiVersion: v1
+            kind: Service
+            metadata: {name: zoned, namespace: demo}
+            spec: {clusterIP: 198.18.100.70, ports: [{name: http, port: 80}]}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: zoned-x, namespace: demo, labels: {kubernetes.io/service-name: zoned}}
+            addressType: IPv4
+            ports: [{name: http, port: 8080}]
+            endpoints:
+              - {addresses: [198.19.1.2], zone: zone-a, hints: {forZones: [{name: zone-a}]}}
+              - {addresses: [198.19.2.2], zone: zone-b, hints: {forZones: [{name: zone-b}]}}
+              - {addresses: [198.19.3.2], zone: zone-a, hints: {forZones: [{name: zone-a}]}}
+            """)
+        #expect(try bed.svcnat(node, ["apply", "-f", input, "--node-zone", "zone-a"] + args).code == 0)
+        let inZone = try bed.client(in: node, "tcp", "198.18.100.70", 80, count: 40)
+        #expect(Set(inZone.answers.keys) == ["pod1", "pod3"], "\(inZone)")
+        #expect(try bed.svcnat(node, ["apply", "-f", input, "--node-zone", "zone-b"] + args).code == 0)
+        #expect(try bed.client(in: node, "tcp", "198.18.100.70", 80, count: 10).answers == ["pod2": 10])
+    }
 }

@@ -148,6 +148,24 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(p.servicePorts[0].endpoints.map(\.description) == ["198.19.2.2:8080"])
     }
 
+    @Test func topologyHintsWhenEveryEndpointHasThem() {
+        let port = [EndpointPort(name: "http", port: 8080)]
+        func slice(_ hints: [[String]?]) -> EndpointSlice {
+            EndpointSlice(meta: ObjectMeta(namespace: "ns", name: "web-1"), serviceName: "web",
+                          endpoints: hints.enumerated().map { SliceEndpoint(addresses: [IPv4Address(UInt32(0xC613_0102) + UInt32($0 << 8))], zoneHints: $1) },
+                          ports: port)
+        }
+        func eps(_ s: EndpointSlice, zone: String?) -> [String] {
+            ProxyState(ClusterState(services: [svc], endpointSlices: [s]), zone: zone).servicePorts[0].endpoints.map(\.description)
+        }
+        let hinted = slice([["a"], ["b"], ["a", "b"]])
+        #expect(eps(hinted, zone: "a") == ["198.19.1.2:8080", "198.19.3.2:8080"])
+        #expect(eps(hinted, zone: "b") == ["198.19.2.2:8080", "198.19.3.2:8080"])
+        #expect(eps(hinted, zone: nil).count == 3)
+        #expect(eps(hinted, zone: "c").count == 3)                  // no endpoint for this zone: all
+        #expect(eps(slice([["a"], nil, ["b"]]), zone: "a").count == 3)  // one without hints: all
+    }
+
     @Test func endpointsV1() {
         let e = Endpoints(meta: ObjectMeta(namespace: "ns", name: "web"), subsets: [
             .init(addresses: [ip("198.19.1.2")], notReadyAddresses: [ip("198.19.2.2")], ports: [EndpointPort(name: "http", port: 7000)]),
