@@ -101,7 +101,12 @@ struct BatchEncoder {
             buffer.commit(h)
         case .addSet(let s):
             let set = setObject(s.name)
-            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_FLAGS.rawValue), s.isMap ? NFT_SET_MAP.rawValue : 0)
+            var flags = s.isMap ? NFT_SET_MAP.rawValue : 0
+            if let t = s.timeout {
+                flags |= NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue
+                nftnl_set_set_u64(set.raw, K.attr(NFTNL_SET_TIMEOUT.rawValue), UInt64(t) * 1000)
+            }
+            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_FLAGS.rawValue), flags)
             nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_TYPE.rawValue), s.nftKeyType)
             nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue), UInt32(s.keyLength))
             // The kernel requires a transaction-local id for every new set.

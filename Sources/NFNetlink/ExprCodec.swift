@@ -98,6 +98,12 @@ enum ExprCodec {
             if case .fibDaddrType = e { u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR.rawValue) }
             else { u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_SADDR.rawValue) }
             return x
+        case .dynsetUpdate(let set, let sreg):
+            let x = alloc("dynset")
+            reg(x, NFTNL_EXPR_DYNSET_SREG_KEY, sreg)
+            u32(x, NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE.rawValue)
+            nftnl_expr_set_str(x, UInt16(NFTNL_EXPR_DYNSET_SET_NAME), set)
+            return x
         case .unknown(let what):
             preconditionFailure("cannot encode an unknown expression: \(what)")
         }
@@ -189,6 +195,11 @@ enum ExprCodec {
             if type == NFT_REJECT_TCP_RST.rawValue { return .reject(kind: .tcpReset) }
             if type == NFT_REJECT_ICMP_UNREACH.rawValue && code == 3 { return .reject(kind: .icmpPortUnreachable) }
             return unknown
+        case "dynset":
+            guard let k = reg(NFTNL_EXPR_DYNSET_SREG_KEY), let set = str(NFTNL_EXPR_DYNSET_SET_NAME),
+                  u32(NFTNL_EXPR_DYNSET_OP) == NFT_DYNSET_OP_UPDATE.rawValue, !has(NFTNL_EXPR_DYNSET_SREG_DATA),
+                  !has(NFTNL_EXPR_DYNSET_TIMEOUT) || nftnl_expr_get_u64(x, UInt16(NFTNL_EXPR_DYNSET_TIMEOUT)) == 0 else { return unknown }
+            return .dynsetUpdate(set: set, sreg: k)
         case "fib":
             guard let d = reg(NFTNL_EXPR_FIB_DREG), u32(NFTNL_EXPR_FIB_RESULT) == NFT_FIB_RESULT_ADDRTYPE.rawValue else { return unknown }
             switch u32(NFTNL_EXPR_FIB_FLAGS) {

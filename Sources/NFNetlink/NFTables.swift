@@ -138,14 +138,20 @@ public final class NFTables {
                     typeof = SetTypeof.typeof(forUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
                 }
             }
-            let plain = flags & ~(NFT_SET_MAP.rawValue) == 0
+            var timeout: UInt32?
+            let dynamicFlags = NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue
+            if flags & dynamicFlags == dynamicFlags {
+                timeout = UInt32(nftnl_set_get_u64(s.raw, K.attr(NFTNL_SET_TIMEOUT.rawValue)) / 1000)
+            }
+            let plain = flags & ~(NFT_SET_MAP.rawValue | (timeout != nil ? dynamicFlags : 0)) == 0
             if !plain || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(key)) {
                 key = []   // not a set svcnat would make: its definition will not match
             }
-            r.sets.append(NamedSet(name: name, key: key, data: data, typeof: typeof))
+            r.sets.append(NamedSet(name: name, key: key, data: data, typeof: typeof, timeout: timeout))
         }
 
-        for i in r.sets.indices where !r.sets[i].key.isEmpty {
+        // The elements of dynamic sets belong to the traffic that filled them: not read.
+        for i in r.sets.indices where !r.sets[i].key.isEmpty && !r.sets[i].isDynamic {
             let name = r.sets[i].name, fields = r.sets[i].key
             let dataFields: [KeyField]? = if case .values(let f) = r.sets[i].data { f } else { nil }
             var elements: [SetElement] = []

@@ -22,6 +22,8 @@ public enum Expr: Hashable, Sendable {
     case reject(kind: RejectKind)
     /// `fib daddr type` into dreg (the route type of the destination address).
     case fibDaddrType(dreg: Register)
+    /// `update @set { key from sreg }` (the set's own timeout).
+    case dynsetUpdate(set: String, sreg: Register)
     /// `fib saddr type` into dreg.
     case fibSaddrType(dreg: Register)
     /// An expression svcnat does not produce (found in the kernel, put there by someone else).

@@ -6,6 +6,8 @@ public struct PortFragment: Hashable, Sendable {
     /// The service chain's name, also when the port has no endpoints and so no chain.
     public var key: String
     public var chains: [Chain] = []
+    /// Sets of its own (session-affinity memories), created and deleted with the port.
+    public var sets: [NamedSet] = []
     public var elements: [String: [SetElement]] = [:]
     public var shared: [String: [SetElement]] = [:]
     public var slot: EndpointSlot?
@@ -98,6 +100,7 @@ public struct IncrementalState: Sendable {
     public mutating func update(_ services: [String: [ServicePortState]]) -> Transaction {
         var addChains: [Operation] = [], flushes: [Operation] = [], addRules: [Operation] = []
         var deleteChains: [Operation] = []
+        var ownSetAdds: [Operation] = [], ownSetDeletes: [Operation] = [], ownSetAddsLate: [Operation] = []
         var elementDeletes: [String: [SetElement]] = [:], elementAdds: [String: [SetElement]] = [:]
         let shardsBefore = Set(shardSlots.keys)
         // Whether each shared element the touched Services use was in use before; only these
@@ -127,6 +130,20 @@ public struct IncrementalState: Sendable {
                 for set in sets.sorted() {
                     diff(o?.elements[set] ?? [], n?.elements[set] ?? [], set: set, &elementDeletes, &elementAdds)
                 }
+                var redefined = false
+                let os = Dictionary((o?.sets ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+                let ns = Dictionary((n?.sets ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+                for name in Set(os.keys).union(ns.keys).sorted() {
+                    switch (os[name], ns[name]) {
+                    case (nil, let s?): ownSetAdds.append(.addSet(s))
+                    case (let a?, let b?) where !a.sameDefinition(as: b):
+                        redefined = true   // its rules must go first, so the chains are rewritten
+                        ownSetDeletes.append(.deleteSet(name))
+                        ownSetAddsLate.append(.addSet(b))
+                    case (_?, nil): ownSetDeletes.append(.deleteSet(name))
+                    default: break
+                    }
+                }
                 let oc = Dictionary((o?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
                 let nc = Dictionary((n?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
                 for name in Set(oc.keys).union(nc.keys).sorted() {
@@ -134,7 +151,7 @@ public struct IncrementalState: Sendable {
                     case (nil, let c?):
                         addChains.append(.addChain(Chain(name: c.name)))
                         addRules += c.rules.map { .addRule(chain: c.name, $0) }
-                    case (let a?, let b?) where a.rules != b.rules:
+                    case (let a?, let b?) where a.rules != b.rules || redefined:
                         flushes.append(.flushChain(b.name))
                         addRules += b.rules.map { .addRule(chain: b.name, $0) }
                     case (_?, nil):
@@ -162,7 +179,8 @@ public struct IncrementalState: Sendable {
         let deletes = elementDeletes.keys.sorted().compactMap { k in elementDeletes[k]!.isEmpty ? nil : Operation.deleteElements(set: k, elementDeletes[k]!) }
         let adds = elementAdds.keys.sorted().compactMap { k in elementAdds[k]!.isEmpty ? nil : Operation.addElements(set: k, elementAdds[k]!) }
         return Transaction(family: .ip, table: translator.config.table,
-                           operations: addSets + addChains + flushes + deletes + adds + addRules + deleteChains + deleteSets)
+                           operations: addSets + ownSetAdds + addChains + flushes + deletes + adds + deleteChains + ownSetDeletes
+                               + ownSetAddsLate + addRules + deleteSets)
     }
 
     private func diff(_ old: [SetElement], _ new: [SetElement], set: String,

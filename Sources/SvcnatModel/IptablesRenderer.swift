@@ -65,13 +65,21 @@ public struct IptablesRenderer: Sendable {
                 natRules.append("-A KUBE-NODEPORTS -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) --dport \(np) -j \(extChain)")
             }
             let n = sp.endpoints.count
+            if let t = sp.affinityTimeout {
+                // kube-proxy's ClientIP affinity: the recent match remembers each client per endpoint.
+                for ep in sp.endpoints {
+                    let sep = KubeProxyNames.endpointChain(spn, ep)
+                    natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)")) -m recent --rcheck --seconds \(t) --reap --name \(sep) --mask 255.255.255.255 --rsource -j \(sep)")
+                }
+            }
             for (i, ep) in sp.endpoints.enumerated() {
                 let sep = KubeProxyNames.endpointChain(spn, ep)
                 natChains.insert(sep)
                 let prob = i < n - 1 ? " -m statistic --mode random --probability \(Self.storedProbability(n - i))" : ""
                 natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)"))\(prob) -j \(sep)")
                 natRules.append("-A \(sep) -s \(ep.ip)/32 -m comment --comment \(q(spn.description)) -j KUBE-MARK-MASQ")
-                natRules.append("-A \(sep) -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) -j DNAT --to-destination \(ep)")
+                let recent = sp.affinityTimeout == nil ? "" : " -m recent --set --name \(sep) --mask 255.255.255.255 --rsource"
+                natRules.append("-A \(sep) -p \(proto) -m comment --comment \(q(spn.description))\(recent) -m \(proto) -j DNAT --to-destination \(ep)")
             }
         }
         let nodePortNote = q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")

@@ -65,6 +65,9 @@ public struct Service: Hashable, Sendable {
     /// `spec.internalTrafficPolicy: Local`: ClusterIP traffic only to this node's endpoints.
     public var internalTrafficPolicyLocal = false
     public var healthCheckNodePort: UInt16?
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds` (10800 by default) when sessionAffinity
+    /// is ClientIP.
+    public var affinityTimeout: UInt32?
 
     public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPv4Address?, isHeadless: Bool = false,
                 selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",

@@ -16,6 +16,7 @@ extension NamedSet {
 
     func nftBlock(indent: String) -> String {
         var s = "\(indent)\(kindWord) \(name) {\n\(indent)\t\(typeText)\n"
+        if let t = timeout { s += "\(indent)\tflags dynamic,timeout\n\(indent)\ttimeout \(t)s\n" }
         if !elements.isEmpty {
             let lines = elements.map { "\(indent)\t\t\($0.nftText)" }
             s += "\(indent)\telements = {\n" + lines.joined(separator: ",\n") + "\n\(indent)\t}\n"

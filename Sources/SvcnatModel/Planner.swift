@@ -45,7 +45,8 @@ public struct Transaction: Hashable, Sendable {
             switch op {
             case .addTable: lines.append("add table \(t)")
             case .deleteTable: lines.append("delete table \(t)")
-            case .addSet(let s): lines.append("add \(s.kindWord) \(t) \(s.name) { \(s.typeText); }")
+            case .addSet(let s):
+                lines.append("add \(s.kindWord) \(t) \(s.name) { \(s.typeText); " + (s.timeout.map { "flags dynamic,timeout; timeout \($0)s; " } ?? "") + "}")
             case .deleteSet(let n): lines.append("delete set \(t) \(n)")
             case .addChain(let c):
                 lines.append("add chain \(t) \(c.name)" + (c.base.map { " { \($0.nftText) }" } ?? ""))
@@ -110,7 +111,7 @@ public enum Planner {
 
         // Elements: delete the stale and changed, add the missing and changed.
         var elementAdds: [Operation] = []
-        for d in desired.sets {
+        for d in desired.sets where !d.isDynamic {
             let have = currentSets[d.name]?.elements ?? []
             if have == d.elements { continue }
             let haveByKey = Dictionary(have.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
@@ -145,7 +146,7 @@ public enum Planner {
 }
 
 extension NamedSet {
-    var definition: NamedSet { NamedSet(name: name, key: key, data: data, typeof: typeof) }
+    var definition: NamedSet { NamedSet(name: name, key: key, data: data, typeof: typeof, timeout: timeout) }
 }
 
 extension Chain {

@@ -63,6 +63,8 @@ public struct ServicePortState: Hashable, Sendable {
     public var externalLocal = false
     public var internalLocal = false
     public var healthCheckNodePort: UInt16?
+    /// ClientIP session affinity: how long a client keeps its endpoint, in seconds.
+    public var affinityTimeout: UInt32?
     public var localEndpoints: ArraySlice<EndpointAddress> { endpoints.prefix(localEndpointCount) }
     /// The node port, for NodePort and LoadBalancer Services that have one.
     public var nodePort: UInt16? = nil
@@ -146,6 +148,7 @@ public struct ProxyState: Hashable, Sendable {
             state.externalLocal = svc.externalTrafficPolicyLocal && (hasNodePort || !frontends.dropFirst().isEmpty)
             state.internalLocal = svc.internalTrafficPolicyLocal
             state.healthCheckNodePort = svc.healthCheckNodePort
+            state.affinityTimeout = svc.affinityTimeout
             return state
         }
     }

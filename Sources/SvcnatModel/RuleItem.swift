@@ -15,6 +15,10 @@ public enum RuleItem: Hashable, Sendable {
     case fibSaddrLocal
     /// `ip daddr @set`
     case daddrInSet(String)
+    /// `ip saddr @set`
+    case saddrInSet(String)
+    /// `update @set { ip saddr }`: remember this client (session affinity).
+    case rememberSaddr(String)
     /// `meta l4proto . th dport vmap @map` (node ports).
     case nodePortDispatch(map: String)
     case markIsClear(UInt32)
@@ -78,7 +82,8 @@ public struct Rule: Hashable, Sendable {
     public var setReferences: [String] {
         items.compactMap {
             switch $0 {
-            case .dispatch(let s), .saddrDaddrIn(let s), .dnatFromMap(_, _, let s), .daddrInSet(let s), .nodePortDispatch(let s): s
+            case .dispatch(let s), .saddrDaddrIn(let s), .dnatFromMap(_, _, let s), .daddrInSet(let s), .nodePortDispatch(let s),
+                 .saddrInSet(let s), .rememberSaddr(let s): s
             case .raw(.lookup(let s, _, _)): s
             default: nil
             }
@@ -111,6 +116,10 @@ extension RuleItem {
             [.fibSaddrType(dreg: r1), .cmp(sreg: r1, op: .eq, data: RouteType.local.hostBytes)]
         case .daddrInSet(let set):
             [.payload(base: .network, offset: 16, length: 4, dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
+        case .saddrInSet(let set):
+            [.payload(base: .network, offset: 12, length: 4, dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
+        case .rememberSaddr(let set):
+            [.payload(base: .network, offset: 12, length: 4, dreg: r1), .dynsetUpdate(set: set, sreg: r1)]
         case .nodePortDispatch(let map):
             [.meta(key: .l4proto, dreg: r1), .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(1)),
              .lookup(set: map, sreg: r1, dreg: .verdict)]
@@ -230,6 +239,8 @@ extension RuleItem {
         case .payload(.network, 12, 4, r1):
             if i + 2 < e.count, case .lookup(let s, r1, nil) = e[i + 2],
                let m = starts(.saddrDaddrIn(set: s)) { return m }
+            if i + 1 < e.count, case .lookup(let s, r1, nil) = e[i + 1] { return starts(.saddrInSet(s)) }
+            if i + 1 < e.count, case .dynsetUpdate(let s, r1) = e[i + 1] { return starts(.rememberSaddr(s)) }
             return matchPrefix(e, at: i)
         case .payload(.network, 12, _, r1), .payload(.network, 16, _, r1):
             return matchPrefix(e, at: i)
@@ -262,6 +273,8 @@ extension RuleItem {
         case .fibDaddrLocal: "fib daddr type local"
         case .fibSaddrLocal: "fib saddr type local"
         case .daddrInSet(let s): "ip daddr @\(s)"
+        case .saddrInSet(let s): "ip saddr @\(s)"
+        case .rememberSaddr(let s): "update @\(s) { ip saddr }"
         case .nodePortDispatch(let m): "meta l4proto . th dport vmap @\(m)"
         case .markIsClear(let b): "meta mark & \(hex(b)) == \(hex(0))"
         case .markSetOr(let b): "meta mark set meta mark | \(hex(b))"

@@ -151,15 +151,21 @@ public struct NamedSet: Hashable, Sendable {
     /// nft's `typeof` description, for sets whose key nft cannot name by type alone (the
     /// endpoint maps, keyed by a numgen result). Printed instead of `type`.
     public var typeof: String?
+    /// For a set the packet path fills (`update @set { ip saddr }`): its elements' lifetime in
+    /// seconds. Such a set's elements are traffic's, not svcnat's: never compared or replaced.
+    public var timeout: UInt32?
     public var elements: [SetElement]
 
-    public init(name: String, key: [KeyField], data: SetData, typeof: String? = nil, elements: [SetElement] = []) {
+    public init(name: String, key: [KeyField], data: SetData, typeof: String? = nil, timeout: UInt32? = nil, elements: [SetElement] = []) {
         self.name = name
         self.key = key
         self.data = data
         self.typeof = typeof
+        self.timeout = timeout
         self.elements = elements
     }
+
+    public var isDynamic: Bool { timeout != nil }
 
     public var isVerdictMap: Bool { data == .verdict }
     public var isMap: Bool { data != .none }
@@ -182,9 +188,9 @@ public struct NamedSet: Hashable, Sendable {
         }
     }
 
-    /// Same definition (name, key, data), whatever the elements.
+    /// Same definition (name, key, data, timeout), whatever the elements.
     public func sameDefinition(as other: NamedSet) -> Bool {
-        name == other.name && key == other.key && data == other.data
+        name == other.name && key == other.key && data == other.data && timeout == other.timeout
     }
 
     public func element(_ key: [KeyValue]) -> SetElement? { elements.first { $0.key == key } }

@@ -75,6 +75,16 @@ extension Ruleset {
                 }
             }
         }
+        // Session affinity: the endpoints are in the chains the random choice goes to.
+        let targets = c.rules.flatMap(\.chainTargets).filter { $0.hasPrefix("ep-") }
+        if !targets.isEmpty {
+            var seen = Set<String>()
+            let eps = targets.filter { seen.insert($0).inserted }.compactMap { t -> EndpointAddress? in
+                for r in chain(t)?.rules ?? [] { for case .dnat(let ip, let port) in r.items { return EndpointAddress(ip: ip, port: port) } }
+                return nil
+            }
+            return eps.map { ($0, "1/\(eps.count)") }
+        }
         return Self.cascade(c.rules)
     }
 

@@ -68,6 +68,13 @@ public enum Names {
 
     public static func endpointMap(_ shard: Int) -> String { "\(endpointMapPrefix)\(shard)" }
 
+    /// The chain and the client set of one endpoint of a Service port with session affinity:
+    /// `ep-<namespace>/<name>/<protocol>/<port>__<ip>/<port>` and `aff-...` alike.
+    public static func affinity(_ serviceChain: String, _ ep: EndpointAddress) -> (chain: String, set: String) {
+        let tail = serviceChain.dropFirst(serviceChainPrefix.count) + "__\(ep.ip)/\(ep.port)"
+        return ("ep-" + tail, "aff-" + tail)
+    }
+
     /// `ext-...`: where external IPs, load-balancer IPs and node ports enter (marks for
     /// masquerade, then the service chain). `fw-...`: the load-balancer source ranges.
     public static func externalChain(_ serviceChain: String) -> String { "ext-" + serviceChain.dropFirst(serviceChainPrefix.count) }
@@ -139,7 +146,7 @@ public struct Translator: Sendable {
         let external = !sp.externalFrontends.isEmpty || sp.nodePort != nil
         // A slot no rule would use (internal traffic local-only with no local endpoint, and no
         // external frontend) is not kept.
-        let slotUsed = external || !sp.internalLocal || sp.localEndpointCount > 0
+        let slotUsed = (external || !sp.internalLocal || sp.localEndpointCount > 0) && sp.affinityTimeout == nil
         if let slot, slotUsed {
             f.slot = slot
             mapSlot = (Names.endpointMap(slot.shard), slot.base)
@@ -152,7 +159,19 @@ public struct Translator: Sendable {
         func choose(local: Bool, when prefix: [RuleItem] = []) -> [Rule] {
             let n = local ? sp.localEndpointCount : sp.endpoints.count
             guard n > 0 else { return [Rule(prefix + [.verdict(.drop)])] }
+            if sp.affinityTimeout != nil { return affinitySelection(chain, Array(sp.endpoints.prefix(n)), when: prefix) }
             return selection(sp.name.proto, Array(sp.endpoints.prefix(n)), slot: mapSlot, when: prefix)
+        }
+        if let timeout = sp.affinityTimeout {
+            // ClientIP affinity, as kube-proxy does it: per endpoint, a chain that remembers the
+            // client in the endpoint's set and DNATs; the service chain first sends a remembered
+            // client to its endpoint, and picks at random (the cascade) otherwise.
+            for ep in sp.endpoints {
+                let (epChain, set) = Names.affinity(chain, ep)
+                f.sets.append(NamedSet(name: set, key: [.ipv4Addr], data: .none, timeout: timeout))
+                f.chains.append(Chain(name: epChain, rules: [Rule([.rememberSaddr(set)]),
+                                                             Rule([.l4proto(sp.name.proto), .dnat(ep.ip, port: ep.port)])]))
+            }
         }
         f.chains.append(Chain(name: chain, rules: masqueradeRules(sp) + choose(local: sp.internalLocal)))
         if external {
@@ -190,7 +209,9 @@ public struct Translator: Sendable {
         var shared: [String: Set<[KeyValue]>] = [:]
         var endpointShards = Set<Int>()
         var chains: [Chain] = []
+        var ownSets: [NamedSet] = []
         for f in fragments {
+            ownSets += f.sets
             for (set, es) in f.elements { elements[set, default: []] += es }
             for (set, es) in f.shared { shared[set, default: []].formUnion(es.map(\.key)) }
             chains += f.chains
@@ -199,6 +220,7 @@ public struct Translator: Sendable {
         for (set, keys) in shared { elements[set, default: []] += keys.map { SetElement(key: $0) } }
         var sets = Self.setDefinitions
         sets += endpointShards.sorted().map { Self.endpointMap(Names.endpointMap($0)) }
+        sets += ownSets.sorted { $0.name < $1.name }
         for i in sets.indices {
             sets[i].elements = (elements[sets[i].name] ?? []).sorted { $0.key.lexicographicallyPrecedes($1.key) }
         }
@@ -216,6 +238,17 @@ public struct Translator: Sendable {
         if config.masqueradeAll { return [Rule([.markSetOr(config.masqueradeMark)])] }
         if config.clusterCIDRs.isEmpty { return [] }
         return [Rule(config.clusterCIDRs.map { .saddrNotIn($0) } + [.markSetOr(config.masqueradeMark)])]
+    }
+
+    /// Session affinity: a remembered client goes to its endpoint's chain; anyone else to a
+    /// random one (rule i of n with probability 1/(n-i)), whose chain remembers it.
+    func affinitySelection(_ chain: String, _ endpoints: [EndpointAddress], when prefix: [RuleItem]) -> [Rule] {
+        let n = endpoints.count
+        let names = endpoints.map { Names.affinity(chain, $0) }
+        return names.map { Rule(prefix + [.saddrInSet($0.set), .verdict(.goto($0.chain))]) }
+            + names.enumerated().map { i, name in
+                Rule(prefix + (i < n - 1 ? [.numgenIsZero(modulus: UInt32(n - i))] : []) + [.verdict(.goto(name.chain))])
+            }
     }
 
     /// DNAT to one of `endpoints`, each with probability 1/n: one lookup in the endpoint map slot

@@ -202,8 +202,12 @@ public struct ManifestDecoder {
         if healthCheckNodePort != nil && !(type == .loadBalancer && etp == "Local") {
             spec["healthCheckNodePort"].fail("only a LoadBalancer Service with externalTrafficPolicy Local has a health check node port")
         }
+        var affinityTimeout: UInt32?
         if affinity == "ClientIP" {
-            warn(spec["sessionAffinity"], "spec.sessionAffinity ClientIP is not implemented yet: each new connection picks an endpoint at random")
+            let t = spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
+            let seconds = t.int ?? 10800
+            if !(1...86400).contains(seconds) { t.fail("\(seconds) is not between 1 and 86400 seconds") }
+            affinityTimeout = UInt32(clamping: seconds)
         }
         guard f.context.errors.count == errorsBefore else { return nil }
         var service = Service(meta: meta, type: type, clusterIP: clusterIP, isHeadless: headless, selector: selector,
@@ -212,6 +216,7 @@ public struct ManifestDecoder {
         service.externalTrafficPolicyLocal = etp == "Local"
         service.internalTrafficPolicyLocal = itp == "Local"
         service.healthCheckNodePort = healthCheckNodePort
+        service.affinityTimeout = affinityTimeout
         return service
     }
 

@@ -235,8 +235,8 @@ struct ClientResult: Decodable {
 }
 
 extension Testbed {
-    func client(in namespace: String, _ proto: String, _ ip: String, _ port: Int, count: Int) throws -> ClientResult {
-        let out = try sh(namespace, ["python3", helper("client.py"), proto, ip, String(port), String(count)])
+    func client(in namespace: String, _ proto: String, _ ip: String, _ port: Int, count: Int, from source: String? = nil) throws -> ClientResult {
+        let out = try sh(namespace, ["python3", helper("client.py"), proto, ip, String(port), String(count)] + (source.map { [$0] } ?? []))
         return try JSONDecoder().decode(ClientResult.self, from: Data(out.utf8))
     }
 }

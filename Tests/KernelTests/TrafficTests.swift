@@ -383,4 +383,32 @@ struct LocalPolicyTests {
         #expect(try bed.svcnat(node, ["apply", "-f", input, "--node-zone", "zone-b"] + args).code == 0)
         #expect(try bed.client(in: node, "tcp", "198.18.100.70", 80, count: 10).answers == ["pod2": 10])
     }
+
+    @Test(arguments: ["map", "cascade"])
+    func clientIPAffinityKeepsEachClientOnItsEndpoint(selection: String) throws {
+        let bed = Testbed("aff")
+        defer { bed.close() }
+        try bed.topology(pods: 3)
+        for i in 1...3 { try bed.startServer(pod: i, port: 8080) }
+        let node = bed.ns("node"), client = bed.ns("client")
+        let sources = (10..<30).map { "198.18.0.\($0)" }
+        for a in sources { try bed.sh(client, ["ip", "addr", "add", "\(a)/24", "dev", "eth0"]) }
+        let input = try bed.writeManifest(serviceManifest(pods: [1, 2, 3]).replacingOccurrences(
+            of: "  selector: {app: web}\n", with: "  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n"))
+        #expect(try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + args).code == 0)
+        // Each client keeps its endpoint for all its connections ...
+        var chosen: [String: String] = [:]
+        for a in sources {
+            let got = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 8, from: a)
+            #expect(got.answers.count == 1 && got.answers.values.first == 8, "client \(a): \(got.answers)")
+            chosen[a] = got.answers.keys.first
+        }
+        // ... and the clients spread over the endpoints (20 clients all on one pod: p < 1e-9).
+        #expect(Set(chosen.values).count >= 2, "\(chosen)")
+        #expect(try bed.svcnat(node, ["show"]).out.contains("probability 1/3"))
+        // A second apply changes nothing and keeps the memories (dynamic sets are traffic's).
+        #expect(try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + args).out.contains("no changes"))
+        let again = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 4, from: sources[0])
+        #expect(again.answers == [chosen[sources[0]]!: 4])
+    }
 }

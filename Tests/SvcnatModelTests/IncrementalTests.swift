@@ -26,6 +26,7 @@ import Testing
                        loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPv4Prefix("198.18.0.0/24")!] : [])
         svc.externalTrafficPolicyLocal = lb && i % 3 == 0
         svc.internalTrafficPolicyLocal = i % 7 == 0
+        svc.affinityTimeout = i % 6 == 1 ? 600 : nil
         return svc
     }
 

@@ -3,16 +3,17 @@
 IP:PORT and prints one JSON line: {"answers": {name: count}, "sources": {ip: count}, "refused": n,
 "timeouts": n, "seconds": s}. Every attempt is bounded by a 2 s timeout.
 
-Usage: client.py tcp|udp IP PORT COUNT"""
+Usage: client.py tcp|udp IP PORT COUNT [SOURCE-IP]"""
 import json, socket, sys, time
 
 proto, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+source = (sys.argv[5], 0) if len(sys.argv) > 5 else None
 answers, sources, refused, timeouts = {}, {}, 0, 0
 start = time.time()
 for _ in range(count):
     try:
         if proto == "tcp":
-            s = socket.create_connection((ip, port), timeout=2)
+            s = socket.create_connection((ip, port), timeout=2, source_address=source)
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(256)
@@ -21,6 +22,7 @@ for _ in range(count):
             s.close()
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+            if source: s.bind(source)
             s.connect((ip, port)); s.send(b"hello"); data = s.recv(256); s.close()
         name, src = data.decode().split()
         answers[name] = answers.get(name, 0) + 1
