@@ -17,6 +17,16 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         var s = "\(operation): \(errnoName) (errno \(errno))"
         if errno == EPERM { s += "; svcnat needs CAP_NET_ADMIN (run as root)" }
+        // Kernel features some kernels lack, and what svcnat can do without them.
+        if errno == EOPNOTSUPP || errno == ENOENT {
+            if operation.contains("fib ") {
+                s += "; this kernel may lack the nftables fib expression (nft_fib_ipv4): give --nodeport-addresses CIDRs so node ports need no fib (externalTrafficPolicy Local still needs it)"
+            } else if operation.contains("numgen") {
+                s += "; this kernel may lack the nftables numgen expression (nft_numgen)"
+            } else if operation.contains("dynamic,timeout") || operation.contains("update @") {
+                s += "; this kernel may lack dynamic sets with timeouts (session affinity needs them)"
+            }
+        }
         return s
     }
 
