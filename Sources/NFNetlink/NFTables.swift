@@ -169,7 +169,7 @@ public final class NFTables {
                     if let e = Self.readElement(el, fields: fields, data: dataFields) { elements.append(e) }
                 }
             }
-            r.sets[i].elements = elements.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            r.sets[i].elements = SetElement.sorted(elements)
         }
 
         var rulesByChain: [String: [Rule]] = [:]

@@ -46,7 +46,7 @@ public enum StaleFlows {
     public static func udpFrontends(_ r: Ruleset?) -> [Frontend: Set<EndpointAddress>] {
         guard let r else { return [:] }
         var out: [Frontend: Set<EndpointAddress>] = [:]
-        for v in r.serviceViews where v.proto == .udp {
+        for v in r.serviceViews(only: .udp) {
             for f in v.frontendKeys { out[f, default: []].formUnion(v.endpoints.map(\.0)) }
         }
         return out

@@ -193,5 +193,5 @@ public struct IncrementalState: Sendable {
     }
 
     /// The whole table this state describes (for checks: it must equal a full translation).
-    public var ruleset: Ruleset { translator.assemble(fragments.values.sorted { $0.key < $1.key }) }
+    public var ruleset: Ruleset { translator.assemble(fragments.values.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }) }
 }

@@ -28,7 +28,19 @@ public struct ServiceView: Hashable, Sendable {
 }
 
 extension Ruleset {
-    public var serviceViews: [ServiceView] {
+    public var serviceViews: [ServiceView] { serviceViews(only: nil) }
+
+    /// The views, optionally of one protocol only. Chains and map elements are indexed once, so
+    /// this is linear in the size of the ruleset.
+    public func serviceViews(only wanted: TransportProtocol?) -> [ServiceView] {
+        if let wanted {
+            // Nothing of that protocol: no need to index the rest.
+            let any = [Names.serviceIPs, Names.serviceNodePorts, Names.noEndpointServices, Names.noEndpointNodePorts].contains { name in
+                (set(name)?.elements ?? []).contains { $0.key.contains(.proto(wanted)) }
+            }
+            if !any { return [] }
+        }
+        let index = Index(self)
         var views: [String: ServiceView] = [:]
         /// External frontends go through `ext-...`, which goes on to `svc-...`.
         func serviceChain(_ target: String?) -> String? {
@@ -46,12 +58,13 @@ extension Ruleset {
                 proto = p
                 key = .init(ip: nil, port: port)
             } else { return }
+            if let wanted, wanted != proto { return }
             let name = e.comment ?? chain ?? e.keyText
             let id = "\(name) \(proto)"
             var v = views[id] ?? ServiceView(name: name, proto: proto, frontends: [], chain: nil, endpoints: [])
             v.frontends.append(frontend)
             v.frontendKeys.append(key)
-            if let chain, let c = self.chain(chain) { v.chain = chain; v.endpoints = endpoints(of: c) }
+            if let chain, let c = index.chains[chain] { v.chain = chain; v.endpoints = endpoints(of: c, index) }
             views[id] = v
         }
         for set in [Names.serviceIPs, Names.serviceNodePorts] {
@@ -64,15 +77,28 @@ extension Ruleset {
     }
 
     /// The endpoints a service chain chooses between: from its endpoint map slot, or its cascade.
-    func endpoints(of c: Chain) -> [(EndpointAddress, String)] {
+    struct Index {
+        var chains: [String: Chain] = [:]
+        var endpointData: [String: [UInt32: EndpointAddress]] = [:]
+        init(_ r: Ruleset) {
+            for c in r.chains { chains[c.name] = c }
+            for s in r.sets where s.name.hasPrefix(Names.endpointMapPrefix) {
+                var m: [UInt32: EndpointAddress] = [:]
+                for e in s.elements {
+                    if case .integer(let k)? = e.key.first, let d = e.data, d.count == 2, case .ipv4(let ip) = d[0], case .port(let port) = d[1] {
+                        m[k] = EndpointAddress(ip: ip, port: port)
+                    }
+                }
+                endpointData[s.name] = m
+            }
+        }
+    }
+
+    func endpoints(of c: Chain, _ index: Index) -> [(EndpointAddress, String)] {
         for r in c.rules {
             for case .dnatFromMap(let n, let base, let map) in r.items {
-                let elements = set(map)?.elements ?? []
-                return (0..<n).compactMap { i -> (EndpointAddress, String)? in
-                    guard let e = elements.first(where: { $0.key == [.integer(base + i)] }),
-                          let d = e.data, d.count == 2, case .ipv4(let ip) = d[0], case .port(let port) = d[1] else { return nil }
-                    return (EndpointAddress(ip: ip, port: port), "1/\(n)")
-                }
+                let data = index.endpointData[map] ?? [:]
+                return (0..<n).compactMap { i in data[base + i].map { ($0, "1/\(n)") } }
             }
         }
         // Session affinity: the endpoints are in the chains the random choice goes to.
@@ -80,7 +106,7 @@ extension Ruleset {
         if !targets.isEmpty {
             var seen = Set<String>()
             let eps = targets.filter { seen.insert($0).inserted }.compactMap { t -> EndpointAddress? in
-                for r in chain(t)?.rules ?? [] { for case .dnat(let ip, let port) in r.items { return EndpointAddress(ip: ip, port: port) } }
+                for r in index.chains[t]?.rules ?? [] { for case .dnat(let ip, let port) in r.items { return EndpointAddress(ip: ip, port: port) } }
                 return nil
             }
             return eps.map { ($0, "1/\(eps.count)") }

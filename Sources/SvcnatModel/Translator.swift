@@ -117,7 +117,8 @@ public struct Translator: Sendable {
         let proto = sp.name.proto
         let served = !sp.endpoints.isEmpty
         var f = PortFragment(name: sp.name, key: chain)
-        f.state = sp
+        // Kept for what the daemon needs after a change: UDP flows to clean, health checks.
+        if sp.name.proto == .udp || sp.healthCheckNodePort != nil { f.state = sp }
         func add(_ set: String, _ key: [KeyValue], _ verdict: Verdict) {
             f.elements[set, default: []].append(SetElement(key: key, verdict: verdict, comment: comment))
         }
@@ -206,25 +207,32 @@ public struct Translator: Sendable {
     /// The whole table from the ports' fragments.
     public func assemble(_ fragments: [PortFragment]) -> Ruleset {
         var elements: [String: [SetElement]] = [:]
-        var shared: [String: Set<[KeyValue]>] = [:]
+        var sharedSets = Set<String>()
         var endpointShards = Set<Int>()
         var chains: [Chain] = []
         var ownSets: [NamedSet] = []
         for f in fragments {
             ownSets += f.sets
             for (set, es) in f.elements { elements[set, default: []] += es }
-            for (set, es) in f.shared { shared[set, default: []].formUnion(es.map(\.key)) }
+            for (set, es) in f.shared { elements[set, default: []] += es; sharedSets.insert(set) }
             chains += f.chains
             if let slot = f.slot { endpointShards.insert(slot.shard) }
         }
-        for (set, keys) in shared { elements[set, default: []] += keys.map { SetElement(key: $0) } }
         var sets = Self.setDefinitions
         sets += endpointShards.sorted().map { Self.endpointMap(Names.endpointMap($0)) }
-        sets += ownSets.sorted { $0.name < $1.name }
+        sets += ownSets.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         for i in sets.indices {
-            sets[i].elements = (elements[sets[i].name] ?? []).sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            var sorted = SetElement.sorted(elements[sets[i].name] ?? [])
+            if sharedSets.contains(sets[i].name) {
+                // Several ports count on the same element: keep one.
+                var unique: [SetElement] = []
+                unique.reserveCapacity(sorted.count)
+                for e in sorted where unique.last?.key != e.key { unique.append(e) }
+                sorted = unique
+            }
+            sets[i].elements = sorted
         }
-        chains.sort { $0.name < $1.name }
+        chains.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         return Ruleset(family: .ip, table: config.table, sets: sets, chains: staticChains() + chains)
     }
 
