@@ -191,6 +191,10 @@ public final class Daemon: @unchecked Sendable {
 
     func sync(full requestedFull: Bool, reason: String) {
         let start = clock.now
+        // A full sync's ruleset, transaction and batch are large and short-lived: once they are
+        // gone, hand the pages back.
+        var wasFull = true
+        defer { if wasFull { releaseFreeMemory() } }
         do {
             let gen = try nft.generation()
             let translator = Translator(config.proxy.translator)
@@ -199,6 +203,7 @@ public final class Daemon: @unchecked Sendable {
             var counts: (services: Int, endpoints: Int)
             var flows: (deleted: Int, warning: String?) = (0, nil)
             if partial {
+                wasFull = false
                 // Only the Services the changed files touch are recomputed and compared.
                 let dirty = store.takeDirty()
                 var ports: [String: [ServicePortState]] = [:]
@@ -227,8 +232,6 @@ public final class Daemon: @unchecked Sendable {
                 counts = (result.services, result.endpoints)
                 metrics.rules.record(result.desired.ruleCount)
                 metrics.elements.record(result.desired.elementCount)
-                // A full sync's transaction and batch are large and short-lived; hand the pages back.
-                releaseFreeMemory()
             }
             let drift = !partial && !tx.isEmpty && reason.hasPrefix("ruleset generation changed")
             let d = clock.now - start

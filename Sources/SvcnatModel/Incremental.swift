@@ -8,8 +8,8 @@ public struct PortFragment: Hashable, Sendable {
     public var chains: [Chain] = []
     /// Sets of its own (session-affinity memories), created and deleted with the port.
     public var sets: [NamedSet] = []
-    public var elements: [String: [SetElement]] = [:]
-    public var shared: [String: [SetElement]] = [:]
+    public var elements = SetContributions()
+    public var shared = SetContributions()
     public var slot: EndpointSlot?
     public var endpointCount = 0
     /// The port's state it was made from.
@@ -27,6 +27,41 @@ public struct PortFragment: Hashable, Sendable {
     public var serviceKey: String { "\(name.namespace)/\(name.name)" }
 }
 
+/// A port's elements per set: a handful of sets at most, so a small array rather than a
+/// dictionary (10,000 ports' worth of dictionaries cost megabytes).
+public struct SetContributions: Hashable, Sendable, Sequence, ExpressibleByDictionaryLiteral {
+    private var entries: [(String, [SetElement])] = []
+
+    public init() {}
+    public init(dictionaryLiteral pairs: (String, [SetElement])...) { entries = pairs }
+
+    public subscript(set: String) -> [SetElement]? {
+        get { entries.first { $0.0 == set }?.1 }
+        set {
+            if let i = entries.firstIndex(where: { $0.0 == set }) {
+                if let newValue { entries[i].1 = newValue } else { entries.remove(at: i) }
+            } else if let newValue {
+                entries.append((set, newValue))
+            }
+        }
+    }
+
+    public subscript(set: String, default value: [SetElement]) -> [SetElement] {
+        get { self[set] ?? value }
+        set { self[set] = newValue }
+    }
+
+    public var keys: [String] { entries.map(\.0) }
+    public func makeIterator() -> IndexingIterator<[(key: String, value: [SetElement])]> {
+        entries.map { (key: $0.0, value: $0.1) }.makeIterator()
+    }
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.entries.count == b.entries.count && zip(a.entries, b.entries).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+    }
+    public func hash(into h: inout Hasher) { for (k, v) in entries { h.combine(k); h.combine(v) } }
+}
+
 /// What svcnat last wrote, port by port, so a change to a few Services is planned from those
 /// Services alone: the transaction touches their chains and elements, and the work does not
 /// grow with the number of Services in the table.
@@ -34,8 +69,8 @@ public struct IncrementalState: Sendable {
     public let translator: Translator
     private(set) var fragments: [String: PortFragment] = [:]
     private var portsByService: [String: [String]] = [:]
-    /// set -> element key -> how many ports use it
-    private var sharedRefs: [String: [[KeyValue]: Int]] = [:]
+    /// set -> element key (packed) -> how many ports use it
+    private var sharedRefs: [String: [UInt64: Int]] = [:]
     private var shardSlots: [Int: [String: EndpointSlot]] = [:]
     public private(set) var endpointCount = 0
 
@@ -53,7 +88,7 @@ public struct IncrementalState: Sendable {
         fragments[f.key] = f
         endpointCount += f.endpointCount
         portsByService[f.serviceKey, default: []].append(f.key)
-        for (set, es) in f.shared { for e in es { sharedRefs[set, default: [:]][e.key, default: 0] += 1 } }
+        for (set, es) in f.shared { for e in es { sharedRefs[set, default: [:]][e.packedKey!, default: 0] += 1 } }
         if let s = f.slot { shardSlots[s.shard, default: [:]][f.key] = s }
     }
 
@@ -64,8 +99,9 @@ public struct IncrementalState: Sendable {
         if portsByService[f.serviceKey]?.isEmpty == true { portsByService[f.serviceKey] = nil }
         for (set, es) in f.shared {
             for e in es {
-                sharedRefs[set]![e.key]! -= 1
-                if sharedRefs[set]![e.key] == 0 { sharedRefs[set]![e.key] = nil }
+                let k = e.packedKey!
+                sharedRefs[set]![k]! -= 1
+                if sharedRefs[set]![k] == 0 { sharedRefs[set]![k] = nil }
             }
         }
         if let s = f.slot {
@@ -105,10 +141,13 @@ public struct IncrementalState: Sendable {
         let shardsBefore = Set(shardSlots.keys)
         // Whether each shared element the touched Services use was in use before; only these
         // can enter or leave their sets.
-        var sharedBefore: [String: [[KeyValue]: Bool]] = [:]
+        var sharedBefore: [String: [UInt64: (wasUsed: Bool, element: SetElement)]] = [:]
         func noteShared(_ f: PortFragment?) {
             for (set, es) in f?.shared ?? [:] {
-                for e in es where sharedBefore[set]?[e.key] == nil { sharedBefore[set, default: [:]][e.key] = sharedRefs[set]?[e.key] != nil }
+                for e in es {
+                    let k = e.packedKey!
+                    if sharedBefore[set]?[k] == nil { sharedBefore[set, default: [:]][k] = (sharedRefs[set]?[k] != nil, e) }
+                }
             }
         }
         for service in services.keys { for key in portsByService[service] ?? [] { noteShared(fragments[key]) } }
@@ -163,10 +202,10 @@ public struct IncrementalState: Sendable {
             }
         }
         for (set, keys) in sharedBefore.sorted(by: { $0.key < $1.key }) {
-            for (key, wasUsed) in keys.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
-                let isUsed = sharedRefs[set]?[key] != nil
-                if !wasUsed && isUsed { elementAdds[set, default: []].append(SetElement(key: key)) }
-                if wasUsed && !isUsed { elementDeletes[set, default: []].append(SetElement(key: key)) }
+            for (k, before) in keys.sorted(by: { $0.key < $1.key }) {
+                let isUsed = sharedRefs[set]?[k] != nil
+                if !before.wasUsed && isUsed { elementAdds[set, default: []].append(before.element) }
+                if before.wasUsed && !isUsed { elementDeletes[set, default: []].append(before.element) }
             }
         }
         let shardsAfter = Set(shardSlots.keys)

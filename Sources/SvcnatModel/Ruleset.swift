@@ -138,7 +138,7 @@ public struct SetElement: Hashable, Sendable {
 
     /// The key packed into one number that orders like the key itself (fields big-endian, in
     /// order), when it fits in 64 bits, as every key svcnat makes does.
-    var packedKey: UInt64? {
+    public var packedKey: UInt64? {
         var v: UInt64 = 0, bits = 0
         for f in key {
             switch f {
