@@ -8,9 +8,8 @@ public final class NFTables {
     private let socket: NetlinkSocket
     private var seq: UInt32
 
-    /// Statistics of the last `apply`, for logs and benchmarks.
+    /// Netlink messages in the last `apply`'s batch, for logs and metrics.
     public private(set) var lastBatchMessages = 0
-    public private(set) var lastBatchBytes = 0
 
     public init() throws {
         checkModelConstants()
@@ -24,7 +23,6 @@ public final class NFTables {
     /// the kernel aborts the whole batch, and the error names each refused operation.
     public func apply(_ tx: Transaction) throws {
         lastBatchMessages = 0
-        lastBatchBytes = 0
         guard !tx.isEmpty else { return }
         let begin = nextSeq()
         var enc = BatchEncoder(table: tx.table, firstSeq: begin)
@@ -34,7 +32,6 @@ public final class NFTables {
         enc.end()
         seq = enc.lastSeq
         lastBatchMessages = Int(last - begin)
-        lastBatchBytes = enc.buffer.length
 
         try socket.send(enc.buffer.bytes, what: "send the transaction (\(tx.messageCount) messages)")
         var failures: [NetlinkError] = []

@@ -81,7 +81,6 @@ public struct IncrementalState: Sendable {
         for f in fragments { insert(f) }
     }
 
-    public var portCount: Int { fragments.count }
     public var serviceCount: Int { portsByService.count }
 
     private mutating func insert(_ f: PortFragment) {

@@ -120,6 +120,12 @@ final class Testbed {
         }
     }
 
+    /// The topology with a test server on port 8080 in every pod.
+    func servedTopology(pods: Int) throws {
+        try topology(pods: pods)
+        for i in 1...pods { try startServer(pod: i, port: 8080) }
+    }
+
     /// Starts the test server in pod i (name "pod<i>"), waits until it listens.
     func startServer(pod i: Int, port: Int) throws {
         let p = Process()

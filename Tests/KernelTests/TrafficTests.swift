@@ -13,8 +13,7 @@ struct TrafficTests {
     func clusterIPSpreadsOverEveryPodFromNodeClientAndPods(selection: String) throws {
         let bed = Testbed("spread")
         defer { bed.close() }
-        try bed.topology(pods: 3)
-        for i in 1...3 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 3)
         let node = bed.ns("node")
         let input = try bed.writeManifest(serviceManifest(pods: [1, 2, 3]))
         let applied = try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + cidr)
@@ -53,8 +52,7 @@ struct TrafficTests {
     @Test func scalingEndpointsMovesTraffic() throws {
         let bed = Testbed("scale")
         defer { bed.close() }
-        try bed.topology(pods: 3)
-        for i in 1...3 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 3)
         let node = bed.ns("node")
         for pods in [[1], [1, 2, 3], [2, 3], [3], [1, 2, 3]] {
             let input = try bed.writeManifest(serviceManifest(pods: pods))
@@ -71,8 +69,7 @@ struct TrafficTests {
     @Test func noEndpointsRefusesAtOnce() throws {
         let bed = Testbed("noeps")
         defer { bed.close() }
-        try bed.topology(pods: 1)
-        try bed.startServer(pod: 1, port: 8080)
+        try bed.servedTopology(pods: 1)
         let node = bed.ns("node")
         let none = try bed.writeManifest(serviceManifest(pods: []))
         #expect(try bed.svcnat(node, ["apply", "-f", none] + cidr).code == 0)
@@ -134,8 +131,7 @@ struct ExternalTrafficTests {
     @Test func nodePortExternalAndLoadBalancerIPs() throws {
         let bed = Testbed("ext")
         defer { bed.close() }
-        try bed.topology(pods: 2)
-        for i in 1...2 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 2)
         let node = bed.ns("node"), client = bed.ns("client"), pod1 = bed.ns("pod1")
         try bed.sh(client, ["ip", "route", "add", "198.18.200.0/24", "via", "198.18.0.1"])
         let input = try bed.writeManifest(lbManifest(pods: [1, 2]))
@@ -176,8 +172,7 @@ struct ExternalTrafficTests {
     @Test func nodePortAddressesLimitWhereNodePortsAnswer() throws {
         let bed = Testbed("npaddr")
         defer { bed.close() }
-        try bed.topology(pods: 1)
-        try bed.startServer(pod: 1, port: 8080)
+        try bed.servedTopology(pods: 1)
         let node = bed.ns("node"), pod1 = bed.ns("pod1"), client = bed.ns("client")
         let input = try bed.writeManifest(lbManifest(pods: [1]))
         #expect(try bed.svcnat(node, ["apply", "-f", input, "--nodeport-addresses", "198.18.0.0/24"] + cidr).code == 0)
@@ -199,8 +194,7 @@ struct ExternalTrafficTests {
     @Test func unknownPortsAndUnusedServiceAddresses() throws {
         let bed = Testbed("unknown")
         defer { bed.close() }
-        try bed.topology(pods: 1)
-        try bed.startServer(pod: 1, port: 8080)
+        try bed.servedTopology(pods: 1)
         let node = bed.ns("node"), pod1 = bed.ns("pod1")
         let input = try bed.writeManifest(serviceManifest(pods: [1]))
         #expect(try bed.svcnat(node, ["apply", "-f", input, "--service-cidr", "198.18.100.0/24"] + cidr).code == 0)
@@ -228,8 +222,7 @@ struct ConntrackTests {
     func udpClientOfARemovedEndpointMovesAtOnce(daemon: Bool) throws {
         let bed = Testbed("ct")
         defer { bed.close() }
-        try bed.topology(pods: 2)
-        for i in 1...2 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 2)
         let node = bed.ns("node"), client = bed.ns("client")
         let dir = try bed.makeDirectory()
         let path = dir + "/svc.yaml"
@@ -307,8 +300,7 @@ struct LocalPolicyTests {
     @Test func externalLocalKeepsTheClientSourceAndUsesOnlyThisNode() throws {
         let bed = Testbed("etp")
         defer { bed.close() }
-        try bed.topology(pods: 2)
-        for i in 1...2 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 2)
         let node = bed.ns("node"), client = bed.ns("client"), pod2 = bed.ns("pod2")
         try bed.sh(client, ["ip", "route", "add", "198.18.200.0/24", "via", "198.18.0.1"])
         let both = try bed.writeManifest(manifest(pods: [(1, "node-a"), (2, "node-b")]))
@@ -341,8 +333,7 @@ struct LocalPolicyTests {
     @Test func internalLocalUsesOnlyThisNodesEndpoints() throws {
         let bed = Testbed("itp")
         defer { bed.close() }
-        try bed.topology(pods: 2)
-        for i in 1...2 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 2)
         let node = bed.ns("node")
         let both = try bed.writeManifest(manifest(pods: [(1, "node-a"), (2, "node-b")], etp: "Cluster", itp: "Local"))
         #expect(try bed.svcnat(node, ["apply", "-f", both] + args).code == 0)
@@ -358,8 +349,7 @@ struct LocalPolicyTests {
     @Test func topologyHintsKeepTrafficInTheZone() throws {
         let bed = Testbed("zone")
         defer { bed.close() }
-        try bed.topology(pods: 3)
-        for i in 1...3 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 3)
         let node = bed.ns("node")
         let input = try bed.writeManifest("""
             apiVersion: v1
@@ -388,8 +378,7 @@ struct LocalPolicyTests {
     func clientIPAffinityKeepsEachClientOnItsEndpoint(selection: String) throws {
         let bed = Testbed("aff")
         defer { bed.close() }
-        try bed.topology(pods: 3)
-        for i in 1...3 { try bed.startServer(pod: i, port: 8080) }
+        try bed.servedTopology(pods: 3)
         let node = bed.ns("node"), client = bed.ns("client")
         let sources = (10..<30).map { "198.18.0.\($0)" }
         for a in sources { try bed.sh(client, ["ip", "addr", "add", "\(a)/24", "dev", "eth0"]) }
