@@ -1,8 +1,9 @@
 import Foundation
 import Testing
 
+extension RootTests {
 /// `svcnat run --manifests DIR` in a namespace: file changes, bad files, drift, signals, metrics.
-@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+@Suite(.serialized)
 struct DaemonTests {
     /// Polls `check` every 50 ms for at most `seconds`; returns the time it took, or nil.
     func within(_ seconds: Double, _ check: () throws -> Bool) rethrows -> Double? {
@@ -187,4 +188,5 @@ struct DaemonTests {
         try FileManager.default.removeItem(atPath: dir + "/edge.yaml")
         #expect(try within(3) { try http(bed, n, "http://127.0.0.1:32000/").0 == 0 } != nil)
     }
+}
 }

@@ -1,9 +1,10 @@
 import Foundation
 import Testing
 
+extension RootTests {
 /// Apply into fresh namespaces and read the kernel back, through svcnat's own netlink reader and
 /// through nft's JSON output.
-@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+@Suite(.serialized)
 struct KernelTests {
     let cidr = ["--cluster-cidr", "198.19.0.0/16"]
 
@@ -184,8 +185,10 @@ struct KernelTests {
         #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == before)
     }
 }
+}
 
-@Suite(.enabled(if: isRoot, "\(rootOnly)"))
+extension RootTests {
+@Suite
 struct IptablesFormat {
     /// The --format iptables output loads with iptables-restore and reads back from iptables-save
     /// line for line: it is printed exactly as iptables-save prints it.
@@ -206,4 +209,5 @@ struct IptablesFormat {
         }
         #expect(lines(saved) == lines(dry.out))
     }
+}
 }

@@ -4,6 +4,11 @@ import Testing
 let isRoot = getuid() == 0
 let rootOnly = "needs root and a kernel with nftables (CI runs these as root)"
 
+/// Every kernel and traffic suite, one after the other: they time real packets and the
+/// daemon's reactions, which parallel suites on two cores would make flaky.
+@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+struct RootTests {}
+
 struct CommandResult {
     var out: String
     var err: String

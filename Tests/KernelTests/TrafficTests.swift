@@ -1,9 +1,10 @@
 import Foundation
 import Testing
 
+extension RootTests {
 /// Real TCP and UDP through svcnat's rules: a node namespace, pod namespaces running servers
 /// that answer with their name and the source address they saw, and an external client.
-@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+@Suite(.serialized)
 struct TrafficTests {
     let cidr = ["--cluster-cidr", "198.19.0.0/16"]
     /// chi-square critical value for 2 degrees of freedom at p = 0.001.
@@ -89,10 +90,12 @@ struct TrafficTests {
         #expect(ok.answers["pod1"] == 10)
     }
 }
+}
 
+extension RootTests {
 /// NodePort, external IPs, load-balancer IPs with source ranges, and what happens to traffic
 /// that matches no Service port.
-@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+@Suite(.serialized)
 struct ExternalTrafficTests {
     let cidr = ["--cluster-cidr", "198.19.0.0/16"]
 
@@ -209,10 +212,12 @@ struct ExternalTrafficTests {
         #expect(unused.timeouts == 1 && unused.answers.isEmpty, "\(unused)")
     }
 }
+}
 
+extension RootTests {
 /// Stale UDP conntrack entries: a client that keeps its socket keeps its flow's NAT decision,
 /// so svcnat deletes the flows a change made wrong (kube-proxy issue 139628 shows the harm).
-@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+@Suite(.serialized)
 struct ConntrackTests {
     func udp(_ bed: Testbed, _ ns: String, sport: Int, ip: String = "198.18.100.20") throws -> String {
         try bed.sh(ns, ["python3", helper("udp_once.py"), ip, "53", String(sport)]).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -227,14 +232,22 @@ struct ConntrackTests {
         let dir = try bed.makeDirectory()
         let path = dir + "/svc.yaml"
         func set(_ pods: [Int]) throws {
-            try serviceManifest(pods: pods).write(toFile: path, atomically: true, encoding: .utf8)
-            if !daemon { #expect(try bed.svcnat(node, ["apply", "-f", path]).code == 0) }
+            try write(serviceManifest(pods: pods))
+        }
+        /// Puts the manifest in place and waits until the kernel holds it (the daemon applies it;
+        /// otherwise `apply` does).
+        func write(_ text: String) throws {
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            if !daemon { #expect(try bed.svcnat(node, ["apply", "-f", path]).code == 0); return }
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline, try bed.svcnat(node, ["diff", "-f", path]).code != 0 { usleep(50_000) }
+            usleep(100_000)   // the flow cleanup follows the commit
         }
         var d: Testbed.Background?
         try set([1, 2])
         if daemon {
             d = try bed.startDaemon(node, ["--manifests", dir, "--min-sync-period", "0"])
-            usleep(1_500_000)
+            try set([1, 2])
         }
         // One client, one source port: its flow is DNATed to one pod and stays there.
         let first = try udp(bed, client, sport: 40000)
@@ -243,26 +256,25 @@ struct ConntrackTests {
         for _ in 0..<3 { #expect(try udp(bed, client, sport: 40000).hasPrefix(chosen)) }
         // Its pod leaves the endpoints (it still runs, so a stale flow would still answer).
         try set([chosen == "pod1" ? 2 : 1])
-        if daemon { usleep(800_000) }
         let after = try udp(bed, client, sport: 40000)
         #expect(after.hasPrefix(other), "the same client socket must move to \(other) at once, got \(after)")
 
         // A frontend that had no endpoints (here: no Service yet) leaves the client's flow
         // un-NATed (the node just routes it on). When endpoints come, that flow is deleted and
         // the client's next datagram reaches a pod.
-        try "".write(toFile: path, atomically: true, encoding: .utf8)
-        if daemon { usleep(800_000) } else { #expect(try bed.svcnat(node, ["apply", "-f", path]).code == 0) }
+        try write("")
         #expect(try udp(bed, client, sport: 40002) == "timeout")
         try set([1])
-        if daemon { usleep(800_000) }
         #expect(try udp(bed, client, sport: 40002).hasPrefix("pod1"))
         if let d { #expect(d.log().contains("stale UDP flows deleted"), "\(d.log())") }
     }
 }
+}
 
+extension RootTests {
 /// externalTrafficPolicy and internalTrafficPolicy Local, with endpoints on this node (pod1,
 /// node-a) and on another node (pod2, node-b, still reachable over the pod network).
-@Suite(.serialized, .enabled(if: isRoot, "\(rootOnly)"))
+@Suite(.serialized)
 struct LocalPolicyTests {
     let args = ["--cluster-cidr", "198.19.0.0/16", "--node-name", "node-a"]
 
@@ -400,4 +412,5 @@ struct LocalPolicyTests {
         let again = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 4, from: sources[0])
         #expect(again.answers == [chosen[sources[0]]!: 4])
     }
+}
 }
