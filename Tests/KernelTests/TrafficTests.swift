@@ -27,6 +27,16 @@ struct TrafficTests {
         let chi = chiSquare(["pod1", "pod2", "pod3"].map { tcp.answers[$0] ?? 0 })
         #expect(chi < chi2Critical2, "TCP spread \(tcp.answers) has chi-square \(chi)")
 
+        // `svcnat explain` names exactly the endpoints that answered, each at 1/3.
+        let explained = try bed.svcnat(node, ["explain", "198.18.100.20:80"])
+        #expect(explained.code == 0, "\(explained.err)")
+        let listed = Set(explained.out.split(separator: "\n").compactMap { line -> String? in
+            guard let r = line.range(of: "198.19.") , line.contains("probability 1/3") else { return nil }
+            return "pod" + String(line[r.upperBound...].prefix { $0 != "." })
+        })
+        #expect(listed == Set(tcp.answers.keys), "\(explained.out)")
+        #expect(try bed.svcnat(node, ["explain", "web.demo.svc.cluster.local:http"]).out.contains("demo/web:http (tcp)"))
+
         let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 150)
         #expect(udp.timeouts == 0 && udp.refused == 0)
         #expect(Set(udp.answers.keys) == ["pod1", "pod2", "pod3"])

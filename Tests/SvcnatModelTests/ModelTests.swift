@@ -345,3 +345,15 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(!unNATed.matches(originalDestination: node, originalPort: 30053, replySource: a.ip, replyPort: 8080))
     }
 }
+
+@Suite struct ExplainQueries {
+    @Test func destinationsParse() {
+        #expect(Explain.parse("198.18.100.10:80") == .address(IPv4Address("198.18.100.10")!, port: 80, proto: .tcp))
+        #expect(Explain.parse("198.18.100.10:53/udp") == .address(IPv4Address("198.18.100.10")!, port: 53, proto: .udp))
+        #expect(Explain.parse(":30080") == .nodePort(30080, proto: .tcp))
+        #expect(Explain.parse("codereview/codereviewapi") == .service(namespace: "codereview", name: "codereviewapi", port: nil))
+        #expect(Explain.parse("codereviewapi.codereview.svc.cluster.local:80") == .service(namespace: "codereview", name: "codereviewapi", port: "80"))
+        #expect(Explain.parse("nonsense") == nil)
+        #expect(Explain.parse("198.18.100.10") == nil)
+    }
+}
