@@ -16,7 +16,7 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         var s = "\(operation): \(errnoName) (errno \(errno))"
-        if errno == EPERM { s += "; svcnat needs CAP_NET_ADMIN (run as root)" }
+        if errno == EPERM { s += "; svcnat needs CAP_NET_ADMIN (run it as root, or give it that capability alone)" }
         // Kernel features some kernels lack, and what svcnat can do without them.
         if errno == EOPNOTSUPP || errno == ENOENT {
             if operation.contains("fib ") {

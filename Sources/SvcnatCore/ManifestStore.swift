@@ -65,7 +65,7 @@ public final class ManifestStore {
                 continue
             }
             guard Self.isManifest(path) else { continue }
-            guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            guard let bytes = ManifestSource.readFile(path), let text = String(validating: bytes, as: UTF8.self) else {
                 rejected[path] = [InputError(file: path, message: "cannot be read as UTF-8 text")]
                 changed = true
                 continue

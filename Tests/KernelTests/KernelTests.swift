@@ -211,3 +211,29 @@ struct IptablesFormat {
     }
 }
 }
+
+extension RootTests {
+/// svcnat needs CAP_NET_ADMIN and nothing more, and says so when it lacks it.
+@Suite
+struct LeastPrivilege {
+    @Test func capNetAdminAloneIsEnoughAndItsAbsenceIsNamed() throws {
+        let bed = Testbed("priv")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        // A copy the unprivileged user can reach (the build folder may not be).
+        let dir = try bed.makeDirectory()
+        chmod(dir, 0o755)
+        try FileManager.default.copyItem(atPath: svcnatPath, toPath: dir + "/svcnat")
+        try FileManager.default.copyItem(atPath: examples + "/codereview.yaml", toPath: dir + "/codereview.yaml")
+        chmod(dir + "/codereview.yaml", 0o644)
+        let asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        let without = try bed.exec(n, asNobody + ["--inh-caps=-all", dir + "/svcnat", "apply", "-f", dir + "/codereview.yaml"])
+        #expect(without.code == 1)
+        #expect(without.err.contains("Operation not permitted") && without.err.contains("needs CAP_NET_ADMIN"), "\(without.err)")
+        #expect(!(try bed.sh(n, ["nft", "list", "tables"]).contains("svcnat")))
+        let with = try bed.exec(n, asNobody + ["--inh-caps=+net_admin", "--ambient-caps=+net_admin", dir + "/svcnat", "apply", "-f", dir + "/codereview.yaml"])
+        #expect(with.code == 0, "\(with.err)")
+        #expect(try bed.sh(n, ["nft", "list", "tables"]).contains("table ip svcnat"))
+    }
+}
+}
