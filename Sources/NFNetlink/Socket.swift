@@ -77,8 +77,10 @@ final class NetlinkSocket {
 
 extension UnsafePointer where Pointee == nlmsghdr {
     /// The errno of an NLMSG_ERROR message (0 for an ack) and the sequence number it answers.
+    /// A truncated error message is reported as EPROTO rather than read past its end.
     var errorPayload: (errno: Int32, seq: UInt32) {
-        let err = UnsafeRawPointer(mnl_nlmsg_get_payload(self)).assumingMemoryBound(to: nlmsgerr.self)
-        return (-err.pointee.error, err.pointee.msg.nlmsg_seq)
+        guard Int(pointee.nlmsg_len) >= Int(mnl_nlmsg_size(MemoryLayout<nlmsgerr>.size)) else { return (EPROTO, pointee.nlmsg_seq) }
+        let err = UnsafeRawPointer(mnl_nlmsg_get_payload(self)).loadUnaligned(as: nlmsgerr.self)
+        return (-err.error, err.msg.nlmsg_seq)
     }
 }

@@ -17,7 +17,11 @@ public enum ManifestSource {
         for path in paths {
             if path == "-" {
                 files.append("-")
-                decoder.decode(stdin() ?? "", file: "<stdin>")
+                guard let text = stdin() else {
+                    errors.append(InputError(file: "<stdin>", message: "is not UTF-8 text of at most \(maxFileSize >> 20) MB"))
+                    continue
+                }
+                decoder.decode(text, file: "<stdin>")
                 continue
             }
             var isDir: ObjCBool = false
@@ -29,7 +33,10 @@ public enum ManifestSource {
             for file in list {
                 files.append(file)
                 guard let bytes = readFile(file) else {
-                    errors.append(InputError(file: file, message: "cannot be read"))
+                    let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? 0
+                    errors.append(InputError(file: file, message: size > maxFileSize
+                        ? "is \(size >> 20) MB; svcnat reads manifest files up to \(maxFileSize >> 20) MB (split it)"
+                        : "cannot be read"))
                     continue
                 }
                 guard let text = String(validating: bytes, as: UTF8.self) else {
@@ -60,6 +67,10 @@ public enum ManifestSource {
 
     /// A whole file's bytes, read with plain POSIX calls (Foundation's reader looks up the
     /// environment on every call, which shows at 10,000 files).
+    /// Manifest files larger than this are refused: a Kubernetes object is at most 1.5 MB in
+    /// etcd, so a bigger file is a mistake, and reading it would cost memory without bound.
+    public static let maxFileSize = 64 << 20
+
     public static func readFile(_ path: String) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -71,10 +82,21 @@ public enum ManifestSource {
             if n < 0 { if errno == EINTR { continue }; return nil }
             if n == 0 { return out }
             out += chunk[0..<n]
+            if out.count > maxFileSize { return nil }
         }
     }
 
+    /// Standard input, up to `maxFileSize`; nil when it is longer or not UTF-8.
     public static func readStandardInput() -> String? {
-        String(data: FileHandle.standardInput.readDataToEndOfFile(), encoding: .utf8)
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; return nil }
+            if n == 0 { break }
+            out += chunk[0..<n]
+            if out.count > maxFileSize { return nil }
+        }
+        return String(validating: out, as: UTF8.self)
     }
 }
