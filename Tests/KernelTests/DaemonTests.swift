@@ -188,5 +188,46 @@ struct DaemonTests {
         try FileManager.default.removeItem(atPath: dir + "/edge.yaml")
         #expect(try within(3) { try http(bed, n, "http://127.0.0.1:32000/").0 == 0 } != nil)
     }
+
+    /// 1,000 updates (endpoints coming and going, another Service created and deleted) while a
+    /// client keeps opening connections to a Service that always has a ready endpoint: each
+    /// change is one atomic batch, so no connection may fail.
+    @Test func churnUnderTrafficFailsNoConnection() throws {
+        let bed = Testbed("churn")
+        defer { bed.close() }
+        try bed.servedTopology(pods: 3)
+        let node = bed.ns("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1]))
+        let daemon = try bed.startDaemon(node, ["--manifests", dir, "--min-sync-period", "0", "--cluster-cidr", "198.19.0.0/16"])
+        #expect(within(5) { ruleset(bed, node).contains("198.19.1.2") } != nil)
+        let client = try bed.startProcess(bed.ns("client"), ["python3", helper("loop_client.py"), "198.18.100.20", "80", "25"])
+        let shapes: [[Int]] = [[1], [1, 2], [1, 3], [1, 2, 3], [1, 3, 2].reversed()]
+        let start = Date()
+        for i in 0..<1000 where Date().timeIntervalSince(start) < 20 {
+            if i % 5 == 4 {
+                if i % 10 == 4 { try write(dir + "/other.yaml", serviceManifest(name: "other", ip: "198.18.100.21", pods: [2, 3])) }
+                else { try? FileManager.default.removeItem(atPath: dir + "/other.yaml") }
+            } else {
+                try write(dir + "/web.yaml", serviceManifest(name: "web", pods: shapes[i % shapes.count]))
+            }
+            usleep(10_000)
+        }
+        let updates = min(1000, Int(Date().timeIntervalSince(start) / 0.0101) + 1)
+        _ = client.waitExit(seconds: 40)
+        let result = try JSONDecoder().decode(LoopResult.self, from: Data(client.log().utf8))
+        let syncs = daemon.log().components(separatedBy: "sync (partial").count - 1
+        print("churn: \(updates) updates written, \(syncs) partial syncs, \(result.made) connections made, \(result.failed) failed, answers \(result.answers)")
+        #expect(result.failed == 0, "\(result)")
+        #expect(result.made > 100)
+        #expect(syncs > 100)
+        #expect(!daemon.log().contains("sync failed"))
+    }
+
+    struct LoopResult: Decodable {
+        var made: Int
+        var failed: Int
+        var answers: [String: Int]
+    }
 }
 }

@@ -14,7 +14,13 @@ def tcp():
     while time.time() < deadline:
         try: c, peer = s.accept()
         except socket.timeout: continue
-        try: c.sendall(f"{name} {peer[0]}\n".encode())
+        try:
+            c.sendall(f"{name} {peer[0]}\n".encode())
+            # Let the client close first, so TIME_WAIT stays on the client's side and a busy
+            # test does not run into its own old connections here.
+            c.settimeout(2)
+            while c.recv(256): pass
+        except OSError: pass
         finally: c.close()
 
 def udp():
