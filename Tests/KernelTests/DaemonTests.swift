@@ -229,5 +229,64 @@ struct DaemonTests {
         var failed: Int
         var answers: [String: Int]
     }
+
+    /// A kernel that refuses every batch: the daemon keeps the previous rules, retries with
+    /// backoff, and says so in /healthz and the metrics.
+    @Test func refusedBatchesAreRetriedAndReported() throws {
+        let bed = Testbed("drefuse")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1]))
+        let daemon = try bed.startProcessWithEnv(n, [svcnatPath, "run", "--manifests", dir, "--min-sync-period", "0"],
+                                                 env: ["SVCNAT_TEST_APPEND_BAD_MESSAGE": "1"])
+        #expect(try within(5) { try http(bed, n, "http://127.0.0.1:10256/healthz").0 == 503 } != nil)
+        let (_, body) = try http(bed, n, "http://127.0.0.1:10256/healthz")
+        #expect(body.contains("last sync failed") && body.contains("delete chain ip svcnat svcnat-test-missing-chain"), "\(body)")
+        // Retried with backoff (0.5 s, 1 s, 2 s, ...): several failures within a few seconds.
+        #expect(try within(6) {
+            let m = try http(bed, n, "http://127.0.0.1:10249/metrics").1
+            let line = m.split(separator: "\n").first { $0.hasPrefix("kubeproxy_sync_proxy_rules_nftables_sync_failures_total") }
+            return (line.flatMap { Int($0.split(separator: " ").last!) } ?? 0) >= 3
+        } != nil)
+        #expect(daemon.log().contains("retrying in"))
+        // Nothing half-applied: the table was never created.
+        #expect(!ruleset(bed, n).contains("svcnat"))
+    }
+
+    /// SIGKILL in the middle of a large first sync leaves the kernel with no table or the whole
+    /// one, never part of it; the next start converges.
+    @Test func killedMidSyncLeavesOldOrNewAndTheNextStartConverges() throws {
+        let bed = Testbed("dkill")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        for i in 0..<400 {
+            try serviceManifest(name: "s\(i)", ip: "198.18.\(100 + i / 200).\(i % 200 + 20)", pods: [1, 2, 3])
+                .write(toFile: dir + "/s\(i).yaml", atomically: true, encoding: .utf8)
+        }
+        var outcomes = Set<String>()
+        // Killed at several moments of the first sync, and (last) just as the table appears.
+        for delay in [50_000, 150_000, 300_000, 600_000, 0] as [UInt32] {
+            _ = try? bed.exec(n, ["nft", "delete", "table", "ip", "svcnat"])
+            let d = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0"])
+            if delay > 0 { usleep(delay) } else { _ = within(20) { ruleset(bed, n).contains("table ip svcnat") } }
+            d.signal(SIGKILL)
+            _ = d.waitExit(seconds: 5)
+            let tables = try bed.sh(n, ["nft", "list", "tables"])
+            if tables.contains("svcnat") {
+                // All or nothing: what is there is exactly what svcnat wanted.
+                #expect(try bed.svcnat(n, ["diff", "-f", dir]).code == 0, "a partial ruleset after SIGKILL at \(delay) us")
+                outcomes.insert("new")
+            } else {
+                outcomes.insert("none")
+            }
+        }
+        print("kill mid-sync: outcomes \(outcomes.sorted())")
+        #expect(outcomes.contains("new"))
+        // The next start converges.
+        _ = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0"])
+        #expect(try within(20) { try bed.svcnat(n, ["diff", "-f", dir]).code == 0 } != nil)
+    }
 }
 }

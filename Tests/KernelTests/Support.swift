@@ -163,13 +163,22 @@ final class Testbed {
         }
     }
 
-    func startProcess(_ namespace: String, _ args: [String]) throws -> Background {
+    func startProcessWithEnv(_ namespace: String, _ args: [String], env: [String: String]) throws -> Background {
+        try startProcess(namespace, args, env: env)
+    }
+
+    func startProcess(_ namespace: String, _ args: [String], env: [String: String] = [:]) throws -> Background {
         let logPath = NSTemporaryDirectory() + "svcnat-test-\(id)-\(files.count).log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
         files.append(logPath)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
         p.arguments = ["netns", "exec", namespace] + args
+        if !env.isEmpty {
+            var e = ProcessInfo.processInfo.environment
+            for (k, v) in env { e[k] = v }
+            p.environment = e
+        }
         let handle = FileHandle(forWritingAtPath: logPath)!
         p.standardOutput = handle
         p.standardError = handle
