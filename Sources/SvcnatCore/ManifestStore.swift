@@ -4,8 +4,8 @@ import SvcnatSources
 
 /// The manifests of one folder, file by file, indexed so that the Services a file change
 /// touches can be recomputed alone. A file that fails to parse or validate keeps its last good
-/// objects in force and is listed in `rejected` until it is fixed. When two files define the
-/// same object, the file whose path sorts first wins.
+/// objects in force and is listed in `rejected` until it is fixed; so is a file that defines an
+/// object another file already defines.
 public final class ManifestStore {
     public let root: String
     private var files: [String: ClusterState] = [:]
@@ -73,15 +73,36 @@ public final class ManifestStore {
             var decoder = ManifestDecoder()
             decoder.decode(text, file: path)
             warnings += decoder.warnings
-            if decoder.errors.isEmpty {
+            let clashes = duplicates(of: decoder.state, outside: path)
+            if decoder.errors.isEmpty && clashes.isEmpty {
                 if files[path] != decoder.state { replace(file: path, with: decoder.state); changed = true }
                 if rejected.removeValue(forKey: path) != nil { changed = true }
             } else {
-                rejected[path] = decoder.errors
+                rejected[path] = decoder.errors + clashes
                 changed = true
             }
         }
         return changed
+    }
+
+    /// Objects of `state` that another file already defines: such a file is rejected, as
+    /// `svcnat apply` rejects an object defined twice.
+    private func duplicates(of state: ClusterState, outside path: String) -> [InputError] {
+        func other<T>(_ index: Index<T>, _ key: String) -> String? { index.byKey[key]?.keys.filter { $0 != path }.min() }
+        var out: [InputError] = []
+        func check<T>(_ kind: String, _ index: Index<T>, _ metas: [ObjectMeta]) {
+            for m in metas {
+                if let f = other(index, m.key) {
+                    out.append(InputError(file: path, object: "\(kind) \(m.key)", field: "metadata.name", message: "defined twice (also in \(f))"))
+                }
+            }
+        }
+        check("Service", services, state.services.map(\.meta))
+        check("EndpointSlice", slices, state.endpointSlices.map(\.meta))
+        check("Endpoints", endpoints, state.endpoints.map(\.meta))
+        check("Pod", pods, state.pods.map(\.meta))
+        check("Ingress", ingresses, state.ingresses.map(\.meta))
+        return out
     }
 
     /// Swaps one file's objects in the indexes and marks the Services they touch.

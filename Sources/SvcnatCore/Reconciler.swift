@@ -66,9 +66,16 @@ public struct Reconciler {
     /// Pure: what svcnat wants in its table for this cluster state. Throws when two Services
     /// claim the same address, protocol and port.
     public static func desired(_ state: ClusterState, config: ProxyConfig, previous: Ruleset? = nil) throws -> (ProxyState, Ruleset) {
+        let proxy = try proxyState(state, config: config)
+        return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
+    }
+
+    /// What the proxy must do for this cluster state; throws when two Services claim the same
+    /// frontend, before anything is read from or sent to the kernel.
+    static func proxyState(_ state: ClusterState, config: ProxyConfig) throws -> ProxyState {
         let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone)
         try checkConflicts(proxy, state)
-        return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
+        return proxy
     }
 
     public static func checkConflicts(_ proxy: ProxyState, _ state: ClusterState) throws {
@@ -101,8 +108,7 @@ public struct Reconciler {
     public func reconcile(_ state: ClusterState, dryRun: Bool = false) throws -> SyncResult {
         let clock = ContinuousClock()
         let start = clock.now
-        let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone)
-        try Self.checkConflicts(proxy, state)
+        let proxy = try Self.proxyState(state, config: config)
         let current = try kernel.read(table: config.table)
         let translator = Translator(config.translator)
         let fragments = translator.fragments(for: proxy, previous: current)

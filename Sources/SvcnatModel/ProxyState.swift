@@ -65,7 +65,6 @@ public struct ServicePortState: Hashable, Sendable {
     public var healthCheckNodePort: UInt16?
     /// ClientIP session affinity: how long a client keeps its endpoint, in seconds.
     public var affinityTimeout: UInt32?
-    public var localEndpoints: ArraySlice<EndpointAddress> { endpoints.prefix(localEndpointCount) }
     /// The node port, for NodePort and LoadBalancer Services that have one.
     public var nodePort: UInt16? = nil
     /// Sources allowed to reach the load-balancer IPs (all when empty).

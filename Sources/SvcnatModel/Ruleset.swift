@@ -218,7 +218,6 @@ public struct NamedSet: Hashable, Sendable {
         name == other.name && key == other.key && data == other.data && timeout == other.timeout
     }
 
-    public func element(_ key: [KeyValue]) -> SetElement? { elements.first { $0.key == key } }
 }
 
 public struct Ruleset: Hashable, Sendable {

@@ -23,6 +23,18 @@ struct DaemonTests {
         return (Int(lines[0]) ?? 0, lines.count > 1 ? String(lines[1]) : "")
     }
 
+    /// A node namespace whose manifest folder holds Service demo/web on `pods`, and the daemon
+    /// on it, once the kernel holds the Service.
+    func webDaemon(_ bed: Testbed, pods: [Int], _ extra: [String] = ["--min-sync-period", "100ms"]) throws
+        -> (ns: String, dir: String, daemon: Testbed.Background) {
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: pods))
+        let daemon = try bed.startDaemon(n, ["--manifests", dir] + extra)
+        #expect(within(5) { ruleset(bed, n).contains("198.19.\(pods.last!).2") } != nil, "\(daemon.log())")
+        return (n, dir, daemon)
+    }
+
     func write(_ path: String, _ text: String) throws {
         // Write then rename, as editors and kubectl-style tools do.
         try text.write(toFile: path + ".tmp", atomically: false, encoding: .utf8)
@@ -61,11 +73,7 @@ struct DaemonTests {
     @Test func badFileKeepsLastGoodStateAndShowsInHealthAndMetrics() throws {
         let bed = Testbed("dbad")
         defer { bed.close() }
-        let n = try bed.addNamespace("node")
-        let dir = try bed.makeDirectory()
-        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2]))
-        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "100ms"])
-        #expect(within(5) { ruleset(bed, n).contains("198.19.2.2") } != nil)
+        let (n, dir, daemon) = try webDaemon(bed, pods: [1, 2])
         let good = ruleset(bed, n)
 
         // The file turns bad: the old rules stay, health and metrics say which file and why.
@@ -88,11 +96,7 @@ struct DaemonTests {
     @Test func repairsOutsideChangesWithinTwoSeconds() throws {
         let bed = Testbed("ddrift")
         defer { bed.close() }
-        let n = try bed.addNamespace("node")
-        let dir = try bed.makeDirectory()
-        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2]))
-        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "100ms"])
-        #expect(within(5) { ruleset(bed, n).contains("198.19.2.2") } != nil)
+        let (n, _, daemon) = try webDaemon(bed, pods: [1, 2])
         let good = ruleset(bed, n)
         for damage in [["nft", "flush", "table", "ip", "svcnat"],
                        ["nft", "delete", "chain", "ip", "svcnat", "svc-demo/web/udp/dns"],
@@ -131,11 +135,7 @@ struct DaemonTests {
     @Test func metricsAndAOneEndpointChangeInFewMessages() throws {
         let bed = Testbed("dmetrics")
         defer { bed.close() }
-        let n = try bed.addNamespace("node")
-        let dir = try bed.makeDirectory()
-        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 2, 3]))
-        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0"])
-        #expect(within(5) { ruleset(bed, n).contains("198.19.3.2") } != nil)
+        let (n, dir, daemon) = try webDaemon(bed, pods: [1, 2, 3], ["--min-sync-period", "0"])
 
         // An independent observer: nft monitor prints every object the kernel commits.
         let monitor = try bed.startProcess(n, ["nft", "monitor"])

@@ -200,6 +200,8 @@ struct ExternalTrafficTests {
         #expect(try bed.svcnat(node, ["apply", "-f", input] + cidr).code == 0)
         let lo = try bed.client(in: node, "tcp", "127.0.0.1", 30080, count: 2)
         #expect(lo.answers.isEmpty, "\(lo)")
+        // (and not only because loopback traffic cannot be routed to a pod: no rule matches it)
+        #expect(try bed.sh(node, ["nft", "list", "chain", "ip", "svcnat", "services"]).contains("fib daddr type local ip daddr != 127.0.0.0/8"))
         let nodeIP = try bed.client(in: node, "tcp", "198.18.0.1", 30080, count: 3)
         #expect(nodeIP.answers["pod1"] == 3, "\(nodeIP)")
     }

@@ -357,3 +357,23 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(Explain.parse("198.18.100.10") == nil)
     }
 }
+
+@Suite struct ManifestFolder {
+    @Test func aSecondDefinitionIsRejectedAndTheFirstStays() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svcnat-store-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let svc = { (ip: String) in "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: \(ip), ports: [{port: 80}]}\n" }
+        try svc("198.18.100.1").write(toFile: dir + "/a.yaml", atomically: true, encoding: .utf8)
+        try svc("198.18.100.2").write(toFile: dir + "/b.yaml", atomically: true, encoding: .utf8)
+        let store = ManifestStore(root: dir)
+        store.loadAll()
+        #expect(store.state.services.map { $0.clusterIP?.description } == ["198.18.100.1"])
+        #expect(store.rejected[dir + "/b.yaml"]?.first?.description.contains("Service default/web: metadata.name: defined twice (also in \(dir)/a.yaml)") == true)
+        // The first goes away: the second is read again on its next change and then stands.
+        try FileManager.default.removeItem(atPath: dir + "/a.yaml")
+        store.reload([dir + "/a.yaml", dir + "/b.yaml"])
+        #expect(store.state.services.map { $0.clusterIP?.description } == ["198.18.100.2"])
+        #expect(store.rejected.isEmpty)
+    }
+}
