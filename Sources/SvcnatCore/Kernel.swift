@@ -7,8 +7,9 @@ import SvcnatModel
 public protocol Kernel: AnyObject {
     /// svcnat's table as it is now, or nil when it does not exist.
     func read(table: String) throws -> Ruleset?
-    /// Applies the transaction as one atomic batch.
-    func apply(_ tx: Transaction) throws
+    /// Applies the transaction: all its changes in one atomic batch, then the removal of what
+    /// no rule reaches any more (`Transaction.batches`). Returns the batches committed.
+    @discardableResult func apply(_ tx: Transaction) throws -> Int
     /// Deletes the UDP conntrack entries the filters match; returns how many.
     func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int
 }
@@ -20,16 +21,24 @@ public final class NetlinkKernel: Kernel {
     /// Shares an open netlink socket (the daemon's).
     public init(_ nft: NFTables) { self.nft = nft }
     public func read(table: String) throws -> Ruleset? { try nft.read(table: table) }
-    public func apply(_ tx: Transaction) throws {
+    @discardableResult public func apply(_ tx: Transaction) throws -> Int {
         var tx = tx
         // Test hook: end a non-empty batch with a message the kernel must refuse, so tests can
         // show that a refused batch changes nothing. Never set outside tests.
         if !tx.isEmpty, Self.appendBadMessage {
             tx.operations.append(.deleteChain("svcnat-test-missing-chain"))
         }
-        try nft.apply(tx)
+        var messages = 0, commits = 0
+        defer { lastBatchMessages = messages }
+        for batch in tx.batches {
+            try nft.apply(batch)
+            messages += nft.lastBatchMessages
+            commits += 1
+        }
+        return commits
     }
-    public var lastBatchMessages: Int { nft.lastBatchMessages }
+    /// The netlink messages the last `apply` sent, over all its batches.
+    public private(set) var lastBatchMessages = 0
     private lazy var conntrack: Conntrack? = try? Conntrack()
     public func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int {
         guard !filters.isEmpty else { return 0 }
@@ -56,13 +65,17 @@ public final class FakeKernel: Kernel {
 
     public func read(table: String) throws -> Ruleset? { ruleset?.table == table ? ruleset : nil }
 
-    public func apply(_ tx: Transaction) throws {
+    @discardableResult public func apply(_ tx: Transaction) throws -> Int {
         if let e = refuseNext { refuseNext = nil; throw e }
-        guard case .some(let r) = Ruleset.applying(tx, to: ruleset) else {
-            throw FakeKernelRefusal(operation: tx.nftText)
+        let batches = tx.batches
+        for batch in batches {
+            guard case .some(let r) = Ruleset.applying(batch, to: ruleset) else {
+                throw FakeKernelRefusal(operation: batch.nftText)
+            }
+            ruleset = r
         }
         applied.append(tx)
-        ruleset = r
+        return batches.count
     }
 }
 

@@ -44,10 +44,14 @@ public struct SyncResult: Sendable {
     /// Stale UDP conntrack entries deleted after the change, and a warning if that failed.
     public var flowsDeleted = 0
     public var flowWarning: String?
+    /// Batches committed (0 for a dry run or no change; 2 when endpoint-map entries only the
+    /// old rules used were removed after the change).
+    public var commits = 0
 
     public var summary: String {
         var changes = transaction.isEmpty ? "no changes, the kernel already matches"
             : "\(transaction.messageCount) changes applied in one transaction"
+                + (commits > 1 ? " (unreachable endpoint-map entries removed in a second)" : "")
         if flowsDeleted > 0 { changes += ", \(flowsDeleted) stale UDP flows deleted" }
         return "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in \(String(format: "%.1f", seconds * 1000)) ms"
     }
@@ -114,10 +118,10 @@ public struct Reconciler {
         let fragments = translator.fragments(for: proxy, previous: current)
         let desired = translator.assemble(fragments)
         let tx = Planner.plan(from: current, to: desired)
-        var deleted = 0
+        var deleted = 0, commits = 0
         var warning: String?
         if !dryRun {
-            try kernel.apply(tx)
+            commits = try kernel.apply(tx)
             (deleted, warning) = Self.deleteStaleFlows(kernel, before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))
         }
         let d = clock.now - start
@@ -125,6 +129,7 @@ public struct Reconciler {
                                 transaction: tx, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
                                 desired: desired, fragments: fragments)
         result.flowsDeleted = deleted
+        result.commits = commits
         result.flowWarning = warning
         return result
     }

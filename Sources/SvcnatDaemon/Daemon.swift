@@ -212,8 +212,8 @@ public final class Daemon: @unchecked Sendable {
                 tx = incremental!.update(ports)
                 updateHealthChecks(ports, replacingAll: false)
                 cacheGeneration = nil
-                try kernel.apply(tx)
-                try noteGeneration(after: tx, before: gen)
+                let commits = try kernel.apply(tx)
+                try noteGeneration(commits: commits, before: gen)
                 let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, before: before, after: StaleFlows.udpFrontends(ports.values.flatMap { $0 }))
                 flows = (deleted, warning)
                 counts = (incremental!.serviceCount, incremental!.endpointCount)
@@ -223,7 +223,7 @@ public final class Daemon: @unchecked Sendable {
                 cacheGeneration = nil
                 let result = try Reconciler(config: config.proxy, kernel: kernel).reconcile(store.state)
                 tx = result.transaction
-                try noteGeneration(after: tx, before: gen)
+                try noteGeneration(commits: result.commits, before: gen)
                 flows = (result.flowsDeleted, result.flowWarning)
                 incremental = IncrementalState(translator: translator, fragments: result.fragments)
                 var all: [String: [ServicePortState]] = [:]
@@ -246,7 +246,7 @@ public final class Daemon: @unchecked Sendable {
             }
             if let w = flows.warning { log.warning("\(w)") }
             let flowNote = flows.deleted > 0 ? ", \(flows.deleted) stale UDP flows deleted" : ""
-            log.info("sync (\(partial ? "partial" : "full"), \(reason)): \(counts.services) services, \(counts.endpoints) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : nft.lastBatchMessages) netlink messages\(flowNote), \(ms) ms")
+            log.info("sync (\(partial ? "partial" : "full"), \(reason)): \(counts.services) services, \(counts.endpoints) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : kernel.lastBatchMessages) netlink messages\(flowNote), \(ms) ms")
         } catch {
             lastSyncEnd = clock.now
             failures += 1
@@ -261,10 +261,10 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// After a sync: the cached view is trusted at the kernel's new generation only if svcnat's
-    /// own commit was the only one since `gen`.
-    private func noteGeneration(after tx: Transaction, before gen: UInt32) throws {
+    /// own commits were the only ones since `gen`.
+    private func noteGeneration(commits: Int, before gen: UInt32) throws {
         let now = try nft.generation()
-        cacheGeneration = tx.isEmpty ? (now == gen ? gen : nil) : (now == gen &+ 1 ? now : nil)
+        cacheGeneration = now == gen &+ UInt32(commits) ? now : nil
     }
 
     private func record(duration: Duration, partial: Bool, tx: Transaction, services: Int, endpoints: Int) {
@@ -273,7 +273,7 @@ public final class Daemon: @unchecked Sendable {
         metrics.lastSyncTimestamp.record(Date().timeIntervalSince1970)
         metrics.services.record(services)
         metrics.endpoints.record(endpoints)
-        metrics.lastBatchMessages.record(tx.isEmpty ? 0 : nft.lastBatchMessages)
+        metrics.lastBatchMessages.record(tx.isEmpty ? 0 : kernel.lastBatchMessages)
         metrics.changes.increment(by: tx.messageCount)
     }
 

@@ -53,7 +53,8 @@ public enum EndpointSlots {
     }
 
     /// Keeps each previous slot that still fits (same shard, enough room), then gives the others
-    /// the lowest free aligned range of their shard. Deterministic for the same inputs.
+    /// the lowest free aligned range of their shard, never one a previous slot held.
+    /// Deterministic for the same inputs.
     public static func allocate(_ ports: [(chain: String, endpoints: UInt32)], previous: [String: EndpointSlot]) -> [String: EndpointSlot] {
         var result: [String: EndpointSlot] = [:]
         var used: [Int: [(UInt32, UInt32)]] = [:]   // shard -> [(start, end)]
@@ -61,11 +62,13 @@ public enum EndpointSlots {
         for (chain, n) in ports {
             if let p = previous[chain], p.shard == shard(chain), n <= p.capacity {
                 result[chain] = p
-                used[p.shard, default: []].append((p.base, p.base + p.capacity))
             } else {
                 pending.append((chain, n))
             }
         }
+        // A range given up now (its port moved or went) is not handed out again in the same
+        // transaction: a packet still running the old rules may read it until the commit ends.
+        for p in previous.values { used[p.shard, default: []].append((p.base, p.base + p.capacity)) }
         for k in used.keys { used[k]!.sort { $0.0 < $1.0 } }
         for (chain, n) in pending.sorted(by: { $0.0 < $1.0 }) {
             let s = shard(chain), cap = capacity(n)

@@ -111,12 +111,13 @@ public struct IncrementalState: Sendable {
     }
 
     /// A slot for `key` with room for n endpoints: its old one if it still fits, else the lowest
-    /// free aligned range of its shard.
-    private func slot(for key: String, endpoints n: Int, old: EndpointSlot?) -> EndpointSlot? {
+    /// free aligned range of its shard. Ranges given up in this update (`released`) are not
+    /// reused until the next one: a packet still running the old rules may read them.
+    private func slot(for key: String, endpoints n: Int, old: EndpointSlot?, released: [Int: [EndpointSlot]]) -> EndpointSlot? {
         guard translator.config.endpointSelection == .map, n > 0 else { return nil }
         if let old, UInt32(n) <= old.capacity { return old }
         let shard = EndpointSlots.shard(key), cap = EndpointSlots.capacity(UInt32(n))
-        let ranges = (shardSlots[shard] ?? [:]).values.map { ($0.base, $0.base + $0.capacity) }.sorted { $0.0 < $1.0 }
+        let ranges = ((shardSlots[shard] ?? [:]).values + (released[shard] ?? [])).map { ($0.base, $0.base + $0.capacity) }.sorted { $0.0 < $1.0 }
         var base: UInt32 = 0
         for (start, end) in ranges {
             if base + cap <= start { break }
@@ -151,13 +152,17 @@ public struct IncrementalState: Sendable {
         }
         for service in services.keys { for key in portsByService[service] ?? [] { noteShared(fragments[key]) } }
 
+        var released: [Int: [EndpointSlot]] = [:]
+        for service in services.keys {
+            for key in portsByService[service] ?? [] { if let s = fragments[key]?.slot { released[s.shard, default: []].append(s) } }
+        }
         for (service, ports) in services.sorted(by: { $0.key < $1.key }) {
             var old: [String: PortFragment] = [:]
             for key in portsByService[service] ?? [] { if let f = remove(key) { old[key] = f } }
             var new: [String: PortFragment] = [:]
             for sp in ports {
                 let key = PortFragment.key(sp)
-                let f = translator.fragment(sp, slot: slot(for: key, endpoints: sp.endpoints.count, old: old[key]?.slot))
+                let f = translator.fragment(sp, slot: slot(for: key, endpoints: sp.endpoints.count, old: old[key]?.slot, released: released))
                 noteShared(f)
                 insert(f)
                 new[key] = f

@@ -37,6 +37,41 @@ public struct Transaction: Hashable, Sendable {
         }
     }
 
+    /// The batches that carry this transaction, in order: every change in the first, as one
+    /// atomic commit; then, if any, the removal of endpoint-map entries (and maps) that no rule
+    /// reaches any more.
+    ///
+    /// Why two: a packet takes its chain's rules from the generation current when it entered
+    /// the hook, but its map lookups see the newest generation, and a commit removes deleted
+    /// elements right after switching generations. A packet still running the old rule
+    /// (`numgen random mod 3 ... map @endpoints-K`) while the commit drops key 2 would find no
+    /// endpoint, pass un-NATed and be refused. So entries only old rules use stay until the
+    /// commit that retired those rules is done.
+    public var batches: [Transaction] {
+        if operations.contains(where: { if case .deleteTable = $0 { true } else { false } }) { return [self] }
+        var readded: [String: Set<[KeyValue]>] = [:]
+        for case .addElements(let set, let es) in operations where set.hasPrefix(Names.endpointMapPrefix) {
+            readded[set, default: []].formUnion(es.map(\.key))
+        }
+        var now: [Operation] = [], later: [Operation] = []
+        for op in operations {
+            switch op {
+            case .deleteElements(let set, let es) where set.hasPrefix(Names.endpointMapPrefix):
+                let keep = readded[set] ?? []
+                let changed = es.filter { keep.contains($0.key) }, gone = es.filter { !keep.contains($0.key) }
+                if !changed.isEmpty { now.append(.deleteElements(set: set, changed)) }
+                if !gone.isEmpty { later.append(.deleteElements(set: set, gone)) }
+            case .deleteSet(let set) where set.hasPrefix(Names.endpointMapPrefix):
+                later.append(op)
+            default:
+                now.append(op)
+            }
+        }
+        let first = Transaction(family: family, table: table, operations: now)
+        guard !later.isEmpty else { return [first] }
+        return [first, Transaction(family: family, table: table, operations: later)].filter { !$0.isEmpty }
+    }
+
     /// The transaction as an nft script (`nft -f` accepts it): what `diff` prints.
     public var nftText: String {
         let t = "\(family.rawValue) \(table)"

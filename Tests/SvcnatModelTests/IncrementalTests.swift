@@ -37,6 +37,73 @@ import Testing
                       ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })
     }
 
+    /// Whether every endpoint-map rule of `before` still finds, once the first batch of `tx`
+    /// is committed, an endpoint of its own port (old or new) for each value its `numgen` can
+    /// give: a packet that entered the hook before the commit runs the old rules against the
+    /// maps' newest contents. Returns what fails.
+    func oldRulesStillResolve(_ before: Ruleset, _ tx: Transaction, after: Ruleset) -> [String] {
+        guard case .some(let mid?) = Ruleset.applying(tx.batches[0], to: before) else { return ["first batch refused"] }
+        func entries(_ r: Ruleset, _ map: String) -> [UInt32: [KeyValue]] {
+            var out: [UInt32: [KeyValue]] = [:]
+            for e in r.set(map)?.elements ?? [] { if case .integer(let k)? = e.key.first { out[k] = e.data } }
+            return out
+        }
+        func endpoints(_ r: Ruleset, _ chain: String) -> Set<[KeyValue]> {
+            var out = Set<[KeyValue]>()
+            for rule in r.chain(chain)?.rules ?? [] {
+                for case .dnatFromMap(let n, let base, let map) in rule.items {
+                    let es = entries(r, map)
+                    for k in base..<(base + n) { if let d = es[k] { out.insert(d) } }
+                }
+            }
+            return out
+        }
+        var problems: [String] = []
+        for chain in before.chains {
+            for rule in chain.rules {
+                for case .dnatFromMap(let n, let base, let map) in rule.items {
+                    let was = entries(before, map), now = entries(mid, map)
+                    // A port's service and external chains share its slot.
+                    let port = chain.name.split(separator: "-", maxSplits: 1).last!
+                    let own = ["svc-\(port)", "ext-\(port)"].reduce(into: Set<[KeyValue]>()) {
+                        $0.formUnion(endpoints(before, $1)); $0.formUnion(endpoints(after, $1))
+                    }
+                    for k in base..<(base + n) {
+                        guard let d = now[k] else { problems.append("\(chain.name): key \(k) of \(map) gone"); continue }
+                        if d != was[k] && !own.contains(d) { problems.append("\(chain.name): key \(k) of \(map) now another port's") }
+                    }
+                }
+            }
+        }
+        return problems
+    }
+
+    /// A Service goes and another, whose port falls in the same endpoint map, comes in the same
+    /// change: the newcomer must not take the leaver's keys, which the leaver's old rule may
+    /// still read while the commit runs. Both the full and the incremental paths.
+    @Test func freedKeysAreNotReusedInTheSameChange() throws {
+        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!]))
+        // Plain ClusterIP Services (index 2 mod 4, not 0 mod 7) with one endpoint on this node.
+        func state(_ services: [Int]) -> ClusterState {
+            let svcs = services.map { service($0, ports: 1) }
+            return ClusterState(services: svcs, endpointSlices: zip(services, svcs).map { slice($0, $1, endpoints: [$0]) })
+        }
+        func shard(_ i: Int) -> Int { EndpointSlots.shard(PortFragment.key(ProxyState(state([i]), nodeName: "node-a").servicePorts[0])) }
+        // Its key sorts after the leaver's, so the incremental path removes the leaver first.
+        let other = try #require(stride(from: 6, to: 20000, by: 4).first { $0 % 7 != 0 && $0 % 3 == 2 && shard($0) == shard(2) })
+        let before = translator.ruleset(for: ProxyState(state([2]), nodeName: "node-a"))
+        let full = Planner.plan(from: before, to: translator.ruleset(for: ProxyState(state([other]), nodeName: "node-a"), previous: before))
+        let after = try #require(Ruleset.applying(full, to: before) ?? nil)
+        #expect(oldRulesStillResolve(before, full, after: after).isEmpty)
+        #expect(full.batches.count == 2, "\(full.nftText)")
+
+        let fragments = translator.fragments(for: ProxyState(state([2]), nodeName: "node-a"))
+        var inc = IncrementalState(translator: translator, fragments: fragments)
+        let gone = "ns2/s2", comes = "ns\(other % 3)/s\(other)"
+        let tx = inc.update([gone: [], comes: ProxyState(state([other]), nodeName: "node-a").servicePorts])
+        #expect(oldRulesStillResolve(before, tx, after: inc.ruleset).isEmpty, "\(tx.nftText)")
+    }
+
     @Test(arguments: [EndpointSelection.map, .cascade])
     func randomChangesMatchAFullSync(selection: EndpointSelection) throws {
         var rng = Rng(state: 42)
@@ -73,9 +140,16 @@ import Testing
                 }
                 touched.insert("ns\(i % 3)/s\(i)")
             }
+            let before = kernel.ruleset!
             let tx = state.update(Dictionary(uniqueKeysWithValues: touched.map { ($0, ports($0)) }))
+            let fullPlan = Planner.plan(from: before, to: translator.ruleset(for: ProxyState(cluster(), nodeName: "node-a"), previous: before))
             try kernel.apply(tx)
             let full = translator.ruleset(for: ProxyState(cluster(), nodeName: "node-a"), previous: kernel.ruleset)
+            for (path, plan) in [("incremental", tx), ("full", fullPlan)] {
+                let problems = oldRulesStillResolve(before, plan, after: full)
+                #expect(problems.isEmpty, "step \(step), \(path): \(problems)")
+                if !problems.isEmpty { return }
+            }
             let remaining = Planner.plan(from: kernel.ruleset, to: full)
             #expect(remaining.isEmpty, "step \(step): a full sync would still change:\n\(remaining.nftText)")
             #expect(state.ruleset == full || selection == .map)
