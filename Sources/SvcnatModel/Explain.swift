@@ -37,11 +37,13 @@ public enum Explain {
     }
 
     /// The Service ports the query reaches, with how each frontend is matched.
-    public static func matches(_ q: Query, in r: Ruleset) -> [ServiceView] {
+    /// An address of the node (`local`) with a node port reaches that node port.
+    public static func matches(_ q: Query, in r: Ruleset, local: Set<IPv4Address> = []) -> [ServiceView] {
         r.serviceViews.filter { v in
             switch q {
             case .address(let ip, let port, let proto):
-                return v.proto == proto && v.frontendKeys.contains(.init(ip: ip, port: port))
+                let nodePort = local.contains(ip) && v.frontendKeys.contains(.init(ip: nil, port: port))
+                return v.proto == proto && (v.frontendKeys.contains(.init(ip: ip, port: port)) || nodePort)
             case .nodePort(let port, let proto):
                 return v.proto == proto && v.frontendKeys.contains(.init(ip: nil, port: port))
             case .service(let ns, let name, let port):
@@ -78,5 +80,125 @@ public enum Explain {
             s += "   \(i == v.endpoints.count - 1 ? "└─" : "├─") \(ep)  probability \(p)\n"
         }
         return s
+    }
+}
+
+extension Explain {
+    /// The addresses a walk for this Service port starts at: the queried frontend, or each of
+    /// the port's frontends (node ports at `nodeAddress`, when there is one).
+    public static func destinations(_ q: Query, _ v: ServiceView, nodeAddress: IPv4Address?) -> [(IPv4Address, UInt16)] {
+        switch q {
+        case .address(let ip, let port, _): return [(ip, port)]
+        case .nodePort(let port, _): return nodeAddress.map { [($0, port)] } ?? []
+        case .service:
+            return v.frontendKeys.compactMap { k in
+                if let ip = k.ip { return (ip, k.port) }
+                return nodeAddress.map { ($0, k.port) }
+            }
+        }
+    }
+
+    /// The outcomes of one walk as a tree: each fate with its probability, and the rules that
+    /// acted on the packet (jumps into chains where nothing happened left out).
+    public static func text(_ p: PacketWalk.Packet, _ outcomes: [PacketWalk.Outcome], fromNode: Bool) -> String {
+        var s = "from \(p.source) to \(p.destination):\(p.port)/\(p.proto.lowercased) ("
+            + (fromNode ? "starts on the node: output hook" : "arrives from another host or a pod: prerouting hook") + "):\n"
+        // The rules every outcome passed are printed once, then each outcome's own.
+        let traces = outcomes.map { trimmed($0.trace) }
+        var common = 0
+        while let first = traces.first, common < first.count, traces.allSatisfy({ common < $0.count && $0[common] == first[common] }) { common += 1 }
+        if outcomes.count > 1 { for line in traces[0].prefix(common) { s += "│     \(line)\n" } } else { common = 0 }
+        for (i, o) in outcomes.enumerated() {
+            let last = i == outcomes.count - 1
+            s += "\(last ? "└─" : "├─") \(o.probabilityText)  \(o.summary)\n"
+            for line in traces[i].dropFirst(common) { s += "\(last ? "   " : "│  ")   \(line)\n" }
+        }
+        var notes: [String] = []
+        for n in outcomes.flatMap(\.notes) where !notes.contains(n) { notes.append(n) }
+        for n in notes { s += "   note: \(n)\n" }
+        return s
+    }
+
+    public static func json(_ p: PacketWalk.Packet, _ outcomes: [PacketWalk.Outcome], fromNode: Bool) -> JSON {
+        .object([
+            ("source", .string(p.source.description)),
+            ("destination", .string("\(p.destination):\(p.port)")),
+            ("protocol", .string(p.proto.lowercased)),
+            ("startsOnNode", .bool(fromNode)),
+            ("outcomes", .array(outcomes.map { o in
+                var fields: [(String, JSON)] = [("probability", .string(o.probabilityText))]
+                switch o.fate {
+                case .accepted(let ep): fields += [("fate", .string(ep == nil ? "not-nated" : "dnat")), ("endpoint", ep.map { .string($0.description) } ?? .null)]
+                case .dropped: fields.append(("fate", .string("dropped")))
+                case .rejected: fields.append(("fate", .string("rejected")))
+                case .unknownRule(let r): fields += [("fate", .string("unknown-rule")), ("rule", .string(r))]
+                }
+                fields += [("masqueraded", .bool(o.masqueraded)), ("summary", .string(o.summary)),
+                           ("trace", .array(trimmed(o.trace).map { .string($0) })), ("notes", .array(o.notes.map { .string($0) }))]
+                return .object(fields)
+            })),
+        ])
+    }
+
+    /// Drops "chain: ... jump X" (or goto) lines not followed by anything X did.
+    static func trimmed(_ trace: [String]) -> [String] {
+        trace.enumerated().filter { i, line in
+            let words = line.split(separator: " ")
+            guard words.count >= 2, ["jump", "goto"].contains(words[words.count - 2]), !words.contains("vmap") else { return true }
+            return i + 1 < trace.count && trace[i + 1].hasPrefix(words.last! + ": ")
+        }.map(\.1)
+    }
+}
+
+/// Ingress rules, matched as the Ingress API defines them: a rule's host exactly, or a
+/// wildcard `*.example.com` for one label; paths `Exact` (equal) or `Prefix` (whole path
+/// elements; `ImplementationSpecific` read as Prefix); the longest matching path wins, Exact
+/// before Prefix at equal length; the default backend when nothing matches.
+public enum IngressMatch {
+    public struct Found: Hashable, Sendable {
+        public var ingress: String
+        public var rule: String
+        public var namespace: String
+        public var backend: Ingress.Backend
+    }
+
+    public static func find(host: String, path: String, in ingresses: [Ingress]) -> Found? {
+        var best: (Found, Int, Bool)?   // found, path length, exact
+        for ing in ingresses.sorted(by: { ($0.meta.namespace, $0.meta.name) < ($1.meta.namespace, $1.meta.name) }) {
+            for p in ing.paths where hostMatches(p.host, host) {
+                guard let len = pathMatch(p.path, type: p.pathType, request: path) else { continue }
+                let exact = p.pathType == "Exact"
+                if let b = best, (b.1, b.2 ? 1 : 0) >= (len, exact ? 1 : 0) { continue }
+                best = (Found(ingress: "\(ing.meta.namespace)/\(ing.meta.name)", rule: "host \(p.host ?? "*") path \(p.path) (\(p.pathType))",
+                              namespace: ing.meta.namespace, backend: p.backend), len, exact)
+            }
+        }
+        if let best { return best.0 }
+        for ing in ingresses.sorted(by: { ($0.meta.namespace, $0.meta.name) < ($1.meta.namespace, $1.meta.name) }) {
+            if let d = ing.defaultBackend {
+                return Found(ingress: "\(ing.meta.namespace)/\(ing.meta.name)", rule: "default backend", namespace: ing.meta.namespace, backend: d)
+            }
+        }
+        return nil
+    }
+
+    static func hostMatches(_ rule: String?, _ host: String) -> Bool {
+        guard let rule, !rule.isEmpty else { return true }
+        let h = host.lowercased(), r = rule.lowercased()
+        if r.hasPrefix("*.") {
+            let suffix = r.dropFirst(1)   // ".example.com"
+            guard h.hasSuffix(suffix) else { return false }
+            let label = h.dropLast(suffix.count)
+            return !label.isEmpty && !label.contains(".")
+        }
+        return h == r
+    }
+
+    /// The matched length, or nil.
+    static func pathMatch(_ rule: String, type: String, request: String) -> Int? {
+        if type == "Exact" { return rule == request ? rule.count : nil }
+        let ruleParts = rule.split(separator: "/"), reqParts = request.split(separator: "/")
+        guard ruleParts.count <= reqParts.count, zip(ruleParts, reqParts).allSatisfy({ $0 == $1 }) else { return nil }
+        return ruleParts.joined(separator: "/").count + 1
     }
 }

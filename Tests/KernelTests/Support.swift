@@ -297,3 +297,32 @@ func serviceManifest(name: String = "web", ip: String = "198.18.100.20", pods: [
     }
     return s
 }
+
+/// One possible fate of a connection, as `svcnat explain --source --format json` gives it.
+struct ExplainedOutcome: Hashable {
+    var fate: String
+    var pod: String?        // "pod1" for 198.19.1.2, the test topology's naming
+    var masqueraded: Bool
+    var probability: String
+}
+
+extension Testbed {
+    /// `svcnat explain DEST --source IP` in a namespace: every outcome of every walk.
+    func explain(_ namespace: String, _ args: [String]) throws -> [ExplainedOutcome] {
+        let r = try svcnat(namespace, ["explain", "--format", "json"] + args)
+        guard r.code == 0, let views = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [[String: Any]] else {
+            throw TestbedError("explain \(args) failed: \(r.err)\(r.out)")
+        }
+        var out: [ExplainedOutcome] = []
+        for v in views {
+            for w in v["walks"] as? [[String: Any]] ?? [] {
+                for o in w["outcomes"] as? [[String: Any]] ?? [] {
+                    let pod = (o["endpoint"] as? String).map { "pod" + $0.split(separator: ".")[2] }
+                    out.append(ExplainedOutcome(fate: o["fate"] as! String, pod: pod, masqueraded: o["masqueraded"] as! Bool,
+                                                probability: o["probability"] as! String))
+                }
+            }
+        }
+        return out
+    }
+}

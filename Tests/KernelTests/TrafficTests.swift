@@ -36,6 +36,23 @@ struct TrafficTests {
         })
         #expect(listed == Set(tcp.answers.keys), "\(explained.out)")
         #expect(try bed.svcnat(node, ["explain", "web.demo.svc.cluster.local:http"]).out.contains("demo/web:http (tcp)"))
+        // An Ingress rule leads to the same Service; a walk from the node reaches the same pods.
+        let ingress = try bed.writeManifest("""
+            apiVersion: networking.k8s.io/v1
+            kind: Ingress
+            metadata: {name: web, namespace: demo}
+            spec:
+              rules:
+                - host: web.example.test
+                  http:
+                    paths:
+                      - {path: /shop, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+            """)
+        let viaIngress = try bed.svcnat(node, ["explain", "--ingress", "web.example.test/shop/cart", "-f", ingress])
+        #expect(viaIngress.code == 0 && viaIngress.out.contains("-> Service demo/web port http") && viaIngress.out.contains("demo/web:http (tcp)"),
+                "\(viaIngress.out)\(viaIngress.err)")
+        let walked = try bed.explain(node, ["--ingress", "web.example.test/shop", "-f", ingress, "--source", "198.18.0.1"])
+        #expect(Set(walked.compactMap(\.pod)) == Set(tcp.answers.keys) && walked.allSatisfy { $0.probability == "1/3" }, "\(walked)")
 
         let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 150)
         #expect(udp.timeouts == 0 && udp.refused == 0)
@@ -172,6 +189,8 @@ struct ExternalTrafficTests {
         #expect(denied.answers.isEmpty && denied.timeouts == 2, "\(denied)")
         let allowedExt = try bed.client(in: pod1, "tcp", "198.18.200.5", 80, count: 10)
         #expect(allowedExt.answers.values.reduce(0, +) == 10, "\(allowedExt)")
+        #expect(try bed.explain(node, ["198.18.200.6:80", "--source", "198.19.1.2"]).map(\.fate) == ["dropped"])
+        #expect(Set(try bed.explain(node, ["198.18.200.5:80", "--source", "198.19.1.2"]).compactMap(\.pod)) == Set(allowedExt.answers.keys))
 
         // Without endpoints, every frontend refuses at once.
         let none = try bed.writeManifest(lbManifest(pods: []))
@@ -179,6 +198,7 @@ struct ExternalTrafficTests {
         for (ip, port) in [("198.18.0.1", 30080), ("198.18.200.5", 80), ("198.18.100.50", 80)] {
             let got = try bed.client(in: client, "tcp", ip, port, count: 5)
             #expect(got.refused == 5 && got.seconds < 2, "\(ip):\(port): \(got)")
+            #expect(try bed.explain(node, ["\(ip):\(port)", "--source", "198.18.0.2"]).map(\.fate) == ["rejected"])
         }
     }
 
@@ -346,11 +366,21 @@ struct LocalPolicyTests {
         // ClusterIP traffic is not affected by the external policy.
         #expect(Set(try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 40).answers.keys) == ["pod1", "pod2"])
 
+        // `explain --source`, walking the kernel's rules, says what the packets did.
+        #expect(try bed.explain(node, ["198.18.200.9:80", "--source", "198.18.0.2"])
+                == [ExplainedOutcome(fate: "dnat", pod: "pod1", masqueraded: false, probability: "1")])
+        let podWalk = try bed.explain(node, ["198.18.200.9:80", "--source", "198.19.2.2"])
+        #expect(Set(podWalk.compactMap(\.pod)) == Set(fromPod.answers.keys) && podWalk.allSatisfy { $0.probability == "1/2" }, "\(podWalk)")
+        let nodeWalk = try bed.explain(node, [":30090", "--source", "198.18.0.1"])
+        #expect(Set(nodeWalk.compactMap(\.pod)) == Set(fromNode.answers.keys) && nodeWalk.allSatisfy { $0.masqueraded }, "\(nodeWalk)")
+
         // No endpoint on this node: outside traffic is dropped, pods still get through.
         let remote = try bed.writeManifest(manifest(pods: [(2, "node-b")]))
         #expect(try bed.svcnat(node, ["apply", "-f", remote] + args).code == 0)
         let dropped = try bed.client(in: client, "tcp", "198.18.0.1", 30090, count: 2)
         #expect(dropped.answers.isEmpty && dropped.timeouts == 2, "\(dropped)")
+        #expect(try bed.explain(node, ["198.18.0.1:30090", "--source", "198.18.0.2"])
+                == [ExplainedOutcome(fate: "dropped", pod: nil, masqueraded: false, probability: "1")])
         #expect(try bed.client(in: pod2, "tcp", "198.18.200.9", 80, count: 5).answers == ["pod2": 5])
     }
 
