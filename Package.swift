@@ -14,6 +14,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // libnftnl + libmnl, as Debian ships them. libnftnl.pc does not name libmnl, so the
@@ -32,9 +34,17 @@ let package = Package(
         .target(name: "SvcnatSources", dependencies: ["SvcnatModel", "Yams"]),
         // Reconciler behind the Kernel protocol.
         .target(name: "SvcnatCore", dependencies: ["SvcnatModel", "SvcnatSources", "NFNetlink"]),
+        // The Kubernetes API as a source: kubeconfig, list and watch over HTTPS.
+        .target(name: "SvcnatKube", dependencies: [
+            "SvcnatModel", "SvcnatSources", "Yams",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         // The node agent: file watching, sync loop, metrics and health over HTTP.
         .target(name: "SvcnatDaemon", dependencies: [
-            "SvcnatCore", "NFNetlink",
+            "SvcnatCore", "NFNetlink", "SvcnatKube",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -44,11 +54,11 @@ let package = Package(
         ]),
         .executableTarget(
             name: "svcnat",
-            dependencies: ["SvcnatCore", "SvcnatDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SvcnatCore", "SvcnatDaemon", "SvcnatKube", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(
             name: "SvcnatModelTests",
-            dependencies: ["SvcnatModel", "SvcnatSources", "SvcnatCore"],
+            dependencies: ["SvcnatModel", "SvcnatSources", "SvcnatCore", "SvcnatKube"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(

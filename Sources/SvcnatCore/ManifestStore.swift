@@ -34,7 +34,7 @@ public final class ManifestStore {
         var winners: [T] { byKey.keys.sorted().compactMap(winner) }
     }
 
-    public init(root: String) { self.root = (root as NSString).standardizingPath }
+    public init(root: String) { self.root = root.isEmpty ? "" : (root as NSString).standardizingPath }
 
     static func isManifest(_ path: String) -> Bool {
         ["yaml", "yml", "json"].contains((path as NSString).pathExtension.lowercased())
@@ -84,6 +84,18 @@ public final class ManifestStore {
         }
         return changed
     }
+
+    /// Sets what one named source holds (the API source uses one per object:
+    /// "api:services:ns/name"), or forgets it (nil). Returns whether anything changed.
+    @discardableResult
+    public func put(_ source: String, _ state: ClusterState?) -> Bool {
+        guard files[source] != state else { return false }
+        replace(file: source, with: state)
+        return true
+    }
+
+    /// The names of the sources set with `put` that start with `prefix`.
+    public func sources(withPrefix prefix: String) -> [String] { files.keys.filter { $0.hasPrefix(prefix) } }
 
     /// Objects of `state` that another file already defines: such a file is rejected, as
     /// `svcnat apply` rejects an object defined twice.

@@ -7,12 +7,16 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import SvcnatCore
+import SvcnatKube
 import SvcnatModel
 import SvcnatSources
 
 public struct DaemonConfig: Sendable {
     public var proxy: ProxyConfig
+    /// The folder of manifests, or "" when the Kubernetes API is the source.
     public var manifests: String
+    /// The API server, when it is the source.
+    public var api: APIConfig?
     public var minSyncPeriod: Duration
     public var syncPeriod: Duration
     public var metricsAddress: String
@@ -33,7 +37,8 @@ public struct DaemonConfig: Sendable {
     }
 }
 
-/// `svcnat run --manifests DIR`: keeps the kernel in step with a folder of manifests.
+/// `svcnat run`: keeps the kernel in step with a folder of manifests, or with the Kubernetes
+/// API (Services, EndpointSlices and this node's Node, listed and watched).
 ///
 /// Everything that touches state runs on one serial queue. A sync plans from a cached view of
 /// what svcnat last wrote while the kernel's generation id says nobody else committed since;
@@ -73,6 +78,21 @@ public final class Daemon: @unchecked Sendable {
     private var serviceHealth: [UInt16: (namespace: String, name: String, local: Int)] = [:]
     /// Which health check port each Service has (queue only).
     private var healthPortOfService: [String: UInt16] = [:]
+    /// The zone of this node's Node object (its topology label), when --node-zone is not given.
+    private var nodeZone: String?
+    /// The proxy settings in force: the flags, with the Node's zone filled in.
+    private var proxy: ProxyConfig {
+        var p = config.proxy
+        if p.zone == nil { p.zone = nodeZone }
+        return p
+    }
+    // The API source (queue only, but `sourceProblems`, under healthLock).
+    private var reflectorTasks: [Task<Void, Never>] = []
+    private var apiClient: APIClient?
+    private var resources: [Resource] = []
+    private var listed = Set<String>()
+    private var initialListsDone = false
+    private var sourceProblems: [String: String] = [:]
     private var exitSemaphore = DispatchSemaphore(value: 0)
     private var exitCode: Int32 = 0
 
@@ -86,28 +106,36 @@ public final class Daemon: @unchecked Sendable {
 
     /// Starts everything and blocks until SIGTERM or SIGINT; returns the exit code.
     public func run() throws -> Int32 {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: config.manifests, isDirectory: &isDir), isDir.boolValue else {
-            throw InputError(file: config.manifests, message: "--manifests must name a folder")
-        }
-        try http.listen(config.metricsAddress) { [weak self] path in self?.serveMetrics(path) ?? (.serviceUnavailable, "text/plain", "") }
-        try http.listen(config.healthzAddress) { [weak self] path in self?.serveHealth(path) ?? (.serviceUnavailable, "text/plain", "") }
-        log.info("svcnat run: manifests \(config.manifests), table ip \(config.proxy.table), metrics on \(config.metricsAddress), health on \(config.healthzAddress)")
-
-        queue.sync {
-            store.loadAll()
-            reportInput()
-        }
-        watcher = try DirectoryWatcher(root: config.manifests) { [weak self] paths in
-            guard let self else { return }
-            self.queue.async {
-                if self.store.reload(paths) {
-                    self.reportInput()
-                    self.requestSync(full: false, reason: "manifests changed")
-                }
+        if config.api == nil {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: config.manifests, isDirectory: &isDir), isDir.boolValue else {
+                throw InputError(file: config.manifests, message: "--manifests must name a folder")
             }
         }
-        queue.async { self.requestSync(full: true, reason: "start") }
+        let client = try config.api.map(APIClient.init)
+        try http.listen(config.metricsAddress) { [weak self] path in self?.serveMetrics(path) ?? (.serviceUnavailable, "text/plain", "") }
+        try http.listen(config.healthzAddress) { [weak self] path in self?.serveHealth(path) ?? (.serviceUnavailable, "text/plain", "") }
+        let source = config.api.map { "the API server \($0.server) (\($0.origin))" } ?? "manifests \(config.manifests)"
+        log.info("svcnat run: \(source), table ip \(config.proxy.table), metrics on \(config.metricsAddress), health on \(config.healthzAddress)")
+
+        if let client {
+            queue.sync { startReflectors(client) }
+        } else {
+            queue.sync {
+                store.loadAll()
+                reportInput()
+            }
+            watcher = try DirectoryWatcher(root: config.manifests) { [weak self] paths in
+                guard let self else { return }
+                self.queue.async {
+                    if self.store.reload(paths) {
+                        self.reportInput()
+                        self.requestSync(full: false, reason: "manifests changed")
+                    }
+                }
+            }
+            queue.async { self.requestSync(full: true, reason: "start") }
+        }
         startTimer(every: config.syncPeriod) { [weak self] in self?.requestSync(full: true, reason: "sync period") }
         startTimer(every: config.driftCheckPeriod) { [weak self] in self?.checkDrift() }
         handle(SIGHUP) { [weak self] in self?.requestSync(full: true, reason: "SIGHUP") }
@@ -115,10 +143,86 @@ public final class Daemon: @unchecked Sendable {
         handle(SIGINT) { [weak self] in self?.stop(signal: "SIGINT") }
 
         exitSemaphore.wait()
+        for t in reflectorTasks { t.cancel() }
+        if let client { Self.blocking { await client.shutdown() } }
         watcher?.stop()
         http.close()
         try? group.syncShutdownGracefully()
         return exitCode
+    }
+
+    /// Runs async work to its end from synchronous code (shutdown only).
+    static func blocking(_ work: @escaping @Sendable () async -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        Task { await work(); done.signal() }
+        done.wait()
+    }
+
+    // MARK: the API source (queue only)
+
+    /// One reflector per collection; the first sync waits until each has listed once, so a
+    /// half-known cluster is never programmed and nothing is deleted while a list loads.
+    private func startReflectors(_ client: APIClient) {
+        apiClient = client
+        resources = [.services, .endpointSlices] + (config.proxy.nodeName.map { [Resource.node($0)] } ?? [])
+        healthLock.withLock { for r in resources { sourceProblems[r.name] = "not listed yet" } }
+        for r in resources {
+            let reflector = Reflector(client: client, resource: r, onChange: { [weak self] change in
+                guard let self else { return }
+                self.queue.async { self.apply(change, of: r) }
+            }, onStatus: { [weak self] status in
+                guard let self else { return }
+                self.queue.async { self.note(status, of: r) }
+            })
+            reflectorTasks.append(Task { await reflector.run() })
+        }
+    }
+
+    private func apply(_ change: Reflector.Change, of r: Resource) {
+        let prefix = "api:\(r.name):"
+        var changed = false
+        var nodes: [APIObjects.Object] = []
+        switch change {
+        case .replaced(let objects):
+            let keep = Set(objects.map { prefix + $0.key })
+            for s in store.sources(withPrefix: prefix) where !keep.contains(s) { changed = store.put(s, nil) || changed }
+            for o in objects { changed = store.put(prefix + o.key, o.state) || changed }
+            nodes = objects
+        case .put(let o):
+            changed = store.put(prefix + o.key, o.state)
+            nodes = [o]
+        case .deleted(let o):
+            changed = store.put(prefix + o.key, nil)
+        }
+        if r.kind == "Node", let node = nodes.first?.node, node.zone != nodeZone {
+            log.info("node \(node.name): zone \(node.zone ?? "none"), addresses \(node.addresses.joined(separator: ", "))")
+            nodeZone = node.zone
+            if initialListsDone && config.proxy.zone == nil { requestSync(full: true, reason: "node zone changed") }
+        }
+        if changed && initialListsDone { requestSync(full: false, reason: "\(r.name) changed") }
+    }
+
+    private func note(_ status: Reflector.Status, of r: Resource) {
+        switch status {
+        case .listed(let n, let rv):
+            log.info("source: listed \(n) \(r.name) at resourceVersion \(rv)")
+            healthLock.withLock { sourceProblems[r.name] = nil }
+            listed.insert(r.name)
+            if !initialListsDone && listed.count == resources.count {
+                initialListsDone = true
+                requestSync(full: true, reason: "initial lists complete")
+            }
+        case .watching(let rv):
+            log.debug("source: watching \(r.name) from resourceVersion \(rv)")
+            healthLock.withLock { sourceProblems[r.name] = nil }
+        case .relisting(let reason):
+            log.warning("source: \(r.name): \(reason); listing again")
+        case .failed(let message, let retry):
+            log.error("source: \(message); the last good rules stay in force; retrying in \(String(format: "%.1f", retry)) s")
+            healthLock.withLock { sourceProblems[r.name] = message }
+        case .rejected(let errors):
+            for e in errors { log.warning("source: \(r.name): skipped an object: \(e)") }
+        }
     }
 
     private func stop(signal: String) {
@@ -161,6 +265,8 @@ public final class Daemon: @unchecked Sendable {
     /// Runs a sync as soon as --min-sync-period allows; requests arriving meanwhile join it.
     func requestSync(full: Bool, reason: String) {
         dispatchPrecondition(condition: .onQueue(queue))
+        // From the API, nothing is programmed before every collection has been listed once.
+        if config.api != nil && !initialListsDone { return }
         pendingFull = pendingFull || full
         pendingReason = reason
         metrics.lastQueuedTimestamp.record(Date().timeIntervalSince1970)
@@ -197,7 +303,7 @@ public final class Daemon: @unchecked Sendable {
         defer { if wasFull { releaseFreeMemory() } }
         do {
             let gen = try nft.generation()
-            let translator = Translator(config.proxy.translator)
+            let translator = Translator(proxy.translator)
             let tx: Transaction
             let partial = !requestedFull && incremental != nil && cacheGeneration == gen
             var counts: (services: Int, endpoints: Int)
@@ -207,7 +313,7 @@ public final class Daemon: @unchecked Sendable {
                 // Only the Services the changed files touch are recomputed and compared.
                 let dirty = store.takeDirty()
                 var ports: [String: [ServicePortState]] = [:]
-                for key in dirty { ports[key] = store.ports(ofService: key, nodeName: config.proxy.nodeName, zone: config.proxy.zone) }
+                for key in dirty { ports[key] = store.ports(ofService: key, nodeName: proxy.nodeName, zone: proxy.zone) }
                 let before = StaleFlows.udpFrontends(incremental!.states(ofServices: dirty))
                 tx = incremental!.update(ports)
                 updateHealthChecks(ports, replacingAll: false)
@@ -221,7 +327,7 @@ public final class Daemon: @unchecked Sendable {
                 _ = store.takeDirty()
                 incremental = nil
                 cacheGeneration = nil
-                let result = try Reconciler(config: config.proxy, kernel: kernel).reconcile(store.state)
+                let result = try Reconciler(config: proxy, kernel: kernel).reconcile(store.state)
                 tx = result.transaction
                 try noteGeneration(commits: result.commits, before: gen)
                 flows = (result.flowsDeleted, result.flowWarning)
@@ -340,17 +446,21 @@ public final class Daemon: @unchecked Sendable {
         switch path {
         case "/livez": return (.ok, "text/plain", "ok\n")
         case "/healthz":
-            let (success, error, rejected) = healthLock.withLock { (lastSuccess, lastError, rejectedSummary) }
+            let (success, error, rejected, problems) = healthLock.withLock { (lastSuccess, lastError, rejectedSummary, sourceProblems) }
             let staleAfter = Double(config.syncPeriod.components.seconds) * 2 + 60
             var reason: String?
-            if let error { reason = "last sync failed: \(error)" }
+            if !problems.isEmpty {
+                // The rules keep serving, but they may be out of date.
+                reason = "source stale: " + problems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
+            } else if let error { reason = "last sync failed: \(error)" }
             else if success == nil { reason = "no sync has completed yet" }
             else if Date().timeIntervalSince(success!) > staleAfter { reason = "no successful sync for more than \(Int(staleAfter)) s" }
             let body = JSON.object([
                 ("status", .string(reason == nil ? "ok" : "unhealthy")),
                 ("reason", reason.map { .string($0) } ?? .null),
                 ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
-                ("rejectedFiles", .array(rejected.sorted { $0.key < $1.key }.map { .object([("file", .string($0.key)), ("error", .string($0.value))]) })),
+                ("source", .string(config.api.map { "api \($0.server)" } ?? "manifests \(config.manifests)")),
+            ("rejectedFiles", .array(rejected.sorted { $0.key < $1.key }.map { .object([("file", .string($0.key)), ("error", .string($0.value))]) })),
             ]).text() + "\n"
             return (reason == nil ? .ok : .serviceUnavailable, "application/json", body)
         default: return (.notFound, "text/plain", "not found\n")

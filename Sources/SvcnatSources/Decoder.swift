@@ -28,6 +28,20 @@ public struct ManifestDecoder {
         }
     }
 
+    /// Decodes one object given as a parsed value, with `kind` and `apiVersion` filled in when
+    /// the object lacks them (items of an API list do). The API source uses it.
+    mutating func decode(object v: Value, kind: String, apiVersion: String, file: String) {
+        var v = v
+        if case .mapping(var m) = v {
+            if m["kind"] == nil { m["kind"] = .scalar(kind, plain: false) }
+            if m["apiVersion"] == nil { m["apiVersion"] = .scalar(apiVersion, plain: false) }
+            v = .mapping(m)
+        }
+        let ctx = Field.Context(file: file)
+        decodeObject(Field(node: v, path: "", context: ctx), document: nil)
+        errors += ctx.errors
+    }
+
     static func yamlMessage(_ error: Error) -> String {
         let s = String(describing: error)
         return s.split(separator: "\n").map { $0.trimmingCharacters(in: " ") }.filter { !$0.isEmpty }.joined(separator: " ")

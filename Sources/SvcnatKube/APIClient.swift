@@ -1,0 +1,164 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import SvcnatModel
+import SvcnatSources
+
+/// A collection svcnat lists and watches.
+public struct Resource: Sendable, Hashable {
+    /// "services", "endpointslices", "nodes": for messages and keys.
+    public var name: String
+    public var path: String
+    public var kind: String
+    public var apiVersion: String
+    public var labelSelector: String?
+    public var fieldSelector: String?
+
+    /// Services and EndpointSlices, skipping what kube-proxy skips: objects of another service
+    /// proxy (`service.kubernetes.io/service-proxy-name`) and headless Services.
+    static let skipSelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+    public static let services = Resource(name: "services", path: "/api/v1/services", kind: "Service", apiVersion: "v1",
+                                          labelSelector: skipSelector)
+    public static let endpointSlices = Resource(name: "endpointslices", path: "/apis/discovery.k8s.io/v1/endpointslices",
+                                                kind: "EndpointSlice", apiVersion: "discovery.k8s.io/v1", labelSelector: skipSelector)
+    public static func node(_ name: String) -> Resource {
+        Resource(name: "nodes", path: "/api/v1/nodes", kind: "Node", apiVersion: "v1", fieldSelector: "metadata.name=\(name)")
+    }
+
+    /// Whether an object passes the label selector (the server applies it too; this guards
+    /// against one that does not).
+    public func admits(_ labels: [String: String]) -> Bool {
+        guard let labelSelector else { return true }
+        for term in labelSelector.split(separator: ",") {
+            if term.hasPrefix("!") { if labels[String(term.dropFirst())] != nil { return false } }
+        }
+        return true
+    }
+}
+
+public struct APIError: Error, CustomStringConvertible {
+    public var status: Int?
+    public var description: String
+    public init(status: Int? = nil, _ description: String) {
+        self.status = status
+        self.description = description
+    }
+}
+
+/// Lists and watches over HTTPS with AsyncHTTPClient: TLS verified against the configured
+/// CA (unless insecure-skip-tls-verify), bearer token or client certificate.
+public final class APIClient: Sendable {
+    public let config: APIConfig
+    let http: HTTPClient
+
+    public init(_ config: APIConfig) throws {
+        self.config = config
+        var tls = TLSConfiguration.makeClientConfiguration()
+        do {
+            if let ca = config.caPEM { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(ca)) }
+            if let c = config.clientCertificatePEM, let k = config.clientKeyPEM {
+                tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(c).map { .certificate($0) }
+                tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: k, format: .pem))
+            }
+        } catch {
+            throw APIError("\(config.origin): a certificate or key is not valid PEM: \(error)")
+        }
+        if config.insecureSkipTLSVerify { tls.certificateVerification = .none }
+        var c = HTTPClient.Configuration(tlsConfiguration: tls)
+        c.timeout = .init(connect: .seconds(10))
+        // Fail at once with the real error (TLS, refused): the reflector backs off itself.
+        c.connectionPool.retryConnectionEstablishment = false
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+    }
+
+    public func shutdown() async { try? await http.shutdown() }
+
+    func request(_ r: Resource, _ query: [(String, String)]) throws -> HTTPClientRequest {
+        var q = query
+        if let s = r.labelSelector { q.append(("labelSelector", s)) }
+        if let s = r.fieldSelector { q.append(("fieldSelector", s)) }
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        let qs = q.map { "\($0)=\($1.addingPercentEncoding(withAllowedCharacters: allowed)!)" }.joined(separator: "&")
+        var req = HTTPClientRequest(url: config.server + r.path + (qs.isEmpty ? "" : "?" + qs))
+        req.headers.add(name: "Accept", value: "application/json")
+        req.headers.add(name: "User-Agent", value: "svcnat")
+        if let t = try config.currentToken() { req.headers.add(name: "Authorization", value: "Bearer \(t)") }
+        return req
+    }
+
+    /// Sends the request; a non-200 answer becomes an APIError that says what to check.
+    func send(_ req: HTTPClientRequest, _ r: Resource, deadline: NIODeadline) async throws -> HTTPClientResponse {
+        let response: HTTPClientResponse
+        do {
+            response = try await http.execute(req, deadline: deadline)
+        } catch {
+            throw APIError(describe(error))
+        }
+        guard response.status == .ok else {
+            let body = (try? await response.body.collect(upTo: 1 << 20)).map { String(buffer: $0) } ?? ""
+            let message = (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])?["message"] as? String ?? body
+            let code = Int(response.status.code)
+            switch code {
+            case 401:
+                throw APIError(status: code, "the API server at \(config.server) refused svcnat's credentials (401 Unauthorized: \(message)); check the token or client certificate of \(config.origin)")
+            case 403:
+                throw APIError(status: code, "the API server forbids svcnat to list and watch \(r.name) (403 Forbidden: \(message)); svcnat needs get, list and watch on services, endpointslices and nodes (deploy/rbac.yaml)")
+            default:
+                throw APIError(status: code, "\(r.name): the API server answered \(code) \(response.status.reasonPhrase): \(message)")
+            }
+        }
+        return response
+    }
+
+    func describe(_ error: Error) -> String {
+        let text = String(describing: error)
+        if error is NIOSSLError || text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("handshakeFailed") {
+            return "TLS with \(config.server) failed: the server's certificate was not accepted (not signed by the trusted certificate authority, expired, or not valid for this address; see \(config.origin)): \(text)"
+        }
+        return "cannot reach the API server at \(config.server): \(text)"
+    }
+
+    /// A full list: every object and the list's resourceVersion.
+    public func list(_ r: Resource) async throws -> APIObjects.List {
+        let response = try await send(try request(r, []), r, deadline: .now() + .seconds(120))
+        let body: ByteBuffer
+        do { body = try await response.body.collect(upTo: 512 << 20) } catch { throw APIError(describe(error)) }
+        do {
+            return try APIObjects.list(String(buffer: body), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
+        } catch {
+            throw APIError("\(r.name): \(error)")
+        }
+    }
+
+    /// Watches from `resourceVersion`, with bookmarks, until the server ends the stream
+    /// (after `timeoutSeconds`) or the connection drops (then it throws). Events are handed
+    /// over one by one, in order.
+    public func watch(_ r: Resource, from resourceVersion: String, timeoutSeconds: Int,
+                      _ onEvent: (APIObjects.Event?, [InputError]) throws -> Void) async throws {
+        let req = try request(r, [("watch", "1"), ("resourceVersion", resourceVersion), ("allowWatchBookmarks", "true"),
+                                  ("timeoutSeconds", String(timeoutSeconds))])
+        let response = try await send(req, r, deadline: .now() + .seconds(Int64(timeoutSeconds) + 30))
+        var pending: [UInt8] = []
+        do {
+            for try await chunk in response.body {
+                pending += chunk.readableBytesView
+                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: pending[..<nl], as: UTF8.self)
+                    pending.removeSubrange(...nl)
+                    if line.allSatisfy(\.isWhitespace) { continue }
+                    let (event, errors) = try APIObjects.event(line, kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
+                    try onEvent(event, errors)
+                }
+            }
+        } catch let e as APIError { throw e }
+        catch let e as APIObjects.DecodeError { throw APIError("\(r.name): \(e)") }
+        catch let e as WatchGone { throw e }
+        catch { throw APIError("\(r.name): the watch stream broke: \(describe(error))") }
+    }
+}
+
+/// The watch's resourceVersion is too old (410 Gone): list again.
+public struct WatchGone: Error {}

@@ -1,0 +1,108 @@
+import SvcnatModel
+import Yams
+
+/// Kubernetes API responses (JSON, which the YAML parser reads as it is) into model values:
+/// lists with their resourceVersion, and watch events. Objects are decoded and validated exactly
+/// as manifests are; one that fails is reported and left out, as a bad file is.
+public enum APIObjects {
+    /// One object: its key (namespace/name), resourceVersion, and the model value (a state
+    /// holding just it; empty for a kind svcnat does not program, such as Node).
+    public struct Object: Sendable {
+        public var key: String
+        public var resourceVersion: String?
+        public var labels: [String: String]
+        public var state: ClusterState
+        public var node: NodeInfo?
+    }
+
+    public struct NodeInfo: Hashable, Sendable {
+        public var name: String
+        public var zone: String?
+        public var addresses: [String]
+    }
+
+    public struct List: Sendable {
+        public var resourceVersion: String
+        public var objects: [Object]
+        public var errors: [InputError]
+    }
+
+    public enum Event: Sendable {
+        case added(Object), modified(Object), deleted(Object)
+        case bookmark(resourceVersion: String)
+        /// An ERROR event: the Status object's code (410 when the resourceVersion is too old).
+        case error(code: Int, message: String)
+    }
+
+    public struct DecodeError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    static func parse(_ text: String) throws -> Value {
+        do {
+            let parser = try Parser(yaml: text, resolver: .basic)
+            guard let node = try parser.nextRoot() else { throw DecodeError(description: "empty response") }
+            return Value(node)
+        } catch let e as DecodeError { throw e }
+        catch { throw DecodeError(description: "not valid JSON: \(ManifestDecoder.yamlMessage(error))") }
+    }
+
+    /// A list response (`ServiceList`, `EndpointSliceList`, `NodeList`); `kind` and
+    /// `apiVersion` are its items' (list items carry neither).
+    public static func list(_ text: String, kind: String, apiVersion: String, source: String) throws -> List {
+        let v = try parse(text)
+        let ctx = Field.Context(file: source)
+        let f = Field(node: v, path: "", context: ctx)
+        guard let rv = f["metadata"]["resourceVersion"].string else { throw DecodeError(description: "\(source): list without metadata.resourceVersion") }
+        var out = List(resourceVersion: rv, objects: [], errors: [])
+        for item in f["items"].list {
+            let (o, errors) = object(item.node!, kind: kind, apiVersion: apiVersion, source: source)
+            if let o { out.objects.append(o) }
+            out.errors += errors
+        }
+        return out
+    }
+
+    /// One line of a watch stream.
+    public static func event(_ line: String, kind: String, apiVersion: String, source: String) throws -> (Event?, [InputError]) {
+        let v = try parse(line)
+        let ctx = Field.Context(file: source)
+        let f = Field(node: v, path: "", context: ctx)
+        guard let type = f["type"].string, let obj = f["object"].node else { throw DecodeError(description: "\(source): a watch event without type or object") }
+        switch type {
+        case "BOOKMARK":
+            return (f["object"]["metadata"]["resourceVersion"].string.map { .bookmark(resourceVersion: $0) }, [])
+        case "ERROR":
+            let code = f["object"]["code"].int ?? 0
+            return (.error(code: code, message: f["object"]["message"].string ?? "watch error \(code)"), [])
+        case "ADDED", "MODIFIED", "DELETED":
+            let (o, errors) = object(obj, kind: kind, apiVersion: apiVersion, source: source)
+            guard let o else { return (nil, errors) }
+            return (type == "ADDED" ? .added(o) : type == "MODIFIED" ? .modified(o) : .deleted(o), errors)
+        default:
+            throw DecodeError(description: "\(source): unknown watch event type \(type)")
+        }
+    }
+
+    static func object(_ v: Value, kind: String, apiVersion: String, source: String) -> (Object?, [InputError]) {
+        let ctx = Field.Context(file: source)
+        let f = Field(node: v, path: "", context: ctx)
+        let m = f["metadata"]
+        guard let name = m["name"].string else { return (nil, [InputError(file: source, object: kind, field: "metadata.name", message: "missing")]) }
+        let namespace = m["namespace"].string ?? ""
+        let key = namespace.isEmpty ? name : "\(namespace)/\(name)"
+        let labels = m["labels"].stringMap
+        var o = Object(key: key, resourceVersion: m["resourceVersion"].string, labels: labels, state: ClusterState())
+        if kind == "Node" {
+            let zone = labels["topology.kubernetes.io/zone"] ?? labels["failure-domain.beta.kubernetes.io/zone"]
+            let addresses = f["status"]["addresses"].list.compactMap { $0["address"].string }
+            o.node = NodeInfo(name: name, zone: zone, addresses: addresses)
+            return (o, ctx.errors)
+        }
+        var d = ManifestDecoder()
+        d.decode(object: v, kind: kind, apiVersion: apiVersion, file: source)
+        guard d.errors.isEmpty else { return (nil, d.errors) }
+        o.state = d.state
+        return (o, [])
+    }
+}
