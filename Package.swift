@@ -58,7 +58,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SvcnatModelTests",
-            dependencies: ["SvcnatModel", "SvcnatSources", "SvcnatCore", "SvcnatKube"],
+            dependencies: ["SvcnatModel", "SvcnatSources", "SvcnatCore", "SvcnatKube", "Yams"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(

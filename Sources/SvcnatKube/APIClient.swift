@@ -115,8 +115,11 @@ public final class APIClient: Sendable {
 
     func describe(_ error: Error) -> String {
         let text = String(describing: error)
-        if error is NIOSSLError || text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("handshakeFailed") {
-            return "TLS with \(config.server) failed: the server's certificate was not accepted (not signed by the trusted certificate authority, expired, or not valid for this address; see \(config.origin)): \(text)"
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            return "TLS with \(config.server) failed: the server's certificate was not accepted (CERTIFICATE_VERIFY_FAILED: not signed by the certificate authority of \(config.origin), expired, or not valid for this address)"
+        }
+        if error is NIOSSLError || text.contains("handshakeFailed") {
+            return "TLS with \(config.server) failed: \(text)"
         }
         return "cannot reach the API server at \(config.server): \(text)"
     }
