@@ -124,16 +124,32 @@ public final class APIClient: Sendable {
         return "cannot reach the API server at \(config.server): \(text)"
     }
 
-    /// A full list: every object and the list's resourceVersion.
-    public func list(_ r: Resource) async throws -> APIObjects.List {
-        let response = try await send(try request(r, []), r, deadline: .now() + .seconds(120))
-        let body: ByteBuffer
-        do { body = try await response.body.collect(upTo: 512 << 20) } catch { throw APIError(describe(error)) }
-        do {
-            return try APIObjects.list(String(buffer: body), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
-        } catch {
-            throw APIError("\(r.name): \(error)")
-        }
+    /// A full list: every object and the list's resourceVersion. Read in pages of `pageSize`
+    /// (limit/continue, as client-go's informers list), so neither side holds the whole
+    /// collection's JSON at once.
+    public func list(_ r: Resource, pageSize: Int = 500) async throws -> APIObjects.List {
+        var all: APIObjects.List?
+        var token: String?
+        repeat {
+            var query = [("limit", String(pageSize))]
+            if let token { query.append(("continue", token)) }
+            let response = try await send(try request(r, query), r, deadline: .now() + .seconds(120))
+            let body: ByteBuffer
+            do { body = try await response.body.collect(upTo: 512 << 20) } catch { throw APIError(describe(error)) }
+            let page: APIObjects.List
+            do {
+                page = try APIObjects.list(String(buffer: body), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
+            } catch {
+                throw APIError("\(r.name): \(error)")
+            }
+            token = page.continueToken
+            if all == nil { all = page } else {
+                all!.objects += page.objects
+                all!.errors += page.errors
+            }
+        } while token != nil
+        all!.continueToken = nil
+        return all!
     }
 
     /// Watches from `resourceVersion`, with bookmarks, until the server ends the stream

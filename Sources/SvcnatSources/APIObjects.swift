@@ -25,6 +25,8 @@ public enum APIObjects {
         public var resourceVersion: String
         public var objects: [Object]
         public var errors: [InputError]
+        /// More pages follow (a chunked list): ask again with `continue` set to this.
+        public var continueToken: String?
     }
 
     public enum Event: Sendable {
@@ -54,7 +56,8 @@ public enum APIObjects {
         let ctx = Field.Context(file: source)
         let f = Field(node: v, path: "", context: ctx)
         guard let rv = f["metadata"]["resourceVersion"].string else { throw DecodeError(description: "\(source): list without metadata.resourceVersion") }
-        var out = List(resourceVersion: rv, objects: [], errors: [])
+        let token = f["metadata"]["continue"].string
+        var out = List(resourceVersion: rv, objects: [], errors: [], continueToken: token?.isEmpty == false ? token : nil)
         for item in f["items"].list {
             let (o, errors) = object(item.node!, kind: kind, apiVersion: apiVersion, source: source)
             if let o { out.objects.append(o) }

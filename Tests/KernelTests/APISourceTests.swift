@@ -115,7 +115,8 @@ struct APISourceTests {
     }
 
     @Test func followsAStreamOfChangesThroughDropsAndRelists() throws {
-        let a = try api("apiwatch")
+        // Pages of one item: every list is chunked (limit/continue).
+        let a = try api("apiwatch", extra: ["--max-page", "1"])
         defer { a.bed.close() }
         try a.ctl("put", service("web", ip: "198.18.100.20"))
         // One Service's endpoints split across two slices.
@@ -124,6 +125,8 @@ struct APISourceTests {
         let daemon = try a.bed.startDaemon(a.node, ["--kubeconfig", try a.kubeconfig(), "--min-sync-period", "0", "--node-name", "node-a",
                                                     "--cluster-cidr", "198.19.0.0/16", "--sync-period", "1h"])
         #expect(try follows(a, ["pod1", "pod2"], within: 10), "\(daemon.log())")
+        // 1 Service, 2 slices, no Node: four pages in all (an empty list is one page).
+        #expect(try (a.stats()["pages"] as? Int) == 4)
 
         // The stream: a slice changes, another Service (of another proxy) is ignored, a slice goes.
         try a.ctl("put", slice("web-b", of: "web", pods: [3]))

@@ -4,7 +4,8 @@ faithful to the documented semantics.
 
 - GET /api/v1/services, /apis/discovery.k8s.io/v1/endpointslices, /api/v1/nodes: lists
   (`{"kind": "ServiceList", "metadata": {"resourceVersion": ...}, "items": [...]}`, items without
-  kind/apiVersion), labelSelector (`!key`, `key`, `key=value`) and fieldSelector metadata.name=X.
+  kind/apiVersion), chunked with limit/continue (pages of one snapshot), labelSelector (`!key`,
+  `key`, `key=value`) and fieldSelector metadata.name=X.
 - ?watch=1&resourceVersion=RV: a chunked stream of ADDED/MODIFIED/DELETED events after RV, and
   BOOKMARK events every second with allowWatchBookmarks; an ERROR event with a 410 Status when
   RV is older than the history kept (after /compact or a restart); ends after timeoutSeconds.
@@ -35,6 +36,8 @@ ap.add_argument("--token")
 ap.add_argument("--state", required=True)
 ap.add_argument("--list-delay", type=float, default=0)
 ap.add_argument("--seconds", type=float, default=300)
+ap.add_argument("--max-page", type=int, default=0, help="serve at most this many items per page, whatever the limit")
+ap.add_argument("--no-save", action="store_true", help="do not write --state after each change (benchmarks)")
 args = ap.parse_args()
 
 COLLECTIONS = {
@@ -49,7 +52,8 @@ objects = {path: {} for path in COLLECTIONS}   # path -> key -> object
 history = []                                     # (rv, path, type, object)
 rv = 1000
 oldest = rv + 1                                  # watches from before this get 410
-stats = {"lists": {}, "watches": {}, "gone": 0}
+stats = {"lists": {}, "watches": {}, "gone": 0, "pages": 0}
+snapshots = {}                                   # chunked lists: id -> (rv, items)
 generation = 0                                   # bumped by /drop
 paused = False                                   # /pause: watches get 503 until /resume
 
@@ -61,6 +65,8 @@ if os.path.exists(args.state):
 
 
 def save():
+    if args.no_save:
+        return
     tmp = args.state + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"objects": objects, "rv": rv}, f)
@@ -148,11 +154,29 @@ class API(BaseHTTPRequestHandler):
             if paused:
                 return self.send_json(503, status(503, "ServiceUnavailable", "the server is paused by the test"))
             return self.watch(url.path, query)
+        limit = int(query.get("limit", ["0"])[0] or 0)
+        if args.max_page:
+            limit = min(limit or args.max_page, args.max_page)
+        token = query.get("continue", [""])[0]
         with lock:
-            stats["lists"][url.path] = stats["lists"].get(url.path, 0) + 1
-            items = [o for o in objects[url.path].values() if selected(o, query)]
-            body = {"kind": kind + "List", "apiVersion": api_version,
-                    "metadata": {"resourceVersion": str(rv)}, "items": items}
+            if token:
+                # A later page of a chunked list: the same snapshot, from where the last ended.
+                snap_id, offset = map(int, token.split(":"))
+                if snap_id not in snapshots:
+                    return self.send_json(410, status(410, "Expired", "the continue token has expired"))
+                snap_rv, items = snapshots[snap_id]
+            else:
+                stats["lists"][url.path] = stats["lists"].get(url.path, 0) + 1
+                snap_rv, items, offset = rv, [o for _, o in sorted(objects[url.path].items()) if selected(o, query)], 0
+                snap_id = len(snapshots)
+                snapshots[snap_id] = (snap_rv, items)
+            page = items[offset:offset + limit] if limit else items[offset:]
+            stats["pages"] += 1
+            meta = {"resourceVersion": str(snap_rv)}
+            if limit and offset + limit < len(items):
+                meta["continue"] = "%d:%d" % (snap_id, offset + limit)
+                meta["remainingItemCount"] = len(items) - offset - limit
+            body = {"kind": kind + "List", "apiVersion": api_version, "metadata": meta, "items": page}
         if args.list_delay and kind == "EndpointSlice":
             time.sleep(args.list_delay)
         self.send_json(200, body)
