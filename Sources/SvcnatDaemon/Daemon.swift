@@ -183,8 +183,8 @@ public final class Daemon: @unchecked Sendable {
         var changed = false
         var nodes: [APIObjects.Object] = []
         switch change {
-        case .replaced(let objects):
-            let keep = Set(objects.map { prefix + $0.key })
+        case .replaced(let objects, let kept):
+            let keep = Set(objects.map { prefix + $0.key } + kept.map { prefix + $0 })
             for s in store.sources(withPrefix: prefix) where !keep.contains(s) { changed = store.put(s, nil) || changed }
             for o in objects { changed = store.put(prefix + o.key, o.state) || changed }
             nodes = objects

@@ -146,6 +146,7 @@ public final class APIClient: Sendable {
             if all == nil { all = page } else {
                 all!.objects += page.objects
                 all!.errors += page.errors
+                all!.failedKeys += page.failedKeys
             }
         } while token != nil
         all!.continueToken = nil

@@ -8,8 +8,9 @@ import SvcnatSources
 /// (0.5 s doubling to 30 s, with jitter). Changes and status go to the callbacks, in order.
 public final class Reflector: Sendable {
     public enum Change: Sendable {
-        /// A complete list: these objects and no others.
-        case replaced([APIObjects.Object])
+        /// A complete list: these objects and no others, but for `kept` (keys of items that
+        /// failed to decode: their last good versions stay).
+        case replaced([APIObjects.Object], kept: [String])
         case put(APIObjects.Object)
         case deleted(APIObjects.Object)
     }
@@ -46,7 +47,7 @@ public final class Reflector: Sendable {
                 if resourceVersion == nil {
                     let list = try await client.list(resource)
                     if !list.errors.isEmpty { onStatus(.rejected(list.errors)) }
-                    onChange(.replaced(list.objects.filter { resource.admits($0.labels) }))
+                    onChange(.replaced(list.objects.filter { resource.admits($0.labels) }, kept: list.failedKeys))
                     resourceVersion = list.resourceVersion
                     onStatus(.listed(objects: list.objects.count, resourceVersion: list.resourceVersion))
                 }

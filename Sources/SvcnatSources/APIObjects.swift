@@ -27,6 +27,9 @@ public enum APIObjects {
         public var errors: [InputError]
         /// More pages follow (a chunked list): ask again with `continue` set to this.
         public var continueToken: String?
+        /// Keys (namespace/name) of the items that failed to decode or validate: their last
+        /// good versions stay in force, as a bad manifest file's do.
+        public var failedKeys: [String] = []
     }
 
     public enum Event: Sendable {
@@ -61,6 +64,10 @@ public enum APIObjects {
         for item in f["items"].list {
             let (o, errors) = object(item.node!, kind: kind, apiVersion: apiVersion, source: source)
             if let o { out.objects.append(o) }
+            else if let name = item["metadata"]["name"].string {
+                let ns = item["metadata"]["namespace"].string ?? ""
+                out.failedKeys.append(ns.isEmpty ? name : "\(ns)/\(name)")
+            }
             out.errors += errors
         }
         return out

@@ -149,6 +149,9 @@ struct APISourceTests {
         try a.ctl("pause")
         try a.ctl("drop")
         try a.ctl("put", slice("web-a", of: "web", pods: [2]))
+        // ... and an object svcnat rejects (the test server validates nothing): its last good
+        // version stays, as a bad file's does.
+        try a.ctl("put", slice("web-b", of: "web", pods: [3]).replacingOccurrences(of: "198.19.3.2", with: "198.19.3.999"))
         try a.ctl("compact")
         usleep(500_000)
         try a.ctl("resume")

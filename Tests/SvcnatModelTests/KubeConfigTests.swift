@@ -103,6 +103,7 @@ import Yams
         #expect(l.resourceVersion == "4711" && l.objects.count == 1 && l.objects[0].key == "demo/web")
         #expect(l.objects[0].state.services.first?.ports.first?.port == 80 && l.objects[0].resourceVersion == "4700")
         #expect(l.errors.count == 1 && "\(l.errors[0])".contains("Bad_Name"))
+        #expect(l.failedKeys == ["demo/Bad_Name"] && l.continueToken == nil)
 
         let (bookmark, _) = try APIObjects.event(#"{"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": "4800"}}}"#,
                                                  kind: "Service", apiVersion: "v1", source: "api")
