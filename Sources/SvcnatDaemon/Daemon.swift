@@ -166,6 +166,7 @@ public final class Daemon: @unchecked Sendable {
         apiClient = client
         resources = [.services, .endpointSlices] + (config.proxy.nodeName.map { [Resource.node($0)] } ?? [])
         healthLock.withLock { for r in resources { sourceProblems[r.name] = "not listed yet" } }
+        for r in resources { metrics.sourceUp(r.name, false) }
         for r in resources {
             let reflector = Reflector(client: client, resource: r, onChange: { [weak self] change in
                 guard let self else { return }
@@ -191,8 +192,10 @@ public final class Daemon: @unchecked Sendable {
         case .put(let o):
             changed = store.put(prefix + o.key, o.state)
             nodes = [o]
+            metrics.sourceEvent(r.name)
         case .deleted(let o):
             changed = store.put(prefix + o.key, nil)
+            metrics.sourceEvent(r.name)
         }
         if r.kind == "Node", let node = nodes.first?.node, node.zone != nodeZone {
             log.info("node \(node.name): zone \(node.zone ?? "none"), addresses \(node.addresses.joined(separator: ", "))")
@@ -207,6 +210,8 @@ public final class Daemon: @unchecked Sendable {
         case .listed(let n, let rv):
             log.info("source: listed \(n) \(r.name) at resourceVersion \(rv)")
             healthLock.withLock { sourceProblems[r.name] = nil }
+            metrics.sourceList(r.name)
+            metrics.sourceUp(r.name, true)
             listed.insert(r.name)
             if !initialListsDone && listed.count == resources.count {
                 initialListsDone = true
@@ -215,11 +220,14 @@ public final class Daemon: @unchecked Sendable {
         case .watching(let rv):
             log.debug("source: watching \(r.name) from resourceVersion \(rv)")
             healthLock.withLock { sourceProblems[r.name] = nil }
+            metrics.sourceUp(r.name, true)
         case .relisting(let reason):
             log.warning("source: \(r.name): \(reason); listing again")
         case .failed(let message, let retry):
             log.error("source: \(message); the last good rules stay in force; retrying in \(String(format: "%.1f", retry)) s")
             healthLock.withLock { sourceProblems[r.name] = message }
+            metrics.sourceError(r.name)
+            metrics.sourceUp(r.name, false)
         case .rejected(let errors):
             for e in errors { log.warning("source: \(r.name): skipped an object: \(e)") }
         }

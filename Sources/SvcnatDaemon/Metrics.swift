@@ -47,6 +47,13 @@ final class DaemonMetrics: @unchecked Sendable {
         changes = CoreMetrics.Counter(label: "svcnat_sync_changes_total")
     }
 
+    // The API source, per collection (services, endpointslices, nodes).
+    func sourceEvent(_ resource: String) { CoreMetrics.Counter(label: "svcnat_source_events_total", dimensions: [("resource", resource)]).increment() }
+    func sourceList(_ resource: String) { CoreMetrics.Counter(label: "svcnat_source_lists_total", dimensions: [("resource", resource)]).increment() }
+    func sourceError(_ resource: String) { CoreMetrics.Counter(label: "svcnat_source_errors_total", dimensions: [("resource", resource)]).increment() }
+    /// 1 while the collection is listed and watched, 0 while it is stale.
+    func sourceUp(_ resource: String, _ up: Bool) { CoreMetrics.Gauge(label: "svcnat_source_up", dimensions: [("resource", resource)]).record(up ? 1 : 0) }
+
     func exposition() -> String { registry.emitToString() }
 }
 

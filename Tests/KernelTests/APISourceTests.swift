@@ -162,6 +162,13 @@ struct APISourceTests {
         // Every collection watched again (after its own backoff): healthy.
         #expect(try d.within(10) { try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").0 == 200 } != nil, "\(daemon.log())")
         #expect(try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").1.contains("\"source\": \"api https://127.0.0.1:6443\""))
+        let (_, m) = try d.http(a.bed, a.node, "http://127.0.0.1:10249/metrics")
+        // Every collection was listed twice (the compaction outdated all three watches).
+        for line in [#"svcnat_source_lists_total{resource="endpointslices"} 2"#, #"svcnat_source_lists_total{resource="services"} 2"#,
+                     #"svcnat_source_up{resource="endpointslices"} 1.0"#, #"svcnat_source_up{resource="nodes"} 1.0"#] {
+            #expect(m.contains(line), "metrics lack \(line):\n\(m)")
+        }
+        #expect(m.contains(#"svcnat_source_events_total{resource="endpointslices"}"#) && m.contains(#"svcnat_source_errors_total{resource="endpointslices"}"#))
         // The Service goes: its rules go.
         try a.ctl("delete", #"{"kind": "Service", "namespace": "demo", "name": "web"}"#)
         #expect(d.within(5) { !d.ruleset(a.bed, a.node).contains("198.18.100.20") } != nil)
