@@ -167,7 +167,13 @@ public struct ManifestDecoder {
         }
         var clusterIP: IPv4Address?
         var headless = false
-        let ipText = spec["clusterIP"].string ?? spec["clusterIPs"].list.first?.string
+        var ipText = spec["clusterIP"].string ?? spec["clusterIPs"].list.first?.string
+        // Dual-stack with IPv6 first: the IPv4 ClusterIP is the second of clusterIPs, and it is
+        // the one svcnat programs (as kube-proxy's IPv4 proxier does).
+        if let primary = ipText, primary.contains(":"),
+           let v4 = spec["clusterIPs"].list.compactMap({ $0.string }).first(where: { !$0.contains(":") }) {
+            ipText = v4
+        }
         if type == .externalName {
             // ExternalName Services are DNS only; kube-proxy programs nothing for them.
         } else if ipText == "None" {

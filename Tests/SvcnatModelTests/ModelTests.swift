@@ -105,6 +105,17 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(d.errors.isEmpty)
         #expect(ProxyState(d.state).servicePorts.isEmpty)
     }
+
+    /// Dual-stack: svcnat programs a Service's IPv4 ClusterIP, first or second of clusterIPs,
+    /// and skips IPv6-only Services and IPv6 EndpointSlices with a warning (no error).
+    @Test func dualStackServicesKeepTheirIPv4Part() throws {
+        let d = decode(try String(contentsOfFile: fixtures + "/dualstack.yaml", encoding: .utf8))
+        #expect(d.errors.isEmpty, "\(d.errors)")
+        #expect(d.state.services.map(\.clusterIP?.description) == ["198.18.100.30", "198.18.100.40"])
+        #expect(d.warnings.count == 2 && d.warnings.allSatisfy { "\($0)".contains("not programmed") })
+        let ports = ProxyState(d.state).servicePorts
+        #expect(ports.map { $0.endpoints.map(\.description) } == [["198.19.1.2:8080"], ["198.19.1.2:8080"]])
+    }
 }
 
 @Suite struct EndpointsFromObjects {
