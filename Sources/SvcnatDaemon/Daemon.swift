@@ -91,7 +91,9 @@ public final class Daemon: @unchecked Sendable {
     private var apiClient: APIClient?
     private var resources: [Resource] = []
     private var listed = Set<String>()
-    private var initialListsDone = false
+    /// Whether the source has given a complete view (at once for a folder; after the first
+    /// list of every collection for the API). No sync runs before.
+    private var sourceReady = false
     private var sourceProblems: [String: String] = [:]
     private var exitSemaphore = DispatchSemaphore(value: 0)
     private var exitCode: Int32 = 0
@@ -134,7 +136,10 @@ public final class Daemon: @unchecked Sendable {
                     }
                 }
             }
-            queue.async { self.requestSync(full: true, reason: "start") }
+            queue.async {
+                self.sourceReady = true
+                self.requestSync(full: true, reason: "start")
+            }
         }
         startTimer(every: config.syncPeriod) { [weak self] in self?.requestSync(full: true, reason: "sync period") }
         startTimer(every: config.driftCheckPeriod) { [weak self] in self?.checkDrift() }
@@ -200,9 +205,9 @@ public final class Daemon: @unchecked Sendable {
         if r.kind == "Node", let node = nodes.first?.node, node.zone != nodeZone {
             log.info("node \(node.name): zone \(node.zone ?? "none"), addresses \(node.addresses.joined(separator: ", "))")
             nodeZone = node.zone
-            if initialListsDone && config.proxy.zone == nil { requestSync(full: true, reason: "node zone changed") }
+            if config.proxy.zone == nil { requestSync(full: true, reason: "node zone changed") }
         }
-        if changed && initialListsDone { requestSync(full: false, reason: "\(r.name) changed") }
+        if changed { requestSync(full: false, reason: "\(r.name) changed") }
     }
 
     private func note(_ status: Reflector.Status, of r: Resource) {
@@ -213,8 +218,8 @@ public final class Daemon: @unchecked Sendable {
             metrics.sourceList(r.name)
             metrics.sourceUp(r.name, true)
             listed.insert(r.name)
-            if !initialListsDone && listed.count == resources.count {
-                initialListsDone = true
+            if !sourceReady && listed.count == resources.count {
+                sourceReady = true
                 requestSync(full: true, reason: "initial lists complete")
             }
         case .watching(let rv):
@@ -273,8 +278,8 @@ public final class Daemon: @unchecked Sendable {
     /// Runs a sync as soon as --min-sync-period allows; requests arriving meanwhile join it.
     func requestSync(full: Bool, reason: String) {
         dispatchPrecondition(condition: .onQueue(queue))
-        // From the API, nothing is programmed before every collection has been listed once.
-        if config.api != nil && !initialListsDone { return }
+        // Nothing is programmed from a half-known source (the API before its first lists).
+        guard sourceReady else { return }
         pendingFull = pendingFull || full
         pendingReason = reason
         metrics.lastQueuedTimestamp.record(Date().timeIntervalSince1970)

@@ -128,7 +128,7 @@ public final class APIClient: Sendable {
     /// (limit/continue, as client-go's informers list), so neither side holds the whole
     /// collection's JSON at once.
     public func list(_ r: Resource, pageSize: Int = 500) async throws -> APIObjects.List {
-        var all: APIObjects.List?
+        var all = APIObjects.List(resourceVersion: "", objects: [], errors: [])
         var token: String?
         repeat {
             var query = [("limit", String(pageSize))]
@@ -142,15 +142,14 @@ public final class APIClient: Sendable {
             } catch {
                 throw APIError("\(r.name): \(error)")
             }
+            // Every page is of the first page's snapshot.
+            if token == nil { all.resourceVersion = page.resourceVersion }
+            all.objects += page.objects
+            all.errors += page.errors
+            all.failedKeys += page.failedKeys
             token = page.continueToken
-            if all == nil { all = page } else {
-                all!.objects += page.objects
-                all!.errors += page.errors
-                all!.failedKeys += page.failedKeys
-            }
         } while token != nil
-        all!.continueToken = nil
-        return all!
+        return all
     }
 
     /// Watches from `resourceVersion`, with bookmarks, until the server ends the stream

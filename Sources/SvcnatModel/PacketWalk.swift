@@ -64,7 +64,7 @@ public enum PacketWalk {
     /// (prerouting: another host or a pod).
     public static func walk(_ p: Packet, in r: Ruleset, local: Set<IPv4Address>) -> [Outcome] {
         let walker = Walker(ruleset: r, packet: p, local: local)
-        let fromNode = walker.isLocal(p.source)
+        let fromNode = isLocal(p.source, local)
         var states = [State(saddr: p.source, daddr: p.destination, dport: p.port)]
         var done: [(State, Fate)] = []
 
@@ -106,6 +106,10 @@ public enum PacketWalk {
         return merged
     }
 
+    /// What `fib ... type local` answers: one of the node's addresses, or loopback. A walk from
+    /// such a source starts in the output hook.
+    public static func isLocal(_ ip: IPv4Address, _ local: Set<IPv4Address>) -> Bool { local.contains(ip) || ip.isLoopback }
+
     struct Walker {
         let ruleset: Ruleset
         let packet: Packet
@@ -121,7 +125,7 @@ public enum PacketWalk {
             chains = c
         }
 
-        func isLocal(_ ip: IPv4Address) -> Bool { local.contains(ip) || IPv4Prefix("127.0.0.0/8")!.contains(ip) }
+        func isLocal(_ ip: IPv4Address) -> Bool { PacketWalk.isLocal(ip, local) }
 
         /// The base chains of one hook, by priority; a branch stops at its first drop or reject.
         func hook(_ hook: Hook, _ s: State) -> [(State, Exit)] {

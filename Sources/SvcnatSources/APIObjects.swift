@@ -30,6 +30,15 @@ public enum APIObjects {
         /// Keys (namespace/name) of the items that failed to decode or validate: their last
         /// good versions stay in force, as a bad manifest file's do.
         public var failedKeys: [String] = []
+
+        public init(resourceVersion: String, objects: [Object] = [], errors: [InputError] = [],
+                    continueToken: String? = nil, failedKeys: [String] = []) {
+            self.resourceVersion = resourceVersion
+            self.objects = objects
+            self.errors = errors
+            self.continueToken = continueToken
+            self.failedKeys = failedKeys
+        }
     }
 
     public enum Event: Sendable {

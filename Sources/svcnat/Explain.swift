@@ -80,7 +80,7 @@ extension Svcnat {
                 throw ExitCode(1)
             }
             // A node port is walked at the node's first address that is not loopback.
-            let nodeAddress = local.filter { !IPv4Prefix("127.0.0.0/8")!.contains($0) }.min { $0.value < $1.value }
+            let nodeAddress = local.filter { !$0.isLoopback }.min { $0.value < $1.value }
             for v in views {
                 var walks: [JSON] = []
                 text += Explain.text(v, in: ruleset)
@@ -88,7 +88,7 @@ extension Svcnat {
                     for (ip, port) in Explain.destinations(query, v, nodeAddress: nodeAddress) {
                         let packet = PacketWalk.Packet(source: src, destination: ip, port: port, proto: v.proto)
                         let outcomes = PacketWalk.walk(packet, in: ruleset, local: local)
-                        let fromNode = local.contains(src) || IPv4Prefix("127.0.0.0/8")!.contains(src)
+                        let fromNode = PacketWalk.isLocal(src, local)
                         text += Explain.text(packet, outcomes, fromNode: fromNode)
                         walks.append(Explain.json(packet, outcomes, fromNode: fromNode))
                     }

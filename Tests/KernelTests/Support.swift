@@ -110,7 +110,9 @@ final class Testbed {
         try sh(node, ["ip", "link", "set", "client", "up"])
         try sh(client, ["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"])
         try sh(client, ["ip", "link", "set", "eth0", "up"])
+        // Service addresses, and external and load-balancer IPs, are reached through the node.
         try sh(client, ["ip", "route", "add", "198.18.100.0/24", "via", "198.18.0.1"])
+        try sh(client, ["ip", "route", "add", "198.18.200.0/24", "via", "198.18.0.1"])
         try sh(node, ["ip", "route", "add", "default", "via", "198.18.0.2"])
         try sh(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         try sh(node, ["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"])

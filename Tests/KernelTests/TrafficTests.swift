@@ -163,7 +163,6 @@ struct ExternalTrafficTests {
         defer { bed.close() }
         try bed.servedTopology(pods: 2)
         let node = bed.ns("node"), client = bed.ns("client"), pod1 = bed.ns("pod1")
-        try bed.sh(client, ["ip", "route", "add", "198.18.200.0/24", "via", "198.18.0.1"])
         let input = try bed.writeManifest(lbManifest(pods: [1, 2]))
         let r = try bed.svcnat(node, ["apply", "-f", input] + cidr)
         #expect(r.code == 0, "\(r.err)")
@@ -346,7 +345,6 @@ struct LocalPolicyTests {
         defer { bed.close() }
         try bed.servedTopology(pods: 2)
         let node = bed.ns("node"), client = bed.ns("client"), pod2 = bed.ns("pod2")
-        try bed.sh(client, ["ip", "route", "add", "198.18.200.0/24", "via", "198.18.0.1"])
         let both = try bed.writeManifest(manifest(pods: [(1, "node-a"), (2, "node-b")]))
         let r = try bed.svcnat(node, ["apply", "-f", both] + args)
         #expect(r.code == 0, "\(r.err)")
