@@ -15,21 +15,26 @@ public final class Conntrack {
     }
 
     struct Tuple {
-        var src: UInt32, dst: UInt32          // network order, as the kernel gives them
+        var src: IPAddress, dst: IPAddress
         var proto: UInt8
         var sport: UInt16, dport: UInt16      // network order
     }
 
-    /// Deletes every IPv4 UDP flow that matches one of the filters; returns how many went.
+    /// Deletes every UDP flow (IPv4 and IPv6) that matches one of the filters; returns how many went.
     @discardableResult
     public func deleteUDPFlows(matching filters: [FlowFilter]) throws -> Int {
         guard !filters.isEmpty else { return 0 }
         var doomed: [Tuple] = []
-        try dumpUDP { orig, reply in
-            let od = IPv4Address(UInt32(bigEndian: orig.dst)), op = UInt16(bigEndian: orig.dport)
-            let rs = IPv4Address(UInt32(bigEndian: reply.src)), rp = UInt16(bigEndian: reply.sport)
-            if filters.contains(where: { $0.matches(originalDestination: od, originalPort: op, replySource: rs, replyPort: rp) }) {
-                doomed.append(orig)
+        for family in [AF_INET, AF_INET6] {
+            let ipFamily: IPFamily = family == AF_INET ? .v4 : .v6
+            // A node port's "not NATed" filter names no address: it holds for both families.
+            let wanted = filters.filter { f in (f.destination ?? f.endpoint?.ip).map { $0.family == ipFamily } ?? true }
+            guard !wanted.isEmpty else { continue }
+            try dumpUDP(family: family) { orig, reply in
+                let op = UInt16(bigEndian: orig.dport), rp = UInt16(bigEndian: reply.sport)
+                if wanted.contains(where: { $0.matches(originalDestination: orig.dst, originalPort: op, replySource: reply.src, replyPort: rp) }) {
+                    doomed.append(orig)
+                }
             }
         }
         var deleted = 0
@@ -44,23 +49,23 @@ public final class Conntrack {
         return deleted
     }
 
-    private func header(_ buf: UnsafeMutableRawPointer, type: Int32, flags: Int32) -> UnsafeMutablePointer<nlmsghdr> {
+    private func header(_ buf: UnsafeMutableRawPointer, type: Int32, flags: Int32, family: Int32) -> UnsafeMutablePointer<nlmsghdr> {
         let nlh = mnl_nlmsg_put_header(buf)!
         nlh.pointee.nlmsg_type = UInt16(NFNL_SUBSYS_CTNETLINK << 8) | UInt16(type)
         nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | flags)
         seq &+= 1
         nlh.pointee.nlmsg_seq = seq
         let nfg = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<nfgenmsg>.size)!.assumingMemoryBound(to: nfgenmsg.self)
-        nfg.pointee.nfgen_family = UInt8(AF_INET)
+        nfg.pointee.nfgen_family = UInt8(family)
         nfg.pointee.version = UInt8(NFNETLINK_V0)
         nfg.pointee.res_id = 0
         return nlh
     }
 
-    private func dumpUDP(_ each: (Tuple, Tuple) -> Void) throws {
+    private func dumpUDP(family: Int32, _ each: (Tuple, Tuple) -> Void) throws {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
         defer { buf.deallocate() }
-        let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_GET.rawValue), flags: NLM_F_DUMP)
+        let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_GET.rawValue), flags: NLM_F_DUMP, family: family)
         let mySeq = nlh.pointee.nlmsg_seq
         try socket.send(UnsafeRawBufferPointer(start: buf, count: Int(nlh.pointee.nlmsg_len)), what: "list conntrack entries")
         var done = false
@@ -88,11 +93,13 @@ public final class Conntrack {
     private func delete(_ t: Tuple) throws {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: 1024, alignment: 8)
         defer { buf.deallocate() }
-        let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_DELETE.rawValue), flags: NLM_F_ACK)
+        let v4 = t.src.family == .v4
+        let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_DELETE.rawValue), flags: NLM_F_ACK, family: v4 ? AF_INET : AF_INET6)
         let tuple = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_ORIG.rawValue))
         let ip = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_IP.rawValue))
-        mnl_attr_put_u32(nlh, UInt16(CTA_IP_V4_SRC.rawValue), t.src)
-        mnl_attr_put_u32(nlh, UInt16(CTA_IP_V4_DST.rawValue), t.dst)
+        for (type, addr) in [(v4 ? CTA_IP_V4_SRC : CTA_IP_V6_SRC, t.src), (v4 ? CTA_IP_V4_DST : CTA_IP_V6_DST, t.dst)] {
+            addr.bytes.withUnsafeBytes { mnl_attr_put(nlh, UInt16(type.rawValue), $0.count, $0.baseAddress) }
+        }
         mnl_attr_nest_end(nlh, ip)
         let proto = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_PROTO.rawValue))
         mnl_attr_put_u8(nlh, UInt16(CTA_PROTO_NUM.rawValue), t.proto)
@@ -117,8 +124,15 @@ public final class Conntrack {
     static func tuple(_ raw: UnsafeRawBufferPointer) -> Tuple? {
         let a = Attributes(raw)
         guard let ip = a[Int(CTA_TUPLE_IP.rawValue)].map(Attributes.init), let proto = a[Int(CTA_TUPLE_PROTO.rawValue)].map(Attributes.init),
-              let src = ip.u32(Int(CTA_IP_V4_SRC.rawValue)), let dst = ip.u32(Int(CTA_IP_V4_DST.rawValue)),
               let num = proto[Int(CTA_PROTO_NUM.rawValue)]?.first else { return nil }
+        let src: IPAddress?, dst: IPAddress?
+        if let s = ip[Int(CTA_IP_V4_SRC.rawValue)], let d = ip[Int(CTA_IP_V4_DST.rawValue)] {
+            (src, dst) = (IPAddress(bytes: Array(s)), IPAddress(bytes: Array(d)))
+        } else {
+            (src, dst) = (ip[Int(CTA_IP_V6_SRC.rawValue)].flatMap { IPAddress(bytes: Array($0)) },
+                          ip[Int(CTA_IP_V6_DST.rawValue)].flatMap { IPAddress(bytes: Array($0)) })
+        }
+        guard let src, let dst else { return nil }
         return Tuple(src: src, dst: dst, proto: num, sport: proto.u16(Int(CTA_PROTO_SRC_PORT.rawValue)) ?? 0,
                      dport: proto.u16(Int(CTA_PROTO_DST_PORT.rawValue)) ?? 0)
     }

@@ -5,7 +5,9 @@ import SvcnatModel
 /// lists split into chunks), BATCH_END. Remembers which operation each sequence number carries
 /// so a kernel error can name it.
 struct BatchEncoder {
-    let table: String
+    /// The table (and its nfproto family) the next operations are for.
+    var table = ""
+    var family = K.family(.ip)
     let buffer = MessageBuffer()
     let firstSeq: UInt32
     private(set) var seq: UInt32
@@ -18,8 +20,7 @@ struct BatchEncoder {
     /// Elements per NEWSETELEM message: the nested element list carries a 16-bit length.
     static let elementsPerMessage = 128
 
-    init(table: String, firstSeq: UInt32) {
-        self.table = table
+    init(firstSeq: UInt32) {
         self.firstSeq = firstSeq
         seq = firstSeq
         nftnl_batch_begin(buffer.tail, seq)
@@ -48,7 +49,7 @@ struct BatchEncoder {
         seq += 1
         opForSeq.append(currentOp)
         lastHeaderOffset = buffer.length
-        return nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), K.family, UInt16(flags), seq)
+        return nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), family, UInt16(flags), seq)
     }
 
     mutating func encode(_ op: Operation, index: Int) {
@@ -227,16 +228,24 @@ enum ElementCodec {
 /// endpoint maps exactly as `nft -f` of the dry-run output creates them.
 enum SetTypeof {
     static let userData: [String: [UInt8]] = [
-        "numgen random mod 1 : ip daddr . th dport": [
+        "numgen random mod 1 : ip daddr . th dport": endpointMap(addressDescription: 0x0c, daddrField: 0x0c),
+        "numgen random mod 1 : ip6 daddr . th dport": endpointMap(addressDescription: 0x0d, daddrField: 0x09),
+    ]
+
+    /// `numgen random mod 1 : ip daddr . th dport`: the key (numgen, random, modulus 1, offset
+    /// 0) and the data (a concatenation of two payload fields, each named by nft's protocol
+    /// description and field numbers: ip or ip6 daddr, then th dport).
+    static func endpointMap(addressDescription: UInt8, daddrField: UInt8) -> [UInt8] {
+        [
             0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
             0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x01, 0x00,
             0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
-            0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
-            0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+            0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, addressDescription, 0x00,
+            0x00, 0x00, 0x01, 0x04, daddrField, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
             0x01, 0x0c, 0x00, 0x04, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
             0x00, 0x00, 0x00, 0x00,
-        ],
-    ]
+        ]
+    }
 
     static func typeof(forUserData bytes: [UInt8]) -> String? {
         userData.first { $0.value == bytes }?.key

@@ -73,10 +73,10 @@ enum ExprCodec {
             u32(x, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM.rawValue)
             u32(x, NFTNL_EXPR_NG_OFFSET, offset)
             return x
-        case .dnat(let addrReg, let protoReg, let flags):
+        case .dnat(let family, let addrReg, let protoReg, let flags):
             let x = alloc("nat")
             u32(x, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT.rawValue)
-            u32(x, NFTNL_EXPR_NAT_FAMILY, UInt32(NFPROTO_IPV4))
+            u32(x, NFTNL_EXPR_NAT_FAMILY, family == .v4 ? UInt32(NFPROTO_IPV4) : UInt32(NFPROTO_IPV6))
             reg(x, NFTNL_EXPR_NAT_REG_ADDR_MIN, addrReg)
             if let protoReg { reg(x, NFTNL_EXPR_NAT_REG_PROTO_MIN, protoReg) }
             if flags != 0 { u32(x, NFTNL_EXPR_NAT_FLAGS, flags) }
@@ -177,8 +177,13 @@ enum ExprCodec {
             guard let d = reg(NFTNL_EXPR_NG_DREG), u32(NFTNL_EXPR_NG_TYPE) == NFT_NG_RANDOM.rawValue else { return unknown }
             return .numgen(dreg: d, modulus: u32(NFTNL_EXPR_NG_MODULUS), offset: has(NFTNL_EXPR_NG_OFFSET) ? u32(NFTNL_EXPR_NG_OFFSET) : 0)
         case "nat":
-            guard u32(NFTNL_EXPR_NAT_TYPE) == NFT_NAT_DNAT.rawValue, u32(NFTNL_EXPR_NAT_FAMILY) == UInt32(NFPROTO_IPV4),
-                  let a = reg(NFTNL_EXPR_NAT_REG_ADDR_MIN) else { return unknown }
+            let family: IPFamily
+            switch u32(NFTNL_EXPR_NAT_FAMILY) {
+            case UInt32(NFPROTO_IPV4): family = .v4
+            case UInt32(NFPROTO_IPV6): family = .v6
+            default: return unknown
+            }
+            guard u32(NFTNL_EXPR_NAT_TYPE) == NFT_NAT_DNAT.rawValue, let a = reg(NFTNL_EXPR_NAT_REG_ADDR_MIN) else { return unknown }
             let p = reg(NFTNL_EXPR_NAT_REG_PROTO_MIN)
             // The kernel fills in max = min when only min was given, and reports both.
             guard reg(NFTNL_EXPR_NAT_REG_ADDR_MAX).map({ $0 == a }) ?? true,
@@ -186,7 +191,7 @@ enum ExprCodec {
             var flags = has(NFTNL_EXPR_NAT_FLAGS) ? u32(NFTNL_EXPR_NAT_FLAGS) : 0
             flags &= ~NATFlags.mapIPs                       // implied by the address register
             if p != nil { flags |= NATFlags.protoSpecified } // implied by the port register
-            return .dnat(addrReg: a, protoReg: p, flags: flags)
+            return .dnat(family: family, addrReg: a, protoReg: p, flags: flags)
         case "masq":
             guard !has(NFTNL_EXPR_MASQ_REG_PROTO_MIN) else { return unknown }
             return .masquerade(flags: has(NFTNL_EXPR_MASQ_FLAGS) ? u32(NFTNL_EXPR_MASQ_FLAGS) : 0)
@@ -194,6 +199,7 @@ enum ExprCodec {
             let type = u32(NFTNL_EXPR_REJECT_TYPE), code = nftnl_expr_get_u8(x, UInt16(NFTNL_EXPR_REJECT_CODE))
             if type == NFT_REJECT_TCP_RST.rawValue { return .reject(kind: .tcpReset) }
             if type == NFT_REJECT_ICMP_UNREACH.rawValue && code == 3 { return .reject(kind: .icmpPortUnreachable) }
+            if type == NFT_REJECT_ICMP_UNREACH.rawValue && code == 4 { return .reject(kind: .icmpv6PortUnreachable) }
             return unknown
         case "dynset":
             guard let k = reg(NFTNL_EXPR_DYNSET_SREG_KEY), let set = str(NFTNL_EXPR_DYNSET_SET_NAME),

@@ -21,19 +21,34 @@ public final class NFTables {
 
     /// Sends the transaction as one batch and waits for the kernel's verdict. On any refusal
     /// the kernel aborts the whole batch, and the error names each refused operation.
-    public func apply(_ tx: Transaction) throws {
+    public func apply(_ tx: Transaction) throws { try apply([tx]) }
+
+    /// Sends several tables' transactions (svcnat's `ip` and `ip6` tables) as one batch: the
+    /// kernel commits them together or not at all.
+    public func apply(_ transactions: [Transaction]) throws {
         lastBatchMessages = 0
-        guard !tx.isEmpty else { return }
+        let txs = transactions.filter { !$0.isEmpty }
+        guard !txs.isEmpty else { return }
         let begin = nextSeq()
-        var enc = BatchEncoder(table: tx.table, firstSeq: begin)
-        for (i, op) in tx.operations.enumerated() { enc.encode(op, index: i) }
+        var enc = BatchEncoder(firstSeq: begin)
+        // Operation i of the batch is operation `owners[i].1` of transaction `owners[i].0`.
+        var owners: [(Int, Int)] = []
+        for (t, tx) in txs.enumerated() {
+            enc.table = tx.table
+            enc.family = K.family(tx.family)
+            for (i, op) in tx.operations.enumerated() {
+                enc.encode(op, index: owners.count)
+                owners.append((t, i))
+            }
+        }
+        let messageCount = txs.reduce(0) { $0 + $1.messageCount }
         let last = enc.lastSeq
         enc.requestAckForLastMessage()
         enc.end()
         seq = enc.lastSeq
         lastBatchMessages = Int(last - begin)
 
-        try socket.send(enc.buffer.bytes, what: "send the transaction (\(tx.messageCount) messages)")
+        try socket.send(enc.buffer.bytes, what: "send the transaction (\(messageCount) messages)")
         var failures: [NetlinkError] = []
         var done = false
         while !done {
@@ -47,7 +62,8 @@ public final class NFTables {
                 } else if s == last && err == 0 {
                     done = true
                 } else if err != 0 {
-                    failures.append(NetlinkError(Self.describe(tx, enc.operationIndex(for: s)), errno: err))
+                    let owner = enc.operationIndex(for: s).map { owners[$0] }
+                    failures.append(NetlinkError(owner.map { Self.describe(txs[$0.0], $0.1) } ?? "batch", errno: err))
                     if s == last { done = true }
                 }
             }
@@ -76,24 +92,30 @@ public final class NFTables {
 
     /// Reads svcnat's table back from the kernel; nil when it does not exist. Retries when the
     /// ruleset changed in the middle of the dump.
-    public func read(table: String) throws -> Ruleset? {
+    public func read(table: String, family: TableFamily = .ip) throws -> Ruleset? {
         for _ in 0..<10 {
-            do { return try readOnce(table: table) } catch DumpInterrupted.interrupted { continue }
+            do { return try readOnce(table: table, family: family) } catch DumpInterrupted.interrupted { continue }
         }
         throw NetlinkError("read table \(table): the ruleset kept changing during the dump", errno: EINTR)
     }
 
     private enum DumpInterrupted: Error { case interrupted }
 
-    private func readOnce(table: String) throws -> Ruleset? {
-        guard try tableExists(table) else { return nil }
-        var r = Ruleset(family: .ip, table: table)
+    private func readOnce(table: String, family: TableFamily) throws -> Ruleset? {
+        let nfproto = K.family(family)
+        guard let ipFamily = IPFamily(family) else { return nil }
+        guard try tableExists(table, nfproto) else { return nil }
+        var r = Ruleset(family: family, table: table)
+        func dump(_ type: nf_tables_msg_types, what: String,
+                  build: (UnsafeMutablePointer<nlmsghdr>) -> Void, each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
+            try request(type, family: nfproto, flags: NLM_F_DUMP, what: what, build: build, each: each)
+        }
 
         try dump(NFT_MSG_GETCHAIN, what: "list chains") { _ in } each: { nlh in
             let c = NftChain()
             guard nftnl_chain_nlmsg_parse(nlh, c.raw) >= 0 else { return }
             guard str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_TABLE.rawValue))) == table,
-                  nftnl_chain_get_u32(c.raw, K.attr(NFTNL_CHAIN_FAMILY.rawValue)) == UInt32(K.family) else { return }
+                  nftnl_chain_get_u32(c.raw, K.attr(NFTNL_CHAIN_FAMILY.rawValue)) == UInt32(nfproto) else { return }
             let name = str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_NAME.rawValue)))
             var base: BaseChain?
             if nftnl_chain_is_set(c.raw, K.attr(NFTNL_CHAIN_HOOKNUM.rawValue)),
@@ -185,16 +207,16 @@ public final class NFTables {
                 nftnl_expr_iter_destroy(it)
             }
             let handle = nftnl_rule_get_u64(rule.raw, K.attr(NFTNL_RULE_HANDLE.rawValue))
-            rulesByChain[chain, default: []].append(Rule(exprs: exprs, handle: handle))
+            rulesByChain[chain, default: []].append(Rule(exprs: exprs, family: ipFamily, handle: handle))
         }
         for i in r.chains.indices { r.chains[i].rules = rulesByChain[r.chains[i].name] ?? [] }
         return r
     }
 
-    private func tableExists(_ table: String) throws -> Bool {
+    private func tableExists(_ table: String, _ nfproto: UInt16) throws -> Bool {
         var found = false
         do {
-            try request(NFT_MSG_GETTABLE, flags: NLM_F_ACK, what: "get table \(table)") { nlh in
+            try request(NFT_MSG_GETTABLE, family: nfproto, flags: NLM_F_ACK, what: "get table \(table)") { nlh in
                 let t = NftTable()
                 nftnl_table_set_str(t.raw, K.attr(NFTNL_TABLE_NAME.rawValue), table)
                 nftnl_table_nlmsg_build_payload(nlh, t.raw)
@@ -205,20 +227,15 @@ public final class NFTables {
         return found
     }
 
-    private func dump(_ type: nf_tables_msg_types, what: String,
-                      build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
-                      each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
-        try request(type, flags: NLM_F_DUMP, what: what, build: build, each: each)
-    }
 
     /// Sends one request and hands every answer to `each` until the kernel says it is done
     /// (NLMSG_DONE for a dump, the ack otherwise).
-    func request(_ type: nf_tables_msg_types, flags: Int32, what: String,
+    func request(_ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String,
                          build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
                          each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
         let buffer = MessageBuffer(capacity: 0)
         let s = nextSeq()
-        let nlh = nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), K.family, UInt16(flags), s)!
+        let nlh = nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), family, UInt16(flags), s)!
         build(nlh)
         buffer.commit(nlh)
         try socket.send(buffer.bytes, what: what)
@@ -244,7 +261,7 @@ public final class NFTables {
         var fields: [KeyField] = []
         var t = type
         while t != 0 {
-            guard let f = [KeyField.ipv4Addr, .inetProto, .inetService, .integer].first(where: { $0.nftTypeID == t & 0x3f }) else { return [] }
+            guard let f = [KeyField.ipv4Addr, .ipv6Addr, .inetProto, .inetService, .integer].first(where: { $0.nftTypeID == t & 0x3f }) else { return [] }
             fields.insert(f, at: 0)
             t >>= 6
         }

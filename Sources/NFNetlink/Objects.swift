@@ -29,7 +29,13 @@ final class NftSet {
 
 /// Kernel numbers for the model's symbolic values, taken from the UAPI headers.
 enum K {
-    static let family = UInt16(NFPROTO_IPV4)
+    static func family(_ f: TableFamily) -> UInt16 {
+        switch f {
+        case .ip: UInt16(NFPROTO_IPV4)
+        case .ip6: UInt16(NFPROTO_IPV6)
+        case .inet: UInt16(NFPROTO_INET)
+        }
+    }
     static func msg(_ t: nf_tables_msg_types) -> UInt16 { UInt16(NFNL_SUBSYS_NFTABLES << 8) | UInt16(t.rawValue) }
 
     static func reg(_ r: Register) -> UInt32 {
@@ -107,6 +113,7 @@ enum K {
         switch k {
         case .tcpReset: (NFT_REJECT_TCP_RST.rawValue, 0)
         case .icmpPortUnreachable: (NFT_REJECT_ICMP_UNREACH.rawValue, 3) // ICMP_PORT_UNREACH
+        case .icmpv6PortUnreachable: (NFT_REJECT_ICMP_UNREACH.rawValue, 4) // ICMPV6_PORT_UNREACH
         }
     }
 

@@ -5,13 +5,19 @@ import SvcnatModel
 
 /// Where svcnat's table lives: the real kernel over netlink, or a fake for tests.
 public protocol Kernel: AnyObject {
-    /// svcnat's table as it is now, or nil when it does not exist.
-    func read(table: String) throws -> Ruleset?
-    /// Applies the transaction: all its changes in one atomic batch, then the removal of what
-    /// no rule reaches any more (`Transaction.batches`). Returns the batches committed.
-    @discardableResult func apply(_ tx: Transaction) throws -> Int
+    /// svcnat's table of that family as it is now, or nil when it does not exist.
+    func read(table: String, family: TableFamily) throws -> Ruleset?
+    /// Applies the transactions (one per table): all their changes in one atomic batch, then
+    /// the removal of what no rule reaches any more (`Transaction.batches`). Returns the
+    /// batches committed.
+    @discardableResult func apply(_ txs: [Transaction]) throws -> Int
     /// Deletes the UDP conntrack entries the filters match; returns how many.
     func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int
+}
+
+extension Kernel {
+    /// One table's transaction.
+    @discardableResult public func apply(_ tx: Transaction) throws -> Int { try apply([tx]) }
 }
 
 /// The kernel of the current network namespace, over netlink.
@@ -20,17 +26,17 @@ public final class NetlinkKernel: Kernel {
     public init() throws { nft = try NFTables() }
     /// Shares an open netlink socket (the daemon's).
     public init(_ nft: NFTables) { self.nft = nft }
-    public func read(table: String) throws -> Ruleset? { try nft.read(table: table) }
-    @discardableResult public func apply(_ tx: Transaction) throws -> Int {
-        var tx = tx
+    public func read(table: String, family: TableFamily) throws -> Ruleset? { try nft.read(table: table, family: family) }
+    @discardableResult public func apply(_ txs: [Transaction]) throws -> Int {
+        var txs = txs.filter { !$0.isEmpty }
         // Test hook: end a non-empty batch with a message the kernel must refuse, so tests can
         // show that a refused batch changes nothing. Never set outside tests.
-        if !tx.isEmpty, Self.appendBadMessage {
-            tx.operations.append(.deleteChain("svcnat-test-missing-chain"))
+        if !txs.isEmpty, Self.appendBadMessage {
+            txs[txs.count - 1].operations.append(.deleteChain("svcnat-test-missing-chain"))
         }
         var messages = 0, commits = 0
         defer { lastBatchMessages = messages }
-        for batch in tx.batches {
+        for batch in Transaction.batches(txs) {
             try nft.apply(batch)
             messages += nft.lastBatchMessages
             commits += 1
@@ -51,7 +57,12 @@ public final class NetlinkKernel: Kernel {
 /// A kernel made of values: applies transactions with the same refusals the kernel makes for
 /// dangling references, and can be told to refuse the next batch.
 public final class FakeKernel: Kernel {
-    public var ruleset: Ruleset?
+    public var rulesets: [TableFamily: Ruleset] = [:]
+    /// The IPv4 table.
+    public var ruleset: Ruleset? {
+        get { rulesets[.ip] }
+        set { rulesets[.ip] = newValue }
+    }
     public private(set) var applied: [Transaction] = []
     public var refuseNext: Error?
 
@@ -63,18 +74,26 @@ public final class FakeKernel: Kernel {
         return 0
     }
 
-    public func read(table: String) throws -> Ruleset? { ruleset?.table == table ? ruleset : nil }
+    public func read(table: String, family: TableFamily) throws -> Ruleset? {
+        rulesets[family]?.table == table ? rulesets[family] : nil
+    }
 
-    @discardableResult public func apply(_ tx: Transaction) throws -> Int {
+    @discardableResult public func apply(_ txs: [Transaction]) throws -> Int {
         if let e = refuseNext { refuseNext = nil; throw e }
-        let batches = tx.batches
+        let txs = txs.filter { !$0.isEmpty }
+        let batches = Transaction.batches(txs)
         for batch in batches {
-            guard case .some(let r) = Ruleset.applying(batch, to: ruleset) else {
-                throw FakeKernelRefusal(operation: batch.nftText)
+            // All or nothing, as the kernel's batch.
+            var after = rulesets
+            for tx in batch {
+                guard case .some(let r) = Ruleset.applying(tx, to: after[tx.family]) else {
+                    throw FakeKernelRefusal(operation: tx.nftText)
+                }
+                after[tx.family] = r
             }
-            ruleset = r
+            rulesets = after
         }
-        applied.append(tx)
+        applied += txs
         return batches.count
     }
 }

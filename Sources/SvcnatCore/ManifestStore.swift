@@ -163,13 +163,13 @@ public final class ManifestStore {
     }
 
     /// One Service's ports as they are now (empty when the Service is gone or gets no rules).
-    public func ports(ofService key: String, nodeName: String?, zone: String? = nil) -> [ServicePortState] {
+    public func ports(ofService key: String, nodeName: String?, zone: String? = nil, family: IPFamily = .v4) -> [ServicePortState] {
         guard let svc = services.winner(key) else { return [] }
         let sliceKeys = slicesByService[key] ?? []
         let svcSlices = sliceKeys.sorted().compactMap { slices.winner($0) }.filter { "\($0.meta.namespace)/\($0.serviceName)" == key }
         let podKeys = svc.selector == nil ? [] : (podsByNamespace[svc.meta.namespace] ?? [])
         return ProxyState.ports(of: svc, slices: svcSlices.isEmpty ? nil : svcSlices, endpoints: endpoints.winner(key),
-                                pods: podKeys.sorted().compactMap { pods.winner($0) }, nodeName: nodeName, zone: zone)
+                                pods: podKeys.sorted().compactMap { pods.winner($0) }, nodeName: nodeName, zone: zone, family: family)
     }
 
     public func takeWarnings() -> [Warning] {

@@ -5,17 +5,17 @@ import SvcnatSources
 /// Settings that decide the ruleset, from kube-proxy's flags where they exist.
 public struct ProxyConfig: Sendable {
     public var table: String
-    public var clusterCIDRs: [IPv4Prefix]
+    public var clusterCIDRs: [IPPrefix]
     public var masqueradeAll: Bool
     public var nodeName: String?
     public var endpointSelection: EndpointSelection
-    public var nodePortAddresses: [IPv4Prefix]
-    public var serviceCIDRs: [IPv4Prefix]
+    public var nodePortAddresses: [IPPrefix]
+    public var serviceCIDRs: [IPPrefix]
     /// This node's zone, for topology hints.
     public var zone: String?
 
-    public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
-                endpointSelection: EndpointSelection = .map, nodePortAddresses: [IPv4Prefix] = [], serviceCIDRs: [IPv4Prefix] = []) {
+    public init(table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
+                endpointSelection: EndpointSelection = .map, nodePortAddresses: [IPPrefix] = [], serviceCIDRs: [IPPrefix] = []) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
@@ -25,22 +25,38 @@ public struct ProxyConfig: Sendable {
         self.serviceCIDRs = serviceCIDRs
     }
 
-    public var translator: TranslatorConfig {
+    /// The IPv4 table's settings.
+    public var translator: TranslatorConfig { translator(for: .v4) }
+
+    public func translator(for family: IPFamily) -> TranslatorConfig {
         TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection,
-                         nodePortAddresses: nodePortAddresses, serviceCIDRs: serviceCIDRs)
+                         nodePortAddresses: nodePortAddresses, serviceCIDRs: serviceCIDRs, family: family)
     }
+}
+
+/// One family's table in a sync: what was planned for it, and the change sent.
+public struct FamilySync: Sendable {
+    public var family: IPFamily
+    public var proxy: ProxyState
+    /// The table wanted, or nil when this family needs none (no IPv6 Service, say).
+    public var desired: Ruleset?
+    /// Each Service port's share of `desired` (the daemon keeps these to plan later changes
+    /// incrementally).
+    public var fragments: [PortFragment]
+    public var transaction: Transaction
+    /// What the kernel held before.
+    public var current: Ruleset?
 }
 
 public struct SyncResult: Sendable {
     public var services: Int
     public var servicePorts: Int
     public var endpoints: Int
-    public var transaction: Transaction
+    /// The non-empty changes, one per table, all sent in the same batch.
+    public var transactions: [Transaction]
     public var seconds: Double
-    /// What was planned, and each Service port's share of it (the daemon keeps these to plan
-    /// later changes incrementally).
-    public var desired: Ruleset
-    public var fragments: [PortFragment]
+    /// Each family's part, IPv4 first.
+    public var families: [FamilySync]
     /// Stale UDP conntrack entries deleted after the change, and a warning if that failed.
     public var flowsDeleted = 0
     public var flowWarning: String?
@@ -48,16 +64,31 @@ public struct SyncResult: Sendable {
     /// old rules used were removed after the change).
     public var commits = 0
 
+    public func family(_ f: IPFamily) -> FamilySync? { families.first { $0.family == f } }
+    /// The IPv4 table, which svcnat always keeps.
+    public var desired: Ruleset { family(.v4)!.desired! }
+    /// The IPv4 table's change.
+    public var transaction: Transaction { family(.v4)!.transaction }
+    public var fragments: [PortFragment] { families.flatMap(\.fragments) }
+
     public var summary: String {
-        var changes = transaction.isEmpty ? "no changes, the kernel already matches"
-            : "\(transaction.messageCount) changes applied in one transaction"
+        var changes = transactions.isEmpty ? "no changes, the kernel already matches"
+            : "\(transactions.messageCount) changes applied in one transaction"
                 + (commits > 1 ? " (unreachable endpoint-map entries removed in a second)" : "")
         if flowsDeleted > 0 { changes += ", \(flowsDeleted) stale UDP flows deleted" }
         return "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in \(String(format: "%.1f", seconds * 1000)) ms"
     }
 }
 
+extension Array where Element == Transaction {
+    public var messageCount: Int { reduce(0) { $0 + $1.messageCount } }
+    /// The changes as one nft script.
+    public var nftText: String { map(\.nftText).joined() }
+}
+
 /// Desired state from the cluster, current state from the kernel, the difference as one batch.
+/// Each family has its own table (`ip svcnat`, `ip6 svcnat`), planned on its own as kube-proxy
+/// runs one proxier per family; the changes to both go to the kernel in one batch.
 public struct Reconciler {
     public var config: ProxyConfig
     public var kernel: Kernel
@@ -67,17 +98,32 @@ public struct Reconciler {
         self.kernel = kernel
     }
 
-    /// Pure: what svcnat wants in its table for this cluster state. Throws when two Services
-    /// claim the same address, protocol and port.
+    /// Pure: what svcnat wants in its IPv4 table for this cluster state. Throws when two
+    /// Services claim the same address, protocol and port.
     public static func desired(_ state: ClusterState, config: ProxyConfig, previous: Ruleset? = nil) throws -> (ProxyState, Ruleset) {
-        let proxy = try proxyState(state, config: config)
+        let proxy = try proxyState(state, config: config, family: .v4)
         return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
+    }
+
+    /// Pure: each family's wanted table, IPv4 first; IPv6 only when it has work to do.
+    public static func desiredTables(_ state: ClusterState, config: ProxyConfig) throws -> [(IPFamily, ProxyState, Ruleset)] {
+        try IPFamily.allCases.compactMap { family in
+            let proxy = try proxyState(state, config: config, family: family)
+            guard needsTable(family, proxy, config) else { return nil }
+            return (family, proxy, Translator(config.translator(for: family)).ruleset(for: proxy))
+        }
+    }
+
+    /// The IPv4 table is always kept; the IPv6 one while there is an IPv6 Service, or an IPv6
+    /// Service CIDR or node port address to guard.
+    public static func needsTable(_ family: IPFamily, _ proxy: ProxyState, _ config: ProxyConfig) -> Bool {
+        family == .v4 || !proxy.servicePorts.isEmpty || config.translator(for: family).hasPrefixes
     }
 
     /// What the proxy must do for this cluster state; throws when two Services claim the same
     /// frontend, before anything is read from or sent to the kernel.
-    static func proxyState(_ state: ClusterState, config: ProxyConfig) throws -> ProxyState {
-        let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone)
+    static func proxyState(_ state: ClusterState, config: ProxyConfig, family: IPFamily) throws -> ProxyState {
+        let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone, family: family)
         try checkConflicts(proxy, state)
         return proxy
     }
@@ -87,7 +133,7 @@ public struct Reconciler {
         var errors: [InputError] = []
         for sp in proxy.servicePorts {
             for f in sp.frontends {
-                let key = "\(f.ip):\(f.port)/\(sp.name.proto.rawValue)"
+                let key = "\(f.ip.withPort(f.port))/\(sp.name.proto.rawValue)"
                 if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
                     errors.append(InputError(file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)",
                                              field: "spec.clusterIP",
@@ -112,22 +158,40 @@ public struct Reconciler {
     public func reconcile(_ state: ClusterState, dryRun: Bool = false) throws -> SyncResult {
         let clock = ContinuousClock()
         let start = clock.now
-        let proxy = try Self.proxyState(state, config: config)
-        let current = try kernel.read(table: config.table)
-        let translator = Translator(config.translator)
-        let fragments = translator.fragments(for: proxy, previous: current)
-        let desired = translator.assemble(fragments)
-        let tx = Planner.plan(from: current, to: desired)
+        // Every family's input is checked before anything is read or sent.
+        let proxies = try IPFamily.allCases.map { try Self.proxyState(state, config: config, family: $0) }
+        var families: [FamilySync] = []
+        for (family, proxy) in zip(IPFamily.allCases, proxies) {
+            let current = try kernel.read(table: config.table, family: family.tableFamily)
+            guard Self.needsTable(family, proxy, config) else {
+                // Not needed (any more): the table goes, if there is one.
+                let tx = current.flatMap(Planner.cleanup) ?? Transaction(family: family.tableFamily, table: config.table)
+                families.append(FamilySync(family: family, proxy: proxy, desired: nil, fragments: [], transaction: tx, current: current))
+                continue
+            }
+            let translator = Translator(config.translator(for: family))
+            let fragments = translator.fragments(for: proxy, previous: current)
+            let desired = translator.assemble(fragments)
+            families.append(FamilySync(family: family, proxy: proxy, desired: desired, fragments: fragments,
+                                       transaction: Planner.plan(from: current, to: desired), current: current))
+        }
+        let txs = families.map(\.transaction).filter { !$0.isEmpty }
         var deleted = 0, commits = 0
         var warning: String?
         if !dryRun {
-            commits = try kernel.apply(tx)
-            (deleted, warning) = Self.deleteStaleFlows(kernel, before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))
+            commits = try kernel.apply(txs)
+            let before = families.compactMap(\.current).map(StaleFlows.udpFrontends)
+            let after = families.compactMap(\.desired).map(StaleFlows.udpFrontends)
+            (deleted, warning) = Self.deleteStaleFlows(kernel, before: before.reduce(into: [:]) { $0.merge($1) { a, _ in a } },
+                                                       after: after.reduce(into: [:]) { $0.merge($1) { a, _ in a } })
         }
         let d = clock.now - start
-        var result = SyncResult(services: proxy.serviceCount, servicePorts: proxy.servicePorts.count, endpoints: proxy.endpointCount,
-                                transaction: tx, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
-                                desired: desired, fragments: fragments)
+        let used = families.filter { $0.desired != nil }.map(\.proxy)
+        var result = SyncResult(services: Set(used.flatMap { $0.servicePorts.map { "\($0.name.namespace)/\($0.name.name)" } }).count,
+                                servicePorts: used.reduce(0) { $0 + $1.servicePorts.count },
+                                endpoints: used.reduce(0) { $0 + $1.endpointCount },
+                                transactions: txs, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
+                                families: families)
         result.flowsDeleted = deleted
         result.commits = commits
         result.flowWarning = warning
@@ -145,11 +209,12 @@ public struct Reconciler {
         catch { return (0, "stale UDP conntrack entries were not deleted: \(error)") }
     }
 
-    /// Removes svcnat's table and nothing else. Returns whether there was one.
+    /// Removes svcnat's tables (both families) and nothing else. Returns whether there was one.
     @discardableResult
     public func cleanup() throws -> Bool {
-        guard let tx = Planner.cleanup(try kernel.read(table: config.table)) else { return false }
-        try kernel.apply(tx)
+        let txs = try IPFamily.allCases.compactMap { Planner.cleanup(try kernel.read(table: config.table, family: $0.tableFamily)) }
+        guard !txs.isEmpty else { return false }
+        try kernel.apply(txs)
         return true
     }
 }

@@ -60,7 +60,7 @@ public final class Daemon: @unchecked Sendable {
     // Sync state (queue only).
     /// What svcnat last wrote, port by port; valid while the kernel's generation is
     /// `cacheGeneration`.
-    private var incremental: IncrementalState?
+    private var incremental: [IPFamily: IncrementalState]?
     private var cacheGeneration: UInt32?
     private var lastSyncEnd: ContinuousClock.Instant?
     private var syncScheduled = false
@@ -316,56 +316,76 @@ public final class Daemon: @unchecked Sendable {
         defer { if wasFull { releaseFreeMemory() } }
         do {
             let gen = try nft.generation()
-            let translator = Translator(proxy.translator)
-            let tx: Transaction
-            let partial = !requestedFull && incremental != nil && cacheGeneration == gen
+            let txs: [Transaction]
+            var partial = !requestedFull && incremental != nil && cacheGeneration == gen
             var counts: (services: Int, endpoints: Int)
             var flows: (deleted: Int, warning: String?) = (0, nil)
+            // Only the Services the changed files touch are recomputed, per family.
+            let dirty = store.takeDirty()
+            var ports: [IPFamily: [String: [ServicePortState]]] = [:]
+            if partial {
+                for family in IPFamily.allCases {
+                    for key in dirty { ports[family, default: [:]][key] = store.ports(ofService: key, nodeName: proxy.nodeName, zone: proxy.zone, family: family) }
+                    // A family whose table was not needed at the last full sync and now is: a full sync makes it.
+                    if incremental![family] == nil, ports[family]!.values.contains(where: { !$0.isEmpty }) { partial = false }
+                }
+            }
             if partial {
                 wasFull = false
-                // Only the Services the changed files touch are recomputed and compared.
-                let dirty = store.takeDirty()
-                var ports: [String: [ServicePortState]] = [:]
-                for key in dirty { ports[key] = store.ports(ofService: key, nodeName: proxy.nodeName, zone: proxy.zone) }
-                let before = StaleFlows.udpFrontends(incremental!.states(ofServices: dirty))
-                tx = incremental!.update(ports)
-                updateHealthChecks(ports, replacingAll: false)
+                var before: [StaleFlows.Frontend: Set<EndpointAddress>] = [:], after = before
+                var planned: [Transaction] = []
+                for (family, inc) in incremental!.sorted(by: { $0.key < $1.key }) {
+                    var inc = inc
+                    before.merge(StaleFlows.udpFrontends(inc.states(ofServices: dirty))) { a, _ in a }
+                    after.merge(StaleFlows.udpFrontends(ports[family]!.values.flatMap { $0 })) { a, _ in a }
+                    planned.append(inc.update(ports[family]!))
+                    incremental![family] = inc
+                }
+                txs = planned.filter { !$0.isEmpty }
+                updateHealthChecks(ports.values.reduce(into: [:]) { all, byKey in all.merge(byKey) { $0 + $1 } }, replacingAll: false)
                 cacheGeneration = nil
-                let commits = try kernel.apply(tx)
+                let commits = try kernel.apply(txs)
                 try noteGeneration(commits: commits, before: gen)
-                let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, before: before, after: StaleFlows.udpFrontends(ports.values.flatMap { $0 }))
-                flows = (deleted, warning)
-                counts = (incremental!.serviceCount, incremental!.endpointCount)
+                flows = Reconciler.deleteStaleFlows(kernel, before: before, after: after)
+                let incs = incremental!.values
+                counts = (incs.map(\.serviceCount).max() ?? 0, incs.reduce(0) { $0 + $1.endpointCount })
+                if let v6 = incremental![.v6], v6.serviceCount == 0, !proxy.translator(for: .v6).hasPrefixes {
+                    // The last IPv6 Service is gone: a full sync removes its table.
+                    queue.async { [weak self] in self?.requestSync(full: true, reason: "no IPv6 Service left") }
+                }
             } else {
-                _ = store.takeDirty()
                 incremental = nil
                 cacheGeneration = nil
                 let result = try Reconciler(config: proxy, kernel: kernel).reconcile(store.state)
-                tx = result.transaction
+                txs = result.transactions
                 try noteGeneration(commits: result.commits, before: gen)
                 flows = (result.flowsDeleted, result.flowWarning)
-                incremental = IncrementalState(translator: translator, fragments: result.fragments)
+                var states: [IPFamily: IncrementalState] = [:]
+                for f in result.families where f.desired != nil {
+                    states[f.family] = IncrementalState(translator: Translator(proxy.translator(for: f.family)), fragments: f.fragments)
+                }
+                incremental = states
                 var all: [String: [ServicePortState]] = [:]
                 for f in result.fragments { if let st = f.state { all[f.serviceKey, default: []].append(st) } }
                 updateHealthChecks(all, replacingAll: true)
                 counts = (result.services, result.endpoints)
-                metrics.rules.record(result.desired.ruleCount)
-                metrics.elements.record(result.desired.elementCount)
+                metrics.rules.record(result.families.compactMap(\.desired).reduce(0) { $0 + $1.ruleCount })
+                metrics.elements.record(result.families.compactMap(\.desired).reduce(0) { $0 + $1.elementCount })
             }
-            let drift = !partial && !tx.isEmpty && reason.hasPrefix("ruleset generation changed")
+            let drift = !partial && !txs.isEmpty && reason.hasPrefix("ruleset generation changed")
             let d = clock.now - start
             lastSyncEnd = clock.now
             failures = 0
-            record(duration: d, partial: partial, tx: tx, services: counts.services, endpoints: counts.endpoints)
+            record(duration: d, partial: partial, txs: txs, services: counts.services, endpoints: counts.endpoints)
             healthLock.withLock { lastSuccess = Date(); lastError = nil }
             let ms = String(format: "%.2f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000)
             if drift {
                 metrics.driftRepairs.increment()
-                log.warning("drift: someone else changed table ip \(config.proxy.table); repaired with \(tx.messageCount) changes")
+                log.warning("drift: someone else changed svcnat's table \(config.proxy.table); repaired with \(txs.messageCount) changes")
             }
             if let w = flows.warning { log.warning("\(w)") }
             let flowNote = flows.deleted > 0 ? ", \(flows.deleted) stale UDP flows deleted" : ""
-            log.info("sync (\(partial ? "partial" : "full"), \(reason)): \(counts.services) services, \(counts.endpoints) endpoints, \(tx.messageCount) changes in \(tx.isEmpty ? 0 : kernel.lastBatchMessages) netlink messages\(flowNote), \(ms) ms")
+            log.info("sync (\(partial ? "partial" : "full"), \(reason)): \(counts.services) services, \(counts.endpoints) endpoints, \(txs.messageCount) changes in \(txs.isEmpty ? 0 : kernel.lastBatchMessages) netlink messages\(flowNote), \(ms) ms")
         } catch {
             lastSyncEnd = clock.now
             failures += 1
@@ -386,14 +406,14 @@ public final class Daemon: @unchecked Sendable {
         cacheGeneration = now == gen &+ UInt32(commits) ? now : nil
     }
 
-    private func record(duration: Duration, partial: Bool, tx: Transaction, services: Int, endpoints: Int) {
+    private func record(duration: Duration, partial: Bool, txs: [Transaction], services: Int, endpoints: Int) {
         metrics.syncDuration.recordNanoseconds(duration.nanoseconds)
         (partial ? metrics.partialSyncDuration : metrics.fullSyncDuration).recordNanoseconds(duration.nanoseconds)
         metrics.lastSyncTimestamp.record(Date().timeIntervalSince1970)
         metrics.services.record(services)
         metrics.endpoints.record(endpoints)
-        metrics.lastBatchMessages.record(tx.isEmpty ? 0 : kernel.lastBatchMessages)
-        metrics.changes.increment(by: tx.messageCount)
+        metrics.lastBatchMessages.record(txs.isEmpty ? 0 : kernel.lastBatchMessages)
+        metrics.changes.increment(by: txs.messageCount)
     }
 
     /// kube-proxy's per-Service health check servers: for each LoadBalancer Service with

@@ -7,13 +7,13 @@
 /// TCP is left alone (its connections end and are refused or reset on their own).
 public struct FlowFilter: Hashable, Sendable, CustomStringConvertible {
     /// The frontend's address; nil for a node port (any local address).
-    public var destination: IPv4Address?
+    public var destination: IPAddress?
     public var port: UInt16
     /// The endpoint the flow was DNATed to; nil for "not DNATed" (reply source is the original
     /// destination).
     public var endpoint: EndpointAddress?
 
-    public init(destination: IPv4Address?, port: UInt16, endpoint: EndpointAddress?) {
+    public init(destination: IPAddress?, port: UInt16, endpoint: EndpointAddress?) {
         self.destination = destination
         self.port = port
         self.endpoint = endpoint
@@ -24,7 +24,7 @@ public struct FlowFilter: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Whether a UDP flow (original destination and reply source) matches.
-    public func matches(originalDestination: IPv4Address, originalPort: UInt16, replySource: IPv4Address, replyPort: UInt16) -> Bool {
+    public func matches(originalDestination: IPAddress, originalPort: UInt16, replySource: IPAddress, replyPort: UInt16) -> Bool {
         guard originalPort == port, destination.map({ $0 == originalDestination }) ?? true else { return false }
         if let endpoint { return replySource == endpoint.ip && replyPort == endpoint.port }
         return replySource == originalDestination && replyPort == originalPort
@@ -34,9 +34,9 @@ public struct FlowFilter: Hashable, Sendable, CustomStringConvertible {
 public enum StaleFlows {
     /// A UDP frontend: an address and port, or a node port.
     public struct Frontend: Hashable, Sendable {
-        public var ip: IPv4Address?
+        public var ip: IPAddress?
         public var port: UInt16
-        public init(ip: IPv4Address?, port: UInt16) {
+        public init(ip: IPAddress?, port: UInt16) {
             self.ip = ip
             self.port = port
         }
@@ -65,7 +65,7 @@ public enum StaleFlows {
 
     public static func filters(before: [Frontend: Set<EndpointAddress>], after: [Frontend: Set<EndpointAddress>]) -> [FlowFilter] {
         var out: [FlowFilter] = []
-        for (f, now) in after.sorted(by: { ($0.key.ip?.value ?? 0, $0.key.port) < ($1.key.ip?.value ?? 0, $1.key.port) }) {
+        for (f, now) in after.sorted(by: { ($0.key.ip?.description ?? "", $0.key.port) < ($1.key.ip?.description ?? "", $1.key.port) }) {
             let was = before[f] ?? []
             for gone in was.subtracting(now).sorted() { out.append(FlowFilter(destination: f.ip, port: f.port, endpoint: gone)) }
             if was.isEmpty && !now.isEmpty { out.append(FlowFilter(destination: f.ip, port: f.port, endpoint: nil)) }

@@ -31,7 +31,7 @@ public enum EndpointSlots {
         for c in r.chains where c.name.hasPrefix(Names.serviceChainPrefix) || c.name.hasPrefix("ext-") {
             let key = c.name.hasPrefix("ext-") ? Names.serviceChainPrefix + c.name.dropFirst(4) : c.name
             for rule in c.rules {
-                for case .dnatFromMap(_, let base, let map) in rule.items {
+                for case .dnatFromMap(_, let base, let map, _) in rule.items {
                     guard map.hasPrefix(Names.endpointMapPrefix), let shard = Int(map.dropFirst(Names.endpointMapPrefix.count)) else { continue }
                     found.append((key, shard, map, base))
                 }

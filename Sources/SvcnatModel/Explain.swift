@@ -2,7 +2,7 @@
 /// read off a ruleset (the kernel's, when the CLI asks): frontend, map entry, chain, endpoints.
 public enum Explain {
     public enum Query: Hashable, Sendable {
-        case address(IPv4Address, port: UInt16, proto: TransportProtocol)
+        case address(IPAddress, port: UInt16, proto: TransportProtocol)
         case nodePort(UInt16, proto: TransportProtocol)
         /// ns/name, optionally one port (by name or number).
         case service(namespace: String, name: String, port: String?)
@@ -21,7 +21,12 @@ public enum Explain {
             return (body[..<colon], body[body.index(after: colon)...])
         }()
         if host.isEmpty, let p = port.flatMap({ UInt16($0) }) { return .nodePort(p, proto: proto) }
-        if let ip = IPv4Address(host) {
+        // An IPv6 address goes in brackets: [2001:db8::1]:80.
+        if host.hasPrefix("["), host.hasSuffix("]"), let ip = IPAddress(host.dropFirst().dropLast()), ip.family == .v6 {
+            guard let p = port.flatMap({ UInt16($0) }) else { return nil }
+            return .address(ip, port: p, proto: proto)
+        }
+        if let ip = IPAddress(host), ip.family == .v4 {
             guard let p = port.flatMap({ UInt16($0) }) else { return nil }
             return .address(ip, port: p, proto: proto)
         }
@@ -38,7 +43,7 @@ public enum Explain {
 
     /// The Service ports the query reaches, with how each frontend is matched.
     /// An address of the node (`local`) with a node port reaches that node port.
-    public static func matches(_ q: Query, in r: Ruleset, local: Set<IPv4Address> = []) -> [ServiceView] {
+    public static func matches(_ q: Query, in r: Ruleset, local: Set<IPAddress> = []) -> [ServiceView] {
         r.serviceViews.filter { v in
             switch q {
             case .address(let ip, let port, let proto):
@@ -86,7 +91,7 @@ public enum Explain {
 extension Explain {
     /// The addresses a walk for this Service port starts at: the queried frontend, or each of
     /// the port's frontends (node ports at `nodeAddress`, when there is one).
-    public static func destinations(_ q: Query, _ v: ServiceView, nodeAddress: IPv4Address?) -> [(IPv4Address, UInt16)] {
+    public static func destinations(_ q: Query, _ v: ServiceView, nodeAddress: IPAddress?) -> [(IPAddress, UInt16)] {
         switch q {
         case .address(let ip, let port, _): return [(ip, port)]
         case .nodePort(let port, _): return nodeAddress.map { [($0, port)] } ?? []
@@ -101,7 +106,7 @@ extension Explain {
     /// The outcomes of one walk as a tree: each fate with its probability, and the rules that
     /// acted on the packet (jumps into chains where nothing happened left out).
     public static func text(_ p: PacketWalk.Packet, _ outcomes: [PacketWalk.Outcome], fromNode: Bool) -> String {
-        var s = "from \(p.source) to \(p.destination):\(p.port)/\(p.proto.lowercased) ("
+        var s = "from \(p.source) to \(p.destination.withPort(p.port))/\(p.proto.lowercased) ("
             + (fromNode ? "starts on the node: output hook" : "arrives from another host or a pod: prerouting hook") + "):\n"
         // The rules every outcome passed are printed once, then each outcome's own.
         let traces = outcomes.map { trimmed($0.trace) }
@@ -122,7 +127,7 @@ extension Explain {
     public static func json(_ p: PacketWalk.Packet, _ outcomes: [PacketWalk.Outcome], fromNode: Bool) -> JSON {
         .object([
             ("source", .string(p.source.description)),
-            ("destination", .string("\(p.destination):\(p.port)")),
+            ("destination", .string(p.destination.withPort(p.port))),
             ("protocol", .string(p.proto.lowercased)),
             ("startsOnNode", .bool(fromNode)),
             ("outcomes", .array(outcomes.map { o in

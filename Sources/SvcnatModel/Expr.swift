@@ -16,8 +16,8 @@ public enum Expr: Hashable, Sendable {
     case verdict(Verdict)
     /// `numgen random mod modulus offset offset` into dreg.
     case numgen(dreg: Register, modulus: UInt32, offset: UInt32)
-    /// Destination NAT of an IPv4 address (and port, when protoReg is set).
-    case dnat(addrReg: Register, protoReg: Register?, flags: UInt32)
+    /// Destination NAT to an address of `family` (and port, when protoReg is set).
+    case dnat(family: IPFamily, addrReg: Register, protoReg: Register?, flags: UInt32)
     case masquerade(flags: UInt32)
     case reject(kind: RejectKind)
     /// `fib daddr type` into dreg (the route type of the destination address).
@@ -46,6 +46,7 @@ public enum Register: Hashable, Sendable {
 public enum RejectKind: Hashable, Sendable {
     case tcpReset
     case icmpPortUnreachable
+    case icmpv6PortUnreachable
 }
 
 public enum Verdict: Hashable, Sendable, CustomStringConvertible {

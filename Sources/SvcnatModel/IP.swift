@@ -1,14 +1,62 @@
-/// An IPv4 address as a 32-bit integer in host order. Parsing is strict: four decimal octets,
-/// no leading zeros (as Kubernetes validation rejects them), nothing else.
-public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertible {
-    public var value: UInt32
+/// The two address families svcnat programs, each in a table of its own (`ip svcnat` and
+/// `ip6 svcnat`), as kube-proxy runs one proxier per family.
+public enum IPFamily: String, Hashable, Sendable, CaseIterable, Comparable {
+    case v4 = "IPv4", v6 = "IPv6"
 
-    public init(_ value: UInt32) { self.value = value }
+    /// The nftables table family.
+    public var tableFamily: TableFamily { self == .v4 ? .ip : .ip6 }
+    /// The nft keyword for the network header: `ip saddr`, `ip6 saddr`.
+    public var nftName: String { self == .v4 ? "ip" : "ip6" }
+    public var addressLength: Int { self == .v4 ? 4 : 16 }
+    public var bits: Int { addressLength * 8 }
+    /// Where the addresses sit in the network header.
+    public var saddrOffset: UInt32 { self == .v4 ? 12 : 8 }
+    public var daddrOffset: UInt32 { self == .v4 ? 16 : 24 }
+    public var keyField: KeyField { self == .v4 ? .ipv4Addr : .ipv6Addr }
+    public var loopback: IPPrefix { self == .v4 ? IPPrefix("127.0.0.0/8")! : IPPrefix("::1/128")! }
+
+    public init?(_ table: TableFamily) {
+        switch table {
+        case .ip: self = .v4
+        case .ip6: self = .v6
+        case .inet: return nil
+        }
+    }
+
+    public static func < (a: Self, b: Self) -> Bool { a == .v4 && b == .v6 }
+}
+
+/// An IPv4 or IPv6 address: 128 bits and the family (an IPv4 address is its 32 bits in `low`).
+/// Parsing is strict. IPv4 takes four decimal octets with no leading zeros, as Kubernetes
+/// validation requires. IPv6 takes hex groups with at most one `::` and an optional dotted IPv4
+/// tail, and no zone. Printing gives the canonical form (RFC 5952, as `nft` prints addresses).
+public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public private(set) var high: UInt64
+    public private(set) var low: UInt64
+    public let family: IPFamily
+
+    /// An IPv4 address from its 32 bits, host order.
+    public init(_ value: UInt32) {
+        high = 0; low = UInt64(value); family = .v4
+    }
+
+    public init(v6 high: UInt64, _ low: UInt64) {
+        self.high = high; self.low = low; family = .v6
+    }
 
     public init?(_ text: some StringProtocol) {
-        // One pass over the bytes: four decimal octets 0-255, no leading zeros, nothing else.
+        if text.utf8.contains(UInt8(ascii: ":")) {
+            guard let (h, l) = Self.parse6(Array(text.utf8)) else { return nil }
+            self.init(v6: h, l)
+        } else {
+            guard let v = Self.parse4(text.utf8) else { return nil }
+            self.init(v)
+        }
+    }
+
+    private static func parse4(_ text: some Collection<UInt8>) -> UInt32? {
         var value: UInt32 = 0, octet: UInt32 = 0, digits = 0, dots = 0, leadingZero = false
-        for b in text.utf8 {
+        for b in text {
             if b == UInt8(ascii: ".") {
                 guard digits > 0, dots < 3 else { return nil }
                 value = value << 8 | octet
@@ -23,52 +71,150 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
             }
         }
         guard digits > 0, dots == 3 else { return nil }
-        self.value = value << 8 | octet
+        return value << 8 | octet
     }
 
-    /// Network byte order, as the kernel stores it.
+    private static func parse6(_ t: [UInt8]) -> (UInt64, UInt64)? {
+        guard t.count >= 2, t.count <= 45 else { return nil }
+        var groups: [UInt16] = [], gap: Int? = nil
+        var i = 0
+        if t.starts(with: [UInt8(ascii: ":"), UInt8(ascii: ":")]) { gap = 0; i = 2 } else if t[0] == UInt8(ascii: ":") { return nil }
+        while i < t.count {
+            // One group (or a dotted IPv4 tail), then ":" or "::" or the end.
+            var j = i
+            while j < t.count, t[j] != UInt8(ascii: ":") { j += 1 }
+            let part = t[i..<j]
+            if part.contains(UInt8(ascii: ".")) {
+                guard j == t.count, groups.count <= 6, let v4 = parse4(part) else { return nil }
+                groups += [UInt16(v4 >> 16), UInt16(v4 & 0xffff)]
+                i = j
+                break
+            }
+            guard (1...4).contains(part.count) else { return nil }
+            var g: UInt16 = 0
+            for b in part {
+                guard let d = hexDigit(b) else { return nil }
+                g = g << 4 | UInt16(d)
+            }
+            groups.append(g)
+            i = j
+            if i == t.count { break }
+            i += 1  // the ":"
+            if i < t.count, t[i] == UInt8(ascii: ":") {
+                guard gap == nil else { return nil }
+                gap = groups.count
+                i += 1
+            } else if i == t.count {
+                return nil  // a trailing single ":"
+            }
+        }
+        if let gap {
+            guard groups.count <= 7 else { return nil }
+            groups.insert(contentsOf: [UInt16](repeating: 0, count: 8 - groups.count), at: gap)
+        }
+        guard groups.count == 8 else { return nil }
+        let h = groups[0..<4].reduce(UInt64(0)) { $0 << 16 | UInt64($1) }
+        let l = groups[4..<8].reduce(UInt64(0)) { $0 << 16 | UInt64($1) }
+        return (h, l)
+    }
+
+    private static func hexDigit(_ b: UInt8) -> UInt8? {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): b - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): b - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): b - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    /// Network byte order, as the kernel stores it: 4 or 16 bytes.
     public var bytes: [UInt8] {
-        [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)]
+        if family == .v4 { return (0..<4).map { UInt8(truncatingIfNeeded: low >> (24 - 8 * $0)) } }
+        return (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * $0)) } + (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * $0)) }
     }
 
     public init?(bytes: [UInt8]) {
-        guard bytes.count == 4 else { return nil }
-        value = bytes.reduce(0) { $0 << 8 | UInt32($1) }
+        switch bytes.count {
+        case 4: self.init(bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+        case 16:
+            self.init(v6: bytes[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }, bytes[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+        default: return nil
+        }
     }
+
+    /// The 32 bits of an IPv4 address.
+    public var v4Value: UInt32 { UInt32(truncatingIfNeeded: low) }
 
     public var description: String {
-        "\(value >> 24).\(value >> 16 & 0xff).\(value >> 8 & 0xff).\(value & 0xff)"
+        if family == .v4 {
+            let v = v4Value
+            return "\(v >> 24).\(v >> 16 & 0xff).\(v >> 8 & 0xff).\(v & 0xff)"
+        }
+        let g = (0..<4).map { UInt16(truncatingIfNeeded: high >> (48 - 16 * $0)) } + (0..<4).map { UInt16(truncatingIfNeeded: low >> (48 - 16 * $0)) }
+        // The longest run of two or more zero groups (the first of equals) becomes "::".
+        var best = (start: -1, count: 0), run = (start: -1, count: 0)
+        for (i, x) in g.enumerated() {
+            if x == 0 {
+                run = run.start < 0 ? (i, 1) : (run.start, run.count + 1)
+                if run.count > best.count { best = run }
+            } else {
+                run = (-1, 0)
+            }
+        }
+        let hexes = g.map { String($0, radix: 16) }
+        guard best.count >= 2 else { return hexes.joined(separator: ":") }
+        let head = hexes[..<best.start].joined(separator: ":"), tail = hexes[(best.start + best.count)...].joined(separator: ":")
+        return head + "::" + tail
     }
 
-    public static func < (a: Self, b: Self) -> Bool { a.value < b.value }
+    public static func < (a: Self, b: Self) -> Bool { (a.family, a.high, a.low) < (b.family, b.high, b.low) }
 
-    public var isLoopback: Bool { value >> 24 == 127 }
-    public var isUnspecified: Bool { value == 0 }
+    /// `198.19.1.2:80`, or `[2001:db8::2]:80`.
+    public func withPort(_ port: UInt16) -> String { family == .v4 ? "\(self):\(port)" : "[\(self)]:\(port)" }
+
+    public var isLoopback: Bool { family == .v4 ? v4Value >> 24 == 127 : (high == 0 && low == 1) }
+    public var isUnspecified: Bool { high == 0 && low == 0 }
+
+    /// The address with only its first `length` bits kept.
+    func masked(_ length: Int) -> IPAddress {
+        var a = self
+        if family == .v4 {
+            a.low = UInt64(v4Value & (length == 0 ? 0 : ~UInt32(0) << (32 - length)))
+        } else {
+            a.high &= length == 0 ? 0 : length >= 64 ? ~0 : ~UInt64(0) << (64 - length)
+            a.low &= length <= 64 ? 0 : length == 128 ? ~0 : ~UInt64(0) << (128 - length)
+        }
+        return a
+    }
 }
 
-/// An IPv4 prefix such as 198.19.0.0/16.
-public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
-    public var address: IPv4Address
+/// An IPv4 or IPv6 prefix such as 198.19.0.0/16 or 2001:db8:1::/48.
+public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPAddress
     public var length: Int
 
-    public init(address: IPv4Address, length: Int) {
-        precondition((0...32).contains(length))
+    public init(address: IPAddress, length: Int) {
+        precondition((0...address.family.bits).contains(length))
         self.length = length
-        self.address = IPv4Address(address.value & IPv4Prefix.mask(length))
+        self.address = address.masked(length)
     }
 
     public init?(_ text: some StringProtocol) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let address = IPv4Address(parts[0]),
+        guard parts.count == 2, let address = IPAddress(parts[0]), (1...3).contains(parts[1].count),
               parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let length = Int(parts[1]),
-              (0...32).contains(length) else { return nil }
+              (0...address.family.bits).contains(length) else { return nil }
         self.init(address: address, length: length)
     }
 
-    static func mask(_ length: Int) -> UInt32 { length == 0 ? 0 : ~UInt32(0) << (32 - length) }
-    public var mask: UInt32 { Self.mask(length) }
+    public var family: IPFamily { address.family }
 
-    public func contains(_ ip: IPv4Address) -> Bool { ip.value & mask == address.value }
+    /// The mask as an address of the same family (for the bytes nft compares).
+    public var mask: IPAddress {
+        family == .v4 ? IPAddress(~0).masked(length) : IPAddress(v6: ~0, ~0).masked(length)
+    }
+
+    public func contains(_ ip: IPAddress) -> Bool { ip.family == family && ip.masked(length) == address }
 
     public var description: String { "\(address)/\(length)" }
 }

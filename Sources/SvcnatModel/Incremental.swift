@@ -213,7 +213,7 @@ public struct IncrementalState: Sendable {
             }
         }
         let shardsAfter = Set(shardSlots.keys)
-        let addSets = shardsAfter.subtracting(shardsBefore).sorted().map { Operation.addSet(Translator.endpointMap(Names.endpointMap($0))) }
+        let addSets = shardsAfter.subtracting(shardsBefore).sorted().map { Operation.addSet(Translator.endpointMap(Names.endpointMap($0), family: translator.config.family)) }
         var deleteSets: [Operation] = []
         for s in shardsBefore.subtracting(shardsAfter).sorted() {
             deleteSets.append(.deleteSet(Names.endpointMap(s)))
@@ -221,7 +221,7 @@ public struct IncrementalState: Sendable {
         }
         let deletes = elementDeletes.keys.sorted().compactMap { k in elementDeletes[k]!.isEmpty ? nil : Operation.deleteElements(set: k, elementDeletes[k]!) }
         let adds = elementAdds.keys.sorted().compactMap { k in elementAdds[k]!.isEmpty ? nil : Operation.addElements(set: k, elementAdds[k]!) }
-        return Transaction(family: .ip, table: translator.config.table,
+        return Transaction(family: translator.config.family.tableFamily, table: translator.config.table,
                            operations: addSets + ownSetAdds + addChains + flushes + deletes + adds + deleteChains + ownSetDeletes
                                + ownSetAddsLate + addRules + deleteSets)
     }

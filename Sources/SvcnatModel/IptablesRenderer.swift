@@ -15,7 +15,7 @@ public struct IptablesRenderer: Sendable {
             let spn = sp.name, proto = spn.proto.lowercased
             let svcChain = KubeProxyNames.serviceChain(spn)
             let extChain = KubeProxyNames.externalChain(spn), fwChain = KubeProxyNames.firewallChain(spn)
-            let match = { (ip: IPv4Address, port: UInt16, comment: String) in
+            let match = { (ip: IPAddress, port: UInt16, comment: String) in
                 "-d \(ip)/32 -p \(proto) -m comment --comment \(q(comment)) -m \(proto) --dport \(port)"
             }
             if sp.endpoints.isEmpty {

@@ -47,18 +47,21 @@ public struct ServicePort: Hashable, Sendable {
 public struct Service: Hashable, Sendable {
     public var meta: ObjectMeta
     public var type: ServiceType
-    /// The primary cluster IP; nil for headless Services (clusterIP None) and ExternalName.
-    public var clusterIP: IPv4Address?
+    /// The cluster IPs, at most one per family, the primary first (`spec.clusterIPs`); empty
+    /// for headless Services (clusterIP None) and ExternalName.
+    public var clusterIPs: [IPAddress]
+    public var clusterIP: IPAddress? { clusterIPs.first }
+    public func clusterIP(_ family: IPFamily) -> IPAddress? { clusterIPs.first { $0.family == family } }
     public var isHeadless: Bool
     public var selector: [String: String]?
     public var ports: [ServicePort]
     public var sessionAffinity: String
     /// `spec.externalIPs`.
-    public var externalIPs: [IPv4Address]
+    public var externalIPs: [IPAddress]
     /// `status.loadBalancer.ingress[].ip`.
-    public var loadBalancerIPs: [IPv4Address]
+    public var loadBalancerIPs: [IPAddress]
     /// `spec.loadBalancerSourceRanges`: only these sources may use the load-balancer IPs.
-    public var loadBalancerSourceRanges: [IPv4Prefix]
+    public var loadBalancerSourceRanges: [IPPrefix]
     /// `spec.externalTrafficPolicy: Local`: external traffic only to this node's endpoints,
     /// client source kept.
     public var externalTrafficPolicyLocal = false
@@ -69,12 +72,20 @@ public struct Service: Hashable, Sendable {
     /// is ClientIP.
     public var affinityTimeout: UInt32?
 
-    public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPv4Address?, isHeadless: Bool = false,
+    public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPAddress?, isHeadless: Bool = false,
                 selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",
-                externalIPs: [IPv4Address] = [], loadBalancerIPs: [IPv4Address] = [], loadBalancerSourceRanges: [IPv4Prefix] = []) {
+                externalIPs: [IPAddress] = [], loadBalancerIPs: [IPAddress] = [], loadBalancerSourceRanges: [IPPrefix] = []) {
+        self.init(meta: meta, type: type, clusterIPs: clusterIP.map { [$0] } ?? [], isHeadless: isHeadless, selector: selector,
+                  ports: ports, sessionAffinity: sessionAffinity, externalIPs: externalIPs, loadBalancerIPs: loadBalancerIPs,
+                  loadBalancerSourceRanges: loadBalancerSourceRanges)
+    }
+
+    public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIPs: [IPAddress], isHeadless: Bool = false,
+                selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",
+                externalIPs: [IPAddress] = [], loadBalancerIPs: [IPAddress] = [], loadBalancerSourceRanges: [IPPrefix] = []) {
         self.meta = meta
         self.type = type
-        self.clusterIP = clusterIP
+        self.clusterIPs = clusterIPs
         self.isHeadless = isHeadless
         self.selector = selector
         self.ports = ports
@@ -97,12 +108,12 @@ public struct EndpointConditions: Hashable, Sendable {
 }
 
 public struct SliceEndpoint: Hashable, Sendable {
-    public var addresses: [IPv4Address]
+    public var addresses: [IPAddress]
     public var conditions: EndpointConditions
     public var nodeName: String?
     /// `hints.forZones[].name`: the zones this endpoint is meant to serve (topology hints).
     public var zoneHints: [String]?
-    public init(addresses: [IPv4Address], conditions: EndpointConditions = .init(), nodeName: String? = nil, zoneHints: [String]? = nil) {
+    public init(addresses: [IPAddress], conditions: EndpointConditions = .init(), nodeName: String? = nil, zoneHints: [String]? = nil) {
         self.addresses = addresses
         self.conditions = conditions
         self.nodeName = nodeName
@@ -121,7 +132,7 @@ public struct EndpointPort: Hashable, Sendable {
     }
 }
 
-/// discovery.k8s.io/v1 EndpointSlice (IPv4 slices; others are skipped when decoding).
+/// discovery.k8s.io/v1 EndpointSlice (IPv4 and IPv6 slices; FQDN ones are skipped when decoding).
 public struct EndpointSlice: Hashable, Sendable {
     public var meta: ObjectMeta
     /// From the `kubernetes.io/service-name` label.
@@ -139,10 +150,10 @@ public struct EndpointSlice: Hashable, Sendable {
 /// v1 Endpoints: each subset's ready and not-ready addresses with its ports.
 public struct Endpoints: Hashable, Sendable {
     public struct Subset: Hashable, Sendable {
-        public var addresses: [IPv4Address]
-        public var notReadyAddresses: [IPv4Address]
+        public var addresses: [IPAddress]
+        public var notReadyAddresses: [IPAddress]
         public var ports: [EndpointPort]
-        public init(addresses: [IPv4Address], notReadyAddresses: [IPv4Address] = [], ports: [EndpointPort]) {
+        public init(addresses: [IPAddress], notReadyAddresses: [IPAddress] = [], ports: [EndpointPort]) {
             self.addresses = addresses
             self.notReadyAddresses = notReadyAddresses
             self.ports = ports
@@ -169,16 +180,24 @@ public struct ContainerPort: Hashable, Sendable {
 
 public struct Pod: Hashable, Sendable {
     public var meta: ObjectMeta
-    public var podIP: IPv4Address?
+    /// `status.podIPs`: at most one per family, the primary first.
+    public var podIPs: [IPAddress]
+    public var podIP: IPAddress? { podIPs.first }
     public var phase: String
     public var ready: Bool
     public var terminating: Bool
     public var nodeName: String?
     public var containerPorts: [ContainerPort]
-    public init(meta: ObjectMeta, podIP: IPv4Address?, phase: String = "Running", ready: Bool = true,
+    public init(meta: ObjectMeta, podIP: IPAddress?, phase: String = "Running", ready: Bool = true,
+                terminating: Bool = false, nodeName: String? = nil, containerPorts: [ContainerPort] = []) {
+        self.init(meta: meta, podIPs: podIP.map { [$0] } ?? [], phase: phase, ready: ready, terminating: terminating,
+                  nodeName: nodeName, containerPorts: containerPorts)
+    }
+
+    public init(meta: ObjectMeta, podIPs: [IPAddress], phase: String = "Running", ready: Bool = true,
                 terminating: Bool = false, nodeName: String? = nil, containerPorts: [ContainerPort] = []) {
         self.meta = meta
-        self.podIP = podIP
+        self.podIPs = podIPs
         self.phase = phase
         self.ready = ready
         self.terminating = terminating

@@ -5,11 +5,11 @@
 /// (other tables on the host can still change the packet's fate).
 public enum PacketWalk {
     public struct Packet: Hashable, Sendable {
-        public var source: IPv4Address
-        public var destination: IPv4Address
+        public var source: IPAddress
+        public var destination: IPAddress
         public var port: UInt16
         public var proto: TransportProtocol
-        public init(source: IPv4Address, destination: IPv4Address, port: UInt16, proto: TransportProtocol) {
+        public init(source: IPAddress, destination: IPAddress, port: UInt16, proto: TransportProtocol) {
             self.source = source
             self.destination = destination
             self.port = port
@@ -39,8 +39,8 @@ public enum PacketWalk {
     /// The packet's state along one branch.
     struct State {
         var probability = 1.0
-        var saddr: IPv4Address
-        var daddr: IPv4Address
+        var saddr: IPAddress
+        var daddr: IPAddress
         var dport: UInt16
         var mark: UInt32 = 0
         var dnat: EndpointAddress?
@@ -62,7 +62,7 @@ public enum PacketWalk {
     /// `local`: the node's own addresses (for `fib ... type local`); a source among them means
     /// the connection starts on the node itself (output hook), otherwise it arrives from outside
     /// (prerouting: another host or a pod).
-    public static func walk(_ p: Packet, in r: Ruleset, local: Set<IPv4Address>) -> [Outcome] {
+    public static func walk(_ p: Packet, in r: Ruleset, local: Set<IPAddress>) -> [Outcome] {
         let walker = Walker(ruleset: r, packet: p, local: local)
         let fromNode = isLocal(p.source, local)
         var states = [State(saddr: p.source, daddr: p.destination, dport: p.port)]
@@ -108,15 +108,15 @@ public enum PacketWalk {
 
     /// What `fib ... type local` answers: one of the node's addresses, or loopback. A walk from
     /// such a source starts in the output hook.
-    public static func isLocal(_ ip: IPv4Address, _ local: Set<IPv4Address>) -> Bool { local.contains(ip) || ip.isLoopback }
+    public static func isLocal(_ ip: IPAddress, _ local: Set<IPAddress>) -> Bool { local.contains(ip) || ip.isLoopback }
 
     struct Walker {
         let ruleset: Ruleset
         let packet: Packet
-        let local: Set<IPv4Address>
+        let local: Set<IPAddress>
         let chains: [String: Chain]
 
-        init(ruleset: Ruleset, packet: Packet, local: Set<IPv4Address>) {
+        init(ruleset: Ruleset, packet: Packet, local: Set<IPAddress>) {
             self.ruleset = ruleset
             self.packet = packet
             self.local = local
@@ -125,7 +125,7 @@ public enum PacketWalk {
             chains = c
         }
 
-        func isLocal(_ ip: IPv4Address) -> Bool { PacketWalk.isLocal(ip, local) }
+        func isLocal(_ ip: IPAddress) -> Bool { PacketWalk.isLocal(ip, local) }
 
         /// The base chains of one hook, by priority; a branch stops at its first drop or reject.
         func hook(_ hook: Hook, _ s: State) -> [(State, Exit)] {
@@ -182,17 +182,17 @@ public enum PacketWalk {
                     match(op == .eq ? hit : !hit)
                 case .fibDaddrLocal: match(isLocal(t.daddr))
                 case .fibSaddrLocal: match(isLocal(t.saddr))
-                case .daddrInSet(let set): match(contains(set, [.ipv4(t.daddr)]))
-                case .saddrInSet(let set):
+                case .daddrInSet(let set, _): match(contains(set, [.ip(t.daddr)]))
+                case .saddrInSet(let set, _):
                     if ruleset.set(set)?.isDynamic == true {
                         // Its members are the kernel's own (session affinity): not read here.
                         let note = "a client already remembered in @\(set) goes to that set's endpoint"
                         if !t.notes.contains(note) { t.notes.append(note) }
                         match(false)
                     } else {
-                        match(contains(set, [.ipv4(t.saddr)]))
+                        match(contains(set, [.ip(t.saddr)]))
                     }
-                case .saddrDaddrIn(let set): match(contains(set, [.ipv4(t.saddr), .ipv4(t.daddr)]))
+                case .saddrDaddrIn(let set, _): match(contains(set, [.ip(t.saddr), .ip(t.daddr)]))
                 case .rememberSaddr: acted(); match(true)
                 case .markIsClear(let m): match(t.mark & m == 0)
                 case .markSetOr(let m): t.mark |= m; acted(); match(true)
@@ -210,7 +210,7 @@ public enum PacketWalk {
                     t.daddr = ip
                     t.dport = port
                     out.append((t, .accept))
-                case .dnatFromMap(let n, let base, let map):
+                case .dnatFromMap(let n, let base, let map, _):
                     acted()
                     let data = Dictionary(((ruleset.set(map)?.elements) ?? []).compactMap { e -> (UInt32, [KeyValue])? in
                         if case .integer(let k)? = e.key.first, let d = e.data { (k, d) } else { nil }
@@ -218,7 +218,7 @@ public enum PacketWalk {
                     for k in 0..<n {
                         var b = t
                         b.probability *= 1 / Double(n)
-                        if let d = data[base + k], d.count == 2, case .ipv4(let ip) = d[0], case .port(let port) = d[1] {
+                        if let d = data[base + k], d.count == 2, case .ip(let ip) = d[0], case .port(let port) = d[1] {
                             b.dnat = EndpointAddress(ip: ip, port: port)
                             b.daddr = ip
                             b.dport = port
@@ -232,8 +232,8 @@ public enum PacketWalk {
                     t.masqueraded = true
                     out.append((t, .accept))
                 case .reject(let k): acted(); out.append((t, .reject(k)))
-                case .dispatch(let map):
-                    lookup(map, [.ipv4(t.daddr), .proto(packet.proto), .port(t.dport)], t, text, depth: depth, &out)
+                case .dispatch(let map, _):
+                    lookup(map, [.ip(t.daddr), .proto(packet.proto), .port(t.dport)], t, text, depth: depth, &out)
                 case .nodePortDispatch(let map):
                     lookup(map, [.proto(packet.proto), .port(t.dport)], t, text, depth: depth, &out)
                 case .verdict(let v):
@@ -300,6 +300,7 @@ extension PacketWalk.Outcome {
         case .dropped: "dropped"
         case .rejected(.tcpReset): "refused (TCP reset)"
         case .rejected(.icmpPortUnreachable): "refused (ICMP port unreachable)"
+        case .rejected(.icmpv6PortUnreachable): "refused (ICMPv6 port unreachable)"
         case .unknownRule(let r): "stopped at a rule svcnat did not write: \(r)"
         }
     }

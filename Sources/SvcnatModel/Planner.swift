@@ -48,7 +48,15 @@ public struct Transaction: Hashable, Sendable {
     /// endpoint, pass un-NATed and be refused. So entries only old rules use stay until the
     /// commit that retired those rules is done.
     public var batches: [Transaction] {
-        if operations.contains(where: { if case .deleteTable = $0 { true } else { false } }) { return [self] }
+        let (now, later) = phases
+        return later.isEmpty ? [now] : [now, later].filter { !$0.isEmpty }
+    }
+
+    /// This transaction split into what goes in the first batch and what must wait.
+    public var phases: (now: Transaction, later: Transaction) {
+        if operations.contains(where: { if case .deleteTable = $0 { true } else { false } }) {
+            return (self, Transaction(family: family, table: table))
+        }
         var readded: [String: Set<[KeyValue]>] = [:]
         for case .addElements(let set, let es) in operations where set.hasPrefix(Names.endpointMapPrefix) {
             readded[set, default: []].formUnion(es.map(\.key))
@@ -67,9 +75,14 @@ public struct Transaction: Hashable, Sendable {
                 now.append(op)
             }
         }
-        let first = Transaction(family: family, table: table, operations: now)
-        guard !later.isEmpty else { return [first] }
-        return [first, Transaction(family: family, table: table, operations: later)].filter { !$0.isEmpty }
+        return (Transaction(family: family, table: table, operations: now), Transaction(family: family, table: table, operations: later))
+    }
+
+    /// The batches for several tables' transactions: the first batches of all in one, then
+    /// the removals that had to wait in another.
+    public static func batches(_ txs: [Transaction]) -> [[Transaction]] {
+        let split = txs.map(\.phases)
+        return [split.map(\.now), split.map(\.later)].map { $0.filter { !$0.isEmpty } }.filter { !$0.isEmpty }
     }
 
     /// The transaction as an nft script (`nft -f` accepts it): what `diff` prints.

@@ -26,13 +26,13 @@ public struct ServicePortName: Hashable, Sendable, Comparable, CustomStringConve
 }
 
 public struct EndpointAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public var ip: IPv4Address
+    public var ip: IPAddress
     public var port: UInt16
-    public init(ip: IPv4Address, port: UInt16) {
+    public init(ip: IPAddress, port: UInt16) {
         self.ip = ip
         self.port = port
     }
-    public var description: String { "\(ip):\(port)" }
+    public var description: String { ip.withPort(port) }
     public static func < (a: Self, b: Self) -> Bool { (a.ip, a.port) < (b.ip, b.port) }
 }
 
@@ -42,9 +42,9 @@ public enum FrontendKind: String, Hashable, Sendable, Codable {
 
 public struct Frontend: Hashable, Sendable, Comparable {
     public var kind: FrontendKind
-    public var ip: IPv4Address
+    public var ip: IPAddress
     public var port: UInt16
-    public init(kind: FrontendKind, ip: IPv4Address, port: UInt16) {
+    public init(kind: FrontendKind, ip: IPAddress, port: UInt16) {
         self.kind = kind
         self.ip = ip
         self.port = port
@@ -68,10 +68,10 @@ public struct ServicePortState: Hashable, Sendable {
     /// The node port, for NodePort and LoadBalancer Services that have one.
     public var nodePort: UInt16? = nil
     /// Sources allowed to reach the load-balancer IPs (all when empty).
-    public var sourceRanges: [IPv4Prefix] = []
+    public var sourceRanges: [IPPrefix] = []
 
     public init(name: ServicePortName, frontends: [Frontend], endpoints: [EndpointAddress], nodePort: UInt16? = nil,
-                sourceRanges: [IPv4Prefix] = []) {
+                sourceRanges: [IPPrefix] = []) {
         self.name = name
         self.frontends = frontends
         self.endpoints = endpoints
@@ -92,7 +92,9 @@ public struct ProxyState: Hashable, Sendable {
 
     public init(servicePorts: [ServicePortState]) { self.servicePorts = servicePorts }
 
-    public init(_ cluster: ClusterState, nodeName: String? = nil, zone: String? = nil) {
+    /// The proxy state of one family's table: only that family's cluster IP, external and
+    /// load-balancer IPs, source ranges and endpoints.
+    public init(_ cluster: ClusterState, nodeName: String? = nil, zone: String? = nil, family: IPFamily = .v4) {
         var slicesByService: [String: [EndpointSlice]] = [:]
         for s in cluster.endpointSlices { slicesByService["\(s.meta.namespace)/\(s.serviceName)", default: []].append(s) }
         var endpointsByService: [String: Endpoints] = [:]
@@ -103,7 +105,7 @@ public struct ProxyState: Hashable, Sendable {
         var out: [ServicePortState] = []
         for svc in cluster.services {
             out += Self.ports(of: svc, slices: slicesByService[svc.meta.key], endpoints: endpointsByService[svc.meta.key],
-                              pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone)
+                              pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone, family: family)
         }
         servicePorts = out.sorted { $0.name < $1.name }
     }
@@ -111,8 +113,16 @@ public struct ProxyState: Hashable, Sendable {
     /// One Service's ports with their frontends and usable endpoints: from its EndpointSlices if
     /// it has any, else its v1 Endpoints, else its selector over the Pods of its namespace.
     public static func ports(of svc: Service, slices: [EndpointSlice]?, endpoints: Endpoints?, pods: [Pod],
-                             nodeName: String? = nil, zone: String? = nil) -> [ServicePortState] {
-        guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP else { return [] }
+                             nodeName: String? = nil, zone: String? = nil, family: IPFamily = .v4) -> [ServicePortState] {
+        guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP(family) else { return [] }
+        let slices = slices.map { $0.filter { $0.endpoints.first?.addresses.first?.family ?? family == family } }
+        // Source ranges of this family. When the Service has ranges but none of this family,
+        // no source of this family may use its load-balancer IPs: the only range left is the
+        // unspecified address, which no packet comes from.
+        var ranges = svc.loadBalancerSourceRanges.filter { $0.family == family }
+        if ranges.isEmpty && !svc.loadBalancerSourceRanges.isEmpty {
+            ranges = [IPPrefix(address: family == .v4 ? IPAddress(0) : IPAddress(v6: 0, 0), length: family.bits)]
+        }
         return svc.ports.map { port in
             let spn = ServicePortName(namespace: svc.meta.namespace, name: svc.meta.name, port: port.name, proto: port.proto)
             var eps: [(EndpointAddress, node: String?)]
@@ -125,15 +135,15 @@ public struct ProxyState: Hashable, Sendable {
                     if !hinted.isEmpty { eps = hinted }
                 }
             } else if let endpoints {
-                eps = Self.endpoints(from: endpoints, for: port)
+                eps = Self.endpoints(from: endpoints, for: port).filter { $0.0.ip.family == family }
             } else if let selector = svc.selector, !selector.isEmpty {
-                eps = Self.endpoints(fromPods: pods, selector: selector, for: port)
+                eps = Self.endpoints(fromPods: pods, selector: selector, for: port, family: family)
             } else {
                 eps = []
             }
             var frontends = [Frontend(kind: .clusterIP, ip: ip, port: port.port)]
-            frontends += Array(Set(svc.externalIPs)).sorted().map { Frontend(kind: .externalIP, ip: $0, port: port.port) }
-            frontends += Array(Set(svc.loadBalancerIPs)).sorted().map { Frontend(kind: .loadBalancer, ip: $0, port: port.port) }
+            frontends += Array(Set(svc.externalIPs.filter { $0.family == family })).sorted().map { Frontend(kind: .externalIP, ip: $0, port: port.port) }
+            frontends += Array(Set(svc.loadBalancerIPs.filter { $0.family == family })).sorted().map { Frontend(kind: .loadBalancer, ip: $0, port: port.port) }
             let hasNodePort = svc.type == .nodePort || svc.type == .loadBalancer
             var local = Set<EndpointAddress>(), all = Set<EndpointAddress>()
             for (ep, node) in eps {
@@ -142,7 +152,7 @@ public struct ProxyState: Hashable, Sendable {
             }
             var state = ServicePortState(name: spn, frontends: frontends, endpoints: local.sorted() + all.subtracting(local).sorted(),
                                          nodePort: hasNodePort ? port.nodePort : nil,
-                                         sourceRanges: svc.type == .loadBalancer ? svc.loadBalancerSourceRanges : [])
+                                         sourceRanges: svc.type == .loadBalancer ? ranges : [])
             state.localEndpointCount = local.count
             state.externalLocal = svc.externalTrafficPolicyLocal && (hasNodePort || !frontends.dropFirst().isEmpty)
             state.internalLocal = svc.internalTrafficPolicyLocal
@@ -192,9 +202,10 @@ public struct ProxyState: Hashable, Sendable {
 
     /// The endpoints controller's view: running, ready, not terminating pods whose labels match,
     /// with a named target port resolved against each pod's container ports.
-    static func endpoints(fromPods pods: [Pod], selector: [String: String], for port: ServicePort) -> [(EndpointAddress, node: String?)] {
+    static func endpoints(fromPods pods: [Pod], selector: [String: String], for port: ServicePort,
+                          family: IPFamily) -> [(EndpointAddress, node: String?)] {
         pods.compactMap { pod -> (EndpointAddress, node: String?)? in
-            guard let ip = pod.podIP, pod.ready, !pod.terminating, pod.phase == "Running",
+            guard let ip = pod.podIPs.first(where: { $0.family == family }), pod.ready, !pod.terminating, pod.phase == "Running",
                   selector.allSatisfy({ pod.meta.labels[$0.key] == $0.value }) else { return nil }
             switch port.targetPort {
             case .int(let n):

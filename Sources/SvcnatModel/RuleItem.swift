@@ -8,17 +8,17 @@ public enum RuleItem: Hashable, Sendable {
     case ctStatusDNAT
     case l4proto(TransportProtocol)
     /// `ip saddr|daddr [!=] prefix`.
-    case ipMatch(IPField, CmpOp, IPv4Prefix)
+    case ipMatch(IPField, CmpOp, IPPrefix)
     /// `fib daddr type local`: the destination is an address of this host.
     case fibDaddrLocal
     /// `fib saddr type local`: the packet comes from this host.
     case fibSaddrLocal
-    /// `ip daddr @set`
-    case daddrInSet(String)
+    /// `ip daddr @set` (`ip6` for IPv6)
+    case daddrInSet(String, IPFamily)
     /// `ip saddr @set`
-    case saddrInSet(String)
+    case saddrInSet(String, IPFamily)
     /// `update @set { ip saddr }`: remember this client (session affinity).
-    case rememberSaddr(String)
+    case rememberSaddr(String, IPFamily)
     /// `meta l4proto . th dport vmap @map` (node ports).
     case nodePortDispatch(map: String)
     case markIsClear(UInt32)
@@ -26,28 +26,28 @@ public enum RuleItem: Hashable, Sendable {
     case markSetXor(UInt32)
     /// `numgen random mod n == 0`: true with probability 1/n.
     case numgenIsZero(modulus: UInt32)
-    case dnat(IPv4Address, port: UInt16)
+    case dnat(IPAddress, port: UInt16)
     /// `dnat ip to numgen random mod n offset base map @m`: picks element base + random(n) of
     /// the endpoint map m, each with probability 1/n.
-    case dnatFromMap(modulus: UInt32, offset: UInt32, map: String)
+    case dnatFromMap(modulus: UInt32, offset: UInt32, map: String, family: IPFamily)
     case masquerade(fullyRandom: Bool)
     case reject(RejectKind)
     /// `ip daddr . meta l4proto . th dport vmap @set`
-    case dispatch(map: String)
+    case dispatch(map: String, family: IPFamily)
     /// `ip saddr . ip daddr @set`
-    case saddrDaddrIn(set: String)
+    case saddrDaddrIn(set: String, family: IPFamily)
     case verdict(Verdict)
     case raw(Expr)
 }
 
 public enum IPField: Hashable, Sendable {
     case saddr, daddr
-    var offset: UInt32 { self == .saddr ? 12 : 16 }
+    func offset(_ family: IPFamily) -> UInt32 { self == .saddr ? family.saddrOffset : family.daddrOffset }
     var name: String { self == .saddr ? "saddr" : "daddr" }
 }
 
 extension RuleItem {
-    public static func saddrNotIn(_ p: IPv4Prefix) -> RuleItem { .ipMatch(.saddr, .neq, p) }
+    public static func saddrNotIn(_ p: IPPrefix) -> RuleItem { .ipMatch(.saddr, .neq, p) }
 }
 
 public struct Rule: Hashable, Sendable {
@@ -60,8 +60,8 @@ public struct Rule: Hashable, Sendable {
         self.handle = handle
     }
 
-    public init(exprs: [Expr], handle: UInt64? = nil) {
-        self.items = RuleItem.parse(exprs)
+    public init(exprs: [Expr], family: IPFamily, handle: UInt64? = nil) {
+        self.items = RuleItem.parse(exprs, family: family)
         self.handle = handle
     }
 
@@ -82,8 +82,8 @@ public struct Rule: Hashable, Sendable {
     public var setReferences: [String] {
         items.compactMap {
             switch $0 {
-            case .dispatch(let s), .saddrDaddrIn(let s), .dnatFromMap(_, _, let s), .daddrInSet(let s), .nodePortDispatch(let s),
-                 .saddrInSet(let s), .rememberSaddr(let s): s
+            case .dispatch(let s, _), .saddrDaddrIn(let s, _), .dnatFromMap(_, _, let s, _), .daddrInSet(let s, _), .nodePortDispatch(let s),
+                 .saddrInSet(let s, _), .rememberSaddr(let s, _): s
             case .raw(.lookup(let s, _, _)): s
             default: nil
             }
@@ -92,6 +92,17 @@ public struct Rule: Hashable, Sendable {
 }
 
 private let r1 = Register.reg(1), r2 = Register.reg(2)
+
+extension Register {
+    /// The register at 32-bit position `n` of a concatenation, named as the kernel reports it
+    /// back: a 16-byte register where one starts (every 4th position), else a 4-byte one.
+    static func at(_ n: Int) -> Register { n % 4 == 0 ? .reg(n / 4 + 1) : .reg32(n) }
+}
+
+extension IPFamily {
+    /// The register right after an address in a concatenation (4 bytes in, or 16).
+    var afterAddress: Register { .at(addressLength / 4) }
+}
 
 extension RuleItem {
     public var exprs: [Expr] {
@@ -109,17 +120,17 @@ extension RuleItem {
         case .ipMatch(let field, let op, let prefix):
             // As nft encodes it: a byte-aligned prefix loads only its bytes; otherwise the
             // whole bytes it touches, masked.
-            Self.prefixMatch(offset: field.offset, prefix: prefix, op: op)
+            Self.prefixMatch(offset: field.offset(prefix.family), prefix: prefix, op: op)
         case .fibDaddrLocal:
             [.fibDaddrType(dreg: r1), .cmp(sreg: r1, op: .eq, data: RouteType.local.hostBytes)]
         case .fibSaddrLocal:
             [.fibSaddrType(dreg: r1), .cmp(sreg: r1, op: .eq, data: RouteType.local.hostBytes)]
-        case .daddrInSet(let set):
-            [.payload(base: .network, offset: 16, length: 4, dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
-        case .saddrInSet(let set):
-            [.payload(base: .network, offset: 12, length: 4, dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
-        case .rememberSaddr(let set):
-            [.payload(base: .network, offset: 12, length: 4, dreg: r1), .dynsetUpdate(set: set, sreg: r1)]
+        case .daddrInSet(let set, let f):
+            [.payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
+        case .saddrInSet(let set, let f):
+            [.payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
+        case .rememberSaddr(let set, let f):
+            [.payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1), .dynsetUpdate(set: set, sreg: r1)]
         case .nodePortDispatch(let map):
             [.meta(key: .l4proto, dreg: r1), .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(1)),
              .lookup(set: map, sreg: r1, dreg: .verdict)]
@@ -139,22 +150,22 @@ extension RuleItem {
             [.numgen(dreg: r1, modulus: n, offset: 0), .cmp(sreg: r1, op: .eq, data: [0, 0, 0, 0])]
         case .dnat(let addr, let port):
             [.immediate(dreg: r1, data: addr.bytes), .immediate(dreg: r2, data: port.networkBytes),
-             .dnat(addrReg: r1, protoReg: r2, flags: NATFlags.protoSpecified)]
-        case .dnatFromMap(let n, let offset, let map):
+             .dnat(family: addr.family, addrReg: r1, protoReg: r2, flags: NATFlags.protoSpecified)]
+        case .dnatFromMap(let n, let offset, let map, let f):
             [.numgen(dreg: r1, modulus: n, offset: offset), .lookup(set: map, sreg: r1, dreg: r1),
-             .dnat(addrReg: r1, protoReg: .reg32(1), flags: NATFlags.protoSpecified)]
+             .dnat(family: f, addrReg: r1, protoReg: f.afterAddress, flags: NATFlags.protoSpecified)]
         case .masquerade(let fullyRandom):
             [.masquerade(flags: fullyRandom ? NATFlags.fullyRandom : 0)]
         case .reject(let kind):
             [.reject(kind: kind)]
-        case .dispatch(let map):
-            [.payload(base: .network, offset: 16, length: 4, dreg: r1),
-             .meta(key: .l4proto, dreg: .reg32(1)),
-             .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(2)),
+        case .dispatch(let map, let f):
+            [.payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: r1),
+             .meta(key: .l4proto, dreg: f.afterAddress),
+             .payload(base: .transport, offset: 2, length: 2, dreg: .at(f.addressLength / 4 + 1)),
              .lookup(set: map, sreg: r1, dreg: .verdict)]
-        case .saddrDaddrIn(let set):
-            [.payload(base: .network, offset: 12, length: 4, dreg: r1),
-             .payload(base: .network, offset: 16, length: 4, dreg: .reg32(1)),
+        case .saddrDaddrIn(let set, let f):
+            [.payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1),
+             .payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: f.afterAddress),
              .lookup(set: set, sreg: r1, dreg: nil)]
         case .verdict(let v):
             [.verdict(v)]
@@ -163,14 +174,14 @@ extension RuleItem {
         }
     }
 
-    static func prefixMatch(offset: UInt32, prefix: IPv4Prefix, op: CmpOp) -> [Expr] {
+    static func prefixMatch(offset: UInt32, prefix: IPPrefix, op: CmpOp) -> [Expr] {
         let bytes = (prefix.length + 7) / 8
         let data = Array(prefix.address.bytes.prefix(bytes))
         if prefix.length % 8 == 0 {
             return [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
                     .cmp(sreg: r1, op: op, data: data)]
         }
-        let mask = Array(IPv4Address(prefix.mask).bytes.prefix(bytes))
+        let mask = Array(prefix.mask.bytes.prefix(bytes))
         return [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
                 .bitwise(sreg: r1, dreg: r1, mask: mask, xor: [UInt8](repeating: 0, count: bytes)),
                 .cmp(sreg: r1, op: op, data: data)]
@@ -178,11 +189,11 @@ extension RuleItem {
 
     /// Reads kernel expressions back into items: at each position, the first item whose
     /// pattern matches is taken; an expression no pattern explains becomes `.raw`.
-    public static func parse(_ exprs: [Expr]) -> [RuleItem] {
+    public static func parse(_ exprs: [Expr], family: IPFamily) -> [RuleItem] {
         var items: [RuleItem] = []
         var i = 0
         while i < exprs.count {
-            if let (item, n) = match(exprs, at: i) {
+            if let (item, n) = match(exprs, at: i, family: family) {
                 items.append(item)
                 i += n
             } else {
@@ -193,7 +204,8 @@ extension RuleItem {
         return items
     }
 
-    private static func match(_ e: [Expr], at i: Int) -> (RuleItem, Int)? {
+    private static func match(_ e: [Expr], at i: Int, family f: IPFamily) -> (RuleItem, Int)? {
+        let alen = UInt32(f.addressLength)
         func starts(_ item: RuleItem) -> (RuleItem, Int)? {
             let pattern = item.exprs
             guard i + pattern.count <= e.count, Array(e[i..<i + pattern.count]) == pattern else { return nil }
@@ -220,45 +232,46 @@ extension RuleItem {
             return nil
         case .numgen(r1, let n, let offset):
             if i + 1 < e.count, case .lookup(let m, r1, r1) = e[i + 1] {
-                return starts(.dnatFromMap(modulus: n, offset: offset, map: m))
+                return starts(.dnatFromMap(modulus: n, offset: offset, map: m, family: f))
             }
             return offset == 0 ? starts(.numgenIsZero(modulus: n)) : nil
-        case .immediate(r1, let a) where a.count == 4:
+        case .immediate(r1, let a) where a.count == f.addressLength:
             guard i + 1 < e.count, case .immediate(r2, let p) = e[i + 1], p.count == 2,
-                  let addr = IPv4Address(bytes: a) else { return nil }
+                  let addr = IPAddress(bytes: a) else { return nil }
             return starts(.dnat(addr, port: UInt16(p[0]) << 8 | UInt16(p[1])))
         case .masquerade(let flags):
             if flags == 0 { return (.masquerade(fullyRandom: false), 1) }
             if flags == NATFlags.fullyRandom { return (.masquerade(fullyRandom: true), 1) }
             return nil
         case .reject(let k): return (.reject(k), 1)
-        case .payload(.network, 16, 4, r1):
-            if i + 3 < e.count, case .lookup(let s, r1, .verdict) = e[i + 3] { return starts(.dispatch(map: s)) }
-            if i + 1 < e.count, case .lookup(let s, r1, nil) = e[i + 1] { return starts(.daddrInSet(s)) }
-            return matchPrefix(e, at: i)
-        case .payload(.network, 12, 4, r1):
+        case .payload(.network, f.daddrOffset, alen, r1):
+            if i + 3 < e.count, case .lookup(let s, r1, .verdict) = e[i + 3] { return starts(.dispatch(map: s, family: f)) }
+            if i + 1 < e.count, case .lookup(let s, r1, nil) = e[i + 1] { return starts(.daddrInSet(s, f)) }
+            return matchPrefix(e, at: i, family: f)
+        case .payload(.network, f.saddrOffset, alen, r1):
             if i + 2 < e.count, case .lookup(let s, r1, nil) = e[i + 2],
-               let m = starts(.saddrDaddrIn(set: s)) { return m }
-            if i + 1 < e.count, case .lookup(let s, r1, nil) = e[i + 1] { return starts(.saddrInSet(s)) }
-            if i + 1 < e.count, case .dynsetUpdate(let s, r1) = e[i + 1] { return starts(.rememberSaddr(s)) }
-            return matchPrefix(e, at: i)
-        case .payload(.network, 12, _, r1), .payload(.network, 16, _, r1):
-            return matchPrefix(e, at: i)
+               let m = starts(.saddrDaddrIn(set: s, family: f)) { return m }
+            if i + 1 < e.count, case .lookup(let s, r1, nil) = e[i + 1] { return starts(.saddrInSet(s, f)) }
+            if i + 1 < e.count, case .dynsetUpdate(let s, r1) = e[i + 1] { return starts(.rememberSaddr(s, f)) }
+            return matchPrefix(e, at: i, family: f)
+        case .payload(.network, f.saddrOffset, _, r1), .payload(.network, f.daddrOffset, _, r1):
+            return matchPrefix(e, at: i, family: f)
         case .verdict(let v): return (.verdict(v), 1)
         default: return nil
         }
     }
 
-    private static func matchPrefix(_ e: [Expr], at i: Int) -> (RuleItem, Int)? {
-        guard case .payload(_, let offset, let len, _) = e[i], len >= 1, len <= 4, offset == 12 || offset == 16 else { return nil }
+    private static func matchPrefix(_ e: [Expr], at i: Int, family f: IPFamily) -> (RuleItem, Int)? {
+        guard case .payload(_, let offset, let len, _) = e[i], len >= 1, len <= f.addressLength,
+              offset == f.saddrOffset || offset == f.daddrOffset else { return nil }
         var mask = [UInt8](repeating: 0xff, count: Int(len))
         var j = i + 1
         if j < e.count, case .bitwise(r1, r1, let m, _) = e[j] { mask = m; j += 1 }
         guard j < e.count, case .cmp(r1, let op, let data) = e[j], data.count == Int(len) else { return nil }
         let ones = mask.reduce(0) { $0 + $1.nonzeroBitCount }
-        let full = Array((data + [UInt8](repeating: 0, count: 4)).prefix(4))
-        guard let addr = IPv4Address(bytes: full) else { return nil }
-        let item = RuleItem.ipMatch(offset == 12 ? .saddr : .daddr, op, IPv4Prefix(address: addr, length: ones))
+        let full = Array((data + [UInt8](repeating: 0, count: f.addressLength)).prefix(f.addressLength))
+        guard let addr = IPAddress(bytes: full) else { return nil }
+        let item = RuleItem.ipMatch(offset == f.saddrOffset ? .saddr : .daddr, op, IPPrefix(address: addr, length: ones))
         return item.exprs == Array(e[i...j]) ? (item, j - i + 1) : nil
     }
 }
@@ -269,24 +282,26 @@ extension RuleItem {
         case .ctStateNew: "ct state new"
         case .ctStatusDNAT: "ct status dnat"
         case .l4proto(let p): "meta l4proto \(p.lowercased)"
-        case .ipMatch(let f, let op, let p): "ip \(f.name) \(op == .neq ? "!= " : "")\(p.length == 32 ? p.address.description : p.description)"
+        case .ipMatch(let f, let op, let p):
+            "\(p.family.nftName) \(f.name) \(op == .neq ? "!= " : "")\(p.length == p.family.bits ? p.address.description : p.description)"
         case .fibDaddrLocal: "fib daddr type local"
         case .fibSaddrLocal: "fib saddr type local"
-        case .daddrInSet(let s): "ip daddr @\(s)"
-        case .saddrInSet(let s): "ip saddr @\(s)"
-        case .rememberSaddr(let s): "update @\(s) { ip saddr }"
+        case .daddrInSet(let s, let f): "\(f.nftName) daddr @\(s)"
+        case .saddrInSet(let s, let f): "\(f.nftName) saddr @\(s)"
+        case .rememberSaddr(let s, let f): "update @\(s) { \(f.nftName) saddr }"
         case .nodePortDispatch(let m): "meta l4proto . th dport vmap @\(m)"
         case .markIsClear(let b): "meta mark & \(hex(b)) == \(hex(0))"
         case .markSetOr(let b): "meta mark set meta mark | \(hex(b))"
         case .markSetXor(let b): "meta mark set meta mark ^ \(hex(b))"
         case .numgenIsZero(let n): "numgen random mod \(n) == 0"
-        case .dnat(let a, let p): "dnat to \(a):\(p)"
-        case .dnatFromMap(let n, let o, let m): "dnat ip to numgen random mod \(n) offset \(o) map @\(m)"
+        case .dnat(let a, let p): a.family == .v4 ? "dnat to \(a):\(p)" : "dnat to [\(a)]:\(p)"
+        case .dnatFromMap(let n, let o, let m, let f): "dnat \(f.nftName) to numgen random mod \(n) offset \(o) map @\(m)"
         case .masquerade(let r): r ? "masquerade fully-random" : "masquerade"
         case .reject(.tcpReset): "reject with tcp reset"
         case .reject(.icmpPortUnreachable): "reject with icmp port-unreachable"
-        case .dispatch(let m): "ip daddr . meta l4proto . th dport vmap @\(m)"
-        case .saddrDaddrIn(let s): "ip saddr . ip daddr @\(s)"
+        case .reject(.icmpv6PortUnreachable): "reject with icmpv6 port-unreachable"
+        case .dispatch(let m, let f): "\(f.nftName) daddr . meta l4proto . th dport vmap @\(m)"
+        case .saddrDaddrIn(let s, let f): "\(f.nftName) saddr . \(f.nftName) daddr @\(s)"
         case .verdict(let v): v.description
         case .raw(let e): "# unrecognised expression: \(e)"
         }

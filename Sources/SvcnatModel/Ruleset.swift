@@ -31,7 +31,7 @@ public struct Chain: Hashable, Sendable {
 /// One field of a set key. Every field takes a 4-byte-aligned slot in the key, as the kernel's
 /// concatenations do.
 public enum KeyField: String, Hashable, Sendable, Codable {
-    case ipv4Addr = "ipv4_addr", inetProto = "inet_proto", inetService = "inet_service"
+    case ipv4Addr = "ipv4_addr", ipv6Addr = "ipv6_addr", inetProto = "inet_proto", inetService = "inet_service"
     /// A 32-bit number in host order, such as a `numgen` result.
     case integer = "integer"
 
@@ -41,6 +41,7 @@ public enum KeyField: String, Hashable, Sendable, Codable {
         switch self {
         case .integer: 4
         case .ipv4Addr: 7
+        case .ipv6Addr: 8
         case .inetProto: 12
         case .inetService: 13
         }
@@ -49,6 +50,7 @@ public enum KeyField: String, Hashable, Sendable, Codable {
     public var length: Int {
         switch self {
         case .ipv4Addr, .integer: 4
+        case .ipv6Addr: 16
         case .inetProto: 1
         case .inetService: 2
         }
@@ -56,14 +58,14 @@ public enum KeyField: String, Hashable, Sendable, Codable {
 }
 
 public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
-    case ipv4(IPv4Address)
+    case ip(IPAddress)
     case proto(TransportProtocol)
     case port(UInt16)
     case integer(UInt32)
 
     public var description: String {
         switch self {
-        case .ipv4(let a): a.description
+        case .ip(let a): a.description
         case .proto(let p): p.lowercased
         case .port(let p): String(p)
         case .integer(let n): String(n)
@@ -72,7 +74,7 @@ public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
 
     var bytes: [UInt8] {
         switch self {
-        case .ipv4(let a): a.bytes
+        case .ip(let a): a.bytes
         case .proto(let p): [p.number]
         case .port(let p): p.networkBytes
         case .integer(let n): n.hostBytes
@@ -81,7 +83,7 @@ public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
 
     public static func < (a: Self, b: Self) -> Bool {
         switch (a, b) {
-        case (.ipv4(let x), .ipv4(let y)): x < y
+        case (.ip(let x), .ip(let y)): x < y
         case (.proto(let x), .proto(let y)): x < y
         case (.port(let x), .port(let y)): x < y
         case (.integer(let x), .integer(let y)): x < y
@@ -122,7 +124,7 @@ public struct SetElement: Hashable, Sendable {
             guard at + f.length <= bytes.count else { return nil }
             let b = Array(bytes[at..<at + f.length])
             switch f {
-            case .ipv4Addr: out.append(.ipv4(IPv4Address(bytes: b)!))
+            case .ipv4Addr, .ipv6Addr: out.append(.ip(IPAddress(bytes: b)!))
             case .inetProto:
                 guard let p = TransportProtocol(number: b[0]) else { return nil }
                 out.append(.proto(p))
@@ -142,7 +144,9 @@ public struct SetElement: Hashable, Sendable {
         var v: UInt64 = 0, bits = 0
         for f in key {
             switch f {
-            case .ipv4(let a): v = v << 32 | UInt64(a.value); bits += 32
+            case .ip(let a):
+                guard a.family == .v4 else { return nil }
+                v = v << 32 | UInt64(a.v4Value); bits += 32
             case .proto(let p): v = v << 8 | UInt64(p.number); bits += 8
             case .port(let p): v = v << 16 | UInt64(p); bits += 16
             case .integer(let n): v = v << 32 | UInt64(n); bits += 32

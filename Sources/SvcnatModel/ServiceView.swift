@@ -49,8 +49,8 @@ extension Ruleset {
         }
         func add(_ e: SetElement, chain: String?) {
             let frontend: String, proto: TransportProtocol, key: StaleFlows.Frontend
-            if e.key.count == 3, case .ipv4(let ip) = e.key[0], case .proto(let p) = e.key[1], case .port(let port) = e.key[2] {
-                frontend = "\(ip):\(port)"
+            if e.key.count == 3, case .ip(let ip) = e.key[0], case .proto(let p) = e.key[1], case .port(let port) = e.key[2] {
+                frontend = ip.withPort(port)
                 proto = p
                 key = .init(ip: ip, port: port)
             } else if e.key.count == 2, case .proto(let p) = e.key[0], case .port(let port) = e.key[1] {
@@ -85,7 +85,7 @@ extension Ruleset {
             for s in r.sets where s.name.hasPrefix(Names.endpointMapPrefix) {
                 var m: [UInt32: EndpointAddress] = [:]
                 for e in s.elements {
-                    if case .integer(let k)? = e.key.first, let d = e.data, d.count == 2, case .ipv4(let ip) = d[0], case .port(let port) = d[1] {
+                    if case .integer(let k)? = e.key.first, let d = e.data, d.count == 2, case .ip(let ip) = d[0], case .port(let port) = d[1] {
                         m[k] = EndpointAddress(ip: ip, port: port)
                     }
                 }
@@ -96,7 +96,7 @@ extension Ruleset {
 
     func endpoints(of c: Chain, _ index: Index) -> [(EndpointAddress, String)] {
         for r in c.rules {
-            for case .dnatFromMap(let n, let base, let map) in r.items {
+            for case .dnatFromMap(let n, let base, let map, _) in r.items {
                 let data = index.endpointData[map] ?? [:]
                 return (0..<n).compactMap { i in data[base + i].map { ($0, "1/\(n)") } }
             }

@@ -15,19 +15,22 @@
 ///   latter found by one lookup of `saddr . daddr` in the `hairpin` set.
 public struct TranslatorConfig: Hashable, Sendable {
     public var table: String
-    public var clusterCIDRs: [IPv4Prefix]
+    public var clusterCIDRs: [IPPrefix]
     public var masqueradeAll: Bool
     /// kube-proxy's --masquerade-bit (default 14 -> 0x4000).
     public var masqueradeMark: UInt32
     public var endpointSelection: EndpointSelection
     /// kube-proxy's --nodeport-addresses; empty means every local address but 127.0.0.0/8.
-    public var nodePortAddresses: [IPv4Prefix]
+    public var nodePortAddresses: [IPPrefix]
     /// The Service CIDRs: traffic to an address in them that no Service has is dropped.
-    public var serviceCIDRs: [IPv4Prefix]
+    public var serviceCIDRs: [IPPrefix]
+    /// The family this table serves (`ip svcnat` or `ip6 svcnat`). The prefixes above may be of
+    /// both families; each table uses its own.
+    public var family: IPFamily
 
-    public init(table: String = "svcnat", clusterCIDRs: [IPv4Prefix] = [], masqueradeAll: Bool = false,
+    public init(table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false,
                 masqueradeBit: Int = 14, endpointSelection: EndpointSelection = .map,
-                nodePortAddresses: [IPv4Prefix] = [], serviceCIDRs: [IPv4Prefix] = []) {
+                nodePortAddresses: [IPPrefix] = [], serviceCIDRs: [IPPrefix] = [], family: IPFamily = .v4) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
@@ -35,6 +38,20 @@ public struct TranslatorConfig: Hashable, Sendable {
         self.endpointSelection = endpointSelection
         self.nodePortAddresses = nodePortAddresses
         self.serviceCIDRs = serviceCIDRs
+        self.family = family
+    }
+
+    /// The same settings for the other table.
+    public func `for`(_ family: IPFamily) -> TranslatorConfig {
+        var c = self
+        c.family = family
+        return c
+    }
+
+    /// Whether these settings alone give the family's table something to do (a Service CIDR to
+    /// guard, or node port addresses of it).
+    public var hasPrefixes: Bool {
+        (serviceCIDRs + nodePortAddresses).contains { $0.family == family }
     }
 }
 
@@ -71,7 +88,9 @@ public enum Names {
     /// The chain and the client set of one endpoint of a Service port with session affinity:
     /// `ep-<namespace>/<name>/<protocol>/<port>__<ip>/<port>` and `aff-...` alike.
     public static func affinity(_ serviceChain: String, _ ep: EndpointAddress) -> (chain: String, set: String) {
-        let tail = serviceChain.dropFirst(serviceChainPrefix.count) + "__\(ep.ip)/\(ep.port)"
+        // nft reads ":" as a separator, so an IPv6 address is written with "." in names.
+        let ip = String(ep.ip.description.map { $0 == ":" ? "." : $0 })
+        let tail = serviceChain.dropFirst(serviceChainPrefix.count) + "__\(ip)/\(ep.port)"
         return ("ep-" + tail, "aff-" + tail)
     }
 
@@ -92,7 +111,9 @@ public struct Translator: Sendable {
     public var config: TranslatorConfig
     public init(_ config: TranslatorConfig) { self.config = config }
 
-    static let dispatchKey: [KeyField] = [.ipv4Addr, .inetProto, .inetService]
+    var family: IPFamily { config.family }
+    var dispatchKey: [KeyField] { [family.keyField, .inetProto, .inetService] }
+    var clusterCIDRs: [IPPrefix] { config.clusterCIDRs.filter { $0.family == family } }
 
     /// The ruleset for `state`. `previous` (what the kernel or the cache holds) keeps each
     /// Service port's place in the endpoint maps, so one Service's change moves no other.
@@ -124,13 +145,13 @@ public struct Translator: Sendable {
         }
         let reject = Verdict.goto(Names.rejectChain)
         if let c = sp.clusterIP {
-            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ipv4(c.ip), .proto(proto), .port(c.port)], served ? .goto(chain) : reject)
-            f.shared[Names.clusterIPs, default: []].append(SetElement(key: [.ipv4(c.ip)]))
+            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ip(c.ip), .proto(proto), .port(c.port)], served ? .goto(chain) : reject)
+            f.shared[Names.clusterIPs, default: []].append(SetElement(key: [.ip(c.ip)]))
         }
         for e in sp.externalFrontends {
-            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ipv4(e.ip), .proto(proto), .port(e.port)], served ? .goto(ext) : reject)
+            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ip(e.ip), .proto(proto), .port(e.port)], served ? .goto(ext) : reject)
             if e.kind == .loadBalancer && !sp.sourceRanges.isEmpty {
-                add(Names.firewallIPs, [.ipv4(e.ip), .proto(proto), .port(e.port)], .goto(fw))
+                add(Names.firewallIPs, [.ip(e.ip), .proto(proto), .port(e.port)], .goto(fw))
             }
         }
         if let np = sp.nodePort {
@@ -142,7 +163,7 @@ public struct Translator: Sendable {
         }
         guard served else { return f }
         f.endpointCount = sp.endpoints.count
-        f.shared[Names.hairpin] = sp.endpoints.map { SetElement(key: [.ipv4($0.ip), .ipv4($0.ip)]) }
+        f.shared[Names.hairpin] = sp.endpoints.map { SetElement(key: [.ip($0.ip), .ip($0.ip)]) }
         var mapSlot: (map: String, base: UInt32)?
         let external = !sp.externalFrontends.isEmpty || sp.nodePort != nil
         // A slot no rule would use (internal traffic local-only with no local endpoint, and no
@@ -152,7 +173,7 @@ public struct Translator: Sendable {
             f.slot = slot
             mapSlot = (Names.endpointMap(slot.shard), slot.base)
             f.elements[Names.endpointMap(slot.shard)] = sp.endpoints.enumerated().map { i, ep in
-                SetElement(key: [.integer(slot.base + UInt32(i))], data: [.ipv4(ep.ip), .port(ep.port)])
+                SetElement(key: [.integer(slot.base + UInt32(i))], data: [.ip(ep.ip), .port(ep.port)])
             }
         }
         // Endpoint choice over all endpoints, or over this node's (the first localEndpointCount
@@ -169,8 +190,8 @@ public struct Translator: Sendable {
             // client to its endpoint, and picks at random (the cascade) otherwise.
             for ep in sp.endpoints {
                 let (epChain, set) = Names.affinity(chain, ep)
-                f.sets.append(NamedSet(name: set, key: [.ipv4Addr], data: .none, timeout: timeout))
-                f.chains.append(Chain(name: epChain, rules: [Rule([.rememberSaddr(set)]),
+                f.sets.append(NamedSet(name: set, key: [family.keyField], data: .none, timeout: timeout))
+                f.chains.append(Chain(name: epChain, rules: [Rule([.rememberSaddr(set, family)]),
                                                              Rule([.l4proto(sp.name.proto), .dnat(ep.ip, port: ep.port)])]))
             }
         }
@@ -180,7 +201,7 @@ public struct Translator: Sendable {
             if sp.externalLocal {
                 // Local policy: pods and the node itself still reach every endpoint (the node
                 // masqueraded); everyone else reaches this node's endpoints with their own source.
-                for c in config.clusterCIDRs { rules += choose(local: false, when: [.ipMatch(.saddr, .eq, c)]) }
+                for c in clusterCIDRs { rules += choose(local: false, when: [.ipMatch(.saddr, .eq, c)]) }
                 rules.append(Rule([.fibSaddrLocal, .markSetOr(config.masqueradeMark)]))
                 rules += choose(local: false, when: [.fibSaddrLocal])
                 rules += choose(local: true)
@@ -194,15 +215,15 @@ public struct Translator: Sendable {
         return f
     }
 
-    static let setDefinitions: [NamedSet] = [
+    var setDefinitions: [NamedSet] { [
         NamedSet(name: Names.serviceIPs, key: dispatchKey, data: .verdict),
         NamedSet(name: Names.noEndpointServices, key: dispatchKey, data: .verdict),
         NamedSet(name: Names.serviceNodePorts, key: [.inetProto, .inetService], data: .verdict),
         NamedSet(name: Names.noEndpointNodePorts, key: [.inetProto, .inetService], data: .verdict),
         NamedSet(name: Names.firewallIPs, key: dispatchKey, data: .verdict),
-        NamedSet(name: Names.clusterIPs, key: [.ipv4Addr], data: .none),
-        NamedSet(name: Names.hairpin, key: [.ipv4Addr, .ipv4Addr], data: .none),
-    ]
+        NamedSet(name: Names.clusterIPs, key: [family.keyField], data: .none),
+        NamedSet(name: Names.hairpin, key: [family.keyField, family.keyField], data: .none),
+    ] }
 
     /// The whole table from the ports' fragments.
     public func assemble(_ fragments: [PortFragment]) -> Ruleset {
@@ -218,8 +239,8 @@ public struct Translator: Sendable {
             chains += f.chains
             if let slot = f.slot { endpointShards.insert(slot.shard) }
         }
-        var sets = Self.setDefinitions
-        sets += endpointShards.sorted().map { Self.endpointMap(Names.endpointMap($0)) }
+        var sets = setDefinitions
+        sets += endpointShards.sorted().map { Self.endpointMap(Names.endpointMap($0), family: family) }
         sets += ownSets.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         for i in sets.indices {
             var sorted = SetElement.sorted(elements[sets[i].name] ?? [])
@@ -233,19 +254,19 @@ public struct Translator: Sendable {
             sets[i].elements = sorted
         }
         chains.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
-        return Ruleset(family: .ip, table: config.table, sets: sets, chains: staticChains() + chains)
+        return Ruleset(family: family.tableFamily, table: config.table, sets: sets, chains: staticChains() + chains)
     }
 
-    public static func endpointMap(_ name: String) -> NamedSet {
-        NamedSet(name: name, key: [.integer], data: .values([.ipv4Addr, .inetService]),
-                 typeof: "numgen random mod 1 : ip daddr . th dport")
+    public static func endpointMap(_ name: String, family: IPFamily) -> NamedSet {
+        NamedSet(name: name, key: [.integer], data: .values([family.keyField, .inetService]),
+                 typeof: "numgen random mod 1 : \(family.nftName) daddr . th dport")
     }
 
     /// Marks ClusterIP traffic for masquerade: from outside the cluster CIDRs, or all of it.
     func masqueradeRules(_ sp: ServicePortState) -> [Rule] {
         if config.masqueradeAll { return [Rule([.markSetOr(config.masqueradeMark)])] }
-        if config.clusterCIDRs.isEmpty { return [] }
-        return [Rule(config.clusterCIDRs.map { .saddrNotIn($0) } + [.markSetOr(config.masqueradeMark)])]
+        if clusterCIDRs.isEmpty { return [] }
+        return [Rule(clusterCIDRs.map { .saddrNotIn($0) } + [.markSetOr(config.masqueradeMark)])]
     }
 
     /// Session affinity: a remembered client goes to its endpoint's chain; anyone else to a
@@ -253,7 +274,7 @@ public struct Translator: Sendable {
     func affinitySelection(_ chain: String, _ endpoints: [EndpointAddress], when prefix: [RuleItem]) -> [Rule] {
         let n = endpoints.count
         let names = endpoints.map { Names.affinity(chain, $0) }
-        return names.map { Rule(prefix + [.saddrInSet($0.set), .verdict(.goto($0.chain))]) }
+        return names.map { Rule(prefix + [.saddrInSet($0.set, family), .verdict(.goto($0.chain))]) }
             + names.enumerated().map { i, name in
                 Rule(prefix + (i < n - 1 ? [.numgenIsZero(modulus: UInt32(n - i))] : []) + [.verdict(.goto(name.chain))])
             }
@@ -265,7 +286,7 @@ public struct Translator: Sendable {
                    when prefix: [RuleItem] = []) -> [Rule] {
         let n = endpoints.count
         if let slot {
-            return [Rule(prefix + [.l4proto(proto), .dnatFromMap(modulus: UInt32(n), offset: slot.base, map: slot.map)])]
+            return [Rule(prefix + [.l4proto(proto), .dnatFromMap(modulus: UInt32(n), offset: slot.base, map: slot.map, family: family)])]
         }
         return endpoints.enumerated().map { i, ep in
             Rule(prefix + (i < n - 1 ? [.numgenIsZero(modulus: UInt32(n - i))] : []) + [.l4proto(proto), .dnat(ep.ip, port: ep.port)])
@@ -278,9 +299,10 @@ public struct Translator: Sendable {
         let toServices = Rule([.verdict(.jump(Names.services))])
         func check(_ chain: String) -> Rule { Rule([.ctStateNew, .verdict(.jump(chain))]) }
         // Node ports: the configured node addresses, or every local address but loopback.
-        let nodePortMatches: [[RuleItem]] = config.nodePortAddresses.isEmpty
-            ? [[.fibDaddrLocal, .ipMatch(.daddr, .neq, IPv4Prefix("127.0.0.0/8")!)]]
-            : config.nodePortAddresses.map { [.ipMatch(.daddr, .eq, $0)] }
+        let nodePortAddresses = config.nodePortAddresses.filter { $0.family == family }
+        let nodePortMatches: [[RuleItem]] = nodePortAddresses.isEmpty
+            ? [[.fibDaddrLocal, .ipMatch(.daddr, .neq, family.loopback)]]
+            : nodePortAddresses.map { [.ipMatch(.daddr, .eq, $0)] }
         let filter = { (hook: Hook, prio: Int32) in BaseChain(type: .filter, hook: hook, priority: prio) }
         let nat = { (hook: Hook, prio: Int32) in BaseChain(type: .nat, hook: hook, priority: prio) }
         return [
@@ -294,19 +316,19 @@ public struct Translator: Sendable {
             Chain(name: "nat-prerouting", base: nat(.prerouting, -100), rules: [toServices]),
             Chain(name: "nat-output", base: nat(.output, -100), rules: [toServices]),
             Chain(name: "nat-postrouting", base: nat(.postrouting, 100), rules: [Rule([.verdict(.jump(Names.masquerading))])]),
-            Chain(name: Names.endpointsCheck, rules: [Rule([.dispatch(map: Names.noEndpointServices)])]),
+            Chain(name: Names.endpointsCheck, rules: [Rule([.dispatch(map: Names.noEndpointServices, family: family)])]),
             Chain(name: Names.nodePortsCheck, rules: nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.noEndpointNodePorts)]) }),
-            Chain(name: Names.firewallCheck, rules: [Rule([.dispatch(map: Names.firewallIPs)])]),
+            Chain(name: Names.firewallCheck, rules: [Rule([.dispatch(map: Names.firewallIPs, family: family)])]),
             // A ClusterIP on a port its Service lacks is refused; an unused address of the
             // Service CIDR is dropped.
-            Chain(name: Names.clusterIPsCheck, rules: [Rule([.daddrInSet(Names.clusterIPs), .verdict(.goto(Names.rejectChain))])]
-                  + config.serviceCIDRs.map { Rule([.ipMatch(.daddr, .eq, $0), .verdict(.drop)]) }),
+            Chain(name: Names.clusterIPsCheck, rules: [Rule([.daddrInSet(Names.clusterIPs, family), .verdict(.goto(Names.rejectChain))])]
+                  + config.serviceCIDRs.filter { $0.family == family }.map { Rule([.ipMatch(.daddr, .eq, $0), .verdict(.drop)]) }),
             Chain(name: Names.rejectChain, rules: [Rule([.l4proto(.tcp), .reject(.tcpReset)]),
-                                                   Rule([.reject(.icmpPortUnreachable)])]),
-            Chain(name: Names.services, rules: [Rule([.dispatch(map: Names.serviceIPs)])]
+                                                   Rule([.reject(family == .v4 ? .icmpPortUnreachable : .icmpv6PortUnreachable)])]),
+            Chain(name: Names.services, rules: [Rule([.dispatch(map: Names.serviceIPs, family: family)])]
                   + nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.serviceNodePorts)]) }),
             Chain(name: Names.masquerading, rules: [
-                Rule([.ctStatusDNAT, .saddrDaddrIn(set: Names.hairpin), .masquerade(fullyRandom: true)]),
+                Rule([.ctStatusDNAT, .saddrDaddrIn(set: Names.hairpin, family: family), .masquerade(fullyRandom: true)]),
                 Rule([.markIsClear(config.masqueradeMark), .verdict(.return)]),
                 Rule([.markSetXor(config.masqueradeMark)]),
                 Rule([.masquerade(fullyRandom: true)]),

@@ -165,32 +165,34 @@ public struct ManifestDecoder {
         if affinity != "None" && affinity != "ClientIP" {
             spec["sessionAffinity"].fail("\"\(affinity)\" is not None or ClientIP")
         }
-        var clusterIP: IPv4Address?
+        var clusterIPs: [IPAddress] = []
         var headless = false
-        var ipText = spec["clusterIP"].string ?? spec["clusterIPs"].list.first?.string
-        // Dual-stack with IPv6 first: the IPv4 ClusterIP is the second of clusterIPs, and it is
-        // the one svcnat programs (as kube-proxy's IPv4 proxier does).
-        if let primary = ipText, primary.contains(":"),
-           let v4 = spec["clusterIPs"].list.compactMap({ $0.string }).first(where: { !$0.contains(":") }) {
-            ipText = v4
-        }
+        // `clusterIPs` (dual-stack: one per family, the primary first) when present, else
+        // `clusterIP`; each family's table programs its own.
+        let ipField = spec["clusterIPs"].list.isEmpty ? spec["clusterIP"] : spec["clusterIPs"]
+        let ipFields = spec["clusterIPs"].list.isEmpty ? [spec["clusterIP"]] : spec["clusterIPs"].list
+        let ipTexts = ipFields.compactMap { $0.string }
         if type == .externalName {
             // ExternalName Services are DNS only; kube-proxy programs nothing for them.
-        } else if ipText == "None" {
+        } else if ipTexts.first == "None" {
             headless = true
-        } else if let ipText, !ipText.isEmpty {
-            if ipText.contains(":") {
-                warn(spec["clusterIP"], "spec.clusterIP: IPv6 address \(ipText) is not programmed (svcnat programs IPv4 Services); skipped")
-                return nil
+        } else if !ipTexts.isEmpty, !ipTexts[0].isEmpty {
+            for field in ipFields {
+                guard let text = field.string else { continue }
+                guard let ip = IPAddress(text) else {
+                    field.fail("\"\(text)\" is not a valid IP address")
+                    continue
+                }
+                if ip.isUnspecified || ip.isLoopback || (ip.family == .v4 ? ip.v4Value >> 28 >= 14 : ip.high >> 56 == 0xff) {
+                    field.fail("\(text) cannot be a Service address (unspecified, loopback, multicast or reserved)")
+                } else if clusterIPs.contains(where: { $0.family == ip.family }) {
+                    field.fail("two \(ip.family.rawValue) addresses; a Service has at most one per family")
+                }
+                clusterIPs.append(ip)
             }
-            guard let ip = IPv4Address(ipText) else {
-                spec["clusterIP"].fail("\"\(ipText)\" is not a valid IPv4 address")
-                return nil
+            if let v = spec["clusterIP"].string, let primary = IPAddress(v), let first = clusterIPs.first, primary != first {
+                ipField.fail("clusterIPs[0] must equal spec.clusterIP (\(v))")
             }
-            if ip.isUnspecified || ip.isLoopback || ip.value >> 28 >= 14 {
-                spec["clusterIP"].fail("\(ipText) cannot be a Service address (unspecified, loopback, multicast or reserved)")
-            }
-            clusterIP = ip
         } else {
             warn(spec["clusterIP"], "spec.clusterIP is not set (the API server allocates it; a manifest for svcnat must carry it); the Service gets no rules")
         }
@@ -200,18 +202,16 @@ public struct ManifestDecoder {
             }
         }
         let externalIPs = ipList(spec["externalIPs"])
-        let lbIPs = type == .loadBalancer ? f["status"]["loadBalancer"]["ingress"].list.compactMap { entry -> IPv4Address? in
+        let lbIPs = type == .loadBalancer ? f["status"]["loadBalancer"]["ingress"].list.compactMap { entry -> IPAddress? in
             guard let s = entry["ip"].string, !s.isEmpty else { return nil }   // hostname-only ingress: nothing to program
-            if s.contains(":") { return nil }
-            guard let ip = IPv4Address(s) else { entry["ip"].fail("\"\(s)\" is not a valid IPv4 address"); return nil }
+            guard let ip = IPAddress(s) else { entry["ip"].fail("\"\(s)\" is not a valid IP address"); return nil }
             return ip
         } : []
-        var ranges: [IPv4Prefix] = []
+        var ranges: [IPPrefix] = []
         for r in spec["loadBalancerSourceRanges"].list {
             guard let text = r.string else { continue }
             let t = text.trimmingCharacters(in: " ")
-            if t.contains(":") { continue }
-            guard let prefix = IPv4Prefix(t) else { r.fail("\"\(text)\" is not a CIDR such as 198.18.0.0/24"); continue }
+            guard let prefix = IPPrefix(t) else { r.fail("\"\(text)\" is not a CIDR such as 198.18.0.0/24 or 2001:db8::/64"); continue }
             ranges.append(prefix)
         }
         let etp = spec["externalTrafficPolicy"].string ?? "Cluster"
@@ -230,7 +230,7 @@ public struct ManifestDecoder {
             affinityTimeout = UInt32(clamping: seconds)
         }
         guard f.context.errors.count == errorsBefore else { return nil }
-        var service = Service(meta: meta, type: type, clusterIP: clusterIP, isHeadless: headless, selector: selector,
+        var service = Service(meta: meta, type: type, clusterIPs: clusterIPs, isHeadless: headless, selector: selector,
                               ports: ports, sessionAffinity: affinity, externalIPs: externalIPs, loadBalancerIPs: lbIPs,
                               loadBalancerSourceRanges: ranges)
         service.externalTrafficPolicyLocal = etp == "Local"
@@ -258,19 +258,19 @@ public struct ManifestDecoder {
         return UInt16(n)
     }
 
-    /// A list of IPv4 addresses; IPv6 ones are skipped (svcnat programs IPv4).
-    private func ipList(_ f: Field) -> [IPv4Address] {
+    /// A list of IPv4 and IPv6 addresses.
+    private func ipList(_ f: Field) -> [IPAddress] {
         f.list.compactMap { e in
             guard let s = e.string else { return nil }
-            if s.contains(":") { return nil }
-            guard let ip = IPv4Address(s) else { e.fail("\"\(s)\" is not a valid IPv4 address"); return nil }
+            guard let ip = IPAddress(s) else { e.fail("\"\(s)\" is not a valid IP address"); return nil }
             return ip
         }
     }
 
-    private func ipv4(_ f: Field) -> IPv4Address? {
+    private func ipAddress(_ f: Field, family: IPFamily? = nil) -> IPAddress? {
         guard let s = f.string else { f.fail("missing"); return nil }
-        guard let ip = IPv4Address(s) else { f.fail("\"\(s)\" is not a valid IPv4 address"); return nil }
+        guard let ip = IPAddress(s) else { f.fail("\"\(s)\" is not a valid \(family?.rawValue ?? "IP") address"); return nil }
+        if let family, ip.family != family { f.fail("\(s) is not an \(family.rawValue) address, as the slice's addressType says"); return nil }
         return ip
     }
 
@@ -278,8 +278,8 @@ public struct ManifestDecoder {
 
     private mutating func endpointSlice(_ f: Field, _ meta: ObjectMeta) -> EndpointSlice? {
         let addressType = f["addressType"].string ?? ""
-        guard addressType == "IPv4" else {
-            if addressType == "IPv6" || addressType == "FQDN" {
+        guard let family = IPFamily(rawValue: addressType) else {
+            if addressType == "FQDN" {
                 warn(f["addressType"], "addressType \(addressType) is not programmed; skipped")
             } else {
                 f["addressType"].fail(addressType.isEmpty ? "missing" : "\"\(addressType)\" is not IPv4, IPv6 or FQDN")
@@ -295,7 +295,7 @@ public struct ManifestDecoder {
         for e in f["endpoints"].list {
             let addrs = e["addresses"].list
             if addrs.isEmpty { e["addresses"].fail("an endpoint needs at least one address") }
-            let ips = addrs.compactMap { ipv4($0) }
+            let ips = addrs.compactMap { ipAddress($0, family: family) }
             let c = e["conditions"]
             let ready = c["ready"].bool ?? true
             let conditions = EndpointConditions(ready: ready, serving: c["serving"].bool, terminating: c["terminating"].bool ?? false)
@@ -316,8 +316,8 @@ public struct ManifestDecoder {
         let before = f.context.errors.count
         var subsets: [Endpoints.Subset] = []
         for s in f["subsets"].list {
-            let ready = s["addresses"].list.compactMap { ipv4($0["ip"]) }
-            let notReady = s["notReadyAddresses"].list.compactMap { ipv4($0["ip"]) }
+            let ready = s["addresses"].list.compactMap { ipAddress($0["ip"]) }
+            let notReady = s["notReadyAddresses"].list.compactMap { ipAddress($0["ip"]) }
             var ports: [EndpointPort] = []
             for p in s["ports"].list {
                 let proto = protocolField(p["protocol"])
@@ -348,11 +348,14 @@ public struct ManifestDecoder {
             }
         }
         let status = f["status"]
-        var ip: IPv4Address?
-        if let s = status["podIP"].string, !s.isEmpty {
-            if s.contains(":") { ip = nil } else if let a = IPv4Address(s) { ip = a } else { status["podIP"].fail("\"\(s)\" is not a valid IPv4 address") }
+        // `status.podIPs` (one per family) when present, else `status.podIP`.
+        var ips: [IPAddress] = []
+        let ipFields = status["podIPs"].list.isEmpty ? [status["podIP"]] : status["podIPs"].list.map { $0["ip"] }
+        for field in ipFields {
+            guard let s = field.string, !s.isEmpty else { continue }
+            if let a = IPAddress(s) { ips.append(a) } else { field.fail("\"\(s)\" is not a valid IP address") }
         }
-        let phase = status["phase"].string ?? (ip != nil ? "Running" : "Pending")
+        let phase = status["phase"].string ?? (!ips.isEmpty ? "Running" : "Pending")
         var ready = true
         let conditions = status["conditions"].list
         if !conditions.isEmpty {
@@ -360,7 +363,7 @@ public struct ManifestDecoder {
         }
         let terminating = f["metadata"]["deletionTimestamp"].isPresent
         guard f.context.errors.count == before else { return nil }
-        return Pod(meta: meta, podIP: ip, phase: phase, ready: ready, terminating: terminating,
+        return Pod(meta: meta, podIPs: ips, phase: phase, ready: ready, terminating: terminating,
                    nodeName: f["spec"]["nodeName"].string, containerPorts: ports)
     }
 

@@ -28,19 +28,35 @@ extension Svcnat {
             let state = try load(filename)
             let config = options.config
             if dryRun {
-                let (proxy, ruleset) = try Reconciler.desired(state, config: config)
+                let tables = try Reconciler.desiredTables(state, config: config)
                 switch format {
-                case .nft: print(ruleset.nftText, terminator: "")
-                case .iptables: print(IptablesRenderer(config.translator).render(proxy), terminator: "")
-                case .json: print(JSON.object([("ruleset", ruleset.json), ("services", .array(ruleset.serviceViews.map(\.json)))]).text())
+                case .nft: print(tables.map(\.2.nftText).joined(), terminator: "")
+                case .iptables:
+                    print(IptablesRenderer(config.translator).render(tables[0].1), terminator: "")
+                    if let v6 = tables.first(where: { $0.0 == .v6 }), !v6.1.servicePorts.isEmpty {
+                        FileHandle.standardError.write("svcnat: the IPv6 Services are not in this output (iptables-restore loads IPv4 only); --format nft shows table ip6 \(config.table)\n")
+                    }
+                case .json: print(Self.json(tables.map(\.2)).text())
                 }
                 return
             }
             let kernel = try NetlinkKernel()
             let result = try Reconciler(config: config, kernel: kernel).reconcile(state)
-            if options.verbose { print(result.transaction.nftText, terminator: "") }
+            if options.verbose { print(result.transactions.nftText, terminator: "") }
             if let w = result.flowWarning { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
             print(result.summary)
         }
+    }
+}
+
+extension Svcnat.Apply {
+    /// `ruleset` is the IPv4 table; `ip6Ruleset` the IPv6 one when there is one; `services`
+    /// both tables' Service ports.
+    static func json(_ tables: [Ruleset]) -> JSON {
+        var fields: [(String, JSON)] = []
+        for t in tables { fields.append((t.family == .ip6 ? "ip6Ruleset" : "ruleset", t.json)) }
+        if !fields.contains(where: { $0.0 == "ruleset" }) { fields.insert(("ruleset", .null), at: 0) }
+        fields.append(("services", .array(tables.flatMap(\.serviceViews).map(\.json))))
+        return .object(fields)
     }
 }

@@ -22,8 +22,8 @@ extension Svcnat {
                 let state = try load(filename)
                 let kernel = try NetlinkKernel()
                 let result = try Reconciler(config: options.config, kernel: kernel).reconcile(state, dryRun: true)
-                print(result.transaction.nftText, terminator: "")
-                if !result.transaction.isEmpty { throw ExitCode(1) }
+                print(result.transactions.nftText, terminator: "")
+                if !result.transactions.isEmpty { throw ExitCode(1) }
             } catch let e as ExitCode {
                 throw e
             } catch {

@@ -10,7 +10,7 @@ extension Svcnat {
             commandName: "explain",
             abstract: "Show the path a new connection takes, read from what the kernel holds now.",
             discussion: """
-                DEST is IP:PORT[/PROTO], :PORT[/PROTO] for a node port, namespace/name[:port], or name.namespace[.svc.cluster.local][:port]. \
+                DEST is IP:PORT[/PROTO] ([IPv6]:PORT for IPv6), :PORT[/PROTO] for a node port, namespace/name[:port], or name.namespace[.svc.cluster.local][:port]. \
                 With --ingress HOST/PATH and -f manifests, the Ingress rule picks the Service instead. \
                 With --source IP, the first packet from that address is walked through svcnat's rules as the kernel evaluates them: \
                 each possible fate with its probability, whether the source is masqueraded, and the rules that acted.
@@ -42,7 +42,7 @@ extension Svcnat {
             case (nil, _?):
                 if filename.isEmpty { throw ValidationError("--ingress needs -f with the manifests that hold the Ingress objects") }
             }
-            if let s = source, IPv4Address(s) == nil { throw ValidationError("--source \"\(s)\" is not an IPv4 address") }
+            if let s = source, IPAddress(s) == nil { throw ValidationError("--source \"\(s)\" is not an IP address") }
             if format == .iptables { throw ValidationError("explain prints nft or json") }
         }
 
@@ -69,34 +69,41 @@ extension Svcnat {
             }
 
             let kernel = try NetlinkKernel()
-            guard let ruleset = try kernel.read(table: options.table) else {
-                FileHandle.standardError.write("svcnat: no table ip \(options.table) in this network namespace\n")
+            let tables = try [TableFamily.ip, .ip6].compactMap { try kernel.read(table: options.table, family: $0) }
+            if tables.isEmpty {
+                FileHandle.standardError.write("svcnat: no table ip or ip6 \(options.table) in this network namespace\n")
                 throw ExitCode(1)
             }
-            let local = try localIPv4Addresses()
-            let views = Explain.matches(query, in: ruleset, local: local)
-            if views.isEmpty {
+            let local = try localIPAddresses()
+            var matched = false
+            for ruleset in tables {
+                let family = IPFamily(ruleset.family)!
+                let views = Explain.matches(query, in: ruleset, local: local)
+                matched = matched || !views.isEmpty
+                // A node port is walked at the node's first address of the family that is not
+                // loopback (nor IPv6 link-local).
+                let nodeAddress = local.filter { $0.family == family && !$0.isLoopback && !IPPrefix("fe80::/10")!.contains($0) }.min()
+                for v in views {
+                    var walks: [JSON] = []
+                    text += Explain.text(v, in: ruleset)
+                    if let source, let src = IPAddress(source), src.family == family {
+                        for (ip, port) in Explain.destinations(query, v, nodeAddress: nodeAddress) {
+                            let packet = PacketWalk.Packet(source: src, destination: ip, port: port, proto: v.proto)
+                            let outcomes = PacketWalk.walk(packet, in: ruleset, local: local)
+                            let fromNode = PacketWalk.isLocal(src, local)
+                            text += Explain.text(packet, outcomes, fromNode: fromNode)
+                            walks.append(Explain.json(packet, outcomes, fromNode: fromNode))
+                        }
+                    }
+                    var j = v.json
+                    if case .object(var fields) = j, source != nil { fields.append(("walks", .array(walks))); j = .object(fields) }
+                    out.append(j)
+                    text += "\n"
+                }
+            }
+            if !matched {
                 FileHandle.standardError.write("svcnat: \(destination ?? ingress!) matches no Service svcnat programs; such a connection is not NATed\n")
                 throw ExitCode(1)
-            }
-            // A node port is walked at the node's first address that is not loopback.
-            let nodeAddress = local.filter { !$0.isLoopback }.min { $0.value < $1.value }
-            for v in views {
-                var walks: [JSON] = []
-                text += Explain.text(v, in: ruleset)
-                if let source, let src = IPv4Address(source) {
-                    for (ip, port) in Explain.destinations(query, v, nodeAddress: nodeAddress) {
-                        let packet = PacketWalk.Packet(source: src, destination: ip, port: port, proto: v.proto)
-                        let outcomes = PacketWalk.walk(packet, in: ruleset, local: local)
-                        let fromNode = PacketWalk.isLocal(src, local)
-                        text += Explain.text(packet, outcomes, fromNode: fromNode)
-                        walks.append(Explain.json(packet, outcomes, fromNode: fromNode))
-                    }
-                }
-                var j = v.json
-                if case .object(var fields) = j, source != nil { fields.append(("walks", .array(walks))); j = .object(fields) }
-                out.append(j)
-                text += "\n"
             }
             if format == .json { print(JSON.array(out).text()) } else { print(text, terminator: "") }
         }

@@ -19,18 +19,16 @@ extension Svcnat {
 
         func run() throws {
             let kernel = try NetlinkKernel()
-            guard let ruleset = try kernel.read(table: options.table) else {
-                if format == .json { print(JSON.object([("ruleset", .null), ("services", .array([]))]).text()) }
-                else { print("# svcnat: no table ip \(options.table) in this network namespace") }
-                return
-            }
-            let views = ruleset.serviceViews
+            let tables = try [TableFamily.ip, .ip6].compactMap { try kernel.read(table: options.table, family: $0) }
             if format == .json {
-                print(JSON.object([("ruleset", ruleset.json), ("services", .array(views.map(\.json)))]).text())
+                print(Svcnat.Apply.json(tables).text())
                 return
             }
-            for v in views { print(v.text.split(separator: "\n").map { "# " + $0 }.joined(separator: "\n")) }
-            print(ruleset.nftText, terminator: "")
+            if tables.isEmpty { print("# svcnat: no table ip or ip6 \(options.table) in this network namespace") }
+            for ruleset in tables {
+                for v in ruleset.serviceViews { print(v.text.split(separator: "\n").map { "# " + $0 }.joined(separator: "\n")) }
+                print(ruleset.nftText, terminator: "")
+            }
         }
     }
 }

@@ -49,17 +49,17 @@ struct CommonOptions: ParsableArguments {
 
     func validate() throws {
         if let why = Self.tableNameProblem(table) { throw ValidationError("--table \"\(table)\": \(why)") }
-        for c in clusterCIDR where IPv4Prefix(c) == nil {
-            throw ValidationError("--cluster-cidr \"\(c)\" is not an IPv4 CIDR such as 198.19.0.0/16")
+        for c in clusterCIDR where IPPrefix(c) == nil {
+            throw ValidationError("--cluster-cidr \"\(c)\" is not a CIDR such as 198.19.0.0/16 or 2001:db8:1::/48")
         }
-        for c in nodePortAddresses where IPv4Prefix(c) == nil {
-            throw ValidationError("--nodeport-addresses \"\(c)\" is not an IPv4 CIDR")
+        for c in nodePortAddresses where IPPrefix(c) == nil {
+            throw ValidationError("--nodeport-addresses \"\(c)\" is not a CIDR")
         }
-        for c in nodePortAddresses where IPv4Prefix(c).map({ $0.address.isLoopback || $0.length == 0 }) == true {
-            throw ValidationError("--nodeport-addresses \"\(c)\": node ports are never served on 127.0.0.0/8")
+        for c in nodePortAddresses where IPPrefix(c).map({ $0.address.isLoopback || $0.length == 0 }) == true {
+            throw ValidationError("--nodeport-addresses \"\(c)\": node ports are never served on loopback addresses (127.0.0.0/8, ::1)")
         }
-        for c in serviceCIDR where IPv4Prefix(c) == nil {
-            throw ValidationError("--service-cidr \"\(c)\" is not an IPv4 CIDR")
+        for c in serviceCIDR where IPPrefix(c) == nil {
+            throw ValidationError("--service-cidr \"\(c)\" is not a CIDR")
         }
     }
 
@@ -73,9 +73,9 @@ struct CommonOptions: ParsableArguments {
     }
 
     var config: ProxyConfig {
-        var c = ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPv4Prefix($0) }, masqueradeAll: masqueradeAll,
+        var c = ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPPrefix($0) }, masqueradeAll: masqueradeAll,
                     nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection,
-                    nodePortAddresses: nodePortAddresses.compactMap { IPv4Prefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPv4Prefix($0) })
+                    nodePortAddresses: nodePortAddresses.compactMap { IPPrefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPPrefix($0) })
         c.zone = nodeZone
         return c
     }

@@ -76,7 +76,7 @@ import Testing
             } else {
                 // What passes validation must translate.
                 let state = ProxyState(d.state, nodeName: "node-a")
-                _ = Translator(TranslatorConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!])).ruleset(for: state).nftText
+                _ = Translator(TranslatorConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!])).ruleset(for: state).nftText
             }
             slowest = max(slowest, Date().timeIntervalSince(start))
         }

@@ -18,12 +18,12 @@ import Testing
     func service(_ i: Int, ports: Int) -> Service {
         let lb = i % 4 == 0
         var svc = Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), type: lb ? .loadBalancer : .clusterIP,
-                       clusterIP: IPv4Address(UInt32(0xC612_6400) + UInt32(i)),
+                       clusterIP: IPAddress(UInt32(0xC612_6400) + UInt32(i)),
                        ports: (0..<ports).map { ServicePort(name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0),
                                                             nodePort: lb ? UInt16(30000 + i * 4 + $0) : nil) },
-                       externalIPs: i % 5 == 0 ? [IPv4Address(UInt32(0xC612_C800) + UInt32(i))] : [],
-                       loadBalancerIPs: lb ? [IPv4Address(UInt32(0xC612_C900) + UInt32(i))] : [],
-                       loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPv4Prefix("198.18.0.0/24")!] : [])
+                       externalIPs: i % 5 == 0 ? [IPAddress(UInt32(0xC612_C800) + UInt32(i))] : [],
+                       loadBalancerIPs: lb ? [IPAddress(UInt32(0xC612_C900) + UInt32(i))] : [],
+                       loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPPrefix("198.18.0.0/24")!] : [])
         svc.externalTrafficPolicyLocal = lb && i % 3 == 0
         svc.internalTrafficPolicyLocal = i % 7 == 0
         svc.affinityTimeout = i % 6 == 1 ? 600 : nil
@@ -32,7 +32,7 @@ import Testing
 
     func slice(_ i: Int, _ svc: Service, endpoints: [Int]) -> EndpointSlice {
         EndpointSlice(meta: ObjectMeta(namespace: svc.meta.namespace, name: "\(svc.meta.name)-x"), serviceName: svc.meta.name,
-                      endpoints: endpoints.map { SliceEndpoint(addresses: [IPv4Address(UInt32(0xC613_0000) + UInt32($0))],
+                      endpoints: endpoints.map { SliceEndpoint(addresses: [IPAddress(UInt32(0xC613_0000) + UInt32($0))],
                                                                nodeName: $0 % 2 == 0 ? "node-a" : "node-b") },
                       ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })
     }
@@ -51,7 +51,7 @@ import Testing
         func endpoints(_ r: Ruleset, _ chain: String) -> Set<[KeyValue]> {
             var out = Set<[KeyValue]>()
             for rule in r.chain(chain)?.rules ?? [] {
-                for case .dnatFromMap(let n, let base, let map) in rule.items {
+                for case .dnatFromMap(let n, let base, let map, _) in rule.items {
                     let es = entries(r, map)
                     for k in base..<(base + n) { if let d = es[k] { out.insert(d) } }
                 }
@@ -61,7 +61,7 @@ import Testing
         var problems: [String] = []
         for chain in before.chains {
             for rule in chain.rules {
-                for case .dnatFromMap(let n, let base, let map) in rule.items {
+                for case .dnatFromMap(let n, let base, let map, _) in rule.items {
                     let was = entries(before, map), now = entries(mid, map)
                     // A port's service and external chains share its slot.
                     let port = chain.name.split(separator: "-", maxSplits: 1).last!
@@ -82,7 +82,7 @@ import Testing
     /// change: the newcomer must not take the leaver's keys, which the leaver's old rule may
     /// still read while the commit runs. Both the full and the incremental paths.
     @Test func freedKeysAreNotReusedInTheSameChange() throws {
-        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!]))
+        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!]))
         // Plain ClusterIP Services (index 2 mod 4, not 0 mod 7) with one endpoint on this node.
         func state(_ services: [Int]) -> ClusterState {
             let svcs = services.map { service($0, ports: 1) }
@@ -107,7 +107,7 @@ import Testing
     @Test(arguments: [EndpointSelection.map, .cascade])
     func randomChangesMatchAFullSync(selection: EndpointSelection) throws {
         var rng = Rng(state: 42)
-        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], endpointSelection: selection))
+        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], endpointSelection: selection))
         var services: [Int: (Service, [Int])] = [:]
         for i in 0..<40 { services[i] = (service(i, ports: 1 + i % 3), (0..<(i % 6)).map { i * 10 + $0 }) }
         func cluster() -> ClusterState {

@@ -14,7 +14,7 @@ func decode(_ yaml: String, file: String = "test.yaml") -> ManifestDecoder {
     return d
 }
 
-func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
+func ip(_ s: String) -> IPAddress { IPAddress(s)! }
 
 @Suite struct KubeProxyCompatibility {
     @Test func chainNamesUseKubeProxysHash() {
@@ -63,7 +63,10 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
     }
 
     @Test(arguments: [
-        ("clusterIP: 198.18.100.300", "Service default/web: spec.clusterIP: \"198.18.100.300\" is not a valid IPv4 address"),
+        ("clusterIP: 198.18.100.300", "Service default/web: spec.clusterIP: \"198.18.100.300\" is not a valid IP address"),
+        ("clusterIPs: [\"2001:db8:100::1\", \"2001:db8:100::2\"]", "Service default/web: spec.clusterIPs[1]: two IPv6 addresses; a Service has at most one per family"),
+        ("clusterIPs: [\"ff02::1\"]", "Service default/web: spec.clusterIPs[0]: ff02::1 cannot be a Service address"),
+        ("loadBalancerSourceRanges: [\"2001:db8::/129\"]", "Service default/web: spec.loadBalancerSourceRanges[0]: \"2001:db8::/129\" is not a CIDR"),
         ("ports: [{port: 70000}]", "Service default/web: spec.ports[0].port: 70000 is not a port (1-65535)"),
         ("ports: [{port: 80, protocol: XTP}]", "Service default/web: spec.ports[0].protocol: \"XTP\" is not a supported protocol"),
         ("ports: [{port: 80, targetPort: Bad_Name}]", "Service default/web: spec.ports[0].targetPort:"),
@@ -106,20 +109,53 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         #expect(ProxyState(d.state).servicePorts.isEmpty)
     }
 
-    /// Dual-stack: svcnat programs a Service's IPv4 ClusterIP, first or second of clusterIPs,
-    /// and skips IPv6-only Services and IPv6 EndpointSlices with a warning (no error).
-    @Test func dualStackServicesKeepTheirIPv4Part() throws {
+    /// Dual-stack: each family's table gets the Service's cluster IP, frontends and endpoints of
+    /// that family, whichever family is primary.
+    @Test func dualStackServices() throws {
         let d = decode(try String(contentsOfFile: fixtures + "/dualstack.yaml", encoding: .utf8))
         #expect(d.errors.isEmpty, "\(d.errors)")
-        #expect(d.state.services.map(\.clusterIP?.description) == ["198.18.100.30", "198.18.100.40"])
-        #expect(d.warnings.count == 2 && d.warnings.allSatisfy { "\($0)".contains("not programmed") })
-        let ports = ProxyState(d.state).servicePorts
-        #expect(ports.map { $0.endpoints.map(\.description) } == [["198.19.1.2:8080"], ["198.19.1.2:8080"]])
+        #expect(d.warnings.isEmpty, "\(d.warnings)")
+        #expect(d.state.services.map { $0.clusterIPs.map(\.description) }
+                == [["198.18.100.30", "2001:db8:100::30"], ["2001:db8:100::31"], ["2001:db8:100::40", "198.18.100.40"]])
+        let v4 = ProxyState(d.state, nodeName: "node-a", family: .v4).servicePorts
+        #expect(v4.map(\.name.name) == ["ds", "ds6first"])
+        #expect(v4.map { $0.endpoints.map(\.description) } == [["198.19.1.2:8080", "198.19.2.2:8080"], ["198.19.1.2:5353"]])
+        let v6 = ProxyState(d.state, nodeName: "node-a", family: .v6).servicePorts
+        #expect(v6.map(\.name.name) == ["ds", "ds6first", "v6only"])
+        #expect(v6.map { $0.frontends.map { $0.ip.withPort($0.port) } }
+                == [["[2001:db8:100::30]:80"], ["[2001:db8:100::40]:53"],
+                    ["[2001:db8:100::31]:80", "[2001:db8:200::131]:80", "[2001:db8:200::31]:80"]])
+        #expect(v6.map { $0.endpoints.map(\.description) }
+                == [["[2001:db8:1:1::2]:8080", "[2001:db8:1:2::2]:8080"], [], ["[2001:db8:1:1::2]:8080", "[2001:db8:1:3::2]:8080"]])
+        #expect(v6[2].localEndpointCount == 1 && v6[2].externalLocal && v6[2].sourceRanges == [IPPrefix("2001:db8::/64")!])
+        #expect(v6[2].nodePort == 30081 && v4.allSatisfy { $0.name.name != "v6only" })
+    }
+
+    @Test(arguments: [
+        ("2001:db8::1", "2001:db8::1"), ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"), ("::", "::"), ("::1", "::1"),
+        ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"), ("2001:0:0:1:0:0:0:1", "2001:0:0:1::1"), ("1:0:2:0:3:0:4:0", "1:0:2:0:3:0:4:0"),
+        ("fe80::", "fe80::"), ("::ffff:198.18.0.1", "::ffff:c612:1"), ("2001:db8::0:1", "2001:db8::1"),
+    ])
+    func ipv6AddressesParseAndPrintCanonically(text: String, canonical: String) throws {
+        let a = try #require(IPAddress(text))
+        #expect(a.family == .v6 && a.description == canonical)
+        #expect(IPAddress(bytes: a.bytes) == a && a.bytes.count == 16)
+    }
+
+    @Test func badAddressesAndPrefixes() {
+        for bad in ["2001:db8::1::2", ":1", "1:", "1:2:3:4:5:6:7:8:9", "12345::", "2001:db8::g", "::1%eth0", "1:2:3:4:5:6:7::8:9", "1.2.3", "01.2.3.4", ""] {
+            #expect(IPAddress(bad) == nil, "\(bad)")
+        }
+        #expect(IPPrefix("2001:db8:1::/129") == nil && IPPrefix("198.18.0.0/33") == nil && IPPrefix("2001:db8::/0x") == nil)
+        let p = IPPrefix("2001:db8:1:ff::7/56")!
+        #expect(p.description == "2001:db8:1::/56")
+        #expect(p.contains(IPAddress("2001:db8:1:ab::1")!) && !p.contains(IPAddress("2001:db8:1:100::1")!) && !p.contains(IPAddress("198.18.0.1")!))
+        #expect(IPPrefix("2001:db8::/64")!.mask.description == "ffff:ffff:ffff:ffff::")
     }
 }
 
 @Suite struct EndpointsFromObjects {
-    let svc = Service(meta: ObjectMeta(namespace: "ns", name: "web"), clusterIP: IPv4Address("198.18.100.5"),
+    let svc = Service(meta: ObjectMeta(namespace: "ns", name: "web"), clusterIP: IPAddress("198.18.100.5"),
                       selector: ["app": "web"], ports: [ServicePort(name: "http", port: 80, targetPort: .string("web"))])
 
     @Test func podsResolveNamedPortsAndSkipUnready() {
@@ -163,7 +199,7 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         let port = [EndpointPort(name: "http", port: 8080)]
         func slice(_ hints: [[String]?]) -> EndpointSlice {
             EndpointSlice(meta: ObjectMeta(namespace: "ns", name: "web-1"), serviceName: "web",
-                          endpoints: hints.enumerated().map { SliceEndpoint(addresses: [IPv4Address(UInt32(0xC613_0102) + UInt32($0 << 8))], zoneHints: $1) },
+                          endpoints: hints.enumerated().map { SliceEndpoint(addresses: [IPAddress(UInt32(0xC613_0102) + UInt32($0 << 8))], zoneHints: $1) },
                           ports: port)
         }
         func eps(_ s: EndpointSlice, zone: String?) -> [String] {
@@ -188,22 +224,37 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
 @Suite struct Rules {
     @Test func everyItemReadsBackFromItsExpressions() {
         let items: [RuleItem] = [
-            .ctStateNew, .ctStatusDNAT, .l4proto(.sctp), .saddrNotIn(IPv4Prefix("198.19.0.0/16")!),
-            .saddrNotIn(IPv4Prefix("198.19.128.0/17")!), .saddrNotIn(IPv4Prefix("198.19.1.2/32")!),
+            .ctStateNew, .ctStatusDNAT, .l4proto(.sctp), .saddrNotIn(IPPrefix("198.19.0.0/16")!),
+            .saddrNotIn(IPPrefix("198.19.128.0/17")!), .saddrNotIn(IPPrefix("198.19.1.2/32")!),
             .markIsClear(0x4000), .markSetOr(0x4000), .markSetXor(0x4000), .numgenIsZero(modulus: 7),
             .dnat(ip("198.19.1.2"), port: 8888), .masquerade(fullyRandom: true), .masquerade(fullyRandom: false),
-            .reject(.tcpReset), .reject(.icmpPortUnreachable), .dispatch(map: "m"), .saddrDaddrIn(set: "s"),
+            .reject(.tcpReset), .reject(.icmpPortUnreachable), .dispatch(map: "m", family: .v4), .saddrDaddrIn(set: "s", family: .v4),
+            .daddrInSet("s", .v4), .saddrInSet("s", .v4), .rememberSaddr("s", .v4), .dnatFromMap(modulus: 3, offset: 8, map: "m", family: .v4),
             .verdict(.goto("c")), .verdict(.jump("c")), .verdict(.return), .verdict(.accept),
         ]
-        for item in items { #expect(RuleItem.parse(item.exprs) == [item], "\(item)") }
-        #expect(RuleItem.parse(items.flatMap(\.exprs)) == items)
-        #expect(RuleItem.parse([.unknown("counter")]) == [.raw(.unknown("counter"))])
+        for item in items { #expect(RuleItem.parse(item.exprs, family: .v4) == [item], "\(item)") }
+        #expect(RuleItem.parse(items.flatMap(\.exprs), family: .v4) == items)
+        #expect(RuleItem.parse([.unknown("counter")], family: .v4) == [.raw(.unknown("counter"))])
+        // IPv6: 16-byte addresses at offsets 8 and 24, and concatenations whose next field
+        // starts in register 2.
+        let v6: [RuleItem] = [
+            .ctStateNew, .l4proto(.udp), .saddrNotIn(IPPrefix("2001:db8:1::/48")!), .saddrNotIn(IPPrefix("2001:db8:1::/61")!),
+            .ipMatch(.daddr, .neq, IPPrefix("::1/128")!), .ipMatch(.daddr, .eq, IPPrefix("2001:db8::1/128")!),
+            .dnat(ip("2001:db8:1:2::2"), port: 8080), .reject(.icmpv6PortUnreachable),
+            .dispatch(map: "m", family: .v6), .saddrDaddrIn(set: "s", family: .v6), .daddrInSet("s", .v6), .saddrInSet("s", .v6),
+            .rememberSaddr("s", .v6), .dnatFromMap(modulus: 2, offset: 0, map: "m", family: .v6), .fibDaddrLocal, .masquerade(fullyRandom: true),
+        ]
+        for item in v6 { #expect(RuleItem.parse(item.exprs, family: .v6) == [item], "\(item)") }
+        #expect(RuleItem.parse(v6.flatMap(\.exprs), family: .v6) == v6)
+        #expect(RuleItem.dispatch(map: "m", family: .v6).exprs[1] == .meta(key: .l4proto, dreg: .reg(2)))
+        #expect(RuleItem.dispatch(map: "m", family: .v6).exprs[2] == .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(5)))
+        #expect(RuleItem.dispatch(map: "m", family: .v4).exprs[1] == .meta(key: .l4proto, dreg: .reg32(1)))
     }
 
     @Test(arguments: EndpointSelection.allCases)
     func bothShapesGiveEqualProbabilities(selection: EndpointSelection) throws {
         let r = try ManifestSource.load([examplesDir])
-        let (_, ruleset) = try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], endpointSelection: selection))
+        let (_, ruleset) = try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], endpointSelection: selection))
         let view = try #require(ruleset.serviceViews.first)
         #expect(view.endpoints.map(\.1) == ["1/3", "1/3", "1/3"])
         #expect(view.frontends == ["198.18.100.10:80"])
@@ -217,9 +268,21 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         return format == "nft" ? ruleset.nftText : IptablesRenderer(args.translator).render(proxy)
     }
 
+    /// Both tables for dual-stack and IPv6 Services (`apply --dry-run` prints them one after the other).
+    @Test func dualStackDryRunMatchesGolden() throws {
+        let r = try ManifestSource.load([fixtures + "/dualstack.yaml"])
+        let config = ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!, IPPrefix("2001:db8:1::/48")!], nodeName: "node-a")
+        let tables = try Reconciler.desiredTables(r.state, config: config)
+        #expect(tables.map(\.0) == [.v4, .v6])
+        let want = try String(contentsOfFile: fixtures + "/golden.dualstack.nft", encoding: .utf8)
+        #expect(tables.map(\.2.nftText).joined() == want)
+        // Without IPv6 Services (nor IPv6 prefixes) there is no ip6 table.
+        #expect(try Reconciler.desiredTables(ManifestSource.load([examplesDir]).state, config: config).map(\.0) == [.v4])
+    }
+
     @Test(arguments: [("nft", EndpointSelection.map), ("nft", .cascade), ("iptables", .map)])
     func dryRunMatchesGolden(format: String, selection: EndpointSelection) throws {
-        let got = try render(format, ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], endpointSelection: selection))
+        let got = try render(format, ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], endpointSelection: selection))
         let name = format == "nft" ? "golden.\(selection.rawValue).nft" : "golden.iptables"
         let want = try String(contentsOfFile: fixtures + "/" + name, encoding: .utf8)
         #expect(got == want)
@@ -227,13 +290,13 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
 }
 
 @Suite struct Planning {
-    let config = ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!])
+    let config = ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!])
 
     func state(_ pods: [Int]) -> ClusterState {
-        let svc = Service(meta: ObjectMeta(namespace: "demo", name: "web"), clusterIP: IPv4Address("198.18.100.20"),
+        let svc = Service(meta: ObjectMeta(namespace: "demo", name: "web"), clusterIP: IPAddress("198.18.100.20"),
                           selector: ["app": "web"], ports: [ServicePort(name: "http", port: 80, targetPort: .int(8080))])
         return ClusterState(services: [svc], pods: pods.map {
-            Pod(meta: ObjectMeta(namespace: "demo", name: "p\($0)", labels: ["app": "web"]), podIP: IPv4Address("198.19.\($0).2"))
+            Pod(meta: ObjectMeta(namespace: "demo", name: "p\($0)", labels: ["app": "web"]), podIP: IPAddress("198.19.\($0).2"))
         })
     }
 
@@ -294,7 +357,7 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         // The mark rule stays; the two cascade rules go; three come; one hairpin element.
         #expect(change.operations.filter { if case .deleteRule(chain, _) = $0 { true } else { false } }.count == 2)
         #expect(change.operations.filter { if case .addRule(chain, _) = $0 { true } else { false } }.count == 3)
-        #expect(change.operations.contains(.addElements(set: "hairpin", [SetElement(key: [.ipv4(ip("198.19.3.2")), .ipv4(ip("198.19.3.2"))])])))
+        #expect(change.operations.contains(.addElements(set: "hairpin", [SetElement(key: [.ip(ip("198.19.3.2")), .ip(ip("198.19.3.2"))])])))
         #expect(change.operations.count == 6)
         #expect(try rec.reconcile(state([1, 2, 3])).transaction.isEmpty)
     }
@@ -312,7 +375,7 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
     }
 
     @Test func conflictingServicesAreInputErrors() {
-        let a = Service(meta: ObjectMeta(namespace: "x", name: "a"), clusterIP: IPv4Address("198.18.100.1"), ports: [ServicePort(port: 80)])
+        let a = Service(meta: ObjectMeta(namespace: "x", name: "a"), clusterIP: IPAddress("198.18.100.1"), ports: [ServicePort(port: 80)])
         var b = a
         b.meta.name = "b"
         #expect(throws: InputErrors.self) { try Reconciler.desired(ClusterState(services: [a, b]), config: config) }
@@ -330,10 +393,10 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
 }
 
 @Suite struct StaleFlowFilters {
-    let svc = StaleFlows.Frontend(ip: IPv4Address("198.18.100.20"), port: 53)
+    let svc = StaleFlows.Frontend(ip: IPAddress("198.18.100.20"), port: 53)
     let np = StaleFlows.Frontend(ip: nil, port: 30053)
-    let a = EndpointAddress(ip: IPv4Address("198.19.1.2")!, port: 8080)
-    let b = EndpointAddress(ip: IPv4Address("198.19.2.2")!, port: 8080)
+    let a = EndpointAddress(ip: IPAddress("198.19.1.2")!, port: 8080)
+    let b = EndpointAddress(ip: IPAddress("198.19.2.2")!, port: 8080)
 
     @Test func onlyGoneEndpointsAndNewlyServedFrontends() {
         let f = StaleFlows.filters(before: [svc: [a, b], np: []], after: [svc: [b], np: [b]])
@@ -348,10 +411,10 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
         let svcIP = svc.ip!
         #expect(gone.matches(originalDestination: svcIP, originalPort: 53, replySource: a.ip, replyPort: 8080))
         #expect(!gone.matches(originalDestination: svcIP, originalPort: 53, replySource: b.ip, replyPort: 8080))
-        #expect(!gone.matches(originalDestination: IPv4Address("198.18.100.21")!, originalPort: 53, replySource: a.ip, replyPort: 8080))
+        #expect(!gone.matches(originalDestination: IPAddress("198.18.100.21")!, originalPort: 53, replySource: a.ip, replyPort: 8080))
         #expect(!gone.matches(originalDestination: svcIP, originalPort: 54, replySource: a.ip, replyPort: 8080))
         let unNATed = FlowFilter(destination: nil, port: 30053, endpoint: nil)
-        let node = IPv4Address("198.18.0.1")!
+        let node = IPAddress("198.18.0.1")!
         #expect(unNATed.matches(originalDestination: node, originalPort: 30053, replySource: node, replyPort: 30053))
         #expect(!unNATed.matches(originalDestination: node, originalPort: 30053, replySource: a.ip, replyPort: 8080))
     }
@@ -359,8 +422,8 @@ func ip(_ s: String) -> IPv4Address { IPv4Address(s)! }
 
 @Suite struct ExplainQueries {
     @Test func destinationsParse() {
-        #expect(Explain.parse("198.18.100.10:80") == .address(IPv4Address("198.18.100.10")!, port: 80, proto: .tcp))
-        #expect(Explain.parse("198.18.100.10:53/udp") == .address(IPv4Address("198.18.100.10")!, port: 53, proto: .udp))
+        #expect(Explain.parse("198.18.100.10:80") == .address(IPAddress("198.18.100.10")!, port: 80, proto: .tcp))
+        #expect(Explain.parse("198.18.100.10:53/udp") == .address(IPAddress("198.18.100.10")!, port: 53, proto: .udp))
         #expect(Explain.parse(":30080") == .nodePort(30080, proto: .tcp))
         #expect(Explain.parse("codereview/codereviewapi") == .service(namespace: "codereview", name: "codereviewapi", port: nil))
         #expect(Explain.parse("codereviewapi.codereview.svc.cluster.local:80") == .service(namespace: "codereview", name: "codereviewapi", port: "80"))

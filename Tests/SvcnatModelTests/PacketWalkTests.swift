@@ -11,7 +11,7 @@ import Testing
 
     func fixture(_ selection: EndpointSelection) throws -> Ruleset {
         let r = try ManifestSource.load([examplesDir, fixtures + "/services.yaml"])
-        return try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], endpointSelection: selection)).1
+        return try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], endpointSelection: selection)).1
     }
 
     func walk(_ r: Ruleset, from: String, to: String, _ port: UInt16, _ proto: TransportProtocol = .tcp) -> [PacketWalk.Outcome] {
@@ -80,7 +80,7 @@ import Testing
         #expect(svc.externalTrafficPolicyLocal && !svc.internalTrafficPolicyLocal)
         let state = ClusterState(services: [svc], endpointSlices: [inc.slice(12, svc, endpoints: [120, 121])])
         let (local, remote) = ("198.19.0.120:8080", "198.19.0.121:8080")
-        let r = try Reconciler.desired(state, config: ProxyConfig(clusterCIDRs: [IPv4Prefix("198.19.0.0/16")!], nodeName: "node-a")).1
+        let r = try Reconciler.desired(state, config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], nodeName: "node-a")).1
         let lb = svc.loadBalancerIPs[0].description
         let outside = walk(r, from: "198.18.0.77", to: lb, 80)
         #expect(endpoints(outside) == [local: "1"] && outside.allSatisfy { !$0.masqueraded })
