@@ -209,12 +209,13 @@ public struct Reconciler {
         catch { return (0, "stale UDP conntrack entries were not deleted: \(error)") }
     }
 
-    /// Removes svcnat's tables (both families) and nothing else. Returns whether there was one.
+    /// Removes svcnat's tables (both families) and nothing else, in one batch. Returns the
+    /// families whose table was there.
     @discardableResult
-    public func cleanup() throws -> Bool {
+    public func cleanup() throws -> [TableFamily] {
         let txs = try IPFamily.allCases.compactMap { Planner.cleanup(try kernel.read(table: config.table, family: $0.tableFamily)) }
-        guard !txs.isEmpty else { return false }
+        guard !txs.isEmpty else { return [] }
         try kernel.apply(txs)
-        return true
+        return txs.map(\.family)
     }
 }

@@ -244,7 +244,9 @@ public final class Daemon: @unchecked Sendable {
             if self.config.cleanupOnExit {
                 do {
                     let removed = try Reconciler(config: self.config.proxy, kernel: self.kernel).cleanup()
-                    self.log.info("\(signal): \(removed ? "removed" : "found no") table ip \(self.config.proxy.table)")
+                    let tables = removed.isEmpty ? "found no table ip \(self.config.proxy.table)"
+                        : "removed " + removed.map { "table \($0.rawValue) \(self.config.proxy.table)" }.joined(separator: " and ")
+                    self.log.info("\(signal): \(tables)")
                 } catch {
                     self.log.error("\(signal): cleanup failed: \(error)")
                     self.exitCode = 1
@@ -325,9 +327,10 @@ public final class Daemon: @unchecked Sendable {
             var ports: [IPFamily: [String: [ServicePortState]]] = [:]
             if partial {
                 for family in IPFamily.allCases {
+                    ports[family] = [:]
                     for key in dirty { ports[family, default: [:]][key] = store.ports(ofService: key, nodeName: proxy.nodeName, zone: proxy.zone, family: family) }
                     // A family whose table was not needed at the last full sync and now is: a full sync makes it.
-                    if incremental![family] == nil, ports[family]!.values.contains(where: { !$0.isEmpty }) { partial = false }
+                    if incremental![family] == nil, ports[family, default: [:]].values.contains(where: { !$0.isEmpty }) { partial = false }
                 }
             }
             if partial {
@@ -337,8 +340,8 @@ public final class Daemon: @unchecked Sendable {
                 for (family, inc) in incremental!.sorted(by: { $0.key < $1.key }) {
                     var inc = inc
                     before.merge(StaleFlows.udpFrontends(inc.states(ofServices: dirty))) { a, _ in a }
-                    after.merge(StaleFlows.udpFrontends(ports[family]!.values.flatMap { $0 })) { a, _ in a }
-                    planned.append(inc.update(ports[family]!))
+                    after.merge(StaleFlows.udpFrontends(ports[family, default: [:]].values.flatMap { $0 })) { a, _ in a }
+                    planned.append(inc.update(ports[family, default: [:]]))
                     incremental![family] = inc
                 }
                 txs = planned.filter { !$0.isEmpty }

@@ -65,12 +65,28 @@ public struct SetContributions: Hashable, Sendable, Sequence, ExpressibleByDicti
 /// What svcnat last wrote, port by port, so a change to a few Services is planned from those
 /// Services alone: the transaction touches their chains and elements, and the work does not
 /// grow with the number of Services in the table.
+/// A shared set element's key for counting: packed into 64 bits when it fits (every IPv4
+/// key), else the key itself (IPv6 pairs).
+enum SharedKey: Hashable, Comparable, Sendable {
+    case packed(UInt64)
+    case full([KeyValue])
+    init(_ e: SetElement) { self = e.packedKey.map { .packed($0) } ?? .full(e.key) }
+    static func < (a: Self, b: Self) -> Bool {
+        switch (a, b) {
+        case (.packed(let x), .packed(let y)): x < y
+        case (.full(let x), .full(let y)): x.lexicographicallyPrecedes(y)
+        case (.packed, .full): true
+        case (.full, .packed): false
+        }
+    }
+}
+
 public struct IncrementalState: Sendable {
     public let translator: Translator
     private(set) var fragments: [String: PortFragment] = [:]
     private var portsByService: [String: [String]] = [:]
     /// set -> element key (packed) -> how many ports use it
-    private var sharedRefs: [String: [UInt64: Int]] = [:]
+    private var sharedRefs: [String: [SharedKey: Int]] = [:]
     private var shardSlots: [Int: [String: EndpointSlot]] = [:]
     public private(set) var endpointCount = 0
 
@@ -87,7 +103,7 @@ public struct IncrementalState: Sendable {
         fragments[f.key] = f
         endpointCount += f.endpointCount
         portsByService[f.serviceKey, default: []].append(f.key)
-        for (set, es) in f.shared { for e in es { sharedRefs[set, default: [:]][e.packedKey!, default: 0] += 1 } }
+        for (set, es) in f.shared { for e in es { sharedRefs[set, default: [:]][SharedKey(e), default: 0] += 1 } }
         if let s = f.slot { shardSlots[s.shard, default: [:]][f.key] = s }
     }
 
@@ -98,7 +114,7 @@ public struct IncrementalState: Sendable {
         if portsByService[f.serviceKey]?.isEmpty == true { portsByService[f.serviceKey] = nil }
         for (set, es) in f.shared {
             for e in es {
-                let k = e.packedKey!
+                let k = SharedKey(e)
                 sharedRefs[set]![k]! -= 1
                 if sharedRefs[set]![k] == 0 { sharedRefs[set]![k] = nil }
             }
@@ -141,11 +157,11 @@ public struct IncrementalState: Sendable {
         let shardsBefore = Set(shardSlots.keys)
         // Whether each shared element the touched Services use was in use before; only these
         // can enter or leave their sets.
-        var sharedBefore: [String: [UInt64: (wasUsed: Bool, element: SetElement)]] = [:]
+        var sharedBefore: [String: [SharedKey: (wasUsed: Bool, element: SetElement)]] = [:]
         func noteShared(_ f: PortFragment?) {
             for (set, es) in f?.shared ?? [:] {
                 for e in es {
-                    let k = e.packedKey!
+                    let k = SharedKey(e)
                     if sharedBefore[set]?[k] == nil { sharedBefore[set, default: [:]][k] = (sharedRefs[set]?[k] != nil, e) }
                 }
             }

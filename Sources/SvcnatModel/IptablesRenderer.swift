@@ -1,12 +1,19 @@
 /// Prints the Services the way kube-proxy's iptables mode programs them, in the form
 /// `iptables-save` prints after `iptables-restore` has loaded it: kube-proxy's chain names
 /// (KUBE-SVC-/KUBE-SEP- with its hash), its rule layout and its probability cascade, with
-/// each probability printed as the kernel stores it.
+/// each probability printed as the kernel stores it. The config's family picks iptables or
+/// ip6tables (`ip6tables-save` form), as kube-proxy programs each family with its own tool.
 public struct IptablesRenderer: Sendable {
     public var config: TranslatorConfig
     public init(_ config: TranslatorConfig) { self.config = config }
 
     public func render(_ state: ProxyState) -> String {
+        let family = config.family, v4 = family == .v4
+        let host = "/\(family.bits)"
+        let portUnreachable = v4 ? "icmp-port-unreachable" : "icmp6-port-unreachable"
+        let hostMask = v4 ? "255.255.255.255" : "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        let clusterCIDRs = config.clusterCIDRs.filter { $0.family == family }
+        let nodePortAddresses = config.nodePortAddresses.filter { $0.family == family }
         var filterRules: [String] = [], natRules: [String] = []
         var natChains = Set(["KUBE-MARK-MASQ", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-SERVICES"])
         let mark = "0x" + String(config.masqueradeMark, radix: 16)
@@ -16,17 +23,17 @@ public struct IptablesRenderer: Sendable {
             let svcChain = KubeProxyNames.serviceChain(spn)
             let extChain = KubeProxyNames.externalChain(spn), fwChain = KubeProxyNames.firewallChain(spn)
             let match = { (ip: IPAddress, port: UInt16, comment: String) in
-                "-d \(ip)/32 -p \(proto) -m comment --comment \(q(comment)) -m \(proto) --dport \(port)"
+                "-d \(ip)\(host) -p \(proto) -m comment --comment \(q(comment)) -m \(proto) --dport \(port)"
             }
             if sp.endpoints.isEmpty {
                 // kube-proxy rejects in the filter table: ClusterIPs in KUBE-SERVICES, the
                 // externally visible frontends in KUBE-EXTERNAL-SERVICES.
                 for f in sp.frontends {
                     let chain = f.kind == .clusterIP ? "KUBE-SERVICES" : "KUBE-EXTERNAL-SERVICES"
-                    filterRules.append("-A \(chain) \(match(f.ip, f.port, "\(spn) has no endpoints")) -j REJECT --reject-with icmp-port-unreachable")
+                    filterRules.append("-A \(chain) \(match(f.ip, f.port, "\(spn) has no endpoints")) -j REJECT --reject-with \(portUnreachable)")
                 }
                 if let np = sp.nodePort {
-                    filterRules.append("-A KUBE-EXTERNAL-SERVICES -p \(proto) -m comment --comment \(q("\(spn) has no endpoints")) -m addrtype --dst-type LOCAL -m \(proto) --dport \(np) -j REJECT --reject-with icmp-port-unreachable")
+                    filterRules.append("-A KUBE-EXTERNAL-SERVICES -p \(proto) -m comment --comment \(q("\(spn) has no endpoints")) -m addrtype --dst-type LOCAL -m \(proto) --dport \(np) -j REJECT --reject-with \(portUnreachable)")
                 }
                 continue
             }
@@ -41,7 +48,7 @@ public struct IptablesRenderer: Sendable {
                 switch f.kind {
                 case .clusterIP:
                     natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) cluster IP")) -j \(svcChain)")
-                    let masq = config.masqueradeAll ? [""] : config.clusterCIDRs.map { "! -s \($0) " }
+                    let masq = config.masqueradeAll ? [""] : clusterCIDRs.map { "! -s \($0) " }
                     for m in masq {
                         natRules.append("-A \(svcChain) \(m)\(match(f.ip, f.port, "\(spn) cluster IP")) -j KUBE-MARK-MASQ")
                     }
@@ -69,7 +76,7 @@ public struct IptablesRenderer: Sendable {
                 // kube-proxy's ClientIP affinity: the recent match remembers each client per endpoint.
                 for ep in sp.endpoints {
                     let sep = KubeProxyNames.endpointChain(spn, ep)
-                    natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)")) -m recent --rcheck --seconds \(t) --reap --name \(sep) --mask 255.255.255.255 --rsource -j \(sep)")
+                    natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)")) -m recent --rcheck --seconds \(t) --reap --name \(sep) --mask \(hostMask) --rsource -j \(sep)")
                 }
             }
             for (i, ep) in sp.endpoints.enumerated() {
@@ -77,16 +84,16 @@ public struct IptablesRenderer: Sendable {
                 natChains.insert(sep)
                 let prob = i < n - 1 ? " -m statistic --mode random --probability \(Self.storedProbability(n - i))" : ""
                 natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)"))\(prob) -j \(sep)")
-                natRules.append("-A \(sep) -s \(ep.ip)/32 -m comment --comment \(q(spn.description)) -j KUBE-MARK-MASQ")
-                let recent = sp.affinityTimeout == nil ? "" : " -m recent --set --name \(sep) --mask 255.255.255.255 --rsource"
+                natRules.append("-A \(sep) -s \(ep.ip)\(host) -m comment --comment \(q(spn.description)) -j KUBE-MARK-MASQ")
+                let recent = sp.affinityTimeout == nil ? "" : " -m recent --set --name \(sep) --mask \(hostMask) --rsource"
                 natRules.append("-A \(sep) -p \(proto) -m comment --comment \(q(spn.description))\(recent) -m \(proto) -j DNAT --to-destination \(ep)")
             }
         }
         let nodePortNote = q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
-        if config.nodePortAddresses.isEmpty {
+        if nodePortAddresses.isEmpty {
             natRules.append("-A KUBE-SERVICES -m comment --comment \(nodePortNote) -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
         } else {
-            for c in config.nodePortAddresses { natRules.append("-A KUBE-SERVICES -d \(c) -m comment --comment \(nodePortNote) -j KUBE-NODEPORTS") }
+            for c in nodePortAddresses { natRules.append("-A KUBE-SERVICES -d \(c) -m comment --comment \(nodePortNote) -j KUBE-NODEPORTS") }
         }
 
         let filterChains = ["KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-SERVICES"]
@@ -102,7 +109,6 @@ public struct IptablesRenderer: Sendable {
         -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
         -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
         -A OUTPUT -j KUBE-FIREWALL
-        -A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
         -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark \(mark)/\(mark) -j ACCEPT
         -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
         """
@@ -115,10 +121,12 @@ public struct IptablesRenderer: Sendable {
         -A KUBE-POSTROUTING -j MARK --set-xmark \(mark)/0x0
         -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
         """
-        var out = "# svcnat: the kube-proxy iptables-mode equivalent of the same Services\n*filter\n"
+        // route_localnet (and so this guard) is IPv4's alone.
+        let localnet = v4 ? ["-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"] : []
+        var out = "# svcnat: the kube-proxy \(v4 ? "iptables" : "ip6tables")-mode equivalent of the same Services\n*filter\n"
         out += ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
         out += filterChains.map { ":\($0) - [0:0]\n" }.joined()
-        out += Self.byChain(fixedFilter.split(separator: "\n").map(String.init) + filterRules,
+        out += Self.byChain(fixedFilter.split(separator: "\n").map(String.init) + localnet + filterRules,
                             order: ["INPUT", "FORWARD", "OUTPUT"] + filterChains)
         out += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
         out += natChains.sorted().map { ":\($0) - [0:0]\n" }.joined()

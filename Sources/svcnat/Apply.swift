@@ -14,7 +14,7 @@ extension Svcnat {
         @Flag(help: "Touch nothing; print the complete ruleset svcnat would own.")
         var dryRun = false
 
-        @Option(help: "With --dry-run: nft (loadable with nft -f), iptables (kube-proxy's iptables mode, iptables-save format) or json.")
+        @Option(help: "With --dry-run: nft (loadable with nft -f; both tables), iptables or ip6tables (kube-proxy's iptables mode for IPv4 or IPv6, in iptables-save form) or json.")
         var format: OutputFormat = .nft
 
         @OptionGroup var options: CommonOptions
@@ -34,8 +34,11 @@ extension Svcnat {
                 case .iptables:
                     print(IptablesRenderer(config.translator).render(tables[0].1), terminator: "")
                     if let v6 = tables.first(where: { $0.0 == .v6 }), !v6.1.servicePorts.isEmpty {
-                        FileHandle.standardError.write("svcnat: the IPv6 Services are not in this output (iptables-restore loads IPv4 only); --format nft shows table ip6 \(config.table)\n")
+                        FileHandle.standardError.write("svcnat: IPv6 Services are not in this output (iptables-restore loads IPv4); --format ip6tables prints them\n")
                     }
+                case .ip6tables:
+                    let proxy = tables.first { $0.0 == .v6 }?.1 ?? ProxyState(servicePorts: [])
+                    print(IptablesRenderer(config.translator(for: .v6)).render(proxy), terminator: "")
                 case .json: print(Self.json(tables.map(\.2)).text())
                 }
                 return

@@ -4,14 +4,15 @@ import SvcnatCore
 extension Svcnat {
     struct Cleanup: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Remove svcnat's table and nothing else.")
+            abstract: "Remove svcnat's tables (ip and ip6) and nothing else.")
 
         @OptionGroup var options: CommonOptions
 
         func run() throws {
             let kernel = try NetlinkKernel()
             let removed = try Reconciler(config: options.config, kernel: kernel).cleanup()
-            print(removed ? "svcnat: removed table ip \(options.table)" : "svcnat: no table ip \(options.table); nothing to remove")
+            print(removed.isEmpty ? "svcnat: no table ip or ip6 \(options.table); nothing to remove"
+                  : "svcnat: removed " + removed.map { "table \($0.rawValue) \(options.table)" }.joined(separator: " and "))
         }
     }
 }

@@ -43,7 +43,7 @@ extension Svcnat {
                 if filename.isEmpty { throw ValidationError("--ingress needs -f with the manifests that hold the Ingress objects") }
             }
             if let s = source, IPAddress(s) == nil { throw ValidationError("--source \"\(s)\" is not an IP address") }
-            if format == .iptables { throw ValidationError("explain prints nft or json") }
+            if format == .iptables || format == .ip6tables { throw ValidationError("explain prints nft or json") }
         }
 
         func run() throws {

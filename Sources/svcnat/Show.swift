@@ -14,7 +14,7 @@ extension Svcnat {
         @OptionGroup var options: CommonOptions
 
         func validate() throws {
-            if format == .iptables { throw ValidationError("show prints nft or json") }
+            if format == .iptables || format == .ip6tables { throw ValidationError("show prints nft or json") }
         }
 
         func run() throws {

@@ -84,7 +84,7 @@ struct CommonOptions: ParsableArguments {
 extension EndpointSelection: ExpressibleByArgument {}
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-    case nft, iptables, json
+    case nft, iptables, ip6tables, json
 }
 
 /// Failures mapped to the exit codes of the command-line contract.

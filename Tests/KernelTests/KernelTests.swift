@@ -115,17 +115,19 @@ struct KernelTests {
                 ip daddr 198.18.200.1 counter accept
               }
             }
-            table ip6 svcnat {
+            table inet svcnat {
               chain c {
                 type filter hook input priority 0;
               }
             }
             """)
         let others = try bed.sh(n, ["nft", "list", "ruleset"])
-        #expect(try bed.svcnat(n, ["apply", "-f", examples]).code == 0)
+        let dualStack = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("SvcnatModelTests/Fixtures/dualstack.yaml").path
+        #expect(try bed.svcnat(n, ["apply", "-f", examples, "-f", dualStack]).code == 0)
         let r = try bed.svcnat(n, ["cleanup"])
         #expect(r.code == 0)
-        #expect(r.out.contains("removed table ip svcnat"))
+        #expect(r.out.contains("removed table ip svcnat and table ip6 svcnat"), "\(r.out)")
         #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == others)
         #expect(try bed.svcnat(n, ["cleanup"]).out.contains("nothing to remove"))
     }

@@ -102,8 +102,9 @@ final class Testbed {
     }
 
     /// A node namespace linked to an external client and to `pods` pod namespaces, following
-    /// the test address plan. Nothing links to the root namespace.
-    func topology(pods: Int) throws {
+    /// the test address plan (with `ipv6`, its IPv6 part too). Nothing links to the root
+    /// namespace.
+    func topology(pods: Int, ipv6: Bool = false) throws {
         let node = try addNamespace("node"), client = try addNamespace("client")
         try run(["ip", "-n", node, "link", "add", "client", "type", "veth", "peer", "name", "eth0", "netns", client])
         try sh(node, ["ip", "addr", "add", "198.18.0.1/24", "dev", "client"])
@@ -125,11 +126,31 @@ final class Testbed {
             try sh(pod, ["ip", "link", "set", "eth0", "up"])
             try sh(pod, ["ip", "route", "add", "default", "via", "198.19.\(i).1"])
         }
+        if ipv6 { try addIPv6(pods: pods) }
+    }
+
+    /// 2001:db8::/64 between node (::1) and client (::2); pod link i is 2001:db8:1:i::/64
+    /// (node ::1, pod ::2); the client reaches Service and load-balancer addresses through the
+    /// node. `nodad`: the addresses are usable at once.
+    private func addIPv6(pods: Int) throws {
+        let node = ns("node"), client = ns("client")
+        try sh(node, ["ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "client", "nodad"])
+        try sh(client, ["ip", "-6", "addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad"])
+        try sh(client, ["ip", "-6", "route", "add", "2001:db8:100::/112", "via", "2001:db8::1"])
+        try sh(client, ["ip", "-6", "route", "add", "2001:db8:200::/112", "via", "2001:db8::1"])
+        try sh(node, ["ip", "-6", "route", "add", "default", "via", "2001:db8::2"])
+        try sh(node, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        for i in 1...max(pods, 1) where pods > 0 {
+            let pod = ns("pod\(i)")
+            try sh(node, ["ip", "-6", "addr", "add", "2001:db8:1:\(i)::1/64", "dev", "pod\(i)", "nodad"])
+            try sh(pod, ["ip", "-6", "addr", "add", "2001:db8:1:\(i)::2/64", "dev", "eth0", "nodad"])
+            try sh(pod, ["ip", "-6", "route", "add", "default", "via", "2001:db8:1:\(i)::1"])
+        }
     }
 
     /// The topology with a test server on port 8080 in every pod.
-    func servedTopology(pods: Int) throws {
-        try topology(pods: pods)
+    func servedTopology(pods: Int, ipv6: Bool = false) throws {
+        try topology(pods: pods, ipv6: ipv6)
         for i in 1...pods { try startServer(pod: i, port: 8080) }
     }
 
@@ -319,7 +340,8 @@ extension Testbed {
         for v in views {
             for w in v["walks"] as? [[String: Any]] ?? [] {
                 for o in w["outcomes"] as? [[String: Any]] ?? [] {
-                    let pod = (o["endpoint"] as? String).map { "pod" + $0.split(separator: ".")[2] }
+                    // 198.19.<i>.2:port or [2001:db8:1:<i>::2]:port is pod i.
+                    let pod = (o["endpoint"] as? String).map { $0.hasPrefix("[") ? "pod" + $0.split(separator: ":")[3] : "pod" + $0.split(separator: ".")[2] }
                     out.append(ExplainedOutcome(fate: o["fate"] as! String, pod: pod, masqueraded: o["masqueraded"] as! Bool,
                                                 probability: o["probability"] as! String))
                 }

@@ -15,24 +15,27 @@ import Testing
 
     /// Every fourth Service is a LoadBalancer with node ports, a load-balancer IP and source
     /// ranges; every fifth has an external IP.
-    func service(_ i: Int, ports: Int) -> Service {
+    /// The test's IPv4 address `v`, or for IPv6 the same 32 bits under 2001:db8::/96.
+    func a(_ v: UInt32, _ f: IPFamily) -> IPAddress { f == .v4 ? IPAddress(v) : IPAddress(v6: 0x2001_0db8_0000_0000, UInt64(v)) }
+
+    func service(_ i: Int, ports: Int, family f: IPFamily = .v4) -> Service {
         let lb = i % 4 == 0
         var svc = Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), type: lb ? .loadBalancer : .clusterIP,
-                       clusterIP: IPAddress(UInt32(0xC612_6400) + UInt32(i)),
+                       clusterIP: a(UInt32(0xC612_6400) + UInt32(i), f),
                        ports: (0..<ports).map { ServicePort(name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0),
                                                             nodePort: lb ? UInt16(30000 + i * 4 + $0) : nil) },
-                       externalIPs: i % 5 == 0 ? [IPAddress(UInt32(0xC612_C800) + UInt32(i))] : [],
-                       loadBalancerIPs: lb ? [IPAddress(UInt32(0xC612_C900) + UInt32(i))] : [],
-                       loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPPrefix("198.18.0.0/24")!] : [])
+                       externalIPs: i % 5 == 0 ? [a(UInt32(0xC612_C800) + UInt32(i), f)] : [],
+                       loadBalancerIPs: lb ? [a(UInt32(0xC612_C900) + UInt32(i), f)] : [],
+                       loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPPrefix(address: a(0xC612_0000, f), length: f.bits - 8)] : [])
         svc.externalTrafficPolicyLocal = lb && i % 3 == 0
         svc.internalTrafficPolicyLocal = i % 7 == 0
         svc.affinityTimeout = i % 6 == 1 ? 600 : nil
         return svc
     }
 
-    func slice(_ i: Int, _ svc: Service, endpoints: [Int]) -> EndpointSlice {
+    func slice(_ i: Int, _ svc: Service, endpoints: [Int], family f: IPFamily = .v4) -> EndpointSlice {
         EndpointSlice(meta: ObjectMeta(namespace: svc.meta.namespace, name: "\(svc.meta.name)-x"), serviceName: svc.meta.name,
-                      endpoints: endpoints.map { SliceEndpoint(addresses: [IPAddress(UInt32(0xC613_0000) + UInt32($0))],
+                      endpoints: endpoints.map { SliceEndpoint(addresses: [a(UInt32(0xC613_0000) + UInt32($0), f)],
                                                                nodeName: $0 % 2 == 0 ? "node-a" : "node-b") },
                       ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })
     }
@@ -104,22 +107,26 @@ import Testing
         #expect(oldRulesStillResolve(before, tx, after: inc.ruleset).isEmpty, "\(tx.nftText)")
     }
 
-    @Test(arguments: [EndpointSelection.map, .cascade])
-    func randomChangesMatchAFullSync(selection: EndpointSelection) throws {
+    @Test(arguments: [(EndpointSelection.map, IPFamily.v4), (.cascade, .v4), (.map, .v6), (.cascade, .v6)])
+    func randomChangesMatchAFullSync(selection: EndpointSelection, family: IPFamily) throws {
         var rng = Rng(state: 42)
-        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], endpointSelection: selection))
+        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPPrefix(address: a(0xC613_0000, family), length: family.bits - 16)],
+                                                     endpointSelection: selection, family: family))
         var services: [Int: (Service, [Int])] = [:]
-        for i in 0..<40 { services[i] = (service(i, ports: 1 + i % 3), (0..<(i % 6)).map { i * 10 + $0 }) }
+        for i in 0..<40 { services[i] = (service(i, ports: 1 + i % 3, family: family), (0..<(i % 6)).map { i * 10 + $0 }) }
         func cluster() -> ClusterState {
-            ClusterState(services: services.values.map(\.0), endpointSlices: services.map { slice($0.key, $0.value.0, endpoints: $0.value.1) })
+            ClusterState(services: services.values.map(\.0),
+                         endpointSlices: services.map { slice($0.key, $0.value.0, endpoints: $0.value.1, family: family) })
         }
+        func proxy() -> ProxyState { ProxyState(cluster(), nodeName: "node-a", family: family) }
         func ports(_ key: String) -> [ServicePortState] {
-            ProxyState(cluster(), nodeName: "node-a").servicePorts.filter { "\($0.name.namespace)/\($0.name.name)" == key }
+            proxy().servicePorts.filter { "\($0.name.namespace)/\($0.name.name)" == key }
         }
 
         let kernel = FakeKernel()
-        let first = translator.fragments(for: ProxyState(cluster(), nodeName: "node-a"))
+        let first = translator.fragments(for: proxy())
         try kernel.apply(Planner.plan(from: nil, to: translator.assemble(first)))
+        func table() -> Ruleset? { kernel.rulesets[family.tableFamily] }
         var state = IncrementalState(translator: translator, fragments: first)
 
         for step in 0..<300 {
@@ -128,7 +135,7 @@ import Testing
                 let i = rng.next(50)
                 switch rng.next(6) {
                 case 0: services[i] = nil                                    // Service deleted
-                case 1: services[i] = (service(i, ports: 1 + rng.next(3)), [i * 10])   // added or reshaped
+                case 1: services[i] = (service(i, ports: 1 + rng.next(3), family: family), [i * 10])   // added or reshaped
                 default:
                     guard var s = services[i] else { continue }
                     switch rng.next(3) {
@@ -140,17 +147,17 @@ import Testing
                 }
                 touched.insert("ns\(i % 3)/s\(i)")
             }
-            let before = kernel.ruleset!
+            let before = table()!
             let tx = state.update(Dictionary(uniqueKeysWithValues: touched.map { ($0, ports($0)) }))
-            let fullPlan = Planner.plan(from: before, to: translator.ruleset(for: ProxyState(cluster(), nodeName: "node-a"), previous: before))
+            let fullPlan = Planner.plan(from: before, to: translator.ruleset(for: proxy(), previous: before))
             try kernel.apply(tx)
-            let full = translator.ruleset(for: ProxyState(cluster(), nodeName: "node-a"), previous: kernel.ruleset)
+            let full = translator.ruleset(for: proxy(), previous: table())
             for (path, plan) in [("incremental", tx), ("full", fullPlan)] {
                 let problems = oldRulesStillResolve(before, plan, after: full)
                 #expect(problems.isEmpty, "step \(step), \(path): \(problems)")
                 if !problems.isEmpty { return }
             }
-            let remaining = Planner.plan(from: kernel.ruleset, to: full)
+            let remaining = Planner.plan(from: table(), to: full)
             #expect(remaining.isEmpty, "step \(step): a full sync would still change:\n\(remaining.nftText)")
             #expect(state.ruleset == full || selection == .map)
             if !remaining.isEmpty { return }

@@ -116,7 +116,7 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         #expect(d.errors.isEmpty, "\(d.errors)")
         #expect(d.warnings.isEmpty, "\(d.warnings)")
         #expect(d.state.services.map { $0.clusterIPs.map(\.description) }
-                == [["198.18.100.30", "2001:db8:100::30"], ["2001:db8:100::31"], ["2001:db8:100::40", "198.18.100.40"]])
+                == [["198.18.100.130", "2001:db8:100::30"], ["2001:db8:100::31"], ["2001:db8:100::40", "198.18.100.140"]])
         let v4 = ProxyState(d.state, nodeName: "node-a", family: .v4).servicePorts
         #expect(v4.map(\.name.name) == ["ds", "ds6first"])
         #expect(v4.map { $0.endpoints.map(\.description) } == [["198.19.1.2:8080", "198.19.2.2:8080"], ["198.19.1.2:5353"]])
@@ -126,9 +126,10 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
                 == [["[2001:db8:100::30]:80"], ["[2001:db8:100::40]:53"],
                     ["[2001:db8:100::31]:80", "[2001:db8:200::131]:80", "[2001:db8:200::31]:80"]])
         #expect(v6.map { $0.endpoints.map(\.description) }
-                == [["[2001:db8:1:1::2]:8080", "[2001:db8:1:2::2]:8080"], [], ["[2001:db8:1:1::2]:8080", "[2001:db8:1:3::2]:8080"]])
+                == [["[2001:db8:1:1::2]:8080", "[2001:db8:1:2::2]:8080"], ["[2001:db8:1:1::2]:5353", "[2001:db8:1:2::2]:5353"],
+                    ["[2001:db8:1:1::2]:8080", "[2001:db8:1:3::2]:8080"]])
         #expect(v6[2].localEndpointCount == 1 && v6[2].externalLocal && v6[2].sourceRanges == [IPPrefix("2001:db8::/64")!])
-        #expect(v6[2].nodePort == 30081 && v4.allSatisfy { $0.name.name != "v6only" })
+        #expect(v6[2].nodePort == 30181 && v4.allSatisfy { $0.name.name != "v6only" })
     }
 
     @Test(arguments: [

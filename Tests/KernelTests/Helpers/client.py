@@ -21,7 +21,7 @@ for _ in range(count):
                 data += chunk
             s.close()
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+            s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
             if source: s.bind(source)
             s.connect((ip, port)); s.send(b"hello"); data = s.recv(256); s.close()
         name, src = data.decode().split()

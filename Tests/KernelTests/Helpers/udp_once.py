@@ -4,9 +4,10 @@
 same conntrack entry, as a long-lived UDP client would. Usage: udp_once.py IP PORT SPORT"""
 import socket, sys
 ip, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v6 = ":" in ip
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", sport)); s.settimeout(1.5)
+s.bind(("::" if v6 else "0.0.0.0", sport)); s.settimeout(1.5)
 try:
     s.connect((ip, port)); s.send(b"hello"); print(s.recv(256).decode().strip())
 except socket.timeout:
