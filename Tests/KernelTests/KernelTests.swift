@@ -138,10 +138,15 @@ struct KernelTests {
         let a = try bed.addNamespace("a"), b = try bed.addNamespace("b")
         let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("SvcnatModelTests/Fixtures/services.yaml").path
+        let dualStack = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("SvcnatModelTests/Fixtures/dualstack.yaml").path
         let input = try bed.writeManifest(serviceManifest(name: "web", pods: [1, 2, 3]) + "---\n" + serviceManifest(name: "empty", ip: "198.18.100.30", pods: [])
-                                          + "---\n" + (try String(contentsOfFile: fixtures, encoding: .utf8)))
-        for args in [cidr, ["--masquerade-all"], [], cidr + ["--endpoint-selection", "cascade"],
-                     cidr + ["--nodeport-addresses", "198.18.0.0/24", "--nodeport-addresses", "198.19.0.0/16", "--service-cidr", "198.18.100.0/24"]] {
+                                          + "---\n" + (try String(contentsOfFile: fixtures, encoding: .utf8))
+                                          + "---\n" + (try String(contentsOfFile: dualStack, encoding: .utf8)))
+        let cidr6 = ["--cluster-cidr", "2001:db8:1::/48"]
+        for args in [cidr + cidr6, ["--masquerade-all"], [], cidr + cidr6 + ["--endpoint-selection", "cascade"],
+                     cidr + ["--nodeport-addresses", "198.18.0.0/24", "--nodeport-addresses", "198.19.0.0/16", "--service-cidr", "198.18.100.0/24",
+                             "--nodeport-addresses", "2001:db8::/64", "--service-cidr", "2001:db8:100::/112"]] {
             _ = try bed.svcnat(a, ["cleanup"])
             _ = try bed.exec(b, ["nft", "flush", "ruleset"])
             #expect(try bed.svcnat(a, ["apply", "-f", examples, "-f", input] + args).code == 0)
@@ -200,16 +205,25 @@ struct IptablesFormat {
         let n = try bed.addNamespace("node")
         let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("SvcnatModelTests/Fixtures/services.yaml").path
-        let dry = try run([svcnatPath, "apply", "-f", examples, "-f", fixtures, "--dry-run", "--format", "iptables",
-                           "--cluster-cidr", "198.19.0.0/16"])
-        #expect(dry.code == 0)
-        try bed.sh(n, ["iptables-restore"], stdin: dry.out)
-        let saved = try bed.sh(n, ["iptables-save"])
+        let dualStack = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("SvcnatModelTests/Fixtures/dualstack.yaml").path
         func lines(_ s: String) -> [String] {
             s.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
                 .map { $0.hasPrefix(":") ? String($0.split(separator: " ").prefix(2).joined(separator: " ")) : $0 }
         }
-        #expect(lines(saved) == lines(dry.out))
+        // IPv4 with iptables, IPv6 with ip6tables, as kube-proxy programs each family.
+        for (format, tool) in [("iptables", "iptables"), ("ip6tables", "ip6tables")] {
+            let dry = try run([svcnatPath, "apply", "-f", examples, "-f", fixtures, "-f", dualStack, "--dry-run", "--format", format,
+                               "--cluster-cidr", "198.19.0.0/16", "--cluster-cidr", "2001:db8:1::/48"])
+            #expect(dry.code == 0, "\(dry.err)")
+            try bed.sh(n, ["\(tool)-restore"], stdin: dry.out)
+            let saved = try bed.sh(n, ["\(tool)-save"])
+            #expect(lines(saved) == lines(dry.out), "\(format)")
+            if format == "ip6tables" {
+                #expect(dry.out.contains("-A KUBE-SERVICES -d 2001:db8:100::31/128 -p tcp") && dry.out.contains("--to-destination [2001:db8:1:1::2]:8080"),
+                        "\(dry.out)")
+            }
+        }
     }
 }
 }
