@@ -37,15 +37,12 @@ public struct ProxyConfig: Sendable {
 /// One family's table in a sync: what was planned for it, and the change sent.
 public struct FamilySync: Sendable {
     public var family: IPFamily
-    public var proxy: ProxyState
     /// The table wanted, or nil when this family needs none (no IPv6 Service, say).
     public var desired: Ruleset?
     /// Each Service port's share of `desired` (the daemon keeps these to plan later changes
     /// incrementally).
     public var fragments: [PortFragment]
     public var transaction: Transaction
-    /// What the kernel held before.
-    public var current: Ruleset?
 }
 
 public struct SyncResult: Sendable {
@@ -161,32 +158,37 @@ public struct Reconciler {
         // Every family's input is checked before anything is read or sent.
         let proxies = try IPFamily.allCases.map { try Self.proxyState(state, config: config, family: $0) }
         var families: [FamilySync] = []
+        // What the kernel held, kept only for the stale-flow cleanup.
+        var currents: [Ruleset] = []
+        var counted: [ProxyState] = []
         for (family, proxy) in zip(IPFamily.allCases, proxies) {
             let current = try kernel.read(table: config.table, family: family.tableFamily)
+            if let current { currents.append(current) }
             guard Self.needsTable(family, proxy, config) else {
                 // Not needed (any more): the table goes, if there is one.
                 let tx = current.flatMap(Planner.cleanup) ?? Transaction(family: family.tableFamily, table: config.table)
-                families.append(FamilySync(family: family, proxy: proxy, desired: nil, fragments: [], transaction: tx, current: current))
+                families.append(FamilySync(family: family, desired: nil, fragments: [], transaction: tx))
                 continue
             }
+            counted.append(proxy)
             let translator = Translator(config.translator(for: family))
             let fragments = translator.fragments(for: proxy, previous: current)
             let desired = translator.assemble(fragments)
-            families.append(FamilySync(family: family, proxy: proxy, desired: desired, fragments: fragments,
-                                       transaction: Planner.plan(from: current, to: desired), current: current))
+            families.append(FamilySync(family: family, desired: desired, fragments: fragments,
+                                       transaction: Planner.plan(from: current, to: desired)))
         }
         let txs = families.map(\.transaction).filter { !$0.isEmpty }
         var deleted = 0, commits = 0
         var warning: String?
         if !dryRun {
             commits = try kernel.apply(txs)
-            let before = families.compactMap(\.current).map(StaleFlows.udpFrontends)
+            let before = currents.map(StaleFlows.udpFrontends)
             let after = families.compactMap(\.desired).map(StaleFlows.udpFrontends)
             (deleted, warning) = Self.deleteStaleFlows(kernel, before: before.reduce(into: [:]) { $0.merge($1) { a, _ in a } },
                                                        after: after.reduce(into: [:]) { $0.merge($1) { a, _ in a } })
         }
         let d = clock.now - start
-        let used = families.filter { $0.desired != nil }.map(\.proxy)
+        let used = counted
         var result = SyncResult(services: Set(used.flatMap { $0.servicePorts.map { "\($0.name.namespace)/\($0.name.name)" } }).count,
                                 servicePorts: used.reduce(0) { $0 + $1.servicePorts.count },
                                 endpoints: used.reduce(0) { $0 + $1.endpointCount },

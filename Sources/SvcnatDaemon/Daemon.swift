@@ -337,12 +337,11 @@ public final class Daemon: @unchecked Sendable {
                 wasFull = false
                 var before: [StaleFlows.Frontend: Set<EndpointAddress>] = [:], after = before
                 var planned: [Transaction] = []
-                for (family, inc) in incremental!.sorted(by: { $0.key < $1.key }) {
-                    var inc = inc
-                    before.merge(StaleFlows.udpFrontends(inc.states(ofServices: dirty))) { a, _ in a }
+                // Updated in place: a copy of a 10,000-port state would cost more than the change.
+                for family in incremental!.keys.sorted() {
+                    before.merge(StaleFlows.udpFrontends(incremental![family]!.states(ofServices: dirty))) { a, _ in a }
                     after.merge(StaleFlows.udpFrontends(ports[family, default: [:]].values.flatMap { $0 })) { a, _ in a }
-                    planned.append(inc.update(ports[family, default: [:]]))
-                    incremental![family] = inc
+                    planned.append(incremental![family]!.update(ports[family, default: [:]]))
                 }
                 txs = planned.filter { !$0.isEmpty }
                 updateHealthChecks(ports.values.reduce(into: [:]) { all, byKey in all.merge(byKey) { $0 + $1 } }, replacingAll: false)
@@ -369,7 +368,9 @@ public final class Daemon: @unchecked Sendable {
                 }
                 incremental = states
                 var all: [String: [ServicePortState]] = [:]
-                for f in result.fragments { if let st = f.state { all[f.serviceKey, default: []].append(st) } }
+                for family in result.families {
+                    for f in family.fragments { if let st = f.state { all[f.serviceKey, default: []].append(st) } }
+                }
                 updateHealthChecks(all, replacingAll: true)
                 counts = (result.services, result.endpoints)
                 metrics.rules.record(result.families.compactMap(\.desired).reduce(0) { $0 + $1.ruleCount })
