@@ -18,6 +18,11 @@ public protocol Kernel: AnyObject {
 extension Kernel {
     /// One table's transaction.
     @discardableResult public func apply(_ tx: Transaction) throws -> Int { try apply([tx]) }
+
+    /// svcnat's tables that exist (`ip`, then `ip6`).
+    public func readTables(_ table: String) throws -> [Ruleset] {
+        try IPFamily.allCases.compactMap { try read(table: table, family: $0.tableFamily) }
+    }
 }
 
 /// The kernel of the current network namespace, over netlink.

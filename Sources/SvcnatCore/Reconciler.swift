@@ -28,6 +28,12 @@ public struct ProxyConfig: Sendable {
     /// The IPv4 table's settings.
     public var translator: TranslatorConfig { translator(for: .v4) }
 
+    /// The IPv4 table is always kept; the IPv6 one while there is an IPv6 Service, or an IPv6
+    /// Service CIDR or node port address to guard.
+    public func needsTable(_ family: IPFamily, hasServices: Bool) -> Bool {
+        family == .v4 || hasServices || translator(for: family).hasPrefixes
+    }
+
     public func translator(for family: IPFamily) -> TranslatorConfig {
         TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection,
                          nodePortAddresses: nodePortAddresses, serviceCIDRs: serviceCIDRs, family: family)
@@ -66,7 +72,6 @@ public struct SyncResult: Sendable {
     public var desired: Ruleset { family(.v4)!.desired! }
     /// The IPv4 table's change.
     public var transaction: Transaction { family(.v4)!.transaction }
-    public var fragments: [PortFragment] { families.flatMap(\.fragments) }
 
     public var summary: String {
         var changes = transactions.isEmpty ? "no changes, the kernel already matches"
@@ -104,17 +109,10 @@ public struct Reconciler {
 
     /// Pure: each family's wanted table, IPv4 first; IPv6 only when it has work to do.
     public static func desiredTables(_ state: ClusterState, config: ProxyConfig) throws -> [(IPFamily, ProxyState, Ruleset)] {
-        try IPFamily.allCases.compactMap { family in
-            let proxy = try proxyState(state, config: config, family: family)
-            guard needsTable(family, proxy, config) else { return nil }
+        try zip(IPFamily.allCases, proxyStates(state, config: config)).compactMap { family, proxy in
+            guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else { return nil }
             return (family, proxy, Translator(config.translator(for: family)).ruleset(for: proxy))
         }
-    }
-
-    /// The IPv4 table is always kept; the IPv6 one while there is an IPv6 Service, or an IPv6
-    /// Service CIDR or node port address to guard.
-    public static func needsTable(_ family: IPFamily, _ proxy: ProxyState, _ config: ProxyConfig) -> Bool {
-        family == .v4 || !proxy.servicePorts.isEmpty || config.translator(for: family).hasPrefixes
     }
 
     /// What the proxy must do for this cluster state; throws when two Services claim the same
@@ -123,6 +121,13 @@ public struct Reconciler {
         let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone, family: family)
         try checkConflicts(proxy, state)
         return proxy
+    }
+
+    /// Both families' proxy states (`IPFamily.allCases` order), each checked for conflicts.
+    static func proxyStates(_ state: ClusterState, config: ProxyConfig) throws -> [ProxyState] {
+        let proxies = ProxyState.perFamily(state, nodeName: config.nodeName, zone: config.zone)
+        for p in proxies { try checkConflicts(p, state) }
+        return proxies
     }
 
     public static func checkConflicts(_ proxy: ProxyState, _ state: ClusterState) throws {
@@ -156,18 +161,18 @@ public struct Reconciler {
         let clock = ContinuousClock()
         let start = clock.now
         // Every family's input is checked before anything is read or sent.
-        let proxies = try IPFamily.allCases.map { try Self.proxyState(state, config: config, family: $0) }
+        let proxies = try Self.proxyStates(state, config: config)
         var families: [FamilySync] = []
-        // What the kernel held, kept only for the stale-flow cleanup.
-        var currents: [Ruleset] = []
+        // Each family's UDP frontends before and after, for the stale-flow cleanup.
+        var flows: [StaleFlows.Change] = []
         var counted: [ProxyState] = []
         for (family, proxy) in zip(IPFamily.allCases, proxies) {
             let current = try kernel.read(table: config.table, family: family.tableFamily)
-            if let current { currents.append(current) }
-            guard Self.needsTable(family, proxy, config) else {
+            guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else {
                 // Not needed (any more): the table goes, if there is one.
                 let tx = current.flatMap(Planner.cleanup) ?? Transaction(family: family.tableFamily, table: config.table)
                 families.append(FamilySync(family: family, desired: nil, fragments: [], transaction: tx))
+                if !dryRun { flows.append(.init(before: StaleFlows.udpFrontends(current), after: [:])) }
                 continue
             }
             counted.append(proxy)
@@ -176,16 +181,14 @@ public struct Reconciler {
             let desired = translator.assemble(fragments)
             families.append(FamilySync(family: family, desired: desired, fragments: fragments,
                                        transaction: Planner.plan(from: current, to: desired)))
+            if !dryRun { flows.append(.init(before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))) }
         }
         let txs = families.map(\.transaction).filter { !$0.isEmpty }
         var deleted = 0, commits = 0
         var warning: String?
         if !dryRun {
             commits = try kernel.apply(txs)
-            let before = currents.map(StaleFlows.udpFrontends)
-            let after = families.compactMap(\.desired).map(StaleFlows.udpFrontends)
-            (deleted, warning) = Self.deleteStaleFlows(kernel, before: before.reduce(into: [:]) { $0.merge($1) { a, _ in a } },
-                                                       after: after.reduce(into: [:]) { $0.merge($1) { a, _ in a } })
+            (deleted, warning) = Self.deleteStaleFlows(kernel, flows)
         }
         let d = clock.now - start
         let used = counted
@@ -203,9 +206,9 @@ public struct Reconciler {
     /// After a committed change: deletes the UDP flows it left pointing at gone endpoints, or
     /// stuck un-NATed on a frontend that now has endpoints. A failure here does not undo the
     /// sync; it is reported.
-    public static func deleteStaleFlows(_ kernel: Kernel, before: [StaleFlows.Frontend: Set<EndpointAddress>],
-                                        after: [StaleFlows.Frontend: Set<EndpointAddress>]) -> (Int, String?) {
-        let filters = StaleFlows.filters(before: before, after: after)
+    /// One change per family: a node port is a frontend in both, with each family's endpoints.
+    public static func deleteStaleFlows(_ kernel: Kernel, _ changes: [StaleFlows.Change]) -> (Int, String?) {
+        let filters = changes.flatMap { StaleFlows.filters(before: $0.before, after: $0.after) }
         guard !filters.isEmpty else { return (0, nil) }
         do { return (try kernel.deleteStaleFlows(filters), nil) }
         catch { return (0, "stale UDP conntrack entries were not deleted: \(error)") }
@@ -215,7 +218,7 @@ public struct Reconciler {
     /// families whose table was there.
     @discardableResult
     public func cleanup() throws -> [TableFamily] {
-        let txs = try IPFamily.allCases.compactMap { Planner.cleanup(try kernel.read(table: config.table, family: $0.tableFamily)) }
+        let txs = try kernel.readTables(config.table).compactMap(Planner.cleanup)
         guard !txs.isEmpty else { return [] }
         try kernel.apply(txs)
         return txs.map(\.family)

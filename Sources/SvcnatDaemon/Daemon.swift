@@ -335,12 +335,12 @@ public final class Daemon: @unchecked Sendable {
             }
             if partial {
                 wasFull = false
-                var before: [StaleFlows.Frontend: Set<EndpointAddress>] = [:], after = before
+                var changes: [StaleFlows.Change] = []
                 var planned: [Transaction] = []
                 // Updated in place: a copy of a 10,000-port state would cost more than the change.
                 for family in incremental!.keys.sorted() {
-                    before.merge(StaleFlows.udpFrontends(incremental![family]!.states(ofServices: dirty))) { a, _ in a }
-                    after.merge(StaleFlows.udpFrontends(ports[family, default: [:]].values.flatMap { $0 })) { a, _ in a }
+                    changes.append(.init(before: StaleFlows.udpFrontends(incremental![family]!.states(ofServices: dirty)),
+                                         after: StaleFlows.udpFrontends(ports[family, default: [:]].values.flatMap { $0 })))
                     planned.append(incremental![family]!.update(ports[family, default: [:]]))
                 }
                 txs = planned.filter { !$0.isEmpty }
@@ -348,12 +348,12 @@ public final class Daemon: @unchecked Sendable {
                 cacheGeneration = nil
                 let commits = try kernel.apply(txs)
                 try noteGeneration(commits: commits, before: gen)
-                flows = Reconciler.deleteStaleFlows(kernel, before: before, after: after)
+                flows = Reconciler.deleteStaleFlows(kernel, changes)
                 let incs = incremental!.values
                 counts = (incs.map(\.serviceCount).max() ?? 0, incs.reduce(0) { $0 + $1.endpointCount })
-                if let v6 = incremental![.v6], v6.serviceCount == 0, !proxy.translator(for: .v6).hasPrefixes {
-                    // The last IPv6 Service is gone: a full sync removes its table.
-                    queue.async { [weak self] in self?.requestSync(full: true, reason: "no IPv6 Service left") }
+                if let gone = incremental!.first(where: { !proxy.needsTable($0.key, hasServices: $0.value.serviceCount > 0) })?.key {
+                    // The family's last Service is gone: a full sync removes its table.
+                    queue.async { [weak self] in self?.requestSync(full: true, reason: "no \(gone.rawValue) Service left") }
                 }
             } else {
                 incremental = nil

@@ -42,6 +42,16 @@ public enum StaleFlows {
         }
     }
 
+    /// One table's UDP frontends and their endpoints, before and after a change.
+    public struct Change: Sendable {
+        public var before: [Frontend: Set<EndpointAddress>]
+        public var after: [Frontend: Set<EndpointAddress>]
+        public init(before: [Frontend: Set<EndpointAddress>], after: [Frontend: Set<EndpointAddress>]) {
+            self.before = before
+            self.after = after
+        }
+    }
+
     /// UDP frontends with their endpoints, read off a ruleset (what is or will be in the kernel).
     public static func udpFrontends(_ r: Ruleset?) -> [Frontend: Set<EndpointAddress>] {
         guard let r else { return [:] }

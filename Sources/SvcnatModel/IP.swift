@@ -174,6 +174,8 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
 
     public var isLoopback: Bool { family == .v4 ? v4Value >> 24 == 127 : (high == 0 && low == 1) }
     public var isUnspecified: Bool { high == 0 && low == 0 }
+    /// IPv4 224.0.0.0/3 (multicast and reserved), IPv6 ff00::/8 (multicast).
+    public var isMulticastOrReserved: Bool { family == .v4 ? v4Value >> 28 >= 14 : high >> 56 == 0xff }
 
     /// The address with only its first `length` bits kept.
     func masked(_ length: Int) -> IPAddress {

@@ -95,6 +95,16 @@ public struct ProxyState: Hashable, Sendable {
     /// The proxy state of one family's table: only that family's cluster IP, external and
     /// load-balancer IPs, source ranges and endpoints.
     public init(_ cluster: ClusterState, nodeName: String? = nil, zone: String? = nil, family: IPFamily = .v4) {
+        self = Self.build(cluster, nodeName: nodeName, zone: zone, families: [family])[0]
+    }
+
+    /// Each family's proxy state, in `IPFamily.allCases` order, from one pass that groups the
+    /// endpoints by Service.
+    public static func perFamily(_ cluster: ClusterState, nodeName: String? = nil, zone: String? = nil) -> [ProxyState] {
+        build(cluster, nodeName: nodeName, zone: zone, families: IPFamily.allCases)
+    }
+
+    private static func build(_ cluster: ClusterState, nodeName: String?, zone: String?, families: [IPFamily]) -> [ProxyState] {
         var slicesByService: [String: [EndpointSlice]] = [:]
         for s in cluster.endpointSlices { slicesByService["\(s.meta.namespace)/\(s.serviceName)", default: []].append(s) }
         var endpointsByService: [String: Endpoints] = [:]
@@ -102,12 +112,15 @@ public struct ProxyState: Hashable, Sendable {
         var podsByNamespace: [String: [Pod]] = [:]
         for p in cluster.pods { podsByNamespace[p.meta.namespace, default: []].append(p) }
 
-        var out: [ServicePortState] = []
-        for svc in cluster.services {
-            out += Self.ports(of: svc, slices: slicesByService[svc.meta.key], endpoints: endpointsByService[svc.meta.key],
-                              pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone, family: family)
+        return families.map { family in
+            var out: [ServicePortState] = []
+            for svc in cluster.services where svc.clusterIP(family) != nil {
+                let key = svc.meta.key
+                out += Self.ports(of: svc, slices: slicesByService[key], endpoints: endpointsByService[key],
+                                  pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone, family: family)
+            }
+            return ProxyState(servicePorts: out.sorted { $0.name < $1.name })
         }
-        servicePorts = out.sorted { $0.name < $1.name }
     }
 
     /// One Service's ports with their frontends and usable endpoints: from its EndpointSlices if

@@ -133,3 +133,14 @@ extension Ruleset {
         return zip(out.map(\.0), shares).map { ($0, $1) }
     }
 }
+
+extension Array where Element == Ruleset {
+    /// svcnat's tables as JSON: `ruleset` is the IPv4 table (null when absent), `ip6Ruleset` the
+    /// IPv6 one when there is one, `services` both tables' Service ports.
+    public var json: JSON {
+        var fields: [(String, JSON)] = [("ruleset", first { $0.family == .ip }?.json ?? .null)]
+        if let v6 = first(where: { $0.family == .ip6 }) { fields.append(("ip6Ruleset", v6.json)) }
+        fields.append(("services", .array(flatMap(\.serviceViews).map(\.json))))
+        return .object(fields)
+    }
+}

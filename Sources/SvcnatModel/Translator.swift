@@ -41,13 +41,6 @@ public struct TranslatorConfig: Hashable, Sendable {
         self.family = family
     }
 
-    /// The same settings for the other table.
-    public func `for`(_ family: IPFamily) -> TranslatorConfig {
-        var c = self
-        c.family = family
-        return c
-    }
-
     /// Whether these settings alone give the family's table something to do (a Service CIDR to
     /// guard, or node port addresses of it).
     public var hasPrefixes: Bool {

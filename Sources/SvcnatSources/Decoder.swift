@@ -169,7 +169,6 @@ public struct ManifestDecoder {
         var headless = false
         // `clusterIPs` (dual-stack: one per family, the primary first) when present, else
         // `clusterIP`; each family's table programs its own.
-        let ipField = spec["clusterIPs"].list.isEmpty ? spec["clusterIP"] : spec["clusterIPs"]
         let ipFields = spec["clusterIPs"].list.isEmpty ? [spec["clusterIP"]] : spec["clusterIPs"].list
         let ipTexts = ipFields.compactMap { $0.string }
         if type == .externalName {
@@ -183,7 +182,7 @@ public struct ManifestDecoder {
                     field.fail("\"\(text)\" is not a valid IP address")
                     continue
                 }
-                if ip.isUnspecified || ip.isLoopback || (ip.family == .v4 ? ip.v4Value >> 28 >= 14 : ip.high >> 56 == 0xff) {
+                if ip.isUnspecified || ip.isLoopback || ip.isMulticastOrReserved {
                     field.fail("\(text) cannot be a Service address (unspecified, loopback, multicast or reserved)")
                 } else if clusterIPs.contains(where: { $0.family == ip.family }) {
                     field.fail("two \(ip.family.rawValue) addresses; a Service has at most one per family")
@@ -191,7 +190,7 @@ public struct ManifestDecoder {
                 clusterIPs.append(ip)
             }
             if let v = spec["clusterIP"].string, let primary = IPAddress(v), let first = clusterIPs.first, primary != first {
-                ipField.fail("clusterIPs[0] must equal spec.clusterIP (\(v))")
+                spec["clusterIPs"].fail("clusterIPs[0] must equal spec.clusterIP (\(v))")
             }
         } else {
             warn(spec["clusterIP"], "spec.clusterIP is not set (the API server allocates it; a manifest for svcnat must carry it); the Service gets no rules")

@@ -39,7 +39,7 @@ extension Svcnat {
                 case .ip6tables:
                     let proxy = tables.first { $0.0 == .v6 }?.1 ?? ProxyState(servicePorts: [])
                     print(IptablesRenderer(config.translator(for: .v6)).render(proxy), terminator: "")
-                case .json: print(Self.json(tables.map(\.2)).text())
+                case .json: print(tables.map(\.2).json.text())
                 }
                 return
             }
@@ -52,14 +52,3 @@ extension Svcnat {
     }
 }
 
-extension Svcnat.Apply {
-    /// `ruleset` is the IPv4 table; `ip6Ruleset` the IPv6 one when there is one; `services`
-    /// both tables' Service ports.
-    static func json(_ tables: [Ruleset]) -> JSON {
-        var fields: [(String, JSON)] = []
-        for t in tables { fields.append((t.family == .ip6 ? "ip6Ruleset" : "ruleset", t.json)) }
-        if !fields.contains(where: { $0.0 == "ruleset" }) { fields.insert(("ruleset", .null), at: 0) }
-        fields.append(("services", .array(tables.flatMap(\.serviceViews).map(\.json))))
-        return .object(fields)
-    }
-}

@@ -69,12 +69,13 @@ extension Svcnat {
             }
 
             let kernel = try NetlinkKernel()
-            let tables = try [TableFamily.ip, .ip6].compactMap { try kernel.read(table: options.table, family: $0) }
+            let tables = try kernel.readTables(options.table)
             if tables.isEmpty {
                 FileHandle.standardError.write("svcnat: no table ip or ip6 \(options.table) in this network namespace\n")
                 throw ExitCode(1)
             }
             let local = try localIPAddresses()
+            let linkLocal = IPPrefix("fe80::/10")!
             var matched = false
             for ruleset in tables {
                 let family = IPFamily(ruleset.family)!
@@ -82,7 +83,7 @@ extension Svcnat {
                 matched = matched || !views.isEmpty
                 // A node port is walked at the node's first address of the family that is not
                 // loopback (nor IPv6 link-local).
-                let nodeAddress = local.filter { $0.family == family && !$0.isLoopback && !IPPrefix("fe80::/10")!.contains($0) }.min()
+                let nodeAddress = local.filter { $0.family == family && !$0.isLoopback && !linkLocal.contains($0) }.min()
                 for v in views {
                     var walks: [JSON] = []
                     text += Explain.text(v, in: ruleset)

@@ -19,9 +19,9 @@ extension Svcnat {
 
         func run() throws {
             let kernel = try NetlinkKernel()
-            let tables = try [TableFamily.ip, .ip6].compactMap { try kernel.read(table: options.table, family: $0) }
+            let tables = try kernel.readTables(options.table)
             if format == .json {
-                print(Svcnat.Apply.json(tables).text())
+                print(tables.json.text())
                 return
             }
             if tables.isEmpty { print("# svcnat: no table ip or ip6 \(options.table) in this network namespace") }

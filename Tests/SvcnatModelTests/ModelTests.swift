@@ -293,6 +293,31 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
 @Suite struct Planning {
     let config = ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!])
 
+    /// A dual-stack UDP node port is one frontend in each table, with each family's endpoints:
+    /// an IPv6 endpoint that goes must have its flows deleted even though IPv4 is unchanged.
+    @Test func dualStackFlowsAreCleanedPerFamily() throws {
+        func state(_ v6: [Int]) -> ClusterState {
+            let svc = Service(meta: ObjectMeta(namespace: "demo", name: "dns"), type: .nodePort,
+                              clusterIPs: [ip("198.18.100.53"), ip("2001:db8:100::53")],
+                              ports: [ServicePort(name: "dns", proto: .udp, port: 53, targetPort: .int(5353), nodePort: 30053)])
+            let port = [EndpointPort(name: "dns", proto: .udp, port: 5353)]
+            return ClusterState(services: [svc], endpointSlices: [
+                EndpointSlice(meta: ObjectMeta(namespace: "demo", name: "dns-4"), serviceName: "dns",
+                              endpoints: [SliceEndpoint(addresses: [ip("198.19.1.2")])], ports: port),
+                EndpointSlice(meta: ObjectMeta(namespace: "demo", name: "dns-6"), serviceName: "dns",
+                              endpoints: v6.map { SliceEndpoint(addresses: [ip("2001:db8:1:\($0)::2")]) }, ports: port),
+            ])
+        }
+        let kernel = FakeKernel()
+        let rec = Reconciler(config: config, kernel: kernel)
+        try rec.reconcile(state([1, 2]))
+        #expect(kernel.rulesets.keys.sorted { $0.rawValue < $1.rawValue } == [.ip, .ip6])
+        try rec.reconcile(state([1]))
+        let gone = EndpointAddress(ip: ip("2001:db8:1:2::2"), port: 5353)
+        #expect(Set(kernel.flowCleanups.last ?? []) == [FlowFilter(destination: ip("2001:db8:100::53"), port: 53, endpoint: gone),
+                                                        FlowFilter(destination: nil, port: 30053, endpoint: gone)])
+    }
+
     func state(_ pods: [Int]) -> ClusterState {
         let svc = Service(meta: ObjectMeta(namespace: "demo", name: "web"), clusterIP: IPAddress("198.18.100.20"),
                           selector: ["app": "web"], ports: [ServicePort(name: "http", port: 80, targetPort: .int(8080))])
