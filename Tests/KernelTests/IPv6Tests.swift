@@ -125,5 +125,79 @@ struct IPv6Tests {
         #expect(Set(try bed.client(in: client, "tcp", "198.18.100.30", 80, count: 20).answers.keys) == ["pod1", "pod2"])
         if let d { #expect(d.log().contains("sync (partial"), "\(d.log())") }
     }
+
+    /// An IPv6-only LoadBalancer with the Local policy and source ranges, and an IPv6 Service
+    /// with ClientIP affinity: the ip6 table's firewall, policy and affinity chains, by packets.
+    @Test func ipv6LocalPolicySourceRangesAndAffinity() throws {
+        let bed = Testbed("v6pol")
+        defer { bed.close() }
+        try bed.servedTopology(pods: 3, ipv6: true)
+        let node = bed.ns("node"), client = bed.ns("client"), pod2 = bed.ns("pod2")
+        let input = try bed.writeManifest("""
+            apiVersion: v1
+            kind: Service
+            metadata: {name: edge, namespace: demo}
+            spec:
+              type: LoadBalancer
+              clusterIP: "2001:db8:100::60"
+              clusterIPs: ["2001:db8:100::60"]
+              externalTrafficPolicy: Local
+              loadBalancerSourceRanges: ["2001:db8::/64"]
+              ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30090}]
+            status: {loadBalancer: {ingress: [{ip: "2001:db8:200::9"}]}}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: edge-1, namespace: demo, labels: {kubernetes.io/service-name: edge}}
+            addressType: IPv6
+            endpoints:
+              - {addresses: ["2001:db8:1:1::2"], nodeName: node-a}
+              - {addresses: ["2001:db8:1:2::2"], nodeName: node-b}
+            ports: [{name: http, protocol: TCP, port: 8080}]
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: sticky, namespace: demo}
+            spec:
+              clusterIP: "2001:db8:100::20"
+              clusterIPs: ["2001:db8:100::20"]
+              sessionAffinity: ClientIP
+              sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+              ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: sticky-1, namespace: demo, labels: {kubernetes.io/service-name: sticky}}
+            addressType: IPv6
+            endpoints: [{addresses: ["2001:db8:1:1::2"]}, {addresses: ["2001:db8:1:2::2"]}, {addresses: ["2001:db8:1:3::2"]}]
+            ports: [{name: http, protocol: TCP, port: 8080}]
+            """)
+        let r = try bed.svcnat(node, ["apply", "-f", input, "--node-name", "node-a"] + cidrs)
+        #expect(r.code == 0, "\(r.err)")
+
+        // Local policy from outside, inside the source ranges: only this node's endpoint, and it
+        // sees the client's own address.
+        for (ip, port) in [("2001:db8:200::9", 80), ("2001:db8::1", 30090)] {
+            let got = try bed.client(in: client, "tcp", ip, port, count: 20)
+            #expect(got.answers == ["pod1": 20] && got.sources == ["2001:db8::2": 20], "[\(ip)]:\(port): \(got)")
+        }
+        // A pod is outside 2001:db8::/64: the load-balancer IP drops it ...
+        let denied = try bed.client(in: pod2, "tcp", "2001:db8:200::9", 80, count: 2)
+        #expect(denied.answers.isEmpty && denied.timeouts == 2, "\(denied)")
+        #expect(try bed.explain(node, ["[2001:db8:200::9]:80", "--source", "2001:db8:1:2::2"]).map(\.fate) == ["dropped"])
+        // ... while its ClusterIP reaches every endpoint.
+        #expect(Set(try bed.client(in: pod2, "tcp", "2001:db8:100::60", 80, count: 40).answers.keys) == ["pod1", "pod2"])
+
+        // Affinity: each of 12 clients keeps its endpoint; together they spread.
+        let sources = (0x10..<0x1c).map { "2001:db8::\(String($0, radix: 16))" }
+        for a in sources { try bed.sh(client, ["ip", "-6", "addr", "add", "\(a)/64", "dev", "eth0", "nodad"]) }
+        var chosen: [String: String] = [:]
+        for a in sources {
+            let got = try bed.client(in: client, "tcp", "2001:db8:100::20", 80, count: 6, from: a)
+            #expect(got.answers.count == 1 && got.answers.values.first == 6, "client \(a): \(got.answers)")
+            chosen[a] = got.answers.keys.first
+        }
+        #expect(Set(chosen.values).count >= 2, "\(chosen)")
+    }
 }
 }

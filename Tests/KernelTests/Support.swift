@@ -146,6 +146,12 @@ final class Testbed {
             try sh(pod, ["ip", "-6", "addr", "add", "2001:db8:1:\(i)::2/64", "dev", "eth0", "nodad"])
             try sh(pod, ["ip", "-6", "route", "add", "default", "via", "2001:db8:1:\(i)::1"])
         }
+        // The links' own fe80:: addresses still go through duplicate address detection, and
+        // neighbour discovery waits for them: wait (at most 5 s) until none is tentative.
+        let deadline = Date().addingTimeInterval(5)
+        for n in namespaces where Date() < deadline {
+            while Date() < deadline, !(try sh(n, ["ip", "-6", "addr", "show", "tentative"])).isEmpty { usleep(50_000) }
+        }
     }
 
     /// The topology with a test server on port 8080 in every pod.
