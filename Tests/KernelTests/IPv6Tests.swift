@@ -191,12 +191,7 @@ struct IPv6Tests {
         // Affinity: each of 12 clients keeps its endpoint; together they spread.
         let sources = (0x10..<0x1c).map { "2001:db8::\(String($0, radix: 16))" }
         for a in sources { try bed.sh(client, ["ip", "-6", "addr", "add", "\(a)/64", "dev", "eth0", "nodad"]) }
-        var chosen: [String: String] = [:]
-        for a in sources {
-            let got = try bed.client(in: client, "tcp", "2001:db8:100::20", 80, count: 6, from: a)
-            #expect(got.answers.count == 1 && got.answers.values.first == 6, "client \(a): \(got.answers)")
-            chosen[a] = got.answers.keys.first
-        }
+        let chosen = try bed.affinityChoices(in: client, "2001:db8:100::20", 80, sources: sources, count: 6)
         #expect(Set(chosen.values).count >= 2, "\(chosen)")
     }
 }

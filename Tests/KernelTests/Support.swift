@@ -290,6 +290,20 @@ extension Testbed {
     }
 }
 
+extension Testbed {
+    /// Session affinity from the client's side: `count` connections from each source address to
+    /// ip:port must all reach one pod; returns the pod each source got.
+    func affinityChoices(in namespace: String, _ ip: String, _ port: Int, sources: [String], count: Int) throws -> [String: String] {
+        var chosen: [String: String] = [:]
+        for a in sources {
+            let got = try client(in: namespace, "tcp", ip, port, count: count, from: a)
+            #expect(got.answers.count == 1 && got.answers.values.first == count, "client \(a): \(got.answers)")
+            chosen[a] = got.answers.keys.first
+        }
+        return chosen
+    }
+}
+
 /// Pearson's chi-square statistic of counts against a uniform spread.
 func chiSquare(_ counts: [Int]) -> Double {
     let total = Double(counts.reduce(0, +)), expected = total / Double(counts.count)

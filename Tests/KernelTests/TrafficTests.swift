@@ -438,12 +438,7 @@ struct LocalPolicyTests {
             of: "  selector: {app: web}\n", with: "  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n"))
         #expect(try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + args).code == 0)
         // Each client keeps its endpoint for all its connections ...
-        var chosen: [String: String] = [:]
-        for a in sources {
-            let got = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 8, from: a)
-            #expect(got.answers.count == 1 && got.answers.values.first == 8, "client \(a): \(got.answers)")
-            chosen[a] = got.answers.keys.first
-        }
+        let chosen = try bed.affinityChoices(in: client, "198.18.100.20", 80, sources: sources, count: 8)
         // ... and the clients spread over the endpoints (20 clients all on one pod: p < 1e-9).
         #expect(Set(chosen.values).count >= 2, "\(chosen)")
         #expect(try bed.svcnat(node, ["show"]).out.contains("probability 1/3"))
