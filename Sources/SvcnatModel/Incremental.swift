@@ -150,10 +150,7 @@ public struct IncrementalState: Sendable {
     /// Replaces the ports of the given Services (ns/name -> their ports now; an empty list for
     /// a Service that is gone) and returns the transaction that makes the kernel follow.
     public mutating func update(_ services: [String: [ServicePortState]]) -> Transaction {
-        var addChains: [Operation] = [], flushes: [Operation] = [], addRules: [Operation] = []
-        var deleteChains: [Operation] = []
-        var ownSetAdds: [Operation] = [], ownSetDeletes: [Operation] = [], ownSetAddsLate: [Operation] = []
-        var elementDeletes: [String: [SetElement]] = [:], elementAdds: [String: [SetElement]] = [:]
+        var b = TransactionBuilder(family: translator.config.family.tableFamily, table: translator.config.table)
         let shardsBefore = Set(shardSlots.keys)
         // Whether each shared element the touched Services use was in use before; only these
         // can enter or leave their sets.
@@ -183,72 +180,57 @@ public struct IncrementalState: Sendable {
                 insert(f)
                 new[key] = f
             }
-            for key in Set(old.keys).union(new.keys).sorted() {
-                let o = old[key], n = new[key]
-                let sets = Set((o?.elements ?? [:]).keys).union((n?.elements ?? [:]).keys)
-                for set in sets.sorted() {
-                    diff(o?.elements[set] ?? [], n?.elements[set] ?? [], set: set, &elementDeletes, &elementAdds)
-                }
-                var redefined = false
-                let os = Dictionary((o?.sets ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-                let ns = Dictionary((n?.sets ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-                for name in Set(os.keys).union(ns.keys).sorted() {
-                    switch (os[name], ns[name]) {
-                    case (nil, let s?): ownSetAdds.append(.addSet(s))
-                    case (let a?, let b?) where !a.sameDefinition(as: b):
-                        redefined = true   // its rules must go first, so the chains are rewritten
-                        ownSetDeletes.append(.deleteSet(name))
-                        ownSetAddsLate.append(.addSet(b))
-                    case (_?, nil): ownSetDeletes.append(.deleteSet(name))
-                    default: break
-                    }
-                }
-                let oc = Dictionary((o?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-                let nc = Dictionary((n?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-                for name in Set(oc.keys).union(nc.keys).sorted() {
-                    switch (oc[name], nc[name]) {
-                    case (nil, let c?):
-                        addChains.append(.addChain(Chain(name: c.name)))
-                        addRules += c.rules.map { .addRule(chain: c.name, $0) }
-                    case (let a?, let b?) where a.rules != b.rules || redefined:
-                        flushes.append(.flushChain(b.name))
-                        addRules += b.rules.map { .addRule(chain: b.name, $0) }
-                    case (_?, nil):
-                        flushes.append(.flushChain(name))
-                        deleteChains.append(.deleteChain(name))
-                    default: break
-                    }
-                }
-            }
+            for key in Set(old.keys).union(new.keys).sorted() { Self.plan(from: old[key], to: new[key], &b) }
         }
         for (set, keys) in sharedBefore.sorted(by: { $0.key < $1.key }) {
             for (k, before) in keys.sorted(by: { $0.key < $1.key }) {
                 let isUsed = sharedRefs[set]?[k] != nil
-                if !before.wasUsed && isUsed { elementAdds[set, default: []].append(before.element) }
-                if before.wasUsed && !isUsed { elementDeletes[set, default: []].append(before.element) }
+                if !before.wasUsed && isUsed { b.add(.addElements(set: set, [before.element])) }
+                if before.wasUsed && !isUsed { b.add(.deleteElements(set: set, [before.element])) }
             }
         }
         let shardsAfter = Set(shardSlots.keys)
-        let addSets = shardsAfter.subtracting(shardsBefore).sorted().map { Operation.addSet(Translator.endpointMap(Names.endpointMap($0), family: translator.config.family)) }
-        var deleteSets: [Operation] = []
-        for s in shardsBefore.subtracting(shardsAfter).sorted() {
-            deleteSets.append(.deleteSet(Names.endpointMap(s)))
-            elementDeletes[Names.endpointMap(s)] = nil   // the set goes, and its elements with it
+        for s in shardsAfter.subtracting(shardsBefore).sorted() {
+            b.add(.addSet(Translator.endpointMap(Names.endpointMap(s), family: translator.config.family)))
         }
-        let deletes = elementDeletes.keys.sorted().compactMap { k in elementDeletes[k]!.isEmpty ? nil : Operation.deleteElements(set: k, elementDeletes[k]!) }
-        let adds = elementAdds.keys.sorted().compactMap { k in elementAdds[k]!.isEmpty ? nil : Operation.addElements(set: k, elementAdds[k]!) }
-        return Transaction(family: translator.config.family.tableFamily, table: translator.config.table,
-                           operations: addSets + ownSetAdds + addChains + flushes + deletes + adds + deleteChains + ownSetDeletes
-                               + ownSetAddsLate + addRules + deleteSets)
+        // A map that goes takes its elements with it (the builder drops their deletes).
+        for s in shardsBefore.subtracting(shardsAfter).sorted() { b.add(.deleteSet(Names.endpointMap(s))) }
+        return b.transaction
     }
 
-    private func diff(_ old: [SetElement], _ new: [SetElement], set: String,
-                      _ deletes: inout [String: [SetElement]], _ adds: inout [String: [SetElement]]) {
-        guard old != new else { return }
-        let newByKey = Dictionary(new.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
-        let oldByKey = Dictionary(old.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
-        deletes[set, default: []] += old.filter { newByKey[$0.key] != $0 }
-        adds[set, default: []] += new.filter { oldByKey[$0.key] != $0 }
+    /// One port's change: its own elements in the shared maps, its own sets, its chains.
+    private static func plan(from o: PortFragment?, to n: PortFragment?, _ b: inout TransactionBuilder) {
+        for set in Set((o?.elements ?? [:]).keys).union((n?.elements ?? [:]).keys).sorted() {
+            b.diffElements(o?.elements[set] ?? [], n?.elements[set] ?? [], set: set)
+        }
+        var redefined = false
+        let os = Dictionary((o?.sets ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let ns = Dictionary((n?.sets ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in Set(os.keys).union(ns.keys).sorted() {
+            switch (os[name], ns[name]) {
+            case (nil, let s?): b.add(.addSet(s))
+            case (let a?, let s?) where !a.sameDefinition(as: s):
+                redefined = true   // its rules must go first, so the chains are rewritten
+                b.redefine(s)
+            case (_?, nil): b.add(.deleteSet(name))
+            default: break
+            }
+        }
+        let oc = Dictionary((o?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let nc = Dictionary((n?.chains ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in Set(oc.keys).union(nc.keys).sorted() {
+            switch (oc[name], nc[name]) {
+            case (nil, let c?):
+                b.add(.addChain(Chain(name: c.name)))
+                b.add(c.rules.map { .addRule(chain: c.name, $0) })
+            case (let a?, let c?) where a.rules != c.rules || redefined:
+                b.add(.flushChain(c.name))
+                b.add(c.rules.map { .addRule(chain: c.name, $0) })
+            case (_?, nil):
+                b.add([.flushChain(name), .deleteChain(name)])
+            default: break
+            }
+        }
     }
 
     /// The whole table this state describes (for checks: it must equal a full translation).

@@ -112,14 +112,16 @@ public struct Transaction: Hashable, Sendable {
     }
 }
 
-/// The minimal ordered transaction from what the kernel holds to what is wanted. Pure.
+/// The minimal ordered transaction from what the kernel holds to what is wanted. Pure; the
+/// order of the operations is `TransactionBuilder`'s.
 public enum Planner {
     /// `current` is nil when the table does not exist.
     public static func plan(from current: Ruleset?, to desired: Ruleset) -> Transaction {
-        var tx = Transaction(family: desired.family, table: desired.table)
+        var b = TransactionBuilder(family: desired.family, table: desired.table)
         guard let current else {
-            tx.operations = [.addTable] + creation(of: desired)
-            return tx
+            b.add(.addTable)
+            create(desired, &b)
+            return b.transaction
         }
         let currentChains = Dictionary(current.chains.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let currentSets = Dictionary(current.sets.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
@@ -128,17 +130,16 @@ public enum Planner {
         let setChanged = desired.sets.contains { d in currentSets[d.name].map { !$0.sameDefinition(as: d) } ?? false }
         let hookChanged = desired.chains.contains { d in currentChains[d.name].map { $0.base != d.base } ?? false }
         if setChanged || hookChanged {
-            tx.operations = [.deleteTable, .addTable] + creation(of: desired)
-            return tx
+            b.add([.deleteTable, .addTable])
+            create(desired, &b)
+            return b.transaction
         }
 
-        var ops: [Operation] = []
         let wantedSets = Set(desired.sets.map(\.name)), wantedChains = Set(desired.chains.map(\.name))
-        for s in desired.sets where currentSets[s.name] == nil { ops.append(.addSet(s.definition)) }
-        for c in desired.chains where currentChains[c.name] == nil { ops.append(.addChain(c.header)) }
+        for s in desired.sets where currentSets[s.name] == nil { b.add(.addSet(s.definition)) }
+        for c in desired.chains where currentChains[c.name] == nil { b.add(.addChain(c.header)) }
 
         // Rules: keep the common prefix, drop the rest, append what is missing.
-        var ruleAdds: [Operation] = []
         for d in desired.chains {
             let have = currentChains[d.name]?.rules ?? []
             var p = 0
@@ -146,44 +147,32 @@ public enum Planner {
             if p < have.count {
                 // Without handles (a cached view of what svcnat wrote) rules can only go by flushing.
                 if p == 0 || have[p...].contains(where: { $0.handle == nil }) {
-                    ops.append(.flushChain(d.name))
+                    b.add(.flushChain(d.name))
                     p = 0
                 } else {
-                    ops += have[p...].map { .deleteRule(chain: d.name, handle: $0.handle!) }
+                    b.add(have[p...].map { .deleteRule(chain: d.name, handle: $0.handle!) })
                 }
             }
-            ruleAdds += d.rules[p...].map { .addRule(chain: d.name, $0) }
+            b.add(d.rules[p...].map { .addRule(chain: d.name, $0) })
         }
-        let extraChains = current.chains.filter { !wantedChains.contains($0.name) }
-        ops += extraChains.filter { !$0.rules.isEmpty }.map { .flushChain($0.name) }
-
+        for c in current.chains where !wantedChains.contains(c.name) {
+            if !c.rules.isEmpty { b.add(.flushChain(c.name)) }
+            b.add(.deleteChain(c.name))
+        }
         // Elements: delete the stale and changed, add the missing and changed.
-        var elementAdds: [Operation] = []
         for d in desired.sets where !d.isDynamic {
-            let have = currentSets[d.name]?.elements ?? []
-            if have == d.elements { continue }
-            let haveByKey = Dictionary(have.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
-            let wantByKey = Dictionary(d.elements.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
-            let stale = have.filter { wantByKey[$0.key] != $0 }
-            let missing = d.elements.filter { haveByKey[$0.key] != $0 }
-            if !stale.isEmpty { ops.append(.deleteElements(set: d.name, stale)) }
-            if !missing.isEmpty { elementAdds.append(.addElements(set: d.name, missing)) }
+            b.diffElements(currentSets[d.name]?.elements ?? [], d.elements, set: d.name)
         }
-        ops += elementAdds + ruleAdds
-        ops += extraChains.map { .deleteChain($0.name) }
-        ops += current.sets.filter { !wantedSets.contains($0.name) }.map { .deleteSet($0.name) }
-        tx.operations = ops
-        return tx
+        for s in current.sets where !wantedSets.contains(s.name) { b.add(.deleteSet(s.name)) }
+        return b.transaction
     }
 
-    /// Everything needed to create `r` in an empty table, in an order the kernel accepts.
-    static func creation(of r: Ruleset) -> [Operation] {
-        var ops: [Operation] = r.sets.map { .addSet($0.definition) }
-        ops += r.chains.map { .addChain($0.header) }
-        // Rules before elements: a rule binding a map walks the elements the map already has.
-        ops += r.chains.flatMap { c in c.rules.map { .addRule(chain: c.name, $0) } }
-        ops += r.sets.filter { !$0.elements.isEmpty }.map { .addElements(set: $0.name, $0.elements) }
-        return ops
+    /// Everything needed to create `r` in an empty table.
+    static func create(_ r: Ruleset, _ b: inout TransactionBuilder) {
+        b.add(r.sets.map { .addSet($0.definition) })
+        b.add(r.chains.map { .addChain($0.header) })
+        b.add(r.chains.flatMap { c in c.rules.map { .addRule(chain: c.name, $0) } })
+        b.add(r.sets.map { .addElements(set: $0.name, $0.elements) })
     }
 
     /// Removes svcnat's table, if it exists.
