@@ -37,6 +37,8 @@ let package = Package(
         // The Kubernetes API as a source: kubeconfig, list and watch over HTTPS.
         .target(name: "SvcnatKube", dependencies: [
             "SvcnatModel", "SvcnatSources", "Yams",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),

@@ -13,6 +13,10 @@ public protocol Kernel: AnyObject {
     @discardableResult func apply(_ txs: [Transaction]) throws -> Int
     /// Deletes the UDP conntrack entries the filters match; returns how many.
     func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int
+    /// The ruleset generation id: bumped on every committed batch, by anyone.
+    func generation() throws -> UInt32
+    /// The netlink messages the last `apply` sent, over all its batches.
+    var lastBatchMessages: Int { get }
 }
 
 extension Kernel {
@@ -32,6 +36,7 @@ public final class NetlinkKernel: Kernel {
     /// Shares an open netlink socket (the daemon's).
     public init(_ nft: NFTables) { self.nft = nft }
     public func read(table: String, family: TableFamily) throws -> Ruleset? { try nft.read(table: table, family: family) }
+    public func generation() throws -> UInt32 { try nft.generation() }
     @discardableResult public func apply(_ txs: [Transaction]) throws -> Int {
         var txs = txs.filter { !$0.isEmpty }
         // Test hook: end a non-empty batch with a message the kernel must refuse, so tests can
@@ -70,6 +75,10 @@ public final class FakeKernel: Kernel {
     }
     public private(set) var applied: [Transaction] = []
     public var refuseNext: Error?
+    /// Bumped on every committed batch, as the kernel's; a test bumps it to play another writer.
+    public var generationID: UInt32 = 1
+    public private(set) var lastBatchMessages = 0
+    public func generation() throws -> UInt32 { generationID }
 
     public init(_ ruleset: Ruleset? = nil) { self.ruleset = ruleset }
     /// The filters each sync asked for, in order.
@@ -97,8 +106,10 @@ public final class FakeKernel: Kernel {
                 after[tx.family] = r
             }
             rulesets = after
+            generationID &+= 1
         }
         applied += txs
+        lastBatchMessages = txs.isEmpty ? 0 : txs.messageCount + 2 * batches.count
         return batches.count
     }
 }

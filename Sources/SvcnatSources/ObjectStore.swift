@@ -1,12 +1,11 @@
 import Foundation
 import SvcnatModel
-import SvcnatSources
 
 /// The manifests of one folder, file by file, indexed so that the Services a file change
 /// touches can be recomputed alone. A file that fails to parse or validate keeps its last good
 /// objects in force and is listed in `rejected` until it is fixed; so is a file that defines an
 /// object another file already defines.
-public final class ManifestStore {
+public final class ObjectStore {
     public let root: String
     private var files: [String: ClusterState] = [:]
     public private(set) var rejected: [String: [InputError]] = [:]

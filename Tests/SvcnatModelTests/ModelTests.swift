@@ -466,7 +466,7 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         let svc = { (ip: String) in "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: \(ip), ports: [{port: 80}]}\n" }
         try svc("198.18.100.1").write(toFile: dir + "/a.yaml", atomically: true, encoding: .utf8)
         try svc("198.18.100.2").write(toFile: dir + "/b.yaml", atomically: true, encoding: .utf8)
-        let store = ManifestStore(root: dir)
+        let store = ObjectStore(root: dir)
         store.loadAll()
         #expect(store.state.services.map { $0.clusterIP?.description } == ["198.18.100.1"])
         #expect(store.rejected[dir + "/b.yaml"]?.first?.description.contains("Service default/web: metadata.name: defined twice (also in \(dir)/a.yaml)") == true)

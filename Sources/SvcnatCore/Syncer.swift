@@ -1,0 +1,180 @@
+import SvcnatModel
+import SvcnatSources
+
+/// What a sync reads its Services from: everything for a full sync, and for a partial one the
+/// Services changed since the last sync and their ports now. `ObjectStore` is one (files and
+/// API objects alike).
+public protocol ServiceSource: AnyObject {
+    /// The whole cluster state, for a full sync.
+    var state: ClusterState { get }
+    /// The Services (ns/name) changed since the last call; forgets them.
+    func takeDirty() -> Set<String>
+    /// One Service's ports as they are now (empty when it is gone or gets no rules).
+    func ports(ofService key: String, nodeName: String?, zone: String?, family: IPFamily) -> [ServicePortState]
+}
+
+extension ObjectStore: ServiceSource {}
+
+/// What one sync did, for logs, metrics and health checks.
+public struct SyncOutcome: Sendable {
+    public var partial: Bool
+    /// The non-empty changes sent, one per table.
+    public var transactions: [Transaction]
+    public var services: Int
+    public var endpoints: Int
+    /// Netlink messages sent over all batches (0 when nothing was sent).
+    public var batchMessages: Int
+    public var flowsDeleted = 0
+    public var flowWarning: String?
+    /// The Services whose ports this sync (re)computed, with those ports; for a full sync
+    /// every Service (`replacesAll`).
+    public var ports: [String: [ServicePortState]]
+    public var replacesAll: Bool
+    /// A full sync's rule and element counts.
+    public var rules: Int?
+    public var elements: Int?
+    /// A full sync that had to change what svcnat had written: someone else edited the table.
+    public var repairedDrift = false
+    /// Set when this sync leaves work only a full sync can do (a family's last Service went,
+    /// so its table must go).
+    public var needsFullSync: String?
+
+    public var changeCount: Int { transactions.messageCount }
+}
+
+/// The one sync, full or partial, as kube-proxy's `syncProxyRules` is one function: plan,
+/// apply as one batch, delete stale UDP flows, keep what the next sync needs.
+///
+/// A partial sync plans from a cached view of what svcnat last wrote (`IncrementalState`) and
+/// touches only the Services the source marked; it is trusted while the kernel's ruleset
+/// generation says nobody else committed since. Anything else (a first sync, drift, a failure,
+/// a family's table to create or remove) is a full sync that reads the tables back and repairs
+/// them. Failures count towards the retry backoff.
+public final class Syncer {
+    public var config: ProxyConfig
+    public let kernel: Kernel
+    /// What svcnat last wrote, port by port, per family; valid while the kernel's generation is
+    /// `cacheGeneration`.
+    private var incremental: [IPFamily: IncrementalState]?
+    private var cacheGeneration: UInt32?
+    /// Failed syncs in a row.
+    public private(set) var failures = 0
+
+    public init(config: ProxyConfig, kernel: Kernel) {
+        self.config = config
+        self.kernel = kernel
+    }
+
+    /// How long to wait before retrying after `failures` failed syncs in a row: 0.5 s, doubling,
+    /// at most 30 s.
+    public static func backoff(afterFailures n: Int) -> Double {
+        n <= 0 ? 0 : min(30, 0.5 * Double(1 << min(n - 1, 6)))
+    }
+
+    /// The wait before the next retry, after the failures so far.
+    public var retryDelay: Double { Self.backoff(afterFailures: failures) }
+
+    /// Why the cached view can no longer be trusted, or nil while it can: someone else committed
+    /// to the ruleset since svcnat's last sync (or there is no cached view).
+    public func drift() throws -> String? {
+        let gen = try kernel.generation()
+        guard cacheGeneration != gen else { return nil }
+        return "ruleset generation changed (\(cacheGeneration.map(String.init) ?? "unknown") -> \(gen))"
+    }
+
+    /// One sync. A partial one when asked for and the cached view is still the kernel's;
+    /// otherwise full. On failure the cache is dropped (the next sync is full) and the failure
+    /// counted; the error is rethrown.
+    public func sync(_ source: ServiceSource, full requestedFull: Bool, reason: String) throws -> SyncOutcome {
+        do {
+            let gen = try kernel.generation()
+            let dirty = source.takeDirty()
+            var done: Committed
+            if !requestedFull, cacheGeneration == gen, let ports = partialPorts(source, dirty) {
+                done = try partialSync(ports, dirty: dirty)
+            } else {
+                done = try fullSync(source.state)
+                done.result.repairedDrift = !done.result.transactions.isEmpty && reason.hasPrefix("ruleset generation changed")
+            }
+            let now = try kernel.generation()
+            // Trusted only if svcnat's own commits were the only ones since `gen`.
+            cacheGeneration = now == gen &+ UInt32(done.commits) ? now : nil
+            failures = 0
+            return done.result
+        } catch {
+            failures += 1
+            incremental = nil
+            cacheGeneration = nil
+            throw error
+        }
+    }
+
+    /// The changed Services' ports per family, or nil when a partial sync cannot do the work:
+    /// no cached view, or a family whose table was not needed at the last full sync now is.
+    private func partialPorts(_ source: ServiceSource, _ dirty: Set<String>) -> [IPFamily: [String: [ServicePortState]]]? {
+        guard let incremental else { return nil }
+        var ports: [IPFamily: [String: [ServicePortState]]] = [:]
+        for family in IPFamily.allCases {
+            var byService: [String: [ServicePortState]] = [:]
+            for key in dirty {
+                byService[key] = source.ports(ofService: key, nodeName: config.nodeName, zone: config.zone, family: family)
+            }
+            if incremental[family] == nil, byService.values.contains(where: { !$0.isEmpty }) { return nil }
+            ports[family] = byService
+        }
+        return ports
+    }
+
+    /// A sync's outcome and the batches it committed (which the generation check needs).
+    private struct Committed {
+        var result: SyncOutcome
+        var commits: Int
+    }
+
+    private func partialSync(_ ports: [IPFamily: [String: [ServicePortState]]], dirty: Set<String>) throws -> Committed {
+        var changes: [StaleFlows.Change] = []
+        var planned: [Transaction] = []
+        // Updated in place: a copy of a 10,000-port state would cost more than the change.
+        for family in incremental!.keys.sorted() {
+            let now = ports[family] ?? [:]
+            changes.append(.init(before: StaleFlows.udpFrontends(incremental![family]!.states(ofServices: dirty)),
+                                 after: StaleFlows.udpFrontends(now.values.flatMap { $0 })))
+            planned.append(incremental![family]!.update(now))
+        }
+        let txs = planned.filter { !$0.isEmpty }
+        let commits = try kernel.apply(txs)
+        let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, changes)
+        let states = incremental!.values
+        var merged: [String: [ServicePortState]] = [:]
+        for byService in ports.values { merged.merge(byService) { $0 + $1 } }
+        var result = SyncOutcome(partial: true, transactions: txs, services: states.map(\.serviceCount).max() ?? 0,
+                                 endpoints: states.reduce(0) { $0 + $1.endpointCount },
+                                 batchMessages: txs.isEmpty ? 0 : kernel.lastBatchMessages,
+                                 flowsDeleted: deleted, flowWarning: warning, ports: merged, replacesAll: false)
+        if let gone = incremental!.first(where: { !config.needsTable($0.key, hasServices: $0.value.serviceCount > 0) })?.key {
+            result.needsFullSync = "no \(gone.rawValue) Service left"
+        }
+        return Committed(result: result, commits: commits)
+    }
+
+    private func fullSync(_ state: ClusterState) throws -> Committed {
+        incremental = nil
+        cacheGeneration = nil
+        let r = try Reconciler(config: config, kernel: kernel).reconcile(state)
+        var states: [IPFamily: IncrementalState] = [:]
+        var ports: [String: [ServicePortState]] = [:]
+        for f in r.families {
+            if f.desired != nil {
+                states[f.family] = IncrementalState(translator: Translator(config.translator(for: f.family)), fragments: f.fragments)
+            }
+            for fragment in f.fragments { if let st = fragment.state { ports[fragment.serviceKey, default: []].append(st) } }
+        }
+        incremental = states
+        let tables = r.families.compactMap(\.desired)
+        let result = SyncOutcome(partial: false, transactions: r.transactions, services: r.services, endpoints: r.endpoints,
+                                 batchMessages: r.transactions.isEmpty ? 0 : kernel.lastBatchMessages,
+                                 flowsDeleted: r.flowsDeleted, flowWarning: r.flowWarning, ports: ports, replacesAll: true,
+                                 rules: tables.reduce(0) { $0 + $1.ruleCount }, elements: tables.reduce(0) { $0 + $1.elementCount })
+        return Committed(result: result, commits: r.commits)
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import SvcnatModel
+
+/// The daemon's HTTP side: /metrics, /healthz and /livez, and kube-proxy's per-Service health
+/// check node ports. What they report is set from the sync queue and read from NIO's threads,
+/// under one lock.
+final class NodeEndpoints: @unchecked Sendable {
+    typealias Response = (HTTPResponseStatus, String, String)
+
+    let metrics: DaemonMetrics
+    let http: HTTPServer
+    let metricsAddress: String
+    let healthzAddress: String
+    /// What /healthz names as the source.
+    let sourceName: String
+    /// A sync this old or older makes /healthz unhealthy.
+    let staleAfter: Double
+    /// The collections the source cannot see now, with why (the API source's; none for a folder).
+    let sourceProblems: @Sendable () -> [String: String]
+
+    private let lock = NSLock()
+    private var lastSuccess: Date?
+    private var lastError: String?
+    private var rejected: [String: String] = [:]
+    /// healthCheckNodePort -> the Service (ns, name) and its endpoints on this node.
+    private var serviceHealth: [UInt16: (namespace: String, name: String, local: Int)] = [:]
+    /// Which health check port each Service has (sync queue only).
+    private var healthPortOfService: [String: UInt16] = [:]
+
+    init(http: HTTPServer, metrics: DaemonMetrics, metricsAddress: String, healthzAddress: String, sourceName: String,
+         staleAfter: Double, sourceProblems: @escaping @Sendable () -> [String: String]) {
+        self.http = http
+        self.metrics = metrics
+        self.metricsAddress = metricsAddress
+        self.healthzAddress = healthzAddress
+        self.sourceName = sourceName
+        self.staleAfter = staleAfter
+        self.sourceProblems = sourceProblems
+    }
+
+    func listen() throws {
+        try http.listen(metricsAddress) { [weak self] path in self?.serveMetrics(path) ?? (.serviceUnavailable, "text/plain", "") }
+        try http.listen(healthzAddress) { [weak self] path in self?.serveHealth(path) ?? (.serviceUnavailable, "text/plain", "") }
+    }
+
+    func syncSucceeded() { lock.withLock { lastSuccess = Date(); lastError = nil } }
+    func syncFailed(_ error: String) { lock.withLock { lastError = error } }
+    func setRejected(_ files: [String: String]) { lock.withLock { rejected = files } }
+
+    /// kube-proxy's per-Service health check servers: for each LoadBalancer Service with
+    /// externalTrafficPolicy Local and a healthCheckNodePort, an HTTP server on that port of the
+    /// node answering 200 with the number of this node's endpoints, or 503 when there are none,
+    /// so load balancers send traffic only to nodes that can serve it. `services` are the
+    /// Services a sync recomputed (all of them when `replacingAll`).
+    func updateHealthChecks(_ services: [String: [ServicePortState]], replacingAll: Bool, onError: (String) -> Void) {
+        if replacingAll { healthPortOfService = [:] }
+        var table = lock.withLock { replacingAll ? [:] : serviceHealth }
+        for (key, ports) in services {
+            if let old = healthPortOfService.removeValue(forKey: key) { table[old] = nil }
+            guard let first = ports.first(where: { $0.healthCheckNodePort != nil }), let port = first.healthCheckNodePort else { continue }
+            let local = ports.filter { $0.healthCheckNodePort == port }.map(\.localEndpointCount).max() ?? 0
+            table[port] = (first.name.namespace, first.name.name, local)
+            healthPortOfService[key] = port
+        }
+        lock.withLock { serviceHealth = table }
+        let wanted = Set(table.keys.map { "0.0.0.0:\($0)" })
+        let running = http.addresses.filter { $0.hasPrefix("0.0.0.0:") && $0 != healthzAddress && $0 != metricsAddress }
+        for gone in running.subtracting(wanted) { http.close(gone) }
+        for address in wanted.subtracting(running).sorted() {
+            let port = UInt16(address.split(separator: ":").last!)!
+            do {
+                try http.listen(address) { [weak self] _ in self?.serveServiceHealth(port) ?? (.serviceUnavailable, "text/plain", "") }
+            } catch {
+                onError("health check node port \(port): cannot listen: \(error)")
+            }
+        }
+    }
+
+    private func serveServiceHealth(_ port: UInt16) -> Response {
+        guard let s = lock.withLock({ serviceHealth[port] }) else { return (.notFound, "text/plain", "not found\n") }
+        let body = JSON.object([
+            ("service", .object([("namespace", .string(s.namespace)), ("name", .string(s.name))])),
+            ("localEndpoints", .number(s.local)),
+            ("serviceProxyHealthy", .bool(true)),
+        ]).text() + "\n"
+        return (s.local > 0 ? .ok : .serviceUnavailable, "application/json", body)
+    }
+
+    private func serveMetrics(_ path: String) -> Response {
+        guard path == "/metrics" else { return (.notFound, "text/plain", "not found\n") }
+        return (.ok, "text/plain; version=0.0.4", metrics.exposition())
+    }
+
+    /// /healthz: 200 while the last sync succeeded and syncs are recent; 503 with the reason
+    /// otherwise. Rejected input files are listed either way (their last good version serves).
+    private func serveHealth(_ path: String) -> Response {
+        switch path {
+        case "/livez": return (.ok, "text/plain", "ok\n")
+        case "/healthz":
+            let (success, error, rejected) = lock.withLock { (lastSuccess, lastError, self.rejected) }
+            let problems = sourceProblems()
+            var reason: String?
+            if !problems.isEmpty {
+                // The rules keep serving, but they may be out of date.
+                reason = "source stale: " + problems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
+            } else if let error { reason = "last sync failed: \(error)" }
+            else if let success {
+                if Date().timeIntervalSince(success) > staleAfter { reason = "no successful sync for more than \(Int(staleAfter)) s" }
+            } else { reason = "no sync has completed yet" }
+            let files = rejected.sorted { $0.key < $1.key }.map { JSON.object([("file", .string($0.key)), ("error", .string($0.value))]) }
+            let body = JSON.object([
+                ("status", .string(reason == nil ? "ok" : "unhealthy")),
+                ("reason", reason.map { .string($0) } ?? .null),
+                ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
+                ("source", .string(sourceName)),
+                ("rejectedFiles", .array(files)),
+            ]).text() + "\n"
+            return (reason == nil ? .ok : .serviceUnavailable, "application/json", body)
+        default: return (.notFound, "text/plain", "not found\n")
+        }
+    }
+}
