@@ -29,7 +29,10 @@ let package = Package(
         // renderers. No I/O, no pointers.
         .target(name: "SvcnatModel"),
         // The only module that touches libnftnl/libmnl and raw memory.
-        .target(name: "NFNetlink", dependencies: ["SvcnatModel", "CNftables"]),
+        // Debug builds (what `swift test` runs) get SVCNAT_TEST_HOOKS: a transport that makes the
+        // kernel refuse batches, for the kernel tests of the built binary. Release builds have none.
+        .target(name: "NFNetlink", dependencies: ["SvcnatModel", "CNftables"],
+                swiftSettings: [.define("SVCNAT_TEST_HOOKS", .when(configuration: .debug))]),
         // Manifest files (YAML/JSON) into model values.
         .target(name: "SvcnatSources", dependencies: ["SvcnatModel", "Yams"]),
         // Reconciler behind the Kernel protocol.
@@ -61,6 +64,12 @@ let package = Package(
         .testTarget(
             name: "SvcnatModelTests",
             dependencies: ["SvcnatModel", "SvcnatSources", "SvcnatCore", "SvcnatKube", "Yams"],
+            resources: [.copy("Fixtures")]
+        ),
+        // No root: svcnat's netlink bytes against nft's, and NFTables over a recording transport.
+        .testTarget(
+            name: "NFNetlinkTests",
+            dependencies: ["NFNetlink", "CNftables", "SvcnatModel", "SvcnatSources", "SvcnatCore"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(

@@ -6,11 +6,13 @@ import SvcnatModel
 /// interface; `conntrack -D` does the same). The corresponding libmnl calls are
 /// `mnl_nlmsg_put_header`, `mnl_attr_nest_start` and `mnl_attr_put_*`.
 public final class Conntrack {
-    private let socket: NetlinkSocket
+    private let socket: NetlinkChannel
     private var seq: UInt32
 
-    public init() throws {
-        socket = try NetlinkSocket()
+    public convenience init() throws { try self.init(transport: NetlinkSocket()) }
+
+    public init(transport: NetlinkTransport) {
+        socket = NetlinkChannel(transport)
         seq = UInt32(truncatingIfNeeded: time(nil)) &* 7
     }
 

@@ -39,14 +39,14 @@ struct BatchEncoder {
     }
 
     mutating func end() {
-        seq += 1
+        seq &+= 1
         opForSeq.append(-1)
         nftnl_batch_end(buffer.tail, seq)
         buffer.commitBatchMarker()
     }
 
     private mutating func header(_ type: nf_tables_msg_types, flags: Int32) -> UnsafeMutablePointer<nlmsghdr> {
-        seq += 1
+        seq &+= 1
         opForSeq.append(currentOp)
         lastHeaderOffset = buffer.length
         return nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), family, UInt16(flags), seq)

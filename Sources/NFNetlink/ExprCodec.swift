@@ -79,7 +79,10 @@ enum ExprCodec {
             u32(x, NFTNL_EXPR_NAT_FAMILY, family == .v4 ? UInt32(NFPROTO_IPV4) : UInt32(NFPROTO_IPV6))
             reg(x, NFTNL_EXPR_NAT_REG_ADDR_MIN, addrReg)
             if let protoReg { reg(x, NFTNL_EXPR_NAT_REG_PROTO_MIN, protoReg) }
-            if flags != 0 { u32(x, NFTNL_EXPR_NAT_FLAGS, flags) }
+            // As nft sends it: the flags the registers imply are left to the kernel, which sets them.
+            var explicit = flags & ~NATFlags.mapIPs
+            if protoReg != nil { explicit &= ~NATFlags.protoSpecified }
+            if explicit != 0 { u32(x, NFTNL_EXPR_NAT_FLAGS, explicit) }
             return x
         case .masquerade(let flags):
             let x = alloc("masq")

@@ -5,16 +5,20 @@ import SvcnatModel
 /// svcnat's view of the kernel's nftables: read one table back as model values, and apply a
 /// transaction as one atomic batch. Everything here runs in the caller's network namespace.
 public final class NFTables {
-    private let socket: NetlinkSocket
+    private let socket: NetlinkChannel
     private var seq: UInt32
 
     /// Netlink messages in the last `apply`'s batch, for logs and metrics.
     public private(set) var lastBatchMessages = 0
 
-    public init() throws {
+    /// Talks to the kernel of this network namespace.
+    public convenience init() throws { try self.init(transport: Self.defaultTransport(), firstSeq: UInt32(truncatingIfNeeded: time(nil))) }
+
+    /// Talks through `transport` (tests: a recording double), numbering messages from `firstSeq`.
+    public init(transport: NetlinkTransport, firstSeq: UInt32) {
         checkModelConstants()
-        socket = try NetlinkSocket()
-        seq = UInt32(truncatingIfNeeded: time(nil))
+        socket = NetlinkChannel(transport)
+        seq = firstSeq
     }
 
     // MARK: applying
@@ -46,29 +50,30 @@ public final class NFTables {
         enc.requestAckForLastMessage()
         enc.end()
         seq = enc.lastSeq
-        lastBatchMessages = Int(last - begin)
+        lastBatchMessages = Int(last &- begin)
 
         try socket.send(enc.buffer.bytes, what: "send the transaction (\(messageCount) messages)")
         var failures: [NetlinkError] = []
         var done = false
-        while !done {
-            try socket.receive { nlh in
-                guard nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
-                let (err, s) = nlh.errorPayload
-                if s == begin {
-                    // The batch as a whole failed (commit refused, or out of memory).
-                    if err != 0 { failures.append(NetlinkError("commit the transaction", errno: err)) }
-                    done = true
-                } else if s == last && err == 0 {
-                    done = true
-                } else if err != 0 {
-                    let owner = enc.operationIndex(for: s).map { owners[$0] }
-                    failures.append(NetlinkError(owner.map { Self.describe(txs[$0.0], $0.1) } ?? "batch", errno: err))
-                    if s == last { done = true }
-                }
+        func handle(_ nlh: UnsafePointer<nlmsghdr>) {
+            guard nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
+            let (err, s) = nlh.errorPayload
+            if s == begin {
+                // The batch as a whole failed (commit refused, or out of memory).
+                if err != 0 { failures.append(NetlinkError("commit the transaction", errno: err)) }
+                done = true
+            } else if s == last && err == 0 {
+                done = true
+            } else if err != 0 {
+                let owner = enc.operationIndex(for: s).map { owners[$0] }
+                failures.append(NetlinkError(owner.map { Self.describe(txs[$0.0], $0.1) } ?? "batch", errno: err))
+                if s == last { done = true }
             }
         }
-        socket.drain()
+        while !done { try socket.receive(handle) }
+        // The kernel queues all of a batch's answers at once: an error behind the closing ack
+        // (one for the batch as a whole, say) is read, not dropped.
+        socket.drain(handle)
         if !failures.isEmpty { throw BatchError(failures: failures) }
     }
 
@@ -299,8 +304,10 @@ extension String {
 
 extension BatchEncoder {
     func operationIndex(for s: UInt32) -> Int? {
-        guard s > firstSeq, Int(s - firstSeq - 1) < opForSeq.count else { return nil }
-        let i = Int(opForSeq[Int(s - firstSeq - 1)])
+        // Sequence numbers wrap: count from firstSeq modulo 2^32.
+        let offset = s &- firstSeq
+        guard offset >= 1, Int(offset - 1) < opForSeq.count else { return nil }
+        let i = Int(opForSeq[Int(offset - 1)])
         return i >= 0 ? i : nil
     }
 }

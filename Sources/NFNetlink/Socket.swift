@@ -1,37 +1,39 @@
 import CNftables
 import Glibc
 
+/// The byte-level seam under svcnat's netlink code: one datagram out, one datagram in. The
+/// real one is a netfilter netlink socket (`NetlinkSocket`); tests put a recording double here
+/// to check the exact bytes svcnat sends and to feed it captured kernel replies, without root.
+public protocol NetlinkTransport: AnyObject {
+    /// Sends one datagram (a batch, or one request). Throws `NetlinkError` with the errno.
+    func send(_ datagram: UnsafeRawBufferPointer) throws
+    /// Waits up to `timeout` milliseconds for one datagram, copies it into `buffer` and returns
+    /// its length; nil when nothing came in time.
+    func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int?
+}
+
 /// A netfilter netlink socket. The corresponding libmnl calls are `mnl_socket_open`,
 /// `mnl_socket_bind`, `mnl_socket_sendto` and `mnl_socket_recvfrom`.
-final class NetlinkSocket {
+public final class NetlinkSocket: NetlinkTransport {
     let raw: OpaquePointer
-    let portID: UInt32
-    private var receiveBuffer: UnsafeMutableRawPointer
-    static let receiveSize = 1 << 20
 
-    init() throws {
+    public init() throws {
         guard let raw = mnl_socket_open(NETLINK_NETFILTER) else {
             throw NetlinkError("open netlink socket", errno: Glibc.errno)
         }
         self.raw = raw
-        receiveBuffer = .allocate(byteCount: Self.receiveSize, alignment: 8)
         if mnl_socket_bind(raw, 0, pid_t(MNL_SOCKET_AUTOPID)) < 0 {
             let e = Glibc.errno
             mnl_socket_close(raw)
-            receiveBuffer.deallocate()
             throw NetlinkError("bind netlink socket", errno: e)
         }
-        portID = mnl_socket_get_portid(raw)
         var one: Int32 = 1
         // Errors without the echoed request; we match them by sequence number instead.
         _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
         setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, bytes: 8 << 20)
     }
 
-    deinit {
-        mnl_socket_close(raw)
-        receiveBuffer.deallocate()
-    }
+    deinit { mnl_socket_close(raw) }
 
     var fd: Int32 { mnl_socket_get_fd(raw) }
 
@@ -43,34 +45,58 @@ final class NetlinkSocket {
         }
     }
 
+    public func send(_ datagram: UnsafeRawBufferPointer) throws {
+        if datagram.count > 200_000 { setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, bytes: datagram.count + 4096) }
+        try NetlinkError.check("send to netlink socket", mnl_socket_sendto(raw, datagram.baseAddress, datagram.count))
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        var n: Int32
+        repeat { n = poll(&pfd, 1, timeout) } while n < 0 && Glibc.errno == EINTR
+        if n == 0 { return nil }
+        try NetlinkError.check("poll netlink socket", Int(n))
+        return try NetlinkError.check("receive from netlink socket", mnl_socket_recvfrom(raw, buffer.baseAddress, buffer.count))
+    }
+}
+
+/// A transport and its receive buffer, with the message-level calls NFTables and Conntrack use:
+/// send a request or batch, walk the messages of each datagram that comes back.
+final class NetlinkChannel {
+    let transport: NetlinkTransport
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    static let receiveSize = 1 << 20
+
+    init(_ transport: NetlinkTransport) {
+        self.transport = transport
+        receiveBuffer = .allocate(byteCount: Self.receiveSize, alignment: 8)
+    }
+
+    deinit { receiveBuffer.deallocate() }
+
     func send(_ buffer: UnsafeRawBufferPointer, what: @autoclosure () -> String) throws {
-        if buffer.count > 200_000 { setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, bytes: buffer.count + 4096) }
-        try NetlinkError.check(what(), mnl_socket_sendto(raw, buffer.baseAddress, buffer.count))
+        do { try transport.send(buffer) } catch let e as NetlinkError { throw NetlinkError(what(), errno: e.errno) }
     }
 
     /// Receives one datagram (possibly many messages) and calls `each` for every message in it.
     /// Gives up after `timeout` milliseconds of silence.
     func receive(timeout: Int32 = 30_000, _ each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        var n: Int32
-        repeat { n = poll(&pfd, 1, timeout) } while n < 0 && Glibc.errno == EINTR
-        if n == 0 { throw NetlinkError("wait for the kernel's answer", errno: ETIMEDOUT) }
-        try NetlinkError.check("poll netlink socket", Int(n))
-        let len = try NetlinkError.check("receive from netlink socket",
-                                         mnl_socket_recvfrom(raw, receiveBuffer, Self.receiveSize))
+        guard let len = try transport.receive(into: receiveBuffer, timeout: timeout) else {
+            throw NetlinkError("wait for the kernel's answer", errno: ETIMEDOUT)
+        }
         var remaining = Int32(len)
-        var nlh: UnsafePointer<nlmsghdr>? = UnsafePointer(receiveBuffer.assumingMemoryBound(to: nlmsghdr.self))
+        var nlh: UnsafePointer<nlmsghdr>? = UnsafePointer(receiveBuffer.baseAddress!.assumingMemoryBound(to: nlmsghdr.self))
         while let h = nlh, mnl_nlmsg_ok(h, remaining) {
             try each(h)
             nlh = UnsafePointer(mnl_nlmsg_next(h, &remaining))
         }
     }
 
-    /// Reads and drops anything still queued (e.g. acks after a failed batch).
-    func drain() {
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        while poll(&pfd, 1, 0) > 0 {
-            if mnl_socket_recvfrom(raw, receiveBuffer, Self.receiveSize) <= 0 { break }
+    /// Reads what is still queued, without waiting, and hands each message to `each` (by
+    /// default: drops it).
+    func drain(_ each: (UnsafePointer<nlmsghdr>) -> Void = { _ in }) {
+        while true {
+            do { try receive(timeout: 0, each) } catch { return }
         }
     }
 }

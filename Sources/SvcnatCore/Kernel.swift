@@ -38,12 +38,7 @@ public final class NetlinkKernel: Kernel {
     public func read(table: String, family: TableFamily) throws -> Ruleset? { try nft.read(table: table, family: family) }
     public func generation() throws -> UInt32 { try nft.generation() }
     @discardableResult public func apply(_ txs: [Transaction]) throws -> Int {
-        var txs = txs.filter { !$0.isEmpty }
-        // Test hook: end a non-empty batch with a message the kernel must refuse, so tests can
-        // show that a refused batch changes nothing. Never set outside tests.
-        if !txs.isEmpty, Self.appendBadMessage {
-            txs[txs.count - 1].operations.append(.deleteChain("svcnat-test-missing-chain"))
-        }
+        let txs = txs.filter { !$0.isEmpty }
         var messages = 0, commits = 0
         defer { lastBatchMessages = messages }
         for batch in Transaction.batches(txs) {
@@ -61,7 +56,6 @@ public final class NetlinkKernel: Kernel {
         guard let ct = conntrack else { throw NetlinkError("open ctnetlink socket", errno: EPROTONOSUPPORT) }
         return try ct.deleteUDPFlows(matching: filters)
     }
-    static let appendBadMessage = ProcessInfo.processInfo.environment["SVCNAT_TEST_APPEND_BAD_MESSAGE"] != nil
 }
 
 /// A kernel made of values: applies transactions with the same refusals the kernel makes for

@@ -1,0 +1,108 @@
+import CNftables
+import Glibc
+@testable import NFNetlink
+import SvcnatModel
+import Testing
+
+/// A transport that records what NFTables sends and answers as the kernel would: an ack for the
+/// batch's last message, or, when told, an error for one message of the batch.
+final class RecordingTransport: NetlinkTransport {
+    var sent: [[UInt8]] = []
+    var replies: [[UInt8]] = []
+    /// Refuse the batch's n-th object message (0-based) with this errno.
+    var refuse: (index: Int, errno: Int32)?
+
+    func send(_ datagram: UnsafeRawBufferPointer) throws {
+        let bytes = [UInt8](datagram)
+        sent.append(bytes)
+        let seqs = Self.headers(bytes).map(\.nlmsg_seq)
+        guard seqs.count >= 3 else { return }
+        let objects = Array(seqs.dropFirst().dropLast())
+        if let r = refuse { replies.append(Self.error(seq: objects[r.index], errno: r.errno)) }
+        replies.append(Self.error(seq: objects.last!, errno: 0))
+    }
+
+    func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
+        guard !replies.isEmpty else { return nil }
+        let r = replies.removeFirst()
+        buffer.copyMemory(from: UnsafeRawBufferPointer(start: r, count: r.count))
+        return r.count
+    }
+
+    static func headers(_ bytes: [UInt8]) -> [nlmsghdr] {
+        var out: [nlmsghdr] = []
+        var at = 0
+        bytes.withUnsafeBytes { b in
+            while at + 16 <= b.count {
+                let h = b.loadUnaligned(fromByteOffset: at, as: nlmsghdr.self)
+                out.append(h)
+                at += (Int(h.nlmsg_len) + 3) & ~3
+            }
+        }
+        return out
+    }
+
+    /// An NLMSG_ERROR answering `seq` (errno 0: an ack), without the echoed request (CAP_ACK).
+    static func error(seq: UInt32, errno: Int32) -> [UInt8] {
+        var h = nlmsghdr(nlmsg_len: UInt32(16 + MemoryLayout<nlmsgerr>.size), nlmsg_type: UInt16(NLMSG_ERROR),
+                         nlmsg_flags: UInt16(NLM_F_CAPPED), nlmsg_seq: seq, nlmsg_pid: 0)
+        var e = nlmsgerr()
+        e.error = -errno
+        e.msg.nlmsg_seq = seq
+        return withUnsafeBytes(of: &h) { Array($0) } + withUnsafeBytes(of: &e) { Array($0) }
+    }
+}
+
+@Suite struct NFTablesOverATransport {
+    let tx = Transaction(family: .ip, table: "svcnat", operations: [
+        .addTable, .addChain(Chain(name: "services")),
+        .addSet(NamedSet(name: "cluster-ips", key: [.ipv4Addr], data: .none)),
+        .addElements(set: "cluster-ips", [SetElement(key: [.ip(IPAddress("198.18.100.10")!)])]),
+    ])
+
+    @Test func theBatchIsBeginObjectsEndAndTheAckForTheLastClosesIt() throws {
+        let t = RecordingTransport()
+        let nft = NFTables(transport: t, firstSeq: 100)
+        try nft.apply(tx)
+        #expect(t.sent.count == 1)
+        let types = RecordingTransport.headers(t.sent[0]).map { Int32($0.nlmsg_type) }
+        let msg = { (m: nf_tables_msg_types) in Int32(NFNL_SUBSYS_NFTABLES << 8) | Int32(m.rawValue) }
+        #expect(types == [Int32(NFNL_MSG_BATCH_BEGIN), msg(NFT_MSG_NEWTABLE), msg(NFT_MSG_NEWCHAIN), msg(NFT_MSG_NEWSET),
+                          msg(NFT_MSG_NEWSETELEM), Int32(NFNL_MSG_BATCH_END)])
+        let flags = RecordingTransport.headers(t.sent[0]).map { Int32($0.nlmsg_flags) & NLM_F_ACK }
+        #expect(flags == [0, 0, 0, 0, NLM_F_ACK, 0], "only the last object message asks for an ack")
+        #expect(nft.lastBatchMessages == 4)
+    }
+
+    @Test func aRefusedMessageIsNamedBySequenceNumber() throws {
+        let t = RecordingTransport()
+        t.refuse = (index: 2, errno: EINVAL)
+        let nft = NFTables(transport: t, firstSeq: 7)
+        do {
+            try nft.apply(tx)
+            Issue.record("the refusal was not reported")
+        } catch let e as BatchError {
+            #expect(e.failures.count == 1)
+            #expect(e.failures[0].errno == EINVAL)
+            #expect(e.failures[0].operation == "add set ip svcnat cluster-ips { type ipv4_addr; }")
+        }
+    }
+
+    @Test func sequenceNumbersWrapInsteadOfTrapping() throws {
+        let t = RecordingTransport()
+        t.refuse = (index: 3, errno: ENOENT)
+        let nft = NFTables(transport: t, firstSeq: UInt32.max - 2)
+        do {
+            try nft.apply(tx)
+            Issue.record("the refusal was not reported")
+        } catch let e as BatchError {
+            #expect(e.failures.map(\.operation) == ["add element ip svcnat cluster-ips { 198.18.100.10 }"], "matched across the wrap")
+        }
+        let seqs = RecordingTransport.headers(t.sent[0]).map(\.nlmsg_seq)
+        #expect(seqs == [UInt32.max - 1, UInt32.max, 0, 1, 2, 3])
+        t.refuse = nil
+        do { try nft.apply(tx) } catch let e as BatchError {
+            Issue.record("a batch after the wrap: \(e)")
+        }
+    }
+}
