@@ -22,6 +22,7 @@ let package = Package(
         // module map links it explicitly.
         .systemLibrary(
             name: "CNftables",
+            path: "CNftables",
             pkgConfig: "libnftnl",
             providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
         ),
@@ -33,10 +34,13 @@ let package = Package(
         // kernel refuse batches, for the kernel tests of the built binary. Release builds have none.
         .target(name: "NFNetlink", dependencies: ["SvcnatModel", "CNftables"],
                 swiftSettings: [.define("SVCNAT_TEST_HOOKS", .when(configuration: .debug))]),
+        // System calls that are not netlink: inotify, the interfaces' addresses, memory.
+        .systemLibrary(name: "CHost"),
+        .target(name: "SvcnatHost", dependencies: ["SvcnatModel", "CHost"]),
         // Manifest files (YAML/JSON) into model values.
         .target(name: "SvcnatSources", dependencies: ["SvcnatModel", "Yams"]),
         // Reconciler behind the Kernel protocol.
-        .target(name: "SvcnatCore", dependencies: ["SvcnatModel", "SvcnatSources", "NFNetlink"]),
+        .target(name: "SvcnatCore", dependencies: ["SvcnatModel", "SvcnatSources", "NFNetlink", "SvcnatHost"]),
         // The Kubernetes API as a source: kubeconfig, list and watch over HTTPS.
         .target(name: "SvcnatKube", dependencies: [
             "SvcnatModel", "SvcnatSources", "Yams",
@@ -49,7 +53,7 @@ let package = Package(
         ]),
         // The node agent: file watching, sync loop, metrics and health over HTTP.
         .target(name: "SvcnatDaemon", dependencies: [
-            "SvcnatCore", "NFNetlink", "SvcnatKube",
+            "SvcnatCore", "SvcnatHost", "SvcnatKube",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -59,7 +63,7 @@ let package = Package(
         ]),
         .executableTarget(
             name: "svcnat",
-            dependencies: ["SvcnatCore", "SvcnatDaemon", "SvcnatKube", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SvcnatCore", "SvcnatDaemon", "SvcnatKube", "SvcnatHost", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(
             name: "SvcnatModelTests",

@@ -36,6 +36,3 @@ final class MessageBuffer {
 
     var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
 }
-
-/// Returns freed heap pages to the kernel (glibc's `malloc_trim`), after a large batch.
-public func releaseFreeMemory() { _ = malloc_trim(0) }

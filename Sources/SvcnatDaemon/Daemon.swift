@@ -2,11 +2,11 @@ import Dispatch
 import Glibc
 import Foundation
 import Logging
-import NFNetlink
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import SvcnatCore
+import SvcnatHost
 import SvcnatKube
 import SvcnatModel
 import SvcnatSources

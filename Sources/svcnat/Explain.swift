@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
-import NFNetlink
 import SvcnatCore
+import SvcnatHost
 import SvcnatModel
 
 extension Svcnat {

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import NFNetlink
 import SvcnatCore
 import SvcnatModel
 import SvcnatSources
@@ -87,20 +86,11 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case nft, iptables, ip6tables, json
 }
 
-/// Failures mapped to the exit codes of the command-line contract.
+/// Reports an error that carries its exit code, one line per problem, and exits with it.
 enum Failure {
-    static func exit(_ error: Error) -> Never {
-        switch error {
-        case let e as InputErrors:
-            for err in e.errors { FileHandle.standardError.write("svcnat: error: \(err)\n") }
-            Foundation.exit(2)
-        case let e as InputError:
-            FileHandle.standardError.write("svcnat: error: \(e)\n")
-            Foundation.exit(2)
-        default:
-            FileHandle.standardError.write("svcnat: error: \(error)\n")
-            Foundation.exit(1)
-        }
+    static func exit(_ error: CommandFailure) -> Never {
+        for line in error.description.split(separator: "\n") { FileHandle.standardError.write("svcnat: error: \(line)\n") }
+        Foundation.exit(error.exitCode)
     }
 }
 
@@ -121,9 +111,7 @@ enum Main {
             var command = try Svcnat.parseAsRoot()
             try command.run()
         } catch {
-            if error is InputErrors || error is InputError || error is NetlinkError || error is BatchError {
-                Failure.exit(error)
-            }
+            if let failure = error as? CommandFailure { Failure.exit(failure) }
             let code = Svcnat.exitCode(for: error)
             if code == .success || error is CleanExit {
                 print(Svcnat.fullMessage(for: error))

@@ -16,7 +16,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
     /// (files written, moved in or out, deleted, and folders created) from a background thread.
     public init(root: String, onChange: @escaping @Sendable ([String]) -> Void) throws {
         fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
-        guard fd >= 0 else { throw NetlinkError("inotify_init1", errno: errno) }
+        guard fd >= 0 else { throw HostError("inotify_init1", errno: errno) }
         self.onChange = onChange
         try addTree(root)
         let box = Unmanaged.passRetained(self)
@@ -39,7 +39,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
     /// Watches `dir` and its subfolders.
     func addTree(_ dir: String) throws {
         let wd = inotify_add_watch(fd, dir, Self.mask)
-        guard wd >= 0 else { throw NetlinkError("inotify_add_watch \(dir)", errno: errno) }
+        guard wd >= 0 else { throw HostError("inotify_add_watch \(dir)", errno: errno) }
         lock.locked { watches[wd] = dir }
         guard let d = opendir(dir) else { return }
         defer { closedir(d) }

@@ -5,7 +5,7 @@ import SvcnatModel
 /// answers for), read with getifaddrs.
 public func localIPAddresses() throws -> Set<IPAddress> {
     var list: UnsafeMutablePointer<ifaddrs>?
-    guard getifaddrs(&list) == 0 else { throw NetlinkError("read the interfaces' addresses", errno: errno) }
+    guard getifaddrs(&list) == 0 else { throw HostError("read the interfaces' addresses", errno: errno) }
     defer { freeifaddrs(list) }
     var out = Set<IPAddress>()
     var p = list

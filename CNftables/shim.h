@@ -5,7 +5,6 @@
 #include <sys/socket.h>
 /* glibc first, so linux/libc-compat.h leaves in.h/in6.h definitions to glibc. */
 #include <netinet/in.h>
-#include <malloc.h>
 #include <linux/netlink.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
