@@ -40,6 +40,13 @@ public struct ProxyConfig: Sendable {
     }
 }
 
+/// One family's wanted table and the proxy state it was made from.
+public struct DesiredTable: Sendable {
+    public var family: IPFamily
+    public var proxy: ProxyState
+    public var ruleset: Ruleset
+}
+
 /// One family's table in a sync: what was planned for it, and the change sent.
 public struct FamilySync: Sendable {
     public var family: IPFamily
@@ -108,10 +115,10 @@ public struct Reconciler {
     }
 
     /// Pure: each family's wanted table, IPv4 first; IPv6 only when it has work to do.
-    public static func desiredTables(_ state: ClusterState, config: ProxyConfig) throws -> [(IPFamily, ProxyState, Ruleset)] {
+    public static func desiredTables(_ state: ClusterState, config: ProxyConfig) throws -> [DesiredTable] {
         try zip(IPFamily.allCases, proxyStates(state, config: config)).compactMap { family, proxy in
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else { return nil }
-            return (family, proxy, Translator(config.translator(for: family)).ruleset(for: proxy))
+            return DesiredTable(family: family, proxy: proxy, ruleset: Translator(config.translator(for: family)).ruleset(for: proxy))
         }
     }
 

@@ -30,16 +30,16 @@ extension Svcnat {
             if dryRun {
                 let tables = try Reconciler.desiredTables(state, config: config)
                 switch format {
-                case .nft: print(tables.map(\.2.nftText).joined(), terminator: "")
+                case .nft: print(tables.map(\.ruleset.nftText).joined(), terminator: "")
                 case .iptables:
-                    print(IptablesRenderer(config.translator).render(tables[0].1), terminator: "")
-                    if let v6 = tables.first(where: { $0.0 == .v6 }), !v6.1.servicePorts.isEmpty {
+                    print(IptablesRenderer(config.translator).render(tables[0].proxy), terminator: "")
+                    if let v6 = tables.first(where: { $0.family == .v6 }), !v6.proxy.servicePorts.isEmpty {
                         FileHandle.standardError.write("svcnat: IPv6 Services are not in this output (iptables-restore loads IPv4); --format ip6tables prints them\n")
                     }
                 case .ip6tables:
-                    let proxy = tables.first { $0.0 == .v6 }?.1 ?? ProxyState(servicePorts: [])
+                    let proxy = tables.first { $0.family == .v6 }?.proxy ?? ProxyState(servicePorts: [])
                     print(IptablesRenderer(config.translator(for: .v6)).render(proxy), terminator: "")
-                case .json: print(tables.map(\.2).json.text())
+                case .json: print(tables.map(\.ruleset).json.text())
                 }
                 return
             }

@@ -169,7 +169,7 @@ struct Canonical: Hashable, CustomStringConvertible {
         let state = try ManifestSource.load([examples]).state
         let config = ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], nodeName: "node-a")
         let tables = try Reconciler.desiredTables(state, config: config)
-        let ours = svcnatBatch(tables.map { Planner.plan(from: nil, to: $0.2) })
+        let ours = svcnatBatch(tables.map { Planner.plan(from: nil, to: $0.ruleset) })
         // The order differs (nft sends objects in the order of its file), the content may not.
         let a = ours.map(Canonical.init), b = nft.map(Canonical.init)
         let missing = Set(b).subtracting(a), extra = Set(a).subtracting(b)

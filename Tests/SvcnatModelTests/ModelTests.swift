@@ -274,11 +274,11 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         let r = try ManifestSource.load([fixtures + "/dualstack.yaml"])
         let config = ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!, IPPrefix("2001:db8:1::/48")!], nodeName: "node-a")
         let tables = try Reconciler.desiredTables(r.state, config: config)
-        #expect(tables.map(\.0) == [.v4, .v6])
+        #expect(tables.map(\.family) == [.v4, .v6])
         let want = try String(contentsOfFile: fixtures + "/golden.dualstack.nft", encoding: .utf8)
-        #expect(tables.map(\.2.nftText).joined() == want)
+        #expect(tables.map(\.ruleset.nftText).joined() == want)
         // Without IPv6 Services (nor IPv6 prefixes) there is no ip6 table.
-        #expect(try Reconciler.desiredTables(ManifestSource.load([examplesDir]).state, config: config).map(\.0) == [.v4])
+        #expect(try Reconciler.desiredTables(ManifestSource.load([examplesDir]).state, config: config).map(\.family) == [.v4])
     }
 
     @Test(arguments: [("nft", EndpointSelection.map), ("nft", .cascade), ("iptables", .map)])

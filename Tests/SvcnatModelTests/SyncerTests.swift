@@ -18,7 +18,7 @@ import Testing
 
     /// What a full sync of the store's state wants in the IPv4 table.
     func fullTable(_ s: ObjectStore, _ config: ProxyConfig) throws -> Ruleset {
-        try Reconciler.desiredTables(s.state, config: config).first { $0.0 == .v4 }!.2
+        try Reconciler.desiredTables(s.state, config: config).first { $0.family == .v4 }!.ruleset
     }
 
     @Test func changesArePlannedFromTheCacheAndMatchAFullSync() throws {
