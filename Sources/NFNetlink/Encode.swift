@@ -7,7 +7,7 @@ import SvcnatModel
 struct BatchEncoder {
     /// The table (and its nfproto family) the next operations are for.
     var table = ""
-    var family = K.family(.ip)
+    var family = KernelNumbers.family(.ip)
     let buffer = MessageBuffer()
     let firstSeq: UInt32
     private(set) var seq: UInt32
@@ -49,7 +49,7 @@ struct BatchEncoder {
         seq &+= 1
         opForSeq.append(currentOp)
         lastHeaderOffset = buffer.length
-        return nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), family, UInt16(flags), seq)
+        return nftnl_nlmsg_build_hdr(buffer.tail, KernelNumbers.msg(type), family, UInt16(flags), seq)
     }
 
     mutating func encode(_ op: Operation, index: Int) {
@@ -57,23 +57,23 @@ struct BatchEncoder {
         switch op {
         case .addTable:
             let t = NftTable()
-            nftnl_table_set_str(t.raw, K.attr(NFTNL_TABLE_NAME.rawValue), table)
+            nftnl_table_set_str(t.raw, KernelNumbers.attr(NFTNL_TABLE_NAME.rawValue), table)
             let h = header(NFT_MSG_NEWTABLE, flags: NLM_F_CREATE)
             nftnl_table_nlmsg_build_payload(h, t.raw)
             buffer.commit(h)
         case .deleteTable:
             let t = NftTable()
-            nftnl_table_set_str(t.raw, K.attr(NFTNL_TABLE_NAME.rawValue), table)
+            nftnl_table_set_str(t.raw, KernelNumbers.attr(NFTNL_TABLE_NAME.rawValue), table)
             let h = header(NFT_MSG_DELTABLE, flags: 0)
             nftnl_table_nlmsg_build_payload(h, t.raw)
             buffer.commit(h)
         case .addChain(let c):
             let ch = chainObject(c.name)
             if let b = c.base {
-                nftnl_chain_set_u32(ch.raw, K.attr(NFTNL_CHAIN_HOOKNUM.rawValue), K.hook(b.hook))
-                nftnl_chain_set_s32(ch.raw, K.attr(NFTNL_CHAIN_PRIO.rawValue), b.priority)
-                nftnl_chain_set_str(ch.raw, K.attr(NFTNL_CHAIN_TYPE.rawValue), b.type.rawValue)
-                nftnl_chain_set_u32(ch.raw, K.attr(NFTNL_CHAIN_POLICY.rawValue), UInt32(NF_ACCEPT))
+                nftnl_chain_set_u32(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue), KernelNumbers.hook(b.hook))
+                nftnl_chain_set_s32(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_PRIO.rawValue), b.priority)
+                nftnl_chain_set_str(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_TYPE.rawValue), b.type.rawValue)
+                nftnl_chain_set_u32(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_POLICY.rawValue), UInt32(NF_ACCEPT))
             }
             let h = header(NFT_MSG_NEWCHAIN, flags: NLM_F_CREATE)
             nftnl_chain_nlmsg_build_payload(h, ch.raw)
@@ -90,7 +90,7 @@ struct BatchEncoder {
             buffer.commit(h)
         case .deleteRule(let chain, let handle):
             let r = ruleObject(chain: chain)
-            nftnl_rule_set_u64(r.raw, K.attr(NFTNL_RULE_HANDLE.rawValue), handle)
+            nftnl_rule_set_u64(r.raw, KernelNumbers.attr(NFTNL_RULE_HANDLE.rawValue), handle)
             let h = header(NFT_MSG_DELRULE, flags: 0)
             nftnl_rule_nlmsg_build_payload(h, r.raw)
             buffer.commit(h)
@@ -105,24 +105,24 @@ struct BatchEncoder {
             var flags = s.isMap ? NFT_SET_MAP.rawValue : 0
             if let t = s.timeout {
                 flags |= NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue
-                nftnl_set_set_u64(set.raw, K.attr(NFTNL_SET_TIMEOUT.rawValue), UInt64(t) * 1000)
+                nftnl_set_set_u64(set.raw, KernelNumbers.attr(NFTNL_SET_TIMEOUT.rawValue), UInt64(t) * 1000)
             }
-            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_FLAGS.rawValue), flags)
-            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_TYPE.rawValue), s.nftKeyType)
-            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue), UInt32(s.keyLength))
+            nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_FLAGS.rawValue), flags)
+            nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_KEY_TYPE.rawValue), s.nftKeyType)
+            nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_KEY_LEN.rawValue), UInt32(s.keyLength))
             // The kernel requires a transaction-local id for every new set.
-            nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_ID.rawValue), seq + 1)
+            nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_ID.rawValue), seq + 1)
             switch s.data {
             case .none: break
             case .verdict:
-                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
-                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_LEN.rawValue), 0)
+                nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
+                nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_DATA_LEN.rawValue), 0)
             case .values(let f):
-                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue), NamedSet.nftType(f))
-                nftnl_set_set_u32(set.raw, K.attr(NFTNL_SET_DATA_LEN.rawValue), UInt32(s.dataLength))
+                nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_DATA_TYPE.rawValue), NamedSet.nftType(f))
+                nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_DATA_LEN.rawValue), UInt32(s.dataLength))
             }
             if let typeof = s.typeof, let udata = SetTypeof.userData[typeof] {
-                udata.withUnsafeBytes { _ = nftnl_set_set_data(set.raw, K.attr(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+                udata.withUnsafeBytes { _ = nftnl_set_set_data(set.raw, KernelNumbers.attr(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
             }
             let h = header(NFT_MSG_NEWSET, flags: NLM_F_CREATE)
             nftnl_set_nlmsg_build_payload(h, set.raw)
@@ -155,22 +155,22 @@ struct BatchEncoder {
 
     private func chainObject(_ name: String) -> NftChain {
         let c = NftChain()
-        nftnl_chain_set_str(c.raw, K.attr(NFTNL_CHAIN_TABLE.rawValue), table)
-        nftnl_chain_set_str(c.raw, K.attr(NFTNL_CHAIN_NAME.rawValue), name)
+        nftnl_chain_set_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_TABLE.rawValue), table)
+        nftnl_chain_set_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_NAME.rawValue), name)
         return c
     }
 
     private func ruleObject(chain: String) -> NftRule {
         let r = NftRule()
-        nftnl_rule_set_str(r.raw, K.attr(NFTNL_RULE_TABLE.rawValue), table)
-        nftnl_rule_set_str(r.raw, K.attr(NFTNL_RULE_CHAIN.rawValue), chain)
+        nftnl_rule_set_str(r.raw, KernelNumbers.attr(NFTNL_RULE_TABLE.rawValue), table)
+        nftnl_rule_set_str(r.raw, KernelNumbers.attr(NFTNL_RULE_CHAIN.rawValue), chain)
         return r
     }
 
     private func setObject(_ name: String) -> NftSet {
         let s = NftSet()
-        nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue), table)
-        nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_NAME.rawValue), name)
+        nftnl_set_set_str(s.raw, KernelNumbers.attr(NFTNL_SET_TABLE.rawValue), table)
+        nftnl_set_set_str(s.raw, KernelNumbers.attr(NFTNL_SET_NAME.rawValue), name)
         return s
     }
 }
@@ -189,19 +189,19 @@ enum ElementCodec {
     static func make(_ e: SetElement, withData: Bool) -> OpaquePointer {
         let el = nftnl_set_elem_alloc()!
         let key = e.keyBytes
-        key.withUnsafeBytes { _ = nftnl_set_elem_set(el, K.attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+        key.withUnsafeBytes { _ = nftnl_set_elem_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
         guard withData else { return el }
         if let v = e.verdict {
-            nftnl_set_elem_set_u32(el, K.attr(NFTNL_SET_ELEM_VERDICT), UInt32(bitPattern: K.verdictCode(v)))
-            if let c = v.target { nftnl_set_elem_set_str(el, K.attr(NFTNL_SET_ELEM_CHAIN), c) }
+            nftnl_set_elem_set_u32(el, KernelNumbers.attr(NFTNL_SET_ELEM_VERDICT), UInt32(bitPattern: KernelNumbers.verdictCode(v)))
+            if let c = v.target { nftnl_set_elem_set_str(el, KernelNumbers.attr(NFTNL_SET_ELEM_CHAIN), c) }
         }
         if let d = e.dataBytes {
-            d.withUnsafeBytes { _ = nftnl_set_elem_set(el, K.attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
+            d.withUnsafeBytes { _ = nftnl_set_elem_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
         }
         if let c = e.comment {
             let value = Array(c.utf8) + [0]
             let udata: [UInt8] = [UInt8(NFTNL_UDATA_SET_ELEM_COMMENT.rawValue), UInt8(value.count)] + value
-            udata.withUnsafeBytes { _ = nftnl_set_elem_set(el, K.attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count)) }
+            udata.withUnsafeBytes { _ = nftnl_set_elem_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count)) }
         }
         return el
     }

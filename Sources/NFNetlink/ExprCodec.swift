@@ -8,7 +8,7 @@ enum ExprCodec {
     static func make(_ e: Expr) -> OpaquePointer {
         func alloc(_ name: String) -> OpaquePointer { nftnl_expr_alloc(name)! }
         func u32(_ x: OpaquePointer, _ attr: Int, _ v: UInt32) { nftnl_expr_set_u32(x, UInt16(attr), v) }
-        func reg(_ x: OpaquePointer, _ attr: Int, _ r: Register) { u32(x, attr, K.reg(r)) }
+        func reg(_ x: OpaquePointer, _ attr: Int, _ r: Register) { u32(x, attr, KernelNumbers.reg(r)) }
         func bytes(_ x: OpaquePointer, _ attr: Int, _ b: [UInt8]) {
             b.withUnsafeBytes { _ = nftnl_expr_set(x, UInt16(attr), $0.baseAddress, UInt32($0.count)) }
         }
@@ -16,23 +16,23 @@ enum ExprCodec {
         case .payload(let base, let offset, let length, let dreg):
             let x = alloc("payload")
             reg(x, NFTNL_EXPR_PAYLOAD_DREG, dreg)
-            u32(x, NFTNL_EXPR_PAYLOAD_BASE, K.payloadBase(base))
+            u32(x, NFTNL_EXPR_PAYLOAD_BASE, KernelNumbers.payloadBase(base))
             u32(x, NFTNL_EXPR_PAYLOAD_OFFSET, offset)
             u32(x, NFTNL_EXPR_PAYLOAD_LEN, length)
             return x
         case .meta(let key, let dreg):
             let x = alloc("meta")
-            u32(x, NFTNL_EXPR_META_KEY, K.meta(key))
+            u32(x, NFTNL_EXPR_META_KEY, KernelNumbers.meta(key))
             reg(x, NFTNL_EXPR_META_DREG, dreg)
             return x
         case .metaSet(let key, let sreg):
             let x = alloc("meta")
-            u32(x, NFTNL_EXPR_META_KEY, K.meta(key))
+            u32(x, NFTNL_EXPR_META_KEY, KernelNumbers.meta(key))
             reg(x, NFTNL_EXPR_META_SREG, sreg)
             return x
         case .ct(let key, let dreg):
             let x = alloc("ct")
-            u32(x, NFTNL_EXPR_CT_KEY, K.ct(key))
+            u32(x, NFTNL_EXPR_CT_KEY, KernelNumbers.ct(key))
             reg(x, NFTNL_EXPR_CT_DREG, dreg)
             return x
         case .cmp(let sreg, let op, let data):
@@ -63,7 +63,7 @@ enum ExprCodec {
         case .verdict(let v):
             let x = alloc("immediate")
             reg(x, NFTNL_EXPR_IMM_DREG, .verdict)
-            u32(x, NFTNL_EXPR_IMM_VERDICT, UInt32(bitPattern: K.verdictCode(v)))
+            u32(x, NFTNL_EXPR_IMM_VERDICT, UInt32(bitPattern: KernelNumbers.verdictCode(v)))
             if let c = v.target { nftnl_expr_set_str(x, UInt16(NFTNL_EXPR_IMM_CHAIN), c) }
             return x
         case .numgen(let dreg, let modulus, let offset):
@@ -90,7 +90,7 @@ enum ExprCodec {
             return x
         case .reject(let kind):
             let x = alloc("reject")
-            let (type, code) = K.reject(kind)
+            let (type, code) = KernelNumbers.reject(kind)
             u32(x, NFTNL_EXPR_REJECT_TYPE, type)
             nftnl_expr_set_u8(x, UInt16(NFTNL_EXPR_REJECT_CODE), code)
             return x
@@ -118,7 +118,7 @@ enum ExprCodec {
         let name = String(cString: nftnl_expr_get_str(x, UInt16(NFTNL_EXPR_NAME)))
         func has(_ a: Int) -> Bool { nftnl_expr_is_set(x, UInt16(a)) }
         func u32(_ a: Int) -> UInt32 { nftnl_expr_get_u32(x, UInt16(a)) }
-        func reg(_ a: Int) -> Register? { has(a) ? K.register(u32(a)) : nil }
+        func reg(_ a: Int) -> Register? { has(a) ? KernelNumbers.register(u32(a)) : nil }
         func bytes(_ a: Int) -> [UInt8] {
             var len: UInt32 = 0
             guard has(a), let p = nftnl_expr_get(x, UInt16(a), &len) else { return [] }
@@ -173,7 +173,7 @@ enum ExprCodec {
             guard let d = reg(NFTNL_EXPR_IMM_DREG) else { return unknown }
             if d == .verdict {
                 let code = Int32(bitPattern: u32(NFTNL_EXPR_IMM_VERDICT))
-                return K.verdict(code, chain: str(NFTNL_EXPR_IMM_CHAIN)).map { .verdict($0) } ?? unknown
+                return KernelNumbers.verdict(code, chain: str(NFTNL_EXPR_IMM_CHAIN)).map { .verdict($0) } ?? unknown
             }
             return .immediate(dreg: d, data: bytes(NFTNL_EXPR_IMM_DATA))
         case "numgen":

@@ -39,7 +39,7 @@ public final class NFTables {
         var owners: [(Int, Int)] = []
         for (t, tx) in txs.enumerated() {
             enc.table = tx.table
-            enc.family = K.family(tx.family)
+            enc.family = KernelNumbers.family(tx.family)
             for (i, op) in tx.operations.enumerated() {
                 enc.encode(op, index: owners.count)
                 owners.append((t, i))
@@ -107,7 +107,7 @@ public final class NFTables {
     private enum DumpInterrupted: Error { case interrupted }
 
     private func readOnce(table: String, family: TableFamily) throws -> Ruleset? {
-        let nfproto = K.family(family)
+        let nfproto = KernelNumbers.family(family)
         guard let ipFamily = IPFamily(family) else { return nil }
         guard try tableExists(table, nfproto) else { return nil }
         var r = Ruleset(family: family, table: table)
@@ -119,56 +119,56 @@ public final class NFTables {
         try dump(NFT_MSG_GETCHAIN, what: "list chains") { _ in } each: { nlh in
             let c = NftChain()
             guard nftnl_chain_nlmsg_parse(nlh, c.raw) >= 0 else { return }
-            guard str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_TABLE.rawValue))) == table,
-                  nftnl_chain_get_u32(c.raw, K.attr(NFTNL_CHAIN_FAMILY.rawValue)) == UInt32(nfproto) else { return }
-            let name = str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_NAME.rawValue)))
+            guard str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_TABLE.rawValue))) == table,
+                  nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_FAMILY.rawValue)) == UInt32(nfproto) else { return }
+            let name = str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_NAME.rawValue)))
             var base: BaseChain?
-            if nftnl_chain_is_set(c.raw, K.attr(NFTNL_CHAIN_HOOKNUM.rawValue)),
-               let hook = K.hook(nftnl_chain_get_u32(c.raw, K.attr(NFTNL_CHAIN_HOOKNUM.rawValue))),
-               let type = ChainType(rawValue: str(nftnl_chain_get_str(c.raw, K.attr(NFTNL_CHAIN_TYPE.rawValue)))) {
-                base = BaseChain(type: type, hook: hook, priority: nftnl_chain_get_s32(c.raw, K.attr(NFTNL_CHAIN_PRIO.rawValue)))
+            if nftnl_chain_is_set(c.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue)),
+               let hook = KernelNumbers.hook(nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue))),
+               let type = ChainType(rawValue: str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_TYPE.rawValue)))) {
+                base = BaseChain(type: type, hook: hook, priority: nftnl_chain_get_s32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_PRIO.rawValue)))
             }
             r.chains.append(Chain(name: name, base: base))
         }
 
         try dump(NFT_MSG_GETSET, what: "list sets of \(table)") { nlh in
             let s = NftSet()
-            nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue), table)
+            nftnl_set_set_str(s.raw, KernelNumbers.attr(NFTNL_SET_TABLE.rawValue), table)
             nftnl_set_nlmsg_build_payload(nlh, s.raw)
         } each: { nlh in
             let s = NftSet()
             guard nftnl_set_nlmsg_parse(nlh, s.raw) >= 0,
-                  str(nftnl_set_get_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue))) == table else { return }
-            let name = str(nftnl_set_get_str(s.raw, K.attr(NFTNL_SET_NAME.rawValue)))
-            let flags = nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_FLAGS.rawValue))
+                  str(nftnl_set_get_str(s.raw, KernelNumbers.attr(NFTNL_SET_TABLE.rawValue))) == table else { return }
+            let name = str(nftnl_set_get_str(s.raw, KernelNumbers.attr(NFTNL_SET_NAME.rawValue)))
+            let flags = nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_FLAGS.rawValue))
             let isMap = flags & NFT_SET_MAP.rawValue != 0
-            var key = Self.keyFields(nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_TYPE.rawValue)))
+            var key = Self.keyFields(nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_KEY_TYPE.rawValue)))
             var data = SetData.none
             if isMap {
-                let dataType = nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_DATA_TYPE.rawValue))
+                let dataType = nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_DATA_TYPE.rawValue))
                 if dataType == NFT_DATA_VERDICT.rawValue { data = .verdict }
                 else {
                     let fields = Self.keyFields(dataType)
                     data = .values(fields)
-                    if fields.isEmpty || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_DATA_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(fields)) {
+                    if fields.isEmpty || nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_DATA_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(fields)) {
                         key = []
                     }
                 }
             }
             var typeof: String?
-            if nftnl_set_is_set(s.raw, K.attr(NFTNL_SET_USERDATA.rawValue)) {
+            if nftnl_set_is_set(s.raw, KernelNumbers.attr(NFTNL_SET_USERDATA.rawValue)) {
                 var len: UInt32 = 0
-                if let p = nftnl_set_get_data(s.raw, K.attr(NFTNL_SET_USERDATA.rawValue), &len) {
+                if let p = nftnl_set_get_data(s.raw, KernelNumbers.attr(NFTNL_SET_USERDATA.rawValue), &len) {
                     typeof = SetTypeof.typeof(forUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))))
                 }
             }
             var timeout: UInt32?
             let dynamicFlags = NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue
             if flags & dynamicFlags == dynamicFlags {
-                timeout = UInt32(nftnl_set_get_u64(s.raw, K.attr(NFTNL_SET_TIMEOUT.rawValue)) / 1000)
+                timeout = UInt32(nftnl_set_get_u64(s.raw, KernelNumbers.attr(NFTNL_SET_TIMEOUT.rawValue)) / 1000)
             }
             let plain = flags & ~(NFT_SET_MAP.rawValue | (timeout != nil ? dynamicFlags : 0)) == 0
-            if !plain || nftnl_set_get_u32(s.raw, K.attr(NFTNL_SET_KEY_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(key)) {
+            if !plain || nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_KEY_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(key)) {
                 key = []   // not a set svcnat would make: its definition will not match
             }
             r.sets.append(NamedSet(name: name, key: key, data: data, typeof: typeof, timeout: timeout))
@@ -181,8 +181,8 @@ public final class NFTables {
             var elements: [SetElement] = []
             try dump(NFT_MSG_GETSETELEM, what: "list elements of \(table) \(name)") { nlh in
                 let s = NftSet()
-                nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_TABLE.rawValue), table)
-                nftnl_set_set_str(s.raw, K.attr(NFTNL_SET_NAME.rawValue), name)
+                nftnl_set_set_str(s.raw, KernelNumbers.attr(NFTNL_SET_TABLE.rawValue), table)
+                nftnl_set_set_str(s.raw, KernelNumbers.attr(NFTNL_SET_NAME.rawValue), name)
                 nftnl_set_elems_nlmsg_build_payload(nlh, s.raw)
             } each: { nlh in
                 let s = NftSet()
@@ -199,19 +199,19 @@ public final class NFTables {
         var rulesByChain: [String: [Rule]] = [:]
         try dump(NFT_MSG_GETRULE, what: "list rules of \(table)") { nlh in
             let rule = NftRule()
-            nftnl_rule_set_str(rule.raw, K.attr(NFTNL_RULE_TABLE.rawValue), table)
+            nftnl_rule_set_str(rule.raw, KernelNumbers.attr(NFTNL_RULE_TABLE.rawValue), table)
             nftnl_rule_nlmsg_build_payload(nlh, rule.raw)
         } each: { nlh in
             let rule = NftRule()
             guard nftnl_rule_nlmsg_parse(nlh, rule.raw) >= 0,
-                  str(nftnl_rule_get_str(rule.raw, K.attr(NFTNL_RULE_TABLE.rawValue))) == table else { return }
-            let chain = str(nftnl_rule_get_str(rule.raw, K.attr(NFTNL_RULE_CHAIN.rawValue)))
+                  str(nftnl_rule_get_str(rule.raw, KernelNumbers.attr(NFTNL_RULE_TABLE.rawValue))) == table else { return }
+            let chain = str(nftnl_rule_get_str(rule.raw, KernelNumbers.attr(NFTNL_RULE_CHAIN.rawValue)))
             var exprs: [Expr] = []
             if let it = nftnl_expr_iter_create(rule.raw) {
                 while let x = nftnl_expr_iter_next(it) { exprs.append(ExprCodec.read(x)) }
                 nftnl_expr_iter_destroy(it)
             }
-            let handle = nftnl_rule_get_u64(rule.raw, K.attr(NFTNL_RULE_HANDLE.rawValue))
+            let handle = nftnl_rule_get_u64(rule.raw, KernelNumbers.attr(NFTNL_RULE_HANDLE.rawValue))
             rulesByChain[chain, default: []].append(Rule(exprs: exprs, family: ipFamily, handle: handle))
         }
         for i in r.chains.indices { r.chains[i].rules = rulesByChain[r.chains[i].name] ?? [] }
@@ -223,7 +223,7 @@ public final class NFTables {
         do {
             try request(NFT_MSG_GETTABLE, family: nfproto, flags: NLM_F_ACK, what: "get table \(table)") { nlh in
                 let t = NftTable()
-                nftnl_table_set_str(t.raw, K.attr(NFTNL_TABLE_NAME.rawValue), table)
+                nftnl_table_set_str(t.raw, KernelNumbers.attr(NFTNL_TABLE_NAME.rawValue), table)
                 nftnl_table_nlmsg_build_payload(nlh, t.raw)
             } each: { _ in found = true }
         } catch let e as NetlinkError where e.errno == ENOENT {
@@ -240,7 +240,7 @@ public final class NFTables {
                          each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
         let buffer = MessageBuffer(capacity: 0)
         let s = nextSeq()
-        let nlh = nftnl_nlmsg_build_hdr(buffer.tail, K.msg(type), family, UInt16(flags), s)!
+        let nlh = nftnl_nlmsg_build_hdr(buffer.tail, KernelNumbers.msg(type), family, UInt16(flags), s)!
         build(nlh)
         buffer.commit(nlh)
         try socket.send(buffer.bytes, what: what)
@@ -275,21 +275,21 @@ public final class NFTables {
 
     static func readElement(_ el: OpaquePointer, fields: [KeyField], data: [KeyField]?) -> SetElement? {
         var len: UInt32 = 0
-        guard let p = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_KEY), &len),
+        guard let p = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_KEY), &len),
               let key = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: fields)
         else { return nil }
         var e = SetElement(key: key)
-        if nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_VERDICT)) {
-            let code = Int32(bitPattern: nftnl_set_elem_get_u32(el, K.attr(NFTNL_SET_ELEM_VERDICT)))
-            let chain = nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_CHAIN))
-                ? str(nftnl_set_elem_get_str(el, K.attr(NFTNL_SET_ELEM_CHAIN))) : nil
-            e.verdict = K.verdict(code, chain: chain)
+        if nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_VERDICT)) {
+            let code = Int32(bitPattern: nftnl_set_elem_get_u32(el, KernelNumbers.attr(NFTNL_SET_ELEM_VERDICT)))
+            let chain = nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_CHAIN))
+                ? str(nftnl_set_elem_get_str(el, KernelNumbers.attr(NFTNL_SET_ELEM_CHAIN))) : nil
+            e.verdict = KernelNumbers.verdict(code, chain: chain)
         }
-        if let data, let p = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_DATA), &len) {
+        if let data, let p = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_DATA), &len) {
             e.data = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: data)
         }
-        if nftnl_set_elem_is_set(el, K.attr(NFTNL_SET_ELEM_USERDATA)),
-           let u = nftnl_set_elem_get(el, K.attr(NFTNL_SET_ELEM_USERDATA), &len) {
+        if nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA)),
+           let u = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), &len) {
             e.comment = ElementCodec.comment(fromUserData: Array(UnsafeRawBufferPointer(start: u, count: Int(len))))
         }
         return e

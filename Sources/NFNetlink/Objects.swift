@@ -28,7 +28,7 @@ final class NftSet {
 }
 
 /// Kernel numbers for the model's symbolic values, taken from the UAPI headers.
-enum K {
+enum KernelNumbers {
     static func family(_ f: TableFamily) -> UInt16 {
         switch f {
         case .ip: UInt16(NFPROTO_IPV4)

@@ -37,10 +37,10 @@ final class RefusingTransport: NetlinkTransport {
 
         let bad = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
         defer { bad.deallocate() }
-        let nlh = nftnl_nlmsg_build_hdr(bad.assumingMemoryBound(to: CChar.self), K.msg(NFT_MSG_DELCHAIN), family, 0, header(0).nlmsg_seq)!
+        let nlh = nftnl_nlmsg_build_hdr(bad.assumingMemoryBound(to: CChar.self), KernelNumbers.msg(NFT_MSG_DELCHAIN), family, 0, header(0).nlmsg_seq)!
         let chain = NftChain()
-        nftnl_chain_set_str(chain.raw, K.attr(NFTNL_CHAIN_TABLE.rawValue), table)
-        nftnl_chain_set_str(chain.raw, K.attr(NFTNL_CHAIN_NAME.rawValue), "svcnat-test-missing-chain")
+        nftnl_chain_set_str(chain.raw, KernelNumbers.attr(NFTNL_CHAIN_TABLE.rawValue), table)
+        nftnl_chain_set_str(chain.raw, KernelNumbers.attr(NFTNL_CHAIN_NAME.rawValue), "svcnat-test-missing-chain")
         nftnl_chain_nlmsg_build_payload(nlh, chain.raw)
         var out = [UInt8](UnsafeRawBufferPointer(rebasing: datagram[..<offsets[1]]))
         out += UnsafeRawBufferPointer(start: bad, count: (Int(nlh.pointee.nlmsg_len) + 3) & ~3)

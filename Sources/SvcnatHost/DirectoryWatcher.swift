@@ -5,7 +5,7 @@ import Glibc
 public final class DirectoryWatcher: @unchecked Sendable {
     private let fd: Int32
     private var watches: [Int32: String] = [:]
-    private let lock = NSLockish()
+    private let lock = PthreadMutex()
     private var stopped = false
     private var thread: pthread_t?
     private let onChange: @Sendable ([String]) -> Void
@@ -80,7 +80,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
 }
 
 /// A pthread mutex, so this module needs no Foundation.
-final class NSLockish: @unchecked Sendable {
+final class PthreadMutex: @unchecked Sendable {
     private var m = pthread_mutex_t()
     init() { pthread_mutex_init(&m, nil) }
     deinit { pthread_mutex_destroy(&m) }

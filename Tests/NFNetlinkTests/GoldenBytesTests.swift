@@ -55,7 +55,7 @@ func svcnatBatch(_ txs: [Transaction]) -> [Message] {
     var index = 0
     for tx in txs {
         enc.table = tx.table
-        enc.family = K.family(tx.family)
+        enc.family = KernelNumbers.family(tx.family)
         for op in tx.operations { enc.encode(op, index: index); index += 1 }
     }
     enc.end()
