@@ -132,26 +132,30 @@ public final class Syncer {
     }
 
     private func partialSync(_ ports: [IPFamily: [String: [ServicePortState]]], dirty: Set<String>) throws -> Committed {
+        // Moved out, so it is the only reference and is updated in place: a copy of a 10,000-port
+        // state would cost more than the change. It goes back once the kernel took the change
+        // (after a failure the next sync is full anyway).
+        var states = incremental ?? [:]
+        incremental = nil
         var changes: [StaleFlows.Change] = []
         var planned: [Transaction] = []
-        // Updated in place: a copy of a 10,000-port state would cost more than the change.
-        for family in incremental!.keys.sorted() {
+        for family in states.keys.sorted() {
             let now = ports[family] ?? [:]
-            changes.append(.init(before: StaleFlows.udpFrontends(incremental![family]!.states(ofServices: dirty)),
-                                 after: StaleFlows.udpFrontends(now.values.flatMap { $0 })))
-            planned.append(incremental![family]!.update(now))
+            let before = states[family]?.states(ofServices: dirty) ?? []
+            changes.append(.init(before: StaleFlows.udpFrontends(before), after: StaleFlows.udpFrontends(now.values.flatMap { $0 })))
+            if let tx = states[family]?.update(now) { planned.append(tx) }
         }
         let txs = planned.filter { !$0.isEmpty }
         let commits = try kernel.apply(txs)
+        incremental = states
         let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, changes)
-        let states = incremental!.values
         var merged: [String: [ServicePortState]] = [:]
         for byService in ports.values { merged.merge(byService) { $0 + $1 } }
-        var result = SyncOutcome(partial: true, transactions: txs, services: states.map(\.serviceCount).max() ?? 0,
-                                 endpoints: states.reduce(0) { $0 + $1.endpointCount },
+        var result = SyncOutcome(partial: true, transactions: txs, services: states.values.map(\.serviceCount).max() ?? 0,
+                                 endpoints: states.values.reduce(0) { $0 + $1.endpointCount },
                                  batchMessages: txs.isEmpty ? 0 : kernel.lastBatchMessages,
                                  flowsDeleted: deleted, flowWarning: warning, ports: merged, replacesAll: false)
-        if let gone = incremental!.first(where: { !config.needsTable($0.key, hasServices: $0.value.serviceCount > 0) })?.key {
+        if let gone = states.first(where: { !config.needsTable($0.key, hasServices: $0.value.serviceCount > 0) })?.key {
             result.needsFullSync = "no \(gone.rawValue) Service left"
         }
         return Committed(result: result, commits: commits)

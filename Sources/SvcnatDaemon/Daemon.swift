@@ -78,17 +78,10 @@ public final class Daemon: @unchecked Sendable {
         self.store = ObjectStore(root: config.manifests)
         self.syncer = Syncer(config: config.proxy, kernel: try kernel ?? NetlinkKernel())
         let source = config.api.map { "api \($0.server)" } ?? "manifests \(config.manifests)"
-        let holder = ProblemsHolder()
         endpoints = NodeEndpoints(http: HTTPServer(group: group), metrics: metrics, metricsAddress: config.metricsAddress,
                                   healthzAddress: config.healthzAddress, sourceName: source,
-                                  staleAfter: Double(config.syncPeriod.components.seconds) * 2 + 60,
-                                  sourceProblems: { holder.source?.problems ?? [:] })
-        self.problems = holder
+                                  staleAfter: Double(config.syncPeriod.components.seconds) * 2 + 60)
     }
-
-    /// Lets the health endpoint ask the API source (set once it exists).
-    private final class ProblemsHolder: @unchecked Sendable { var source: APISource? }
-    private let problems: ProblemsHolder
 
     /// Starts everything and blocks until SIGTERM or SIGINT; returns the exit code.
     public func run() throws -> Int32 {
@@ -98,16 +91,17 @@ public final class Daemon: @unchecked Sendable {
                 throw InputError(file: config.manifests, message: "--manifests must name a folder")
             }
         }
-        let client = try config.api.map(APIClient.init)
+        if let client = try config.api.map(APIClient.init) {
+            let api = APISource(client: client, store: store, nodeName: config.proxy.nodeName, followsNodeZone: config.proxy.zone == nil,
+                                queue: queue, log: log) { [weak self] full, reason in self?.requestSync(full: full, reason: reason) }
+            self.api = api
+            endpoints.sourceProblems = { api.problems }
+        }
         try endpoints.listen()
         let source = config.api.map { "the API server \($0.server) (\($0.origin))" } ?? "manifests \(config.manifests)"
         log.info("svcnat run: \(source), table ip \(config.proxy.table), metrics on \(config.metricsAddress), health on \(config.healthzAddress)")
 
-        if let client {
-            let api = APISource(client: client, store: store, nodeName: config.proxy.nodeName, followsNodeZone: config.proxy.zone == nil,
-                                queue: queue, log: log) { [weak self] full, reason in self?.requestSync(full: full, reason: reason) }
-            self.api = api
-            problems.source = api
+        if let api {
             queue.sync { api.start() }
         } else {
             queue.sync {

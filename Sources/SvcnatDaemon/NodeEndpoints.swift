@@ -18,8 +18,9 @@ final class NodeEndpoints: @unchecked Sendable {
     let sourceName: String
     /// A sync this old or older makes /healthz unhealthy.
     let staleAfter: Double
-    /// The collections the source cannot see now, with why (the API source's; none for a folder).
-    let sourceProblems: @Sendable () -> [String: String]
+    /// The collections the source cannot see now, with why (the API source sets it before
+    /// `listen`; a folder has none).
+    var sourceProblems: @Sendable () -> [String: String] = { [:] }
 
     private let lock = NSLock()
     private var lastSuccess: Date?
@@ -31,14 +32,13 @@ final class NodeEndpoints: @unchecked Sendable {
     private var healthPortOfService: [String: UInt16] = [:]
 
     init(http: HTTPServer, metrics: DaemonMetrics, metricsAddress: String, healthzAddress: String, sourceName: String,
-         staleAfter: Double, sourceProblems: @escaping @Sendable () -> [String: String]) {
+         staleAfter: Double) {
         self.http = http
         self.metrics = metrics
         self.metricsAddress = metricsAddress
         self.healthzAddress = healthzAddress
         self.sourceName = sourceName
         self.staleAfter = staleAfter
-        self.sourceProblems = sourceProblems
     }
 
     func listen() throws {

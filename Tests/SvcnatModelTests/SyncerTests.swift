@@ -41,6 +41,12 @@ import Testing
         #expect(second.changeCount > 0 && second.changeCount < first.changeCount / 10)
         #expect(Planner.plan(from: kernel.ruleset, to: try fullTable(source, config)).isEmpty)
         #expect(try syncer.drift() == nil, "svcnat's own commit leaves the cache trusted")
+
+        // The cache survives a partial sync: the next change is partial too.
+        source.put("slice:\(slices[5].meta.key)", ClusterState(endpointSlices: [inc.slice(5, services[5], endpoints: [4])]))
+        let third = try syncer.sync(source, full: false, reason: "manifests changed")
+        #expect(third.partial)
+        #expect(Planner.plan(from: kernel.ruleset, to: try fullTable(source, config)).isEmpty)
     }
 
     @Test func anotherWritersCommitMakesTheNextSyncFullAndRepairs() throws {
