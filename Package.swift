@@ -26,24 +26,29 @@ let package = Package(
             pkgConfig: "libnftnl",
             providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
         ),
-        // Plain values and pure functions: Kubernetes objects, proxy state, rulesets, plans,
-        // renderers. No I/O, no pointers.
-        .target(name: "SvcnatModel"),
-        // The only module that touches libnftnl/libmnl and raw memory.
+        // Plain values and pure functions, no I/O, no pointers, in three layers:
+        // nftables alone (addresses, expressions, rulesets, transactions, the planner), knowing
+        // nothing of Kubernetes;
+        .target(name: "NFTModel"),
+        // the proxy: Kubernetes objects, proxy state, the translator into svcnat's ruleset;
+        .target(name: "SvcnatModel", dependencies: ["NFTModel"]),
+        // reading a ruleset back as Services: show, explain's packet walk, the iptables view.
+        .target(name: "SvcnatExplain", dependencies: ["SvcnatModel"]),
+        // The only module that touches libnftnl/libmnl and raw memory; it knows only nftables.
         // Debug builds (what `swift test` runs) get SVCNAT_TEST_HOOKS: a transport that makes the
         // kernel refuse batches, for the kernel tests of the built binary. Release builds have none.
-        .target(name: "NFNetlink", dependencies: ["SvcnatModel", "CNftables"],
+        .target(name: "NFNetlink", dependencies: ["NFTModel", "CNftables"],
                 swiftSettings: [.define("SVCNAT_TEST_HOOKS", .when(configuration: .debug))]),
         // System calls that are not netlink: inotify, the interfaces' addresses, memory.
         .systemLibrary(name: "CHost"),
-        .target(name: "SvcnatHost", dependencies: ["SvcnatModel", "CHost"]),
+        .target(name: "SvcnatHost", dependencies: ["NFTModel", "CHost"]),
         // Manifest files (YAML/JSON) into model values.
-        .target(name: "SvcnatSources", dependencies: ["SvcnatModel", "Yams"]),
+        .target(name: "SvcnatSources", dependencies: ["NFTModel", "SvcnatModel", "Yams"]),
         // Reconciler behind the Kernel protocol.
-        .target(name: "SvcnatCore", dependencies: ["SvcnatModel", "SvcnatSources", "NFNetlink", "SvcnatHost"]),
+        .target(name: "SvcnatCore", dependencies: ["NFTModel", "SvcnatModel", "SvcnatExplain", "SvcnatSources", "NFNetlink", "SvcnatHost"]),
         // The Kubernetes API as a source: kubeconfig, list and watch over HTTPS.
         .target(name: "SvcnatKube", dependencies: [
-            "SvcnatModel", "SvcnatSources", "Yams",
+            "NFTModel", "SvcnatModel", "SvcnatSources", "Yams",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -53,7 +58,7 @@ let package = Package(
         ]),
         // The node agent: file watching, sync loop, metrics and health over HTTP.
         .target(name: "SvcnatDaemon", dependencies: [
-            "SvcnatCore", "SvcnatHost", "SvcnatKube",
+            "NFTModel", "SvcnatModel", "SvcnatCore", "SvcnatHost", "SvcnatKube",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -63,22 +68,23 @@ let package = Package(
         ]),
         .executableTarget(
             name: "svcnat",
-            dependencies: ["SvcnatCore", "SvcnatDaemon", "SvcnatKube", "SvcnatHost", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["NFTModel", "SvcnatModel", "SvcnatExplain", "SvcnatCore", "SvcnatDaemon", "SvcnatKube", "SvcnatHost",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(
             name: "SvcnatModelTests",
-            dependencies: ["SvcnatModel", "SvcnatSources", "SvcnatCore", "SvcnatKube", "Yams"],
+            dependencies: ["NFTModel", "SvcnatModel", "SvcnatExplain", "SvcnatSources", "SvcnatCore", "SvcnatKube", "Yams"],
             resources: [.copy("Fixtures")]
         ),
         // No root: svcnat's netlink bytes against nft's, and NFTables over a recording transport.
         .testTarget(
             name: "NFNetlinkTests",
-            dependencies: ["NFNetlink", "CNftables", "SvcnatModel", "SvcnatSources", "SvcnatCore"],
+            dependencies: ["NFNetlink", "CNftables", "NFTModel", "SvcnatModel", "SvcnatSources", "SvcnatCore"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(
             name: "KernelTests",
-            dependencies: ["svcnat", "SvcnatModel"],
+            dependencies: ["svcnat", "NFTModel", "SvcnatModel"],
             resources: [.copy("Helpers")]
         ),
     ]

@@ -1,6 +1,6 @@
 import CNftables
 import Glibc
-import SvcnatModel
+import NFTModel
 
 /// Deletes connection-tracking entries over ctnetlink (the kernel's nf_conntrack netlink
 /// interface; `conntrack -D` does the same). The corresponding libmnl calls are

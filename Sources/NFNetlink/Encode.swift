@@ -1,5 +1,5 @@
 import CNftables
-import SvcnatModel
+import NFTModel
 
 /// Builds one nfnetlink batch for a transaction: BATCH_BEGIN, one message per object (element
 /// lists split into chunks), BATCH_END. Remembers which operation each sequence number carries

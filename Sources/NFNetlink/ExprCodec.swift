@@ -1,5 +1,5 @@
 import CNftables
-import SvcnatModel
+import NFTModel
 
 /// One model expression to one libnftnl expression and back. The corresponding libnftnl calls
 /// are `nftnl_expr_alloc`, `nftnl_expr_set*` and `nftnl_expr_get*`.

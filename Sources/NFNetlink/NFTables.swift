@@ -1,6 +1,6 @@
 import CNftables
 import Glibc
-import SvcnatModel
+import NFTModel
 
 /// svcnat's view of the kernel's nftables: read one table back as model values, and apply a
 /// transaction as one atomic batch. Everything here runs in the caller's network namespace.
@@ -65,8 +65,11 @@ public final class NFTables {
             } else if s == last && err == 0 {
                 done = true
             } else if err != 0 {
-                let owner = enc.operationIndex(for: s).map { owners[$0] }
-                failures.append(NetlinkError(owner.map { Self.describe(txs[$0.0], $0.1) } ?? "batch", errno: err))
+                if let (t, i) = enc.operationIndex(for: s).map({ owners[$0] }) {
+                    failures.append(NetlinkError(refused: txs[t].operations[i], in: txs[t], errno: err))
+                } else {
+                    failures.append(NetlinkError("batch", errno: err))
+                }
                 if s == last { done = true }
             }
         }
@@ -75,17 +78,6 @@ public final class NFTables {
         // (one for the batch as a whole, say) is read, not dropped.
         socket.drain(handle)
         if !failures.isEmpty { throw BatchError(failures: failures) }
-    }
-
-    static func describe(_ tx: Transaction, _ index: Int?) -> String {
-        guard let index, index >= 0, index < tx.operations.count else { return "batch" }
-        var one = tx
-        one.operations = [tx.operations[index]]
-        if case .addElements(let s, let e) = tx.operations[index], e.count > 1 {
-            one.operations = [.addElements(set: s, [e[0]])]
-            return one.nftText.trimmingNewline + " (and \(e.count - 1) more elements in this batch)"
-        }
-        return one.nftText.split(separator: "\n").first.map(String.init) ?? "batch"
     }
 
     private func nextSeq() -> UInt32 {

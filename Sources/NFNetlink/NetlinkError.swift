@@ -1,33 +1,72 @@
 import CNftables
 import Glibc
+import NFTModel
 
-/// A failure talking to the kernel: the operation it was about (for a batch, the message the
-/// kernel refused, matched by sequence number) and the errno.
+/// A failure talking to the kernel: the operation it was about and the errno. For a batch,
+/// `refused` is the change the kernel refused (matched by sequence number), as a value; the
+/// hints below read it, not the text.
 public struct NetlinkError: Error, CustomStringConvertible, Sendable {
+    /// What svcnat was doing, in words: a socket call, a dump, or the refused change in nft syntax.
     public var operation: String
     public var errno: Int32
+    /// The refused change of a batch, with its table.
+    public var refused: (family: TableFamily, table: String, change: Operation)?
 
     public init(_ operation: String, errno: Int32) {
         self.operation = operation
         self.errno = errno
     }
 
+    init(refused change: Operation, in tx: Transaction, errno: Int32) {
+        self.init(Self.describe(change, in: tx), errno: errno)
+        refused = (tx.family, tx.table, change)
+    }
+
     public var errnoName: String { String(cString: strerror(errno)) }
+
+    /// A kernel feature the refused change needs, which some kernels lack.
+    public enum Feature: Sendable { case fib, numgen, dynamicSets }
+
+    public var missingFeature: Feature? {
+        guard errno == EOPNOTSUPP || errno == ENOENT, let change = refused?.change else { return nil }
+        switch change {
+        case .addSet(let set) where set.isDynamic: return .dynamicSets
+        case .addRule(_, let rule):
+            for e in rule.exprs {
+                switch e {
+                case .fibDaddrType, .fibSaddrType: return .fib
+                case .numgen: return .numgen
+                case .dynsetUpdate: return .dynamicSets
+                default: continue
+                }
+            }
+            return nil
+        default: return nil
+        }
+    }
 
     public var description: String {
         var s = "\(operation): \(errnoName) (errno \(errno))"
         if errno == EPERM { s += "; svcnat needs CAP_NET_ADMIN (run it as root, or give it that capability alone)" }
         // Kernel features some kernels lack, and what svcnat can do without them.
-        if errno == EOPNOTSUPP || errno == ENOENT {
-            if operation.contains("fib ") {
-                s += "; this kernel may lack the nftables fib expression (nft_fib_ipv4): give --nodeport-addresses CIDRs so node ports need no fib (externalTrafficPolicy Local still needs it)"
-            } else if operation.contains("numgen") {
-                s += "; this kernel may lack the nftables numgen expression (nft_numgen)"
-            } else if operation.contains("dynamic,timeout") || operation.contains("update @") {
-                s += "; this kernel may lack dynamic sets with timeouts (session affinity needs them)"
-            }
+        switch missingFeature {
+        case .fib?:
+            s += "; this kernel may lack the nftables fib expression (nft_fib_ipv4): give --nodeport-addresses CIDRs so node ports need no fib (externalTrafficPolicy Local still needs it)"
+        case .numgen?: s += "; this kernel may lack the nftables numgen expression (nft_numgen)"
+        case .dynamicSets?: s += "; this kernel may lack dynamic sets with timeouts (session affinity needs them)"
+        case nil: break
         }
         return s
+    }
+
+    /// One change in nft syntax; for a run of elements, the first and a count of the rest.
+    static func describe(_ change: Operation, in tx: Transaction) -> String {
+        var one = Transaction(family: tx.family, table: tx.table, operations: [change])
+        if case .addElements(let s, let e) = change, e.count > 1 {
+            one.operations = [.addElements(set: s, [e[0]])]
+            return one.nftText.trimmingNewline + " (and \(e.count - 1) more elements in this batch)"
+        }
+        return one.nftText.split(separator: "\n").first.map(String.init) ?? "batch"
     }
 
     /// Runs a libc/libmnl call that returns -1 with errno on failure.

@@ -1,5 +1,5 @@
 import CNftables
-import SvcnatModel
+import NFTModel
 
 /// Owners of libnftnl objects: each frees its object when it goes away.
 final class NftTable {

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import NFNetlink
+import NFTModel
 import SvcnatModel
 
 /// Where svcnat's table lives: the real kernel over netlink, or a fake for tests.

@@ -1,5 +1,7 @@
 import Foundation
+import NFTModel
 import SvcnatModel
+import SvcnatExplain
 import SvcnatSources
 
 /// Settings that decide the ruleset, from kube-proxy's flags where they exist.

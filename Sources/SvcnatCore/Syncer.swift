@@ -1,4 +1,6 @@
+import NFTModel
 import SvcnatModel
+import SvcnatExplain
 import SvcnatSources
 
 /// What a sync reads its Services from: everything for a full sync, and for a partial one the

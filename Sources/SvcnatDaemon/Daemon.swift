@@ -8,6 +8,7 @@ import NIOPosix
 import SvcnatCore
 import SvcnatHost
 import SvcnatKube
+import NFTModel
 import SvcnatModel
 import SvcnatSources
 

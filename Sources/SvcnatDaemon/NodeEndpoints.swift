@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NFTModel
 import SvcnatModel
 
 /// The daemon's HTTP side: /metrics, /healthz and /livez, and kube-proxy's per-Service health

@@ -1,5 +1,5 @@
 import Glibc
-import SvcnatModel
+import NFTModel
 
 /// The IPv4 and IPv6 addresses of this network namespace's interfaces (what `fib daddr type local`
 /// answers for), read with getifaddrs.

@@ -2,6 +2,7 @@ import CoreMetrics
 import Dispatch
 import Foundation
 import Logging
+import NFTModel
 import SvcnatModel
 import SvcnatSources
 

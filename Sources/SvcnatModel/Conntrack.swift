@@ -1,3 +1,5 @@
+import NFTModel
+
 /// Which connection-tracking entries go stale when Services change, as kube-proxy cleans them
 /// up. UDP has no connection to end: a client that keeps its socket keeps its conntrack entry,
 /// and with it the NAT decision made for its first packet. So after a sync:
@@ -5,32 +7,6 @@
 ///   next packet picks a live endpoint at once);
 /// - flows to a frontend that had no endpoints (so were not DNATed) are deleted once it has some.
 /// TCP is left alone (its connections end and are refused or reset on their own).
-public struct FlowFilter: Hashable, Sendable, CustomStringConvertible {
-    /// The frontend's address; nil for a node port (any local address).
-    public var destination: IPAddress?
-    public var port: UInt16
-    /// The endpoint the flow was DNATed to; nil for "not DNATed" (reply source is the original
-    /// destination).
-    public var endpoint: EndpointAddress?
-
-    public init(destination: IPAddress?, port: UInt16, endpoint: EndpointAddress?) {
-        self.destination = destination
-        self.port = port
-        self.endpoint = endpoint
-    }
-
-    public var description: String {
-        "udp to \(destination.map(String.init(describing:)) ?? "node port") \(port)" + (endpoint.map { " via \($0)" } ?? " not NATed")
-    }
-
-    /// Whether a UDP flow (original destination and reply source) matches.
-    public func matches(originalDestination: IPAddress, originalPort: UInt16, replySource: IPAddress, replyPort: UInt16) -> Bool {
-        guard originalPort == port, destination.map({ $0 == originalDestination }) ?? true else { return false }
-        if let endpoint { return replySource == endpoint.ip && replyPort == endpoint.port }
-        return replySource == originalDestination && replyPort == originalPort
-    }
-}
-
 public enum StaleFlows {
     /// A UDP frontend: an address and port, or a node port.
     public struct Frontend: Hashable, Sendable {
@@ -52,17 +28,8 @@ public enum StaleFlows {
         }
     }
 
-    /// UDP frontends with their endpoints, read off a ruleset (what is or will be in the kernel).
-    public static func udpFrontends(_ r: Ruleset?) -> [Frontend: Set<EndpointAddress>] {
-        guard let r else { return [:] }
-        var out: [Frontend: Set<EndpointAddress>] = [:]
-        for v in r.serviceViews(only: .udp) {
-            for f in v.frontendKeys { out[f, default: []].formUnion(v.endpoints.map(\.0)) }
-        }
-        return out
-    }
-
-    /// The same, from Service ports' states (the daemon's incremental path).
+    /// UDP frontends with their endpoints, from Service ports' states (the daemon's incremental
+    /// path; `udpFrontends(_: Ruleset?)` reads the same off a ruleset).
     public static func udpFrontends(_ ports: [ServicePortState]) -> [Frontend: Set<EndpointAddress>] {
         var out: [Frontend: Set<EndpointAddress>] = [:]
         for sp in ports where sp.name.proto == .udp {

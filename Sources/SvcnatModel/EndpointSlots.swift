@@ -1,3 +1,5 @@
+import NFTModel
+
 /// Places Service ports' endpoints in the shared endpoint maps. A Service port's chain name picks
 /// its map (FNV-1a hash over 256 maps, so each map is bound by few rules: the kernel's set
 /// binding cost grows with the rules per set); within the map it owns the keys

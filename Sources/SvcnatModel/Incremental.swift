@@ -1,3 +1,5 @@
+import NFTModel
+
 /// A Service port's share of svcnat's table: its chains, the elements it owns in the maps, and
 /// its contributions to the sets several ports share (the hairpin pairs of its endpoints, its
 /// ClusterIP), which are counted rather than owned.

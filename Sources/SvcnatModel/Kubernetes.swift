@@ -1,3 +1,5 @@
+import NFTModel
+
 /// The parts of Kubernetes objects svcnat reads, as plain values. Decoding and validation of
 /// manifests live in SvcnatSources; these types hold only checked data.
 

@@ -1,3 +1,5 @@
+import NFTModel
+
 /// What the proxy must do, independent of how the kernel is told: for each Service port, where
 /// it is reached and which endpoints serve it. Built from a `ClusterState` as kube-proxy builds
 /// its service and endpoints maps, with endpoints from EndpointSlices, else v1 Endpoints, else
@@ -23,17 +25,6 @@ public struct ServicePortName: Hashable, Sendable, Comparable, CustomStringConve
     public static func < (a: Self, b: Self) -> Bool {
         (a.namespace, a.name, a.port, a.proto) < (b.namespace, b.name, b.port, b.proto)
     }
-}
-
-public struct EndpointAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public var ip: IPAddress
-    public var port: UInt16
-    public init(ip: IPAddress, port: UInt16) {
-        self.ip = ip
-        self.port = port
-    }
-    public var description: String { ip.withPort(port) }
-    public static func < (a: Self, b: Self) -> Bool { (a.ip, a.port) < (b.ip, b.port) }
 }
 
 public enum FrontendKind: String, Hashable, Sendable, Codable {

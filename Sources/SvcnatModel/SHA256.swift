@@ -1,3 +1,5 @@
+import NFTModel
+
 /// SHA-256 (FIPS 180-4) and RFC 4648 base32, just enough to name chains the way kube-proxy
 /// does. Written here so the model needs no crypto package.
 enum SHA256 {

@@ -1,3 +1,5 @@
+import NFTModel
+
 /// Turns a `ProxyState` into the ruleset svcnat owns. Pure: the same state and configuration
 /// always give the same ruleset, in the same order.
 ///

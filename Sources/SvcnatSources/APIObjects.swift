@@ -1,3 +1,4 @@
+import NFTModel
 import SvcnatModel
 import Yams
 

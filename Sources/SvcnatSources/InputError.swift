@@ -1,3 +1,4 @@
+import NFTModel
 import SvcnatModel
 
 /// Something wrong with the input, located as precisely as we can: file, object, field.

@@ -1,4 +1,5 @@
 import Foundation
+import NFTModel
 import SvcnatModel
 
 /// Reads manifests from files, folders (recursively: *.yaml, *.yml, *.json) and standard input.

@@ -1,4 +1,5 @@
 import Foundation
+import NFTModel
 import SvcnatModel
 
 /// The manifests of one folder, file by file, indexed so that the Services a file change

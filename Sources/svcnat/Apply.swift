@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import SvcnatCore
+import NFTModel
 import SvcnatModel
+import SvcnatExplain
 
 extension Svcnat {
     struct Apply: ParsableCommand {

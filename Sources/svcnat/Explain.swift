@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import SvcnatCore
 import SvcnatHost
+import NFTModel
 import SvcnatModel
+import SvcnatExplain
 
 extension Svcnat {
     struct ExplainCommand: ParsableCommand {
@@ -47,66 +49,32 @@ extension Svcnat {
         }
 
         func run() throws {
-            var out: [JSON] = []
-            var text = ""
             let query: Explain.Query
+            var start = Explainer.Report()
             if let ingress {
                 let slash = ingress.firstIndex(of: "/") ?? ingress.endIndex
                 let host = String(ingress[..<slash]), path = slash == ingress.endIndex ? "/" : String(ingress[slash...])
-                let state = try load(filename)
-                guard let found = IngressMatch.find(host: host, path: path, in: state.ingresses) else {
+                guard let found = Explainer.ingress(host: host, path: path, in: try load(filename).ingresses) else {
                     FileHandle.standardError.write("svcnat: no Ingress rule (and no default backend) matches host \(host) path \(path)\n")
                     throw ExitCode(1)
                 }
-                text += "ingress \(found.ingress): \(found.rule) -> Service \(found.namespace)/\(found.backend.service) port \(found.backend.port)\n"
-                text += "   (the ingress controller proxies the request; its connection to the Service goes as follows)\n"
-                out.append(.object([("ingress", .string(found.ingress)), ("rule", .string(found.rule)),
-                                    ("service", .string("\(found.namespace)/\(found.backend.service)")),
-                                    ("port", .string(found.backend.port.description))]))
-                query = .service(namespace: found.namespace, name: found.backend.service, port: found.backend.port.description)
+                (query, start) = found
             } else {
                 query = Explain.parse(destination!)!
             }
 
-            let kernel = try NetlinkKernel()
-            let tables = try kernel.readTables(options.table)
+            let tables = try NetlinkKernel().readTables(options.table)
             if tables.isEmpty {
                 FileHandle.standardError.write("svcnat: no table ip or ip6 \(options.table) in this network namespace\n")
                 throw ExitCode(1)
             }
-            let local = try localIPAddresses()
-            let linkLocal = IPPrefix("fe80::/10")!
-            var matched = false
-            for ruleset in tables {
-                let family = IPFamily(ruleset.family)!
-                let views = Explain.matches(query, in: ruleset, local: local)
-                matched = matched || !views.isEmpty
-                // A node port is walked at the node's first address of the family that is not
-                // loopback (nor IPv6 link-local).
-                let nodeAddress = local.filter { $0.family == family && !$0.isLoopback && !linkLocal.contains($0) }.min()
-                for v in views {
-                    var walks: [JSON] = []
-                    text += Explain.text(v, in: ruleset)
-                    if let source, let src = IPAddress(source), src.family == family {
-                        for (ip, port) in Explain.destinations(query, v, nodeAddress: nodeAddress) {
-                            let packet = PacketWalk.Packet(source: src, destination: ip, port: port, proto: v.proto)
-                            let outcomes = PacketWalk.walk(packet, in: ruleset, local: local)
-                            let fromNode = PacketWalk.isLocal(src, local)
-                            text += Explain.text(packet, outcomes, fromNode: fromNode)
-                            walks.append(Explain.json(packet, outcomes, fromNode: fromNode))
-                        }
-                    }
-                    var j = v.json
-                    if case .object(var fields) = j, source != nil { fields.append(("walks", .array(walks))); j = .object(fields) }
-                    out.append(j)
-                    text += "\n"
-                }
-            }
-            if !matched {
+            let report = Explainer.report(query, tables: tables, local: try localIPAddresses(), source: source.flatMap(IPAddress.init),
+                                          into: start)
+            if !report.matched {
                 FileHandle.standardError.write("svcnat: \(destination ?? ingress!) matches no Service svcnat programs; such a connection is not NATed\n")
                 throw ExitCode(1)
             }
-            if format == .json { print(JSON.array(out).text()) } else { print(text, terminator: "") }
+            if format == .json { print(JSON.array(report.json).text()) } else { print(report.text, terminator: "") }
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SvcnatCore
+import NFTModel
 import SvcnatModel
 
 /// Flags every subcommand shares; names follow kube-proxy where it has them.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SvcnatCore
+import NFTModel
 import SvcnatModel
 
 extension Svcnat {

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 @testable import NFNetlink
 import SvcnatCore
+import NFTModel
 import SvcnatModel
 import SvcnatSources
 import Testing

@@ -1,6 +1,7 @@
 import CNftables
 import Glibc
 @testable import NFNetlink
+import NFTModel
 import SvcnatModel
 import Testing
 
@@ -103,6 +104,28 @@ final class RecordingTransport: NetlinkTransport {
         t.refuse = nil
         do { try nft.apply(tx) } catch let e as BatchError {
             Issue.record("a batch after the wrap: \(e)")
+        }
+    }
+
+    @Test func aMissingKernelFeatureIsReadOffTheRefusedChangeNotItsText() throws {
+        let fib = Rule([.fibDaddrLocal, .verdict(.accept)])
+        let tx = Transaction(family: .ip, table: "svcnat", operations: [.addTable, .addChain(Chain(name: "c")), .addRule(chain: "c", fib)])
+        let t = RecordingTransport()
+        t.refuse = (index: 2, errno: EOPNOTSUPP)
+        do {
+            try NFTables(transport: t, firstSeq: 1).apply(tx)
+            Issue.record("the refusal was not reported")
+        } catch let e as BatchError {
+            let failure = try #require(e.failures.first)
+            #expect(failure.missingFeature == .fib)
+            #expect(failure.refused?.change == .addRule(chain: "c", fib))
+            #expect(failure.description.contains("nft_fib_ipv4"))
+        }
+        // The same words in a name are not the feature.
+        let named = Transaction(family: .ip, table: "svcnat", operations: [.addChain(Chain(name: "fib numgen"))])
+        t.refuse = (index: 0, errno: ENOENT)
+        do { try NFTables(transport: t, firstSeq: 1).apply(named) } catch let e as BatchError {
+            #expect(e.failures.first?.missingFeature == nil)
         }
     }
 }

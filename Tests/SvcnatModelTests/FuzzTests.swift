@@ -1,4 +1,5 @@
 import Foundation
+import NFTModel
 import SvcnatModel
 import SvcnatSources
 import Testing

@@ -1,6 +1,8 @@
 import Foundation
 import SvcnatCore
+import NFTModel
 import SvcnatModel
+import SvcnatExplain
 import SvcnatSources
 import Testing
 

@@ -1,5 +1,7 @@
 import SvcnatCore
+import NFTModel
 import SvcnatModel
+import SvcnatExplain
 import SvcnatSources
 import Testing
 

@@ -1,4 +1,5 @@
 import SvcnatCore
+import NFTModel
 import SvcnatModel
 import SvcnatSources
 import Testing

@@ -1,3 +1,6 @@
+import NFTModel
+import SvcnatModel
+
 /// Walks the first packet of a new connection through svcnat's table, rule by rule, the way the
 /// kernel evaluates it: base chains in hook and priority order, jumps, gotos, returns, verdict
 /// maps, marks, the random choices (`numgen`) as branches with their probabilities, DNAT and

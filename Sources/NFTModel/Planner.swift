@@ -38,38 +38,38 @@ public struct Transaction: Hashable, Sendable {
     }
 
     /// The batches that carry this transaction, in order: every change in the first, as one
-    /// atomic commit; then, if any, the removal of endpoint-map entries (and maps) that no rule
-    /// reaches any more.
+    /// atomic commit; then, if any, the removal of the elements (and sets) of `deferred` sets
+    /// that no rule reaches any more.
     ///
     /// Why two: a packet takes its chain's rules from the generation current when it entered
     /// the hook, but its map lookups see the newest generation, and a commit removes deleted
-    /// elements right after switching generations. A packet still running the old rule
-    /// (`numgen random mod 3 ... map @endpoints-K`) while the commit drops key 2 would find no
-    /// endpoint, pass un-NATed and be refused. So entries only old rules use stay until the
-    /// commit that retired those rules is done.
-    public var batches: [Transaction] {
-        let (now, later) = phases
+    /// elements right after switching generations. A packet still running an old rule
+    /// (`numgen random mod 3 ... map @m`) while the commit drops key 2 of `m` would find no
+    /// entry. So the keys that only old rules draw stay until the commit that retired those rules
+    /// is done. Which sets are drawn from that way is the caller's knowledge, given as `deferred`.
+    public func batches(deferring deferred: (String) -> Bool) -> [Transaction] {
+        let (now, later) = phases(deferring: deferred)
         return later.isEmpty ? [now] : [now, later].filter { !$0.isEmpty }
     }
 
     /// This transaction split into what goes in the first batch and what must wait.
-    public var phases: (now: Transaction, later: Transaction) {
+    public func phases(deferring deferred: (String) -> Bool) -> (now: Transaction, later: Transaction) {
         if operations.contains(where: { if case .deleteTable = $0 { true } else { false } }) {
             return (self, Transaction(family: family, table: table))
         }
         var readded: [String: Set<[KeyValue]>] = [:]
-        for case .addElements(let set, let es) in operations where set.hasPrefix(Names.endpointMapPrefix) {
+        for case .addElements(let set, let es) in operations where deferred(set) {
             readded[set, default: []].formUnion(es.map(\.key))
         }
         var now: [Operation] = [], later: [Operation] = []
         for op in operations {
             switch op {
-            case .deleteElements(let set, let es) where set.hasPrefix(Names.endpointMapPrefix):
+            case .deleteElements(let set, let es) where deferred(set):
                 let keep = readded[set] ?? []
                 let changed = es.filter { keep.contains($0.key) }, gone = es.filter { !keep.contains($0.key) }
                 if !changed.isEmpty { now.append(.deleteElements(set: set, changed)) }
                 if !gone.isEmpty { later.append(.deleteElements(set: set, gone)) }
-            case .deleteSet(let set) where set.hasPrefix(Names.endpointMapPrefix):
+            case .deleteSet(let set) where deferred(set):
                 later.append(op)
             default:
                 now.append(op)
@@ -80,8 +80,8 @@ public struct Transaction: Hashable, Sendable {
 
     /// The batches for several tables' transactions: the first batches of all in one, then
     /// the removals that had to wait in another.
-    public static func batches(_ txs: [Transaction]) -> [[Transaction]] {
-        let split = txs.map(\.phases)
+    public static func batches(_ txs: [Transaction], deferring deferred: (String) -> Bool) -> [[Transaction]] {
+        let split = txs.map { $0.phases(deferring: deferred) }
         return [split.map(\.now), split.map(\.later)].map { $0.filter { !$0.isEmpty } }.filter { !$0.isEmpty }
     }
 

@@ -262,3 +262,14 @@ public enum TransportProtocol: String, Hashable, Sendable, CaseIterable, Compara
 
     public static func < (a: Self, b: Self) -> Bool { a.number < b.number }
 }
+
+public struct EndpointAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var ip: IPAddress
+    public var port: UInt16
+    public init(ip: IPAddress, port: UInt16) {
+        self.ip = ip
+        self.port = port
+    }
+    public var description: String { ip.withPort(port) }
+    public static func < (a: Self, b: Self) -> Bool { (a.ip, a.port) < (b.ip, b.port) }
+}

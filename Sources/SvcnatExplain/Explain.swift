@@ -1,3 +1,6 @@
+import NFTModel
+import SvcnatModel
+
 /// `svcnat explain`: the path a new connection to a destination takes through what svcnat holds,
 /// read off a ruleset (the kernel's, when the CLI asks): frontend, map entry, chain, endpoints.
 public enum Explain {

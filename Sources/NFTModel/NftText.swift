@@ -50,7 +50,8 @@ extension Chain {
     }
 }
 
-func quoted(_ s: String) -> String {
+/// A string in double quotes with backslash and quote escaped, as nft and iptables-save print it.
+public func quoted(_ s: String) -> String {
     "\"" + s.replacingAll("\\", with: "\\\\").replacingAll("\"", with: "\\\"") + "\""
 }
 

@@ -78,15 +78,3 @@ extension Ruleset {
         ])
     }
 }
-
-extension ServiceView {
-    public var json: JSON {
-        .object([
-            ("service", .string(name)),
-            ("protocol", .string(proto.lowercased)),
-            ("frontends", .array(frontends.map { .string($0) })),
-            ("chain", chain.map { .string($0) } ?? .null),
-            ("endpoints", .array(endpoints.map { .object([("address", .string($0.description)), ("probability", .string($1))]) })),
-        ])
-    }
-}

@@ -1,3 +1,6 @@
+import NFTModel
+import SvcnatModel
+
 /// Prints the Services the way kube-proxy's iptables mode programs them, in the form
 /// `iptables-save` prints after `iptables-restore` has loaded it: kube-proxy's chain names
 /// (KUBE-SVC-/KUBE-SEP- with its hash), its rule layout and its probability cascade, with

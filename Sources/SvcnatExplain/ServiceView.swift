@@ -1,3 +1,6 @@
+import NFTModel
+import SvcnatModel
+
 /// What a Service port looks like in a ruleset, read off the ruleset itself: the frontends that
 /// the dispatch maps send to it, its chain, and the endpoints its cascade chooses between with
 /// the probability each gets. `svcnat show` prints this from the kernel's ruleset.
@@ -142,5 +145,29 @@ extension Array where Element == Ruleset {
         if let v6 = first(where: { $0.family == .ip6 }) { fields.append(("ip6Ruleset", v6.json)) }
         fields.append(("services", .array(flatMap(\.serviceViews).map(\.json))))
         return .object(fields)
+    }
+}
+
+extension ServiceView {
+    public var json: JSON {
+        .object([
+            ("service", .string(name)),
+            ("protocol", .string(proto.lowercased)),
+            ("frontends", .array(frontends.map { .string($0) })),
+            ("chain", chain.map { .string($0) } ?? .null),
+            ("endpoints", .array(endpoints.map { .object([("address", .string($0.description)), ("probability", .string($1))]) })),
+        ])
+    }
+}
+
+extension StaleFlows {
+    /// UDP frontends with their endpoints, read off a ruleset (what is or will be in the kernel).
+    public static func udpFrontends(_ r: Ruleset?) -> [Frontend: Set<EndpointAddress>] {
+        guard let r else { return [:] }
+        var out: [Frontend: Set<EndpointAddress>] = [:]
+        for v in r.serviceViews(only: .udp) {
+            for f in v.frontendKeys { out[f, default: []].formUnion(v.endpoints.map(\.0)) }
+        }
+        return out
     }
 }
