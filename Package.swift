@@ -5,7 +5,7 @@ let package = Package(
     name: "svcnat",
     platforms: [.macOS(.v13)],
     products: [
-        .executable(name: "svcnat", targets: ["svcnat"]),
+        .executable(name: "svcnat", targets: ["svcnat"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -15,7 +15,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
-        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0")
     ],
     targets: [
         // libnftnl + libmnl, as Debian ships them. libnftnl.pc does not name libmnl, so the
@@ -37,8 +37,9 @@ let package = Package(
         // The only module that touches libnftnl/libmnl and raw memory; it knows only nftables.
         // Debug builds (what `swift test` runs) get SVCNAT_TEST_HOOKS: a transport that makes the
         // kernel refuse batches, for the kernel tests of the built binary. Release builds have none.
-        .target(name: "NFNetlink", dependencies: ["NFTModel", "CNftables"],
-                swiftSettings: [.define("SVCNAT_TEST_HOOKS", .when(configuration: .debug))]),
+        .target(
+            name: "NFNetlink", dependencies: ["NFTModel", "CNftables"],
+            swiftSettings: [.define("SVCNAT_TEST_HOOKS", .when(configuration: .debug))]),
         // System calls that are not netlink: inotify, the interfaces' addresses, memory.
         .systemLibrary(name: "CHost"),
         .target(name: "SvcnatHost", dependencies: ["NFTModel", "CHost"]),
@@ -47,29 +48,35 @@ let package = Package(
         // Reconciler behind the Kernel protocol.
         .target(name: "SvcnatCore", dependencies: ["NFTModel", "SvcnatModel", "SvcnatExplain", "SvcnatSources", "NFNetlink", "SvcnatHost"]),
         // The Kubernetes API as a source: kubeconfig, list and watch over HTTPS.
-        .target(name: "SvcnatKube", dependencies: [
-            "NFTModel", "SvcnatModel", "SvcnatSources", "Yams",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "AsyncHTTPClient", package: "async-http-client"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-        ]),
+        .target(
+            name: "SvcnatKube",
+            dependencies: [
+                "NFTModel", "SvcnatModel", "SvcnatSources", "Yams",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio")
+            ]),
         // The node agent: file watching, sync loop, metrics and health over HTTP.
-        .target(name: "SvcnatDaemon", dependencies: [
-            "NFTModel", "SvcnatModel", "SvcnatCore", "SvcnatHost", "SvcnatKube",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "Prometheus", package: "swift-prometheus"),
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-        ]),
+        .target(
+            name: "SvcnatDaemon",
+            dependencies: [
+                "NFTModel", "SvcnatModel", "SvcnatCore", "SvcnatHost", "SvcnatKube",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio")
+            ]),
         .executableTarget(
             name: "svcnat",
-            dependencies: ["NFTModel", "SvcnatModel", "SvcnatExplain", "SvcnatCore", "SvcnatDaemon", "SvcnatKube", "SvcnatHost",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "NFTModel", "SvcnatModel", "SvcnatExplain", "SvcnatCore", "SvcnatDaemon", "SvcnatKube", "SvcnatHost",
+                .product(name: "ArgumentParser", package: "swift-argument-parser")
+            ]
         ),
         .testTarget(
             name: "SvcnatModelTests",
@@ -86,6 +93,6 @@ let package = Package(
             name: "KernelTests",
             dependencies: ["svcnat", "NFTModel", "SvcnatModel"],
             resources: [.copy("Helpers")]
-        ),
+        )
     ]
 )

@@ -19,7 +19,7 @@ public final class Conntrack {
     struct Tuple {
         var src: IPAddress, dst: IPAddress
         var proto: UInt8
-        var sport: UInt16, dport: UInt16      // network order
+        var sport: UInt16, dport: UInt16  // network order
     }
 
     /// Deletes every UDP flow (IPv4 and IPv6) that matches one of the filters; returns how many went.
@@ -34,7 +34,9 @@ public final class Conntrack {
             guard !wanted.isEmpty else { continue }
             try dumpUDP(family: family) { orig, reply in
                 let op = UInt16(bigEndian: orig.dport), rp = UInt16(bigEndian: reply.sport)
-                if wanted.contains(where: { $0.matches(originalDestination: orig.dst, originalPort: op, replySource: reply.src, replyPort: rp) }) {
+                if wanted.contains(where: {
+                    $0.matches(originalDestination: orig.dst, originalPort: op, replySource: reply.src, replyPort: rp)
+                }) {
                     doomed.append(orig)
                 }
             }
@@ -45,7 +47,7 @@ public final class Conntrack {
                 try delete(t)
                 deleted += 1
             } catch let e as NetlinkError where e.errno == ENOENT {
-                continue   // gone meanwhile
+                continue  // gone meanwhile
             }
         }
         return deleted
@@ -85,7 +87,8 @@ public final class Conntrack {
                     let len = Int(h.pointee.nlmsg_len) - Int(mnl_nlmsg_size(0)) - MemoryLayout<nfgenmsg>.size.alignedTo4
                     let attrs = Attributes(UnsafeRawBufferPointer(start: payload, count: max(0, len)))
                     guard let o = attrs[Int(CTA_TUPLE_ORIG.rawValue)].flatMap(Self.tuple),
-                          let r = attrs[Int(CTA_TUPLE_REPLY.rawValue)].flatMap(Self.tuple), o.proto == UInt8(IPPROTO_UDP) else { return }
+                        let r = attrs[Int(CTA_TUPLE_REPLY.rawValue)].flatMap(Self.tuple), o.proto == UInt8(IPPROTO_UDP)
+                    else { return }
                     each(o, r)
                 }
             }
@@ -125,18 +128,23 @@ public final class Conntrack {
     /// Reads a CTA_TUPLE_* nest: addresses and ports stay in network order.
     static func tuple(_ raw: UnsafeRawBufferPointer) -> Tuple? {
         let a = Attributes(raw)
-        guard let ip = a[Int(CTA_TUPLE_IP.rawValue)].map(Attributes.init), let proto = a[Int(CTA_TUPLE_PROTO.rawValue)].map(Attributes.init),
-              let num = proto[Int(CTA_PROTO_NUM.rawValue)]?.first else { return nil }
+        guard let ip = a[Int(CTA_TUPLE_IP.rawValue)].map(Attributes.init),
+            let proto = a[Int(CTA_TUPLE_PROTO.rawValue)].map(Attributes.init),
+            let num = proto[Int(CTA_PROTO_NUM.rawValue)]?.first
+        else { return nil }
         let src: IPAddress?, dst: IPAddress?
         if let s = ip[Int(CTA_IP_V4_SRC.rawValue)], let d = ip[Int(CTA_IP_V4_DST.rawValue)] {
             (src, dst) = (IPAddress(bytes: Array(s)), IPAddress(bytes: Array(d)))
         } else {
-            (src, dst) = (ip[Int(CTA_IP_V6_SRC.rawValue)].flatMap { IPAddress(bytes: Array($0)) },
-                          ip[Int(CTA_IP_V6_DST.rawValue)].flatMap { IPAddress(bytes: Array($0)) })
+            (src, dst) = (
+                ip[Int(CTA_IP_V6_SRC.rawValue)].flatMap { IPAddress(bytes: Array($0)) },
+                ip[Int(CTA_IP_V6_DST.rawValue)].flatMap { IPAddress(bytes: Array($0)) }
+            )
         }
         guard let src, let dst else { return nil }
-        return Tuple(src: src, dst: dst, proto: num, sport: proto.u16(Int(CTA_PROTO_SRC_PORT.rawValue)) ?? 0,
-                     dport: proto.u16(Int(CTA_PROTO_DST_PORT.rawValue)) ?? 0)
+        return Tuple(
+            src: src, dst: dst, proto: num, sport: proto.u16(Int(CTA_PROTO_SRC_PORT.rawValue)) ?? 0,
+            dport: proto.u16(Int(CTA_PROTO_DST_PORT.rawValue)) ?? 0)
     }
 }
 

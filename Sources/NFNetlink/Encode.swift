@@ -122,7 +122,9 @@ struct BatchEncoder {
                 nftnl_set_set_u32(set.raw, KernelNumbers.attr(NFTNL_SET_DATA_LEN.rawValue), UInt32(s.dataLength))
             }
             if let typeof = s.typeof, let udata = SetTypeof.userData[typeof] {
-                udata.withUnsafeBytes { _ = nftnl_set_set_data(set.raw, KernelNumbers.attr(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+                udata.withUnsafeBytes {
+                    _ = nftnl_set_set_data(set.raw, KernelNumbers.attr(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count))
+                }
             }
             let h = header(NFT_MSG_NEWSET, flags: NLM_F_CREATE)
             nftnl_set_nlmsg_build_payload(h, set.raw)
@@ -139,8 +141,10 @@ struct BatchEncoder {
         }
     }
 
-    private mutating func encodeElements(_ name: String, _ elements: [SetElement], type: nf_tables_msg_types,
-                                         flags: Int32, withData: Bool) {
+    private mutating func encodeElements(
+        _ name: String, _ elements: [SetElement], type: nf_tables_msg_types,
+        flags: Int32, withData: Bool
+    ) {
         var start = 0
         while start < elements.count {
             let chunk = elements[start..<min(start + Self.elementsPerMessage, elements.count)]
@@ -201,7 +205,9 @@ enum ElementCodec {
         if let c = e.comment {
             let value = Array(c.utf8) + [0]
             let udata: [UInt8] = [UInt8(NFTNL_UDATA_SET_ELEM_COMMENT.rawValue), UInt8(value.count)] + value
-            udata.withUnsafeBytes { _ = nftnl_set_elem_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count)) }
+            udata.withUnsafeBytes {
+                _ = nftnl_set_elem_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count))
+            }
         }
         return el
     }
@@ -229,7 +235,7 @@ enum ElementCodec {
 enum SetTypeof {
     static let userData: [String: [UInt8]] = [
         "numgen random mod 1 : ip daddr . th dport": endpointMap(addressDescription: 0x0c, daddrField: 0x0c),
-        "numgen random mod 1 : ip6 daddr . th dport": endpointMap(addressDescription: 0x0d, daddrField: 0x09),
+        "numgen random mod 1 : ip6 daddr . th dport": endpointMap(addressDescription: 0x0d, daddrField: 0x09)
     ]
 
     /// `numgen random mod 1 : ip daddr . th dport`: the key (numgen, random, modulus 1, offset
@@ -243,7 +249,7 @@ enum SetTypeof {
             0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, addressDescription, 0x00,
             0x00, 0x00, 0x01, 0x04, daddrField, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
             0x01, 0x0c, 0x00, 0x04, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
-            0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00
         ]
     }
 

@@ -98,8 +98,11 @@ enum ExprCodec {
             let x = alloc("fib")
             reg(x, NFTNL_EXPR_FIB_DREG, dreg)
             u32(x, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE.rawValue)
-            if case .fibDaddrType = e { u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR.rawValue) }
-            else { u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_SADDR.rawValue) }
+            if case .fibDaddrType = e {
+                u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR.rawValue)
+            } else {
+                u32(x, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_SADDR.rawValue)
+            }
             return x
         case .dynsetUpdate(let set, let sreg):
             let x = alloc("dynset")
@@ -163,11 +166,13 @@ enum ExprCodec {
             }
         case "bitwise":
             guard let s = reg(NFTNL_EXPR_BITWISE_SREG), let d = reg(NFTNL_EXPR_BITWISE_DREG),
-                  !has(NFTNL_EXPR_BITWISE_OP) || u32(NFTNL_EXPR_BITWISE_OP) == NFT_BITWISE_MASK_XOR.rawValue else { return unknown }
+                !has(NFTNL_EXPR_BITWISE_OP) || u32(NFTNL_EXPR_BITWISE_OP) == NFT_BITWISE_MASK_XOR.rawValue
+            else { return unknown }
             return .bitwise(sreg: s, dreg: d, mask: bytes(NFTNL_EXPR_BITWISE_MASK), xor: bytes(NFTNL_EXPR_BITWISE_XOR))
         case "lookup":
             guard let set = str(NFTNL_EXPR_LOOKUP_SET), let s = reg(NFTNL_EXPR_LOOKUP_SREG),
-                  !has(NFTNL_EXPR_LOOKUP_FLAGS) || u32(NFTNL_EXPR_LOOKUP_FLAGS) == 0 else { return unknown }
+                !has(NFTNL_EXPR_LOOKUP_FLAGS) || u32(NFTNL_EXPR_LOOKUP_FLAGS) == 0
+            else { return unknown }
             return .lookup(set: set, sreg: s, dreg: reg(NFTNL_EXPR_LOOKUP_DREG))
         case "immediate":
             guard let d = reg(NFTNL_EXPR_IMM_DREG) else { return unknown }
@@ -190,10 +195,11 @@ enum ExprCodec {
             let p = reg(NFTNL_EXPR_NAT_REG_PROTO_MIN)
             // The kernel fills in max = min when only min was given, and reports both.
             guard reg(NFTNL_EXPR_NAT_REG_ADDR_MAX).map({ $0 == a }) ?? true,
-                  reg(NFTNL_EXPR_NAT_REG_PROTO_MAX).map({ $0 == p }) ?? true else { return unknown }
+                reg(NFTNL_EXPR_NAT_REG_PROTO_MAX).map({ $0 == p }) ?? true
+            else { return unknown }
             var flags = has(NFTNL_EXPR_NAT_FLAGS) ? u32(NFTNL_EXPR_NAT_FLAGS) : 0
-            flags &= ~NATFlags.mapIPs                       // implied by the address register
-            if p != nil { flags |= NATFlags.protoSpecified } // implied by the port register
+            flags &= ~NATFlags.mapIPs  // implied by the address register
+            if p != nil { flags |= NATFlags.protoSpecified }  // implied by the port register
             return .dnat(family: family, addrReg: a, protoReg: p, flags: flags)
         case "masq":
             guard !has(NFTNL_EXPR_MASQ_REG_PROTO_MIN) else { return unknown }
@@ -206,8 +212,9 @@ enum ExprCodec {
             return unknown
         case "dynset":
             guard let k = reg(NFTNL_EXPR_DYNSET_SREG_KEY), let set = str(NFTNL_EXPR_DYNSET_SET_NAME),
-                  u32(NFTNL_EXPR_DYNSET_OP) == NFT_DYNSET_OP_UPDATE.rawValue, !has(NFTNL_EXPR_DYNSET_SREG_DATA),
-                  !has(NFTNL_EXPR_DYNSET_TIMEOUT) || nftnl_expr_get_u64(x, UInt16(NFTNL_EXPR_DYNSET_TIMEOUT)) == 0 else { return unknown }
+                u32(NFTNL_EXPR_DYNSET_OP) == NFT_DYNSET_OP_UPDATE.rawValue, !has(NFTNL_EXPR_DYNSET_SREG_DATA),
+                !has(NFTNL_EXPR_DYNSET_TIMEOUT) || nftnl_expr_get_u64(x, UInt16(NFTNL_EXPR_DYNSET_TIMEOUT)) == 0
+            else { return unknown }
             return .dynsetUpdate(set: set, sreg: k)
         case "fib":
             guard let d = reg(NFTNL_EXPR_FIB_DREG), u32(NFTNL_EXPR_FIB_RESULT) == NFT_FIB_RESULT_ADDRTYPE.rawValue else { return unknown }

@@ -103,22 +103,28 @@ public final class NFTables {
         guard let ipFamily = IPFamily(family) else { return nil }
         guard try tableExists(table, nfproto) else { return nil }
         var r = Ruleset(family: family, table: table)
-        func dump(_ type: nf_tables_msg_types, what: String,
-                  build: (UnsafeMutablePointer<nlmsghdr>) -> Void, each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
+        func dump(
+            _ type: nf_tables_msg_types, what: String,
+            build: (UnsafeMutablePointer<nlmsghdr>) -> Void, each: (UnsafePointer<nlmsghdr>) throws -> Void
+        ) throws {
             try request(type, family: nfproto, flags: NLM_F_DUMP, what: what, build: build, each: each)
         }
 
-        try dump(NFT_MSG_GETCHAIN, what: "list chains") { _ in } each: { nlh in
+        try dump(NFT_MSG_GETCHAIN, what: "list chains") { _ in
+        } each: { nlh in
             let c = NftChain()
             guard nftnl_chain_nlmsg_parse(nlh, c.raw) >= 0 else { return }
             guard str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_TABLE.rawValue))) == table,
-                  nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_FAMILY.rawValue)) == UInt32(nfproto) else { return }
+                nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_FAMILY.rawValue)) == UInt32(nfproto)
+            else { return }
             let name = str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_NAME.rawValue)))
             var base: BaseChain?
             if nftnl_chain_is_set(c.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue)),
-               let hook = KernelNumbers.hook(nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue))),
-               let type = ChainType(rawValue: str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_TYPE.rawValue)))) {
-                base = BaseChain(type: type, hook: hook, priority: nftnl_chain_get_s32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_PRIO.rawValue)))
+                let hook = KernelNumbers.hook(nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue))),
+                let type = ChainType(rawValue: str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_TYPE.rawValue))))
+            {
+                base = BaseChain(
+                    type: type, hook: hook, priority: nftnl_chain_get_s32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_PRIO.rawValue)))
             }
             r.chains.append(Chain(name: name, base: base))
         }
@@ -130,7 +136,8 @@ public final class NFTables {
         } each: { nlh in
             let s = NftSet()
             guard nftnl_set_nlmsg_parse(nlh, s.raw) >= 0,
-                  str(nftnl_set_get_str(s.raw, KernelNumbers.attr(NFTNL_SET_TABLE.rawValue))) == table else { return }
+                str(nftnl_set_get_str(s.raw, KernelNumbers.attr(NFTNL_SET_TABLE.rawValue))) == table
+            else { return }
             let name = str(nftnl_set_get_str(s.raw, KernelNumbers.attr(NFTNL_SET_NAME.rawValue)))
             let flags = nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_FLAGS.rawValue))
             let isMap = flags & NFT_SET_MAP.rawValue != 0
@@ -138,11 +145,15 @@ public final class NFTables {
             var data = SetData.none
             if isMap {
                 let dataType = nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_DATA_TYPE.rawValue))
-                if dataType == NFT_DATA_VERDICT.rawValue { data = .verdict }
-                else {
+                if dataType == NFT_DATA_VERDICT.rawValue {
+                    data = .verdict
+                } else {
                     let fields = Self.keyFields(dataType)
                     data = .values(fields)
-                    if fields.isEmpty || nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_DATA_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(fields)) {
+                    if fields.isEmpty
+                        || nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_DATA_LEN.rawValue))
+                            != UInt32(NamedSet.fieldsLength(fields))
+                    {
                         key = []
                     }
                 }
@@ -161,7 +172,7 @@ public final class NFTables {
             }
             let plain = flags & ~(NFT_SET_MAP.rawValue | (timeout != nil ? dynamicFlags : 0)) == 0
             if !plain || nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_KEY_LEN.rawValue)) != UInt32(NamedSet.fieldsLength(key)) {
-                key = []   // not a set svcnat would make: its definition will not match
+                key = []  // not a set svcnat would make: its definition will not match
             }
             r.sets.append(NamedSet(name: name, key: key, data: data, typeof: typeof, timeout: timeout))
         }
@@ -196,7 +207,8 @@ public final class NFTables {
         } each: { nlh in
             let rule = NftRule()
             guard nftnl_rule_nlmsg_parse(nlh, rule.raw) >= 0,
-                  str(nftnl_rule_get_str(rule.raw, KernelNumbers.attr(NFTNL_RULE_TABLE.rawValue))) == table else { return }
+                str(nftnl_rule_get_str(rule.raw, KernelNumbers.attr(NFTNL_RULE_TABLE.rawValue))) == table
+            else { return }
             let chain = str(nftnl_rule_get_str(rule.raw, KernelNumbers.attr(NFTNL_RULE_CHAIN.rawValue)))
             var exprs: [Expr] = []
             if let it = nftnl_expr_iter_create(rule.raw) {
@@ -217,19 +229,22 @@ public final class NFTables {
                 let t = NftTable()
                 nftnl_table_set_str(t.raw, KernelNumbers.attr(NFTNL_TABLE_NAME.rawValue), table)
                 nftnl_table_nlmsg_build_payload(nlh, t.raw)
-            } each: { _ in found = true }
+            } each: { _ in
+                found = true
+            }
         } catch let e as NetlinkError where e.errno == ENOENT {
             return false
         }
         return found
     }
 
-
     /// Sends one request and hands every answer to `each` until the kernel says it is done
     /// (NLMSG_DONE for a dump, the ack otherwise).
-    func request(_ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String,
-                         build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
-                         each: (UnsafePointer<nlmsghdr>) throws -> Void) throws {
+    func request(
+        _ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String,
+        build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
+        each: (UnsafePointer<nlmsghdr>) throws -> Void
+    ) throws {
         let buffer = MessageBuffer(capacity: 0)
         let s = nextSeq()
         let nlh = nftnl_nlmsg_build_hdr(buffer.tail, KernelNumbers.msg(type), family, UInt16(flags), s)!
@@ -258,7 +273,8 @@ public final class NFTables {
         var fields: [KeyField] = []
         var t = type
         while t != 0 {
-            guard let f = [KeyField.ipv4Addr, .ipv6Addr, .inetProto, .inetService, .integer].first(where: { $0.nftTypeID == t & 0x3f }) else { return [] }
+            guard let f = [KeyField.ipv4Addr, .ipv6Addr, .inetProto, .inetService, .integer].first(where: { $0.nftTypeID == t & 0x3f })
+            else { return [] }
             fields.insert(f, at: 0)
             t >>= 6
         }
@@ -268,12 +284,13 @@ public final class NFTables {
     static func readElement(_ el: OpaquePointer, fields: [KeyField], data: [KeyField]?) -> SetElement? {
         var len: UInt32 = 0
         guard let p = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_KEY), &len),
-              let key = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: fields)
+            let key = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: fields)
         else { return nil }
         var e = SetElement(key: key)
         if nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_VERDICT)) {
             let code = Int32(bitPattern: nftnl_set_elem_get_u32(el, KernelNumbers.attr(NFTNL_SET_ELEM_VERDICT)))
-            let chain = nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_CHAIN))
+            let chain =
+                nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_CHAIN))
                 ? str(nftnl_set_elem_get_str(el, KernelNumbers.attr(NFTNL_SET_ELEM_CHAIN))) : nil
             e.verdict = KernelNumbers.verdict(code, chain: chain)
         }
@@ -281,7 +298,8 @@ public final class NFTables {
             e.data = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: data)
         }
         if nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA)),
-           let u = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), &len) {
+            let u = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), &len)
+        {
             e.comment = ElementCodec.comment(fromUserData: Array(UnsafeRawBufferPointer(start: u, count: Int(len))))
         }
         return e

@@ -51,7 +51,9 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
         // Kernel features some kernels lack, and what svcnat can do without them.
         switch missingFeature {
         case .fib?:
-            s += "; this kernel may lack the nftables fib expression (nft_fib_ipv4): give --nodeport-addresses CIDRs so node ports need no fib (externalTrafficPolicy Local still needs it)"
+            s +=
+                "; this kernel may lack the nftables fib expression (nft_fib_ipv4): give --nodeport-addresses CIDRs so node ports "
+                + "need no fib (externalTrafficPolicy Local still needs it)"
         case .numgen?: s += "; this kernel may lack the nftables numgen expression (nft_numgen)"
         case .dynamicSets?: s += "; this kernel may lack dynamic sets with timeouts (session affinity needs them)"
         case nil: break

@@ -112,8 +112,8 @@ enum KernelNumbers {
     static func reject(_ k: RejectKind) -> (type: UInt32, code: UInt8) {
         switch k {
         case .tcpReset: (NFT_REJECT_TCP_RST.rawValue, 0)
-        case .icmpPortUnreachable: (NFT_REJECT_ICMP_UNREACH.rawValue, 3) // ICMP_PORT_UNREACH
-        case .icmpv6PortUnreachable: (NFT_REJECT_ICMP_UNREACH.rawValue, 4) // ICMPV6_PORT_UNREACH
+        case .icmpPortUnreachable: (NFT_REJECT_ICMP_UNREACH.rawValue, 3)  // ICMP_PORT_UNREACH
+        case .icmpv6PortUnreachable: (NFT_REJECT_ICMP_UNREACH.rawValue, 4)  // ICMPV6_PORT_UNREACH
         }
     }
 

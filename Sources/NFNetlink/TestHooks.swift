@@ -1,64 +1,65 @@
 #if SVCNAT_TEST_HOOKS
-import CNftables
-import Glibc
+    import CNftables
+    import Glibc
 
-/// Debug builds only (the SVCNAT_TEST_HOOKS build flag; release builds have none of this): a
-/// transport that makes the kernel refuse every batch, so kernel tests of the built binary can
-/// show that a refused batch changes nothing. It adds, right after BATCH_BEGIN and under its
-/// sequence number, the deletion of a chain that does not exist in the table of the batch's
-/// first object message. The kernel still reads every real change, then aborts the batch; the
-/// error comes first, so it is the one reported.
-final class RefusingTransport: NetlinkTransport {
-    let inner: NetlinkTransport
-    init(_ inner: NetlinkTransport) { self.inner = inner }
+    /// Debug builds only (the SVCNAT_TEST_HOOKS build flag; release builds have none of this): a
+    /// transport that makes the kernel refuse every batch, so kernel tests of the built binary can
+    /// show that a refused batch changes nothing. It adds, right after BATCH_BEGIN and under its
+    /// sequence number, the deletion of a chain that does not exist in the table of the batch's
+    /// first object message. The kernel still reads every real change, then aborts the batch; the
+    /// error comes first, so it is the one reported.
+    final class RefusingTransport: NetlinkTransport {
+        let inner: NetlinkTransport
+        init(_ inner: NetlinkTransport) { self.inner = inner }
 
-    func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
-        try inner.receive(into: buffer, timeout: timeout)
-    }
-
-    func send(_ datagram: UnsafeRawBufferPointer) throws {
-        var offsets: [Int] = []
-        var at = 0
-        while at + MemoryLayout<nlmsghdr>.size <= datagram.count {
-            offsets.append(at)
-            let len = Int(datagram.loadUnaligned(fromByteOffset: at, as: nlmsghdr.self).nlmsg_len)
-            guard len > 0 else { break }
-            at += (len + 3) & ~3
+        func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
+            try inner.receive(into: buffer, timeout: timeout)
         }
-        func header(_ i: Int) -> nlmsghdr { datagram.loadUnaligned(fromByteOffset: offsets[i], as: nlmsghdr.self) }
-        guard offsets.count >= 3, header(0).nlmsg_type == UInt16(NFNL_MSG_BATCH_BEGIN) else { return try inner.send(datagram) }
-        // The first object message: its family, and its table (attribute 1 in every nftables object).
-        let first = datagram.baseAddress! + offsets[1]
-        let family = UInt16(first.load(fromByteOffset: MemoryLayout<nlmsghdr>.size, as: UInt8.self))
-        let attr = first + MemoryLayout<nlmsghdr>.size + MemoryLayout<nfgenmsg>.size
-        let attrLen = Int(attr.loadUnaligned(as: UInt16.self))
-        let table = String(cString: (attr + 4).assumingMemoryBound(to: CChar.self))
-        guard attrLen > 4 else { return try inner.send(datagram) }
 
-        let bad = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
-        defer { bad.deallocate() }
-        let nlh = nftnl_nlmsg_build_hdr(bad.assumingMemoryBound(to: CChar.self), KernelNumbers.msg(NFT_MSG_DELCHAIN), family, 0, header(0).nlmsg_seq)!
-        let chain = NftChain()
-        nftnl_chain_set_str(chain.raw, KernelNumbers.attr(NFTNL_CHAIN_TABLE.rawValue), table)
-        nftnl_chain_set_str(chain.raw, KernelNumbers.attr(NFTNL_CHAIN_NAME.rawValue), "svcnat-test-missing-chain")
-        nftnl_chain_nlmsg_build_payload(nlh, chain.raw)
-        var out = [UInt8](UnsafeRawBufferPointer(rebasing: datagram[..<offsets[1]]))
-        out += UnsafeRawBufferPointer(start: bad, count: (Int(nlh.pointee.nlmsg_len) + 3) & ~3)
-        out += UnsafeRawBufferPointer(rebasing: datagram[offsets[1]...])
-        try out.withUnsafeBytes { try inner.send($0) }
-    }
-}
+        func send(_ datagram: UnsafeRawBufferPointer) throws {
+            var offsets: [Int] = []
+            var at = 0
+            while at + MemoryLayout<nlmsghdr>.size <= datagram.count {
+                offsets.append(at)
+                let len = Int(datagram.loadUnaligned(fromByteOffset: at, as: nlmsghdr.self).nlmsg_len)
+                guard len > 0 else { break }
+                at += (len + 3) & ~3
+            }
+            func header(_ i: Int) -> nlmsghdr { datagram.loadUnaligned(fromByteOffset: offsets[i], as: nlmsghdr.self) }
+            guard offsets.count >= 3, header(0).nlmsg_type == UInt16(NFNL_MSG_BATCH_BEGIN) else { return try inner.send(datagram) }
+            // The first object message: its family, and its table (attribute 1 in every nftables object).
+            let first = datagram.baseAddress! + offsets[1]
+            let family = UInt16(first.load(fromByteOffset: MemoryLayout<nlmsghdr>.size, as: UInt8.self))
+            let attr = first + MemoryLayout<nlmsghdr>.size + MemoryLayout<nfgenmsg>.size
+            let attrLen = Int(attr.loadUnaligned(as: UInt16.self))
+            let table = String(cString: (attr + 4).assumingMemoryBound(to: CChar.self))
+            guard attrLen > 4 else { return try inner.send(datagram) }
 
-extension NFTables {
-    /// The kernel of this namespace, or, when the test harness sets SVCNAT_TEST_REFUSE_BATCHES,
-    /// one that refuses every batch (debug builds only).
-    static func defaultTransport() throws -> NetlinkTransport {
-        let socket = try NetlinkSocket()
-        return getenv("SVCNAT_TEST_REFUSE_BATCHES") != nil ? RefusingTransport(socket) : socket
+            let bad = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
+            defer { bad.deallocate() }
+            let nlh = nftnl_nlmsg_build_hdr(
+                bad.assumingMemoryBound(to: CChar.self), KernelNumbers.msg(NFT_MSG_DELCHAIN), family, 0, header(0).nlmsg_seq)!
+            let chain = NftChain()
+            nftnl_chain_set_str(chain.raw, KernelNumbers.attr(NFTNL_CHAIN_TABLE.rawValue), table)
+            nftnl_chain_set_str(chain.raw, KernelNumbers.attr(NFTNL_CHAIN_NAME.rawValue), "svcnat-test-missing-chain")
+            nftnl_chain_nlmsg_build_payload(nlh, chain.raw)
+            var out = [UInt8](UnsafeRawBufferPointer(rebasing: datagram[..<offsets[1]]))
+            out += UnsafeRawBufferPointer(start: bad, count: (Int(nlh.pointee.nlmsg_len) + 3) & ~3)
+            out += UnsafeRawBufferPointer(rebasing: datagram[offsets[1]...])
+            try out.withUnsafeBytes { try inner.send($0) }
+        }
     }
-}
+
+    extension NFTables {
+        /// The kernel of this namespace, or, when the test harness sets SVCNAT_TEST_REFUSE_BATCHES,
+        /// one that refuses every batch (debug builds only).
+        static func defaultTransport() throws -> NetlinkTransport {
+            let socket = try NetlinkSocket()
+            return getenv("SVCNAT_TEST_REFUSE_BATCHES") != nil ? RefusingTransport(socket) : socket
+        }
+    }
 #else
-extension NFTables {
-    static func defaultTransport() throws -> NetlinkTransport { try NetlinkSocket() }
-}
+    extension NFTables {
+        static func defaultTransport() throws -> NetlinkTransport { try NetlinkSocket() }
+    }
 #endif

@@ -39,8 +39,8 @@ public enum CmpOp: Hashable, Sendable { case eq, neq }
 /// concatenations; `.verdict` is the verdict register.
 public enum Register: Hashable, Sendable {
     case verdict
-    case reg(Int)      // 1...4
-    case reg32(Int)    // 0...15
+    case reg(Int)  // 1...4
+    case reg32(Int)  // 0...15
 }
 
 public enum RejectKind: Hashable, Sendable {
@@ -83,13 +83,13 @@ public enum NATFlags {
 
 /// Connection tracking bits svcnat matches (IP_CT_* / IPS_* from the kernel UAPI).
 public enum CtBits {
-    public static let stateNew: UInt32 = 1 << 3     // NF_CT_STATE_BIT(IP_CT_NEW)
-    public static let statusDNAT: UInt32 = 1 << 5   // IPS_DST_NAT
+    public static let stateNew: UInt32 = 1 << 3  // NF_CT_STATE_BIT(IP_CT_NEW)
+    public static let statusDNAT: UInt32 = 1 << 5  // IPS_DST_NAT
 }
 
 /// Route types (RTN_* in linux/rtnetlink.h) that `fib ... type` yields.
 public enum RouteType {
-    public static let local: UInt32 = 2   // RTN_LOCAL
+    public static let local: UInt32 = 2  // RTN_LOCAL
 }
 
 extension UInt32 {

@@ -142,7 +142,8 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     /// Network byte order, as the kernel stores it: 4 or 16 bytes.
     public var bytes: [UInt8] {
         if family == .v4 { return (0..<4).map { UInt8(truncatingIfNeeded: low >> (24 - 8 * $0)) } }
-        return (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * $0)) } + (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * $0)) }
+        return (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * $0)) }
+            + (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * $0)) }
     }
 
     public init?(bytes: [UInt8]) {
@@ -162,7 +163,9 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
             let v = v4Value
             return "\(v >> 24).\(v >> 16 & 0xff).\(v >> 8 & 0xff).\(v & 0xff)"
         }
-        let g = (0..<4).map { UInt16(truncatingIfNeeded: high >> (48 - 16 * $0)) } + (0..<4).map { UInt16(truncatingIfNeeded: low >> (48 - 16 * $0)) }
+        let g =
+            (0..<4).map { UInt16(truncatingIfNeeded: high >> (48 - 16 * $0)) }
+            + (0..<4).map { UInt16(truncatingIfNeeded: low >> (48 - 16 * $0)) }
         // The longest run of two or more zero groups (the first of equals) becomes "::".
         var best = (start: -1, count: 0), run = (start: -1, count: 0)
         for (i, x) in g.enumerated() {
@@ -203,8 +206,9 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
         case .v4(let v):
             return IPAddress(v & (length == 0 ? 0 : ~UInt32(0) << (32 - length)))
         case .v6(let h, let l):
-            return IPAddress(v6: h & (length == 0 ? 0 : length >= 64 ? ~0 : ~UInt64(0) << (64 - length)),
-                             l & (length <= 64 ? 0 : length == 128 ? ~0 : ~UInt64(0) << (128 - length)))
+            return IPAddress(
+                v6: h & (length == 0 ? 0 : length >= 64 ? ~0 : ~UInt64(0) << (64 - length)),
+                l & (length <= 64 ? 0 : length == 128 ? ~0 : ~UInt64(0) << (128 - length)))
         }
     }
 }
@@ -223,8 +227,9 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     public init?(_ text: some StringProtocol) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, let address = IPAddress(parts[0]), (1...3).contains(parts[1].count),
-              parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let length = Int(parts[1]),
-              (0...address.family.bits).contains(length) else { return nil }
+            parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let length = Int(parts[1]),
+            (0...address.family.bits).contains(length)
+        else { return nil }
         self.init(address: address, length: length)
     }
 

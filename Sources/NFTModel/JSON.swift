@@ -40,7 +40,9 @@ public indirect enum JSON: Hashable, Sendable {
                 if u.value < 0x20 {
                     let h = String(u.value, radix: 16)
                     out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                } else { out.unicodeScalars.append(u) }
+                } else {
+                    out.unicodeScalars.append(u)
+                }
             }
         }
         return out + "\""
@@ -53,28 +55,43 @@ extension Ruleset {
         .object([
             ("family", .string(family.rawValue)),
             ("table", .string(table)),
-            ("sets", .array(sets.map { s in
-                .object([
-                    ("name", .string(s.name)),
-                    ("kind", .string(s.kindWord)),
-                    ("type", .string(s.typeText)),
-                    ("elements", .array(s.elements.map { e in
-                        var o: [(String, JSON)] = [("key", .string(e.keyText))]
-                        if let v = e.verdict { o.append(("verdict", .string(v.description))) }
-                        if let d = e.data { o.append(("data", .string(d.map(\.description).joined(separator: " . ")))) }
-                        if let c = e.comment { o.append(("comment", .string(c))) }
+            (
+                "sets",
+                .array(
+                    sets.map { s in
+                        .object([
+                            ("name", .string(s.name)),
+                            ("kind", .string(s.kindWord)),
+                            ("type", .string(s.typeText)),
+                            (
+                                "elements",
+                                .array(
+                                    s.elements.map { e in
+                                        var o: [(String, JSON)] = [("key", .string(e.keyText))]
+                                        if let v = e.verdict { o.append(("verdict", .string(v.description))) }
+                                        if let d = e.data { o.append(("data", .string(d.map(\.description).joined(separator: " . ")))) }
+                                        if let c = e.comment { o.append(("comment", .string(c))) }
+                                        return .object(o)
+                                    })
+                            )
+                        ])
+                    })
+            ),
+            (
+                "chains",
+                .array(
+                    chains.map { c in
+                        var o: [(String, JSON)] = [("name", .string(c.name))]
+                        if let b = c.base {
+                            o += [
+                                ("type", .string(b.type.rawValue)), ("hook", .string(b.hook.rawValue)),
+                                ("priority", .number(Int(b.priority)))
+                            ]
+                        }
+                        o.append(("rules", .array(c.rules.map { .string($0.nftText) })))
                         return .object(o)
-                    })),
-                ])
-            })),
-            ("chains", .array(chains.map { c in
-                var o: [(String, JSON)] = [("name", .string(c.name))]
-                if let b = c.base {
-                    o += [("type", .string(b.type.rawValue)), ("hook", .string(b.hook.rawValue)), ("priority", .number(Int(b.priority)))]
-                }
-                o.append(("rules", .array(c.rules.map { .string($0.nftText) })))
-                return .object(o)
-            })),
+                    })
+            )
         ])
     }
 }

@@ -3,9 +3,9 @@
 public enum Operation: Hashable, Sendable {
     case addTable
     case deleteTable
-    case addSet(NamedSet)          // definition only; elements follow as addElements
+    case addSet(NamedSet)  // definition only; elements follow as addElements
     case deleteSet(String)
-    case addChain(Chain)           // name and hook only; rules follow as addRule
+    case addChain(Chain)  // name and hook only; rules follow as addRule
     case flushChain(String)
     case deleteChain(String)
     case addRule(chain: String, Rule)
@@ -94,7 +94,9 @@ public struct Transaction: Hashable, Sendable {
             case .addTable: lines.append("add table \(t)")
             case .deleteTable: lines.append("delete table \(t)")
             case .addSet(let s):
-                lines.append("add \(s.kindWord) \(t) \(s.name) { \(s.typeText); " + (s.timeout.map { "flags dynamic,timeout; timeout \($0)s; " } ?? "") + "}")
+                lines.append(
+                    "add \(s.kindWord) \(t) \(s.name) { \(s.typeText); "
+                        + (s.timeout.map { "flags dynamic,timeout; timeout \($0)s; " } ?? "") + "}")
             case .deleteSet(let n): lines.append("delete set \(t) \(n)")
             case .addChain(let c):
                 lines.append("add chain \(t) \(c.name)" + (c.base.map { " { \($0.nftText) }" } ?? ""))
@@ -223,24 +225,28 @@ extension Ruleset {
             r.chains[i].rules = []
         case .deleteChain(let n):
             guard let c = r.chain(n), c.rules.isEmpty,
-                  !r.chains.contains(where: { $0.rules.contains { $0.chainTargets.contains(n) } }),
-                  !r.sets.contains(where: { $0.elements.contains { $0.verdict?.target == n } }) else { return nil }
+                !r.chains.contains(where: { $0.rules.contains { $0.chainTargets.contains(n) } }),
+                !r.sets.contains(where: { $0.elements.contains { $0.verdict?.target == n } })
+            else { return nil }
             r.chains.removeAll { $0.name == n }
         case .addRule(let n, var rule):
             guard let i = r.chains.firstIndex(where: { $0.name == n }),
-                  rule.chainTargets.allSatisfy({ r.chain($0) != nil }),
-                  rule.setReferences.allSatisfy({ r.set($0) != nil }) else { return nil }
+                rule.chainTargets.allSatisfy({ r.chain($0) != nil }),
+                rule.setReferences.allSatisfy({ r.set($0) != nil })
+            else { return nil }
             rule.handle = (r.chains.flatMap(\.rules).compactMap(\.handle).max() ?? 0) + 1
             r.chains[i].rules.append(rule)
         case .deleteRule(let n, let h):
             guard let i = r.chains.firstIndex(where: { $0.name == n }),
-                  let j = r.chains[i].rules.firstIndex(where: { $0.handle == h }) else { return nil }
+                let j = r.chains[i].rules.firstIndex(where: { $0.handle == h })
+            else { return nil }
             r.chains[i].rules.remove(at: j)
         case .addElements(let n, let es):
             guard let i = r.sets.firstIndex(where: { $0.name == n }) else { return nil }
             for e in es {
                 guard !r.sets[i].elements.contains(where: { $0.key == e.key }),
-                      e.verdict?.target.map({ r.chain($0) != nil }) ?? true else { return nil }
+                    e.verdict?.target.map({ r.chain($0) != nil }) ?? true
+                else { return nil }
                 r.sets[i].elements.append(e)
             }
         case .deleteElements(let n, let es):

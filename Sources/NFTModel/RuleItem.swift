@@ -82,8 +82,10 @@ public struct Rule: Hashable, Sendable {
     public var setReferences: [String] {
         items.compactMap {
             switch $0 {
-            case .dispatch(let s, _), .saddrDaddrIn(let s, _), .dnatFromMap(_, _, let s, _), .daddrInSet(let s, _), .nodePortDispatch(let s),
-                 .saddrInSet(let s, _), .rememberSaddr(let s, _): s
+            case .dispatch(let s, _), .saddrDaddrIn(let s, _), .dnatFromMap(_, _, let s, _), .daddrInSet(let s, _),
+                .nodePortDispatch(let s),
+                .saddrInSet(let s, _), .rememberSaddr(let s, _):
+                s
             case .raw(.lookup(let s, _, _)): s
             default: nil
             }
@@ -108,13 +110,17 @@ extension RuleItem {
     public var exprs: [Expr] {
         switch self {
         case .ctStateNew:
-            [.ct(key: .state, dreg: r1),
-             .bitwise(sreg: r1, dreg: r1, mask: CtBits.stateNew.hostBytes, xor: [0, 0, 0, 0]),
-             .cmp(sreg: r1, op: .neq, data: [0, 0, 0, 0])]
+            [
+                .ct(key: .state, dreg: r1),
+                .bitwise(sreg: r1, dreg: r1, mask: CtBits.stateNew.hostBytes, xor: [0, 0, 0, 0]),
+                .cmp(sreg: r1, op: .neq, data: [0, 0, 0, 0])
+            ]
         case .ctStatusDNAT:
-            [.ct(key: .status, dreg: r1),
-             .bitwise(sreg: r1, dreg: r1, mask: CtBits.statusDNAT.hostBytes, xor: [0, 0, 0, 0]),
-             .cmp(sreg: r1, op: .neq, data: [0, 0, 0, 0])]
+            [
+                .ct(key: .status, dreg: r1),
+                .bitwise(sreg: r1, dreg: r1, mask: CtBits.statusDNAT.hostBytes, xor: [0, 0, 0, 0]),
+                .cmp(sreg: r1, op: .neq, data: [0, 0, 0, 0])
+            ]
         case .l4proto(let p):
             [.meta(key: .l4proto, dreg: r1), .cmp(sreg: r1, op: .eq, data: [p.number])]
         case .ipMatch(let field, let op, let prefix):
@@ -126,47 +132,69 @@ extension RuleItem {
         case .fibSaddrLocal:
             [.fibSaddrType(dreg: r1), .cmp(sreg: r1, op: .eq, data: RouteType.local.hostBytes)]
         case .daddrInSet(let set, let f):
-            [.payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
+            [
+                .payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: r1),
+                .lookup(set: set, sreg: r1, dreg: nil)
+            ]
         case .saddrInSet(let set, let f):
-            [.payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1), .lookup(set: set, sreg: r1, dreg: nil)]
+            [
+                .payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1),
+                .lookup(set: set, sreg: r1, dreg: nil)
+            ]
         case .rememberSaddr(let set, let f):
             [.payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1), .dynsetUpdate(set: set, sreg: r1)]
         case .nodePortDispatch(let map):
-            [.meta(key: .l4proto, dreg: r1), .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(1)),
-             .lookup(set: map, sreg: r1, dreg: .verdict)]
+            [
+                .meta(key: .l4proto, dreg: r1), .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(1)),
+                .lookup(set: map, sreg: r1, dreg: .verdict)
+            ]
         case .markIsClear(let bits):
-            [.meta(key: .mark, dreg: r1),
-             .bitwise(sreg: r1, dreg: r1, mask: bits.hostBytes, xor: [0, 0, 0, 0]),
-             .cmp(sreg: r1, op: .eq, data: [0, 0, 0, 0])]
+            [
+                .meta(key: .mark, dreg: r1),
+                .bitwise(sreg: r1, dreg: r1, mask: bits.hostBytes, xor: [0, 0, 0, 0]),
+                .cmp(sreg: r1, op: .eq, data: [0, 0, 0, 0])
+            ]
         case .markSetOr(let bits):
-            [.meta(key: .mark, dreg: r1),
-             .bitwise(sreg: r1, dreg: r1, mask: (~bits).hostBytes, xor: bits.hostBytes),
-             .metaSet(key: .mark, sreg: r1)]
+            [
+                .meta(key: .mark, dreg: r1),
+                .bitwise(sreg: r1, dreg: r1, mask: (~bits).hostBytes, xor: bits.hostBytes),
+                .metaSet(key: .mark, sreg: r1)
+            ]
         case .markSetXor(let bits):
-            [.meta(key: .mark, dreg: r1),
-             .bitwise(sreg: r1, dreg: r1, mask: UInt32.max.hostBytes, xor: bits.hostBytes),
-             .metaSet(key: .mark, sreg: r1)]
+            [
+                .meta(key: .mark, dreg: r1),
+                .bitwise(sreg: r1, dreg: r1, mask: UInt32.max.hostBytes, xor: bits.hostBytes),
+                .metaSet(key: .mark, sreg: r1)
+            ]
         case .numgenIsZero(let n):
             [.numgen(dreg: r1, modulus: n, offset: 0), .cmp(sreg: r1, op: .eq, data: [0, 0, 0, 0])]
         case .dnat(let addr, let port):
-            [.immediate(dreg: r1, data: addr.bytes), .immediate(dreg: r2, data: port.networkBytes),
-             .dnat(family: addr.family, addrReg: r1, protoReg: r2, flags: NATFlags.protoSpecified)]
+            [
+                .immediate(dreg: r1, data: addr.bytes), .immediate(dreg: r2, data: port.networkBytes),
+                .dnat(family: addr.family, addrReg: r1, protoReg: r2, flags: NATFlags.protoSpecified)
+            ]
         case .dnatFromMap(let n, let offset, let map, let f):
-            [.numgen(dreg: r1, modulus: n, offset: offset), .lookup(set: map, sreg: r1, dreg: r1),
-             .dnat(family: f, addrReg: r1, protoReg: f.afterAddress, flags: NATFlags.protoSpecified)]
+            [
+                .numgen(dreg: r1, modulus: n, offset: offset), .lookup(set: map, sreg: r1, dreg: r1),
+                .dnat(family: f, addrReg: r1, protoReg: f.afterAddress, flags: NATFlags.protoSpecified)
+            ]
         case .masquerade(let fullyRandom):
             [.masquerade(flags: fullyRandom ? NATFlags.fullyRandom : 0)]
         case .reject(let kind):
             [.reject(kind: kind)]
         case .dispatch(let map, let f):
-            [.payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: r1),
-             .meta(key: .l4proto, dreg: f.afterAddress),
-             .payload(base: .transport, offset: 2, length: 2, dreg: .at(f.addressLength / 4 + 1)),
-             .lookup(set: map, sreg: r1, dreg: .verdict)]
+            [
+                .payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: r1),
+                .meta(key: .l4proto, dreg: f.afterAddress),
+                .payload(base: .transport, offset: 2, length: 2, dreg: .at(f.addressLength / 4 + 1)),
+                .lookup(set: map, sreg: r1, dreg: .verdict)
+            ]
         case .saddrDaddrIn(let set, let f):
-            [.payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1),
-             .payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: f.afterAddress),
-             .lookup(set: set, sreg: r1, dreg: nil)]
+            [
+                .payload(base: .network, offset: f.saddrOffset, length: UInt32(f.addressLength), dreg: r1),
+                .payload(base: .network, offset: f.daddrOffset, length: UInt32(f.addressLength), dreg: f.afterAddress),
+                .lookup(set: set, sreg: r1, dreg: nil)
+            ]
         case .verdict(let v):
             [.verdict(v)]
         case .raw(let e):
@@ -178,13 +206,17 @@ extension RuleItem {
         let bytes = (prefix.length + 7) / 8
         let data = Array(prefix.address.bytes.prefix(bytes))
         if prefix.length % 8 == 0 {
-            return [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
-                    .cmp(sreg: r1, op: op, data: data)]
+            return [
+                .payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
+                .cmp(sreg: r1, op: op, data: data)
+            ]
         }
         let mask = Array(prefix.mask.bytes.prefix(bytes))
-        return [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
-                .bitwise(sreg: r1, dreg: r1, mask: mask, xor: [UInt8](repeating: 0, count: bytes)),
-                .cmp(sreg: r1, op: op, data: data)]
+        return [
+            .payload(base: .network, offset: offset, length: UInt32(bytes), dreg: r1),
+            .bitwise(sreg: r1, dreg: r1, mask: mask, xor: [UInt8](repeating: 0, count: bytes)),
+            .cmp(sreg: r1, op: op, data: data)
+        ]
     }
 
     /// Reads kernel expressions back into items: at each position, the first item whose
@@ -219,11 +251,13 @@ extension RuleItem {
         case .meta(.l4proto, r1):
             if i + 2 < e.count, case .lookup(let m, r1, .verdict) = e[i + 2] { return starts(.nodePortDispatch(map: m)) }
             guard i + 1 < e.count, case .cmp(r1, .eq, let d) = e[i + 1], d.count == 1,
-                  let p = TransportProtocol(number: d[0]) else { return nil }
+                let p = TransportProtocol(number: d[0])
+            else { return nil }
             return (.l4proto(p), 2)
         case .meta(.mark, r1):
             guard i + 2 < e.count, case .bitwise(r1, r1, let mask, let xor) = e[i + 1],
-                  let m = UInt32(hostBytes: mask), let x = UInt32(hostBytes: xor) else { return nil }
+                let m = UInt32(hostBytes: mask), let x = UInt32(hostBytes: xor)
+            else { return nil }
             if case .metaSet(.mark, r1) = e[i + 2] {
                 if m == .max { return (.markSetXor(x), 3) }
                 if m == ~x { return (.markSetOr(x), 3) }
@@ -237,7 +271,8 @@ extension RuleItem {
             return offset == 0 ? starts(.numgenIsZero(modulus: n)) : nil
         case .immediate(r1, let a) where a.count == f.addressLength:
             guard i + 1 < e.count, case .immediate(r2, let p) = e[i + 1], p.count == 2,
-                  let addr = IPAddress(bytes: a) else { return nil }
+                let addr = IPAddress(bytes: a)
+            else { return nil }
             return starts(.dnat(addr, port: UInt16(p[0]) << 8 | UInt16(p[1])))
         case .masquerade(let flags):
             if flags == 0 { return (.masquerade(fullyRandom: false), 1) }
@@ -250,7 +285,10 @@ extension RuleItem {
             return matchPrefix(e, at: i, family: f)
         case .payload(.network, f.saddrOffset, alen, r1):
             if i + 2 < e.count, case .lookup(let s, r1, nil) = e[i + 2],
-               let m = starts(.saddrDaddrIn(set: s, family: f)) { return m }
+                let m = starts(.saddrDaddrIn(set: s, family: f))
+            {
+                return m
+            }
             if i + 1 < e.count, case .lookup(let s, r1, nil) = e[i + 1] { return starts(.saddrInSet(s, f)) }
             if i + 1 < e.count, case .dynsetUpdate(let s, r1) = e[i + 1] { return starts(.rememberSaddr(s, f)) }
             return matchPrefix(e, at: i, family: f)
@@ -263,7 +301,8 @@ extension RuleItem {
 
     private static func matchPrefix(_ e: [Expr], at i: Int, family f: IPFamily) -> (RuleItem, Int)? {
         guard case .payload(_, let offset, let len, _) = e[i], len >= 1, len <= f.addressLength,
-              offset == f.saddrOffset || offset == f.daddrOffset else { return nil }
+            offset == f.saddrOffset || offset == f.daddrOffset
+        else { return nil }
         var mask = [UInt8](repeating: 0xff, count: Int(len))
         var j = i + 1
         if j < e.count, case .bitwise(r1, r1, let m, _) = e[j] { mask = m; j += 1 }

@@ -82,7 +82,9 @@ private struct ElementLists: Sendable {
 
     mutating func append(_ es: [SetElement], to set: String) {
         guard !es.isEmpty else { return }
-        if let i = index[set] { lists[i].elements += es } else {
+        if let i = index[set] {
+            lists[i].elements += es
+        } else {
             index[set] = lists.count
             lists.append((set, es))
         }

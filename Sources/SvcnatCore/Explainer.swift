@@ -18,19 +18,26 @@ public enum Explainer {
     public static func ingress(host: String, path: String, in ingresses: [Ingress]) -> (query: Explain.Query, report: Report)? {
         guard let found = IngressMatch.find(host: host, path: path, in: ingresses) else { return nil }
         var r = Report()
-        r.text = "ingress \(found.ingress): \(found.rule) -> Service \(found.namespace)/\(found.backend.service) port \(found.backend.port)\n"
+        r.text =
+            "ingress \(found.ingress): \(found.rule) -> Service \(found.namespace)/\(found.backend.service) port \(found.backend.port)\n"
             + "   (the ingress controller proxies the request; its connection to the Service goes as follows)\n"
-        r.json = [.object([("ingress", .string(found.ingress)), ("rule", .string(found.rule)),
-                           ("service", .string("\(found.namespace)/\(found.backend.service)")),
-                           ("port", .string(found.backend.port.description))])]
+        r.json = [
+            .object([
+                ("ingress", .string(found.ingress)), ("rule", .string(found.rule)),
+                ("service", .string("\(found.namespace)/\(found.backend.service)")),
+                ("port", .string(found.backend.port.description))
+            ])
+        ]
         return (.service(namespace: found.namespace, name: found.backend.service, port: found.backend.port.description), r)
     }
 
     /// Every Service port of `tables` that the query names, with its frontends, chain and
     /// endpoints; with a source, the first packet from it walked through the rules to each
     /// destination the Service port is reached at.
-    public static func report(_ query: Explain.Query, tables: [Ruleset], local: Set<IPAddress>, source: IPAddress?,
-                              into report: Report = Report()) -> Report {
+    public static func report(
+        _ query: Explain.Query, tables: [Ruleset], local: Set<IPAddress>, source: IPAddress?,
+        into report: Report = Report()
+    ) -> Report {
         var r = report
         let linkLocal = IPPrefix("fe80::/10")!
         for ruleset in tables {

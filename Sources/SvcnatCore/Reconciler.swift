@@ -16,8 +16,10 @@ public struct ProxyConfig: Sendable {
     /// This node's zone, for topology hints.
     public var zone: String?
 
-    public init(table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
-                endpointSelection: EndpointSelection = .map, nodePortAddresses: [IPPrefix] = [], serviceCIDRs: [IPPrefix] = []) {
+    public init(
+        table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
+        endpointSelection: EndpointSelection = .map, nodePortAddresses: [IPPrefix] = [], serviceCIDRs: [IPPrefix] = []
+    ) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
@@ -37,8 +39,9 @@ public struct ProxyConfig: Sendable {
     }
 
     public func translator(for family: IPFamily) -> TranslatorConfig {
-        TranslatorConfig(table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection,
-                         nodePortAddresses: nodePortAddresses, serviceCIDRs: serviceCIDRs, family: family)
+        TranslatorConfig(
+            table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection,
+            nodePortAddresses: nodePortAddresses, serviceCIDRs: serviceCIDRs, family: family)
     }
 }
 
@@ -83,11 +86,15 @@ public struct SyncResult: Sendable {
     public var transaction: Transaction { family(.v4)!.transaction }
 
     public var summary: String {
-        var changes = transactions.isEmpty ? "no changes, the kernel already matches"
+        var changes =
+            transactions.isEmpty
+            ? "no changes, the kernel already matches"
             : "\(transactions.messageCount) changes applied in one transaction"
                 + (commits > 1 ? " (unreachable endpoint-map entries removed in a second)" : "")
         if flowsDeleted > 0 { changes += ", \(flowsDeleted) stale UDP flows deleted" }
-        return "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in \(String(format: "%.1f", seconds * 1000)) ms"
+        return
+            "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in "
+            + "\(String(format: "%.1f", seconds * 1000)) ms"
     }
 }
 
@@ -146,17 +153,21 @@ public struct Reconciler {
             for f in sp.frontends {
                 let key = "\(f.ip.withPort(f.port))/\(sp.name.proto.rawValue)"
                 if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
-                    errors.append(InputError(file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)",
-                                             field: "spec.clusterIP",
-                                             message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
+                    errors.append(
+                        InputError(
+                            file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)",
+                            field: "spec.clusterIP",
+                            message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
                 }
                 owner[key] = sp.name
             }
             if let np = sp.nodePort {
                 let key = "node port \(np)/\(sp.name.proto.rawValue)"
                 if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
-                    errors.append(InputError(file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)", field: "spec.ports",
-                                             message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
+                    errors.append(
+                        InputError(
+                            file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)", field: "spec.ports",
+                            message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
                 }
                 owner[key] = sp.name
             }
@@ -188,8 +199,10 @@ public struct Reconciler {
             let translator = Translator(config.translator(for: family))
             let fragments = translator.fragments(for: proxy, previous: current)
             let desired = translator.assemble(fragments)
-            families.append(FamilySync(family: family, desired: desired, fragments: fragments,
-                                       transaction: Planner.plan(from: current, to: desired)))
+            families.append(
+                FamilySync(
+                    family: family, desired: desired, fragments: fragments,
+                    transaction: Planner.plan(from: current, to: desired)))
             if !dryRun { flows.append(.init(before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))) }
         }
         let txs = families.map(\.transaction).filter { !$0.isEmpty }
@@ -201,11 +214,12 @@ public struct Reconciler {
         }
         let d = clock.now - start
         let used = counted
-        var result = SyncResult(services: Set(used.flatMap { $0.servicePorts.map { "\($0.name.namespace)/\($0.name.name)" } }).count,
-                                servicePorts: used.reduce(0) { $0 + $1.servicePorts.count },
-                                endpoints: used.reduce(0) { $0 + $1.endpointCount },
-                                transactions: txs, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
-                                families: families)
+        var result = SyncResult(
+            services: Set(used.flatMap { $0.servicePorts.map { "\($0.name.namespace)/\($0.name.name)" } }).count,
+            servicePorts: used.reduce(0) { $0 + $1.servicePorts.count },
+            endpoints: used.reduce(0) { $0 + $1.endpointCount },
+            transactions: txs, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
+            families: families)
         result.flowsDeleted = deleted
         result.commits = commits
         result.flowWarning = warning
@@ -219,8 +233,9 @@ public struct Reconciler {
     public static func deleteStaleFlows(_ kernel: Kernel, _ changes: [StaleFlows.Change]) -> (Int, String?) {
         let filters = changes.flatMap { StaleFlows.filters(before: $0.before, after: $0.after) }
         guard !filters.isEmpty else { return (0, nil) }
-        do { return (try kernel.deleteStaleFlows(filters), nil) }
-        catch { return (0, "stale UDP conntrack entries were not deleted: \(error)") }
+        do { return (try kernel.deleteStaleFlows(filters), nil) } catch {
+            return (0, "stale UDP conntrack entries were not deleted: \(error)")
+        }
     }
 
     /// Removes svcnat's tables (both families) and nothing else, in one batch. Returns the

@@ -153,10 +153,11 @@ public final class Syncer {
         let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, changes)
         var merged: [String: [ServicePortState]] = [:]
         for byService in ports.values { merged.merge(byService) { $0 + $1 } }
-        var result = SyncOutcome(partial: true, transactions: txs, services: states.values.map(\.serviceCount).max() ?? 0,
-                                 endpoints: states.values.reduce(0) { $0 + $1.endpointCount },
-                                 batchMessages: txs.isEmpty ? 0 : kernel.lastBatchMessages,
-                                 flowsDeleted: deleted, flowWarning: warning, ports: merged, replacesAll: false)
+        var result = SyncOutcome(
+            partial: true, transactions: txs, services: states.values.map(\.serviceCount).max() ?? 0,
+            endpoints: states.values.reduce(0) { $0 + $1.endpointCount },
+            batchMessages: txs.isEmpty ? 0 : kernel.lastBatchMessages,
+            flowsDeleted: deleted, flowWarning: warning, ports: merged, replacesAll: false)
         if let gone = states.first(where: { !config.needsTable($0.key, hasServices: $0.value.serviceCount > 0) })?.key {
             result.needsFullSync = "no \(gone.rawValue) Service left"
         }
@@ -177,10 +178,11 @@ public final class Syncer {
         }
         incremental = states
         let tables = r.families.compactMap(\.desired)
-        let result = SyncOutcome(partial: false, transactions: r.transactions, services: r.services, endpoints: r.endpoints,
-                                 batchMessages: r.transactions.isEmpty ? 0 : kernel.lastBatchMessages,
-                                 flowsDeleted: r.flowsDeleted, flowWarning: r.flowWarning, ports: ports, replacesAll: true,
-                                 rules: tables.reduce(0) { $0 + $1.ruleCount }, elements: tables.reduce(0) { $0 + $1.elementCount })
+        let result = SyncOutcome(
+            partial: false, transactions: r.transactions, services: r.services, endpoints: r.endpoints,
+            batchMessages: r.transactions.isEmpty ? 0 : kernel.lastBatchMessages,
+            flowsDeleted: r.flowsDeleted, flowWarning: r.flowWarning, ports: ports, replacesAll: true,
+            rules: tables.reduce(0) { $0 + $1.ruleCount }, elements: tables.reduce(0) { $0 + $1.elementCount })
         return Committed(result: result, commits: r.commits)
     }
 }

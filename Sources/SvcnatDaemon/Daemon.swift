@@ -26,8 +26,10 @@ public struct DaemonConfig: Sendable {
     /// How often the ruleset generation id is checked for changes made by others.
     public var driftCheckPeriod: Duration = .milliseconds(500)
 
-    public init(proxy: ProxyConfig, manifests: String, minSyncPeriod: Duration = .seconds(1), syncPeriod: Duration = .seconds(3600),
-                metricsAddress: String = "127.0.0.1:10249", healthzAddress: String = "0.0.0.0:10256", cleanupOnExit: Bool = false) {
+    public init(
+        proxy: ProxyConfig, manifests: String, minSyncPeriod: Duration = .seconds(1), syncPeriod: Duration = .seconds(3600),
+        metricsAddress: String = "127.0.0.1:10249", healthzAddress: String = "0.0.0.0:10256", cleanupOnExit: Bool = false
+    ) {
         self.proxy = proxy
         self.manifests = manifests
         self.minSyncPeriod = minSyncPeriod
@@ -79,9 +81,10 @@ public final class Daemon: @unchecked Sendable {
         self.store = ObjectStore(root: config.manifests)
         self.syncer = Syncer(config: config.proxy, kernel: try kernel ?? NetlinkKernel())
         let source = config.api.map { "api \($0.server)" } ?? "manifests \(config.manifests)"
-        endpoints = NodeEndpoints(http: HTTPServer(group: group), metrics: metrics, metricsAddress: config.metricsAddress,
-                                  healthzAddress: config.healthzAddress, sourceName: source,
-                                  staleAfter: Double(config.syncPeriod.components.seconds) * 2 + 60)
+        endpoints = NodeEndpoints(
+            http: HTTPServer(group: group), metrics: metrics, metricsAddress: config.metricsAddress,
+            healthzAddress: config.healthzAddress, sourceName: source,
+            staleAfter: Double(config.syncPeriod.components.seconds) * 2 + 60)
     }
 
     /// Starts everything and blocks until SIGTERM or SIGINT; returns the exit code.
@@ -93,14 +96,18 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         if let client = try config.api.map(APIClient.init) {
-            let api = APISource(client: client, store: store, nodeName: config.proxy.nodeName, followsNodeZone: config.proxy.zone == nil,
-                                queue: queue, log: log) { [weak self] full, reason in self?.requestSync(full: full, reason: reason) }
+            let api = APISource(
+                client: client, store: store, nodeName: config.proxy.nodeName, followsNodeZone: config.proxy.zone == nil,
+                queue: queue, log: log
+            ) { [weak self] full, reason in self?.requestSync(full: full, reason: reason) }
             self.api = api
             endpoints.sourceProblems = { api.problems }
         }
         try endpoints.listen()
         let source = config.api.map { "the API server \($0.server) (\($0.origin))" } ?? "manifests \(config.manifests)"
-        log.info("svcnat run: \(source), table ip \(config.proxy.table), metrics on \(config.metricsAddress), health on \(config.healthzAddress)")
+        log.info(
+            "svcnat run: \(source), table ip \(config.proxy.table), metrics on \(config.metricsAddress), health on \(config.healthzAddress)"
+        )
 
         if let api {
             queue.sync { api.start() }
@@ -143,7 +150,9 @@ public final class Daemon: @unchecked Sendable {
             if self.config.cleanupOnExit {
                 do {
                     let removed = try Reconciler(config: self.config.proxy, kernel: self.syncer.kernel).cleanup()
-                    let tables = removed.isEmpty ? "found no table ip \(self.config.proxy.table)"
+                    let tables =
+                        removed.isEmpty
+                        ? "found no table ip \(self.config.proxy.table)"
                         : "removed " + removed.map { "table \($0.rawValue) \(self.config.proxy.table)" }.joined(separator: " and ")
                     self.log.info("\(signal): \(tables)")
                 } catch {
@@ -230,12 +239,15 @@ public final class Daemon: @unchecked Sendable {
             endpoints.syncSucceeded()
             if outcome.repairedDrift {
                 metrics.driftRepairs.increment()
-                log.warning("drift: someone else changed svcnat's table \(config.proxy.table); repaired with \(outcome.changeCount) changes")
+                log.warning(
+                    "drift: someone else changed svcnat's table \(config.proxy.table); repaired with \(outcome.changeCount) changes")
             }
             if let w = outcome.flowWarning { log.warning("\(w)") }
             let flowNote = outcome.flowsDeleted > 0 ? ", \(outcome.flowsDeleted) stale UDP flows deleted" : ""
             let ms = String(format: "%.2f", Double(d.nanoseconds) / 1e6)
-            log.info("sync (\(outcome.partial ? "partial" : "full"), \(reason)): \(outcome.services) services, \(outcome.endpoints) endpoints, \(outcome.changeCount) changes in \(outcome.batchMessages) netlink messages\(flowNote), \(ms) ms")
+            let counts = "\(outcome.services) services, \(outcome.endpoints) endpoints, \(outcome.changeCount) changes"
+            let kind = outcome.partial ? "partial" : "full"
+            log.info("sync (\(kind), \(reason)): \(counts) in \(outcome.batchMessages) netlink messages\(flowNote), \(ms) ms")
             if let why = outcome.needsFullSync { queue.async { [weak self] in self?.requestSync(full: true, reason: why) } }
         } catch {
             releaseFreeMemory()

@@ -28,7 +28,7 @@ final class DaemonMetrics: @unchecked Sendable {
         factory.defaultDurationHistogramBuckets = [
             .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
             .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
-            .seconds(1), .seconds(2), .seconds(5), .seconds(10),
+            .seconds(1), .seconds(2), .seconds(5), .seconds(10)
         ]
         MetricsSystem.bootstrapInternal(factory)
         syncDuration = Metrics.Timer(label: "kubeproxy_sync_proxy_rules_duration_seconds")
@@ -48,11 +48,19 @@ final class DaemonMetrics: @unchecked Sendable {
     }
 
     // The API source, per collection (services, endpointslices, nodes).
-    func sourceEvent(_ resource: String) { CoreMetrics.Counter(label: "svcnat_source_events_total", dimensions: [("resource", resource)]).increment() }
-    func sourceList(_ resource: String) { CoreMetrics.Counter(label: "svcnat_source_lists_total", dimensions: [("resource", resource)]).increment() }
-    func sourceError(_ resource: String) { CoreMetrics.Counter(label: "svcnat_source_errors_total", dimensions: [("resource", resource)]).increment() }
+    func sourceEvent(_ resource: String) {
+        CoreMetrics.Counter(label: "svcnat_source_events_total", dimensions: [("resource", resource)]).increment()
+    }
+    func sourceList(_ resource: String) {
+        CoreMetrics.Counter(label: "svcnat_source_lists_total", dimensions: [("resource", resource)]).increment()
+    }
+    func sourceError(_ resource: String) {
+        CoreMetrics.Counter(label: "svcnat_source_errors_total", dimensions: [("resource", resource)]).increment()
+    }
     /// 1 while the collection is listed and watched, 0 while it is stale.
-    func sourceUp(_ resource: String, _ up: Bool) { CoreMetrics.Gauge(label: "svcnat_source_up", dimensions: [("resource", resource)]).record(up ? 1 : 0) }
+    func sourceUp(_ resource: String, _ up: Bool) {
+        CoreMetrics.Gauge(label: "svcnat_source_up", dimensions: [("resource", resource)]).record(up ? 1 : 0)
+    }
 
     func exposition() -> String { registry.emitToString() }
 }

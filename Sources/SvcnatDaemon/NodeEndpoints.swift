@@ -32,8 +32,10 @@ final class NodeEndpoints: @unchecked Sendable {
     /// Which health check port each Service has (sync queue only).
     private var healthPortOfService: [String: UInt16] = [:]
 
-    init(http: HTTPServer, metrics: DaemonMetrics, metricsAddress: String, healthzAddress: String, sourceName: String,
-         staleAfter: Double) {
+    init(
+        http: HTTPServer, metrics: DaemonMetrics, metricsAddress: String, healthzAddress: String, sourceName: String,
+        staleAfter: Double
+    ) {
         self.http = http
         self.metrics = metrics
         self.metricsAddress = metricsAddress
@@ -47,7 +49,11 @@ final class NodeEndpoints: @unchecked Sendable {
         try http.listen(healthzAddress) { [weak self] path in self?.serveHealth(path) ?? (.serviceUnavailable, "text/plain", "") }
     }
 
-    func syncSucceeded() { lock.withLock { lastSuccess = Date(); lastError = nil } }
+    func syncSucceeded() {
+        lock.withLock {
+            lastSuccess = Date(); lastError = nil
+        }
+    }
     func syncFailed(_ error: String) { lock.withLock { lastError = error } }
     func setRejected(_ files: [String: String]) { lock.withLock { rejected = files } }
 
@@ -82,11 +88,12 @@ final class NodeEndpoints: @unchecked Sendable {
 
     private func serveServiceHealth(_ port: UInt16) -> Response {
         guard let s = lock.withLock({ serviceHealth[port] }) else { return (.notFound, "text/plain", "not found\n") }
-        let body = JSON.object([
-            ("service", .object([("namespace", .string(s.namespace)), ("name", .string(s.name))])),
-            ("localEndpoints", .number(s.local)),
-            ("serviceProxyHealthy", .bool(true)),
-        ]).text() + "\n"
+        let body =
+            JSON.object([
+                ("service", .object([("namespace", .string(s.namespace)), ("name", .string(s.name))])),
+                ("localEndpoints", .number(s.local)),
+                ("serviceProxyHealthy", .bool(true))
+            ]).text() + "\n"
         return (s.local > 0 ? .ok : .serviceUnavailable, "application/json", body)
     }
 
@@ -107,18 +114,22 @@ final class NodeEndpoints: @unchecked Sendable {
             if !problems.isEmpty {
                 // The rules keep serving, but they may be out of date.
                 reason = "source stale: " + problems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
-            } else if let error { reason = "last sync failed: \(error)" }
-            else if let success {
+            } else if let error {
+                reason = "last sync failed: \(error)"
+            } else if let success {
                 if Date().timeIntervalSince(success) > staleAfter { reason = "no successful sync for more than \(Int(staleAfter)) s" }
-            } else { reason = "no sync has completed yet" }
+            } else {
+                reason = "no sync has completed yet"
+            }
             let files = rejected.sorted { $0.key < $1.key }.map { JSON.object([("file", .string($0.key)), ("error", .string($0.value))]) }
-            let body = JSON.object([
-                ("status", .string(reason == nil ? "ok" : "unhealthy")),
-                ("reason", reason.map { .string($0) } ?? .null),
-                ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
-                ("source", .string(sourceName)),
-                ("rejectedFiles", .array(files)),
-            ]).text() + "\n"
+            let body =
+                JSON.object([
+                    ("status", .string(reason == nil ? "ok" : "unhealthy")),
+                    ("reason", reason.map { .string($0) } ?? .null),
+                    ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
+                    ("source", .string(sourceName)),
+                    ("rejectedFiles", .array(files))
+                ]).text() + "\n"
             return (reason == nil ? .ok : .serviceUnavailable, "application/json", body)
         default: return (.notFound, "text/plain", "not found\n")
         }

@@ -69,7 +69,9 @@ public enum Explain {
         var s = "\(v.name) (\(v.proto.lowercased))\n"
         s += "├─ frontends: \(v.frontends.joined(separator: ", "))\n"
         guard let chainName = v.chain, let chain = r.chain(chainName) else {
-            s += "└─ no endpoints: new connections are rejected at once (\(Names.noEndpointServices) / \(Names.noEndpointNodePorts) -> \(Names.rejectChain): TCP reset, ICMP port unreachable)\n"
+            s +=
+                "└─ no endpoints: new connections are rejected at once (\(Names.noEndpointServices) / \(Names.noEndpointNodePorts) "
+                + "-> \(Names.rejectChain): TCP reset, ICMP port unreachable)\n"
             return s
         }
         s += "├─ \(Names.serviceIPs) / \(Names.serviceNodePorts) -> goto \(chainName)\n"
@@ -109,12 +111,15 @@ extension Explain {
     /// The outcomes of one walk as a tree: each fate with its probability, and the rules that
     /// acted on the packet (jumps into chains where nothing happened left out).
     public static func text(_ p: PacketWalk.Packet, _ outcomes: [PacketWalk.Outcome], fromNode: Bool) -> String {
-        var s = "from \(p.source) to \(p.destination.withPort(p.port))/\(p.proto.lowercased) ("
+        var s =
+            "from \(p.source) to \(p.destination.withPort(p.port))/\(p.proto.lowercased) ("
             + (fromNode ? "starts on the node: output hook" : "arrives from another host or a pod: prerouting hook") + "):\n"
         // The rules every outcome passed are printed once, then each outcome's own.
         let traces = outcomes.map { trimmed($0.trace) }
         var common = 0
-        while let first = traces.first, common < first.count, traces.allSatisfy({ common < $0.count && $0[common] == first[common] }) { common += 1 }
+        while let first = traces.first, common < first.count, traces.allSatisfy({ common < $0.count && $0[common] == first[common] }) {
+            common += 1
+        }
         if outcomes.count > 1 { for line in traces[0].prefix(common) { s += "│     \(line)\n" } } else { common = 0 }
         for (i, o) in outcomes.enumerated() {
             let last = i == outcomes.count - 1
@@ -133,18 +138,28 @@ extension Explain {
             ("destination", .string(p.destination.withPort(p.port))),
             ("protocol", .string(p.proto.lowercased)),
             ("startsOnNode", .bool(fromNode)),
-            ("outcomes", .array(outcomes.map { o in
-                var fields: [(String, JSON)] = [("probability", .string(o.probabilityText))]
-                switch o.fate {
-                case .accepted(let ep): fields += [("fate", .string(ep == nil ? "not-nated" : "dnat")), ("endpoint", ep.map { .string($0.description) } ?? .null)]
-                case .dropped: fields.append(("fate", .string("dropped")))
-                case .rejected: fields.append(("fate", .string("rejected")))
-                case .unknownRule(let r): fields += [("fate", .string("unknown-rule")), ("rule", .string(r))]
-                }
-                fields += [("masqueraded", .bool(o.masqueraded)), ("summary", .string(o.summary)),
-                           ("trace", .array(trimmed(o.trace).map { .string($0) })), ("notes", .array(o.notes.map { .string($0) }))]
-                return .object(fields)
-            })),
+            (
+                "outcomes",
+                .array(
+                    outcomes.map { o in
+                        var fields: [(String, JSON)] = [("probability", .string(o.probabilityText))]
+                        switch o.fate {
+                        case .accepted(let ep):
+                            fields += [
+                                ("fate", .string(ep == nil ? "not-nated" : "dnat")),
+                                ("endpoint", ep.map { .string($0.description) } ?? .null)
+                            ]
+                        case .dropped: fields.append(("fate", .string("dropped")))
+                        case .rejected: fields.append(("fate", .string("rejected")))
+                        case .unknownRule(let r): fields += [("fate", .string("unknown-rule")), ("rule", .string(r))]
+                        }
+                        fields += [
+                            ("masqueraded", .bool(o.masqueraded)), ("summary", .string(o.summary)),
+                            ("trace", .array(trimmed(o.trace).map { .string($0) })), ("notes", .array(o.notes.map { .string($0) }))
+                        ]
+                        return .object(fields)
+                    })
+            )
         ])
     }
 
@@ -171,20 +186,24 @@ public enum IngressMatch {
     }
 
     public static func find(host: String, path: String, in ingresses: [Ingress]) -> Found? {
-        var best: (Found, Int, Bool)?   // found, path length, exact
+        var best: (Found, Int, Bool)?  // found, path length, exact
         for ing in ingresses.sorted(by: { ($0.meta.namespace, $0.meta.name) < ($1.meta.namespace, $1.meta.name) }) {
             for p in ing.paths where hostMatches(p.host, host) {
                 guard let len = pathMatch(p.path, type: p.pathType, request: path) else { continue }
                 let exact = p.pathType == "Exact"
                 if let b = best, (b.1, b.2 ? 1 : 0) >= (len, exact ? 1 : 0) { continue }
-                best = (Found(ingress: "\(ing.meta.namespace)/\(ing.meta.name)", rule: "host \(p.host ?? "*") path \(p.path) (\(p.pathType))",
-                              namespace: ing.meta.namespace, backend: p.backend), len, exact)
+                best = (
+                    Found(
+                        ingress: "\(ing.meta.namespace)/\(ing.meta.name)", rule: "host \(p.host ?? "*") path \(p.path) (\(p.pathType))",
+                        namespace: ing.meta.namespace, backend: p.backend), len, exact
+                )
             }
         }
         if let best { return best.0 }
         for ing in ingresses.sorted(by: { ($0.meta.namespace, $0.meta.name) < ($1.meta.namespace, $1.meta.name) }) {
             if let d = ing.defaultBackend {
-                return Found(ingress: "\(ing.meta.namespace)/\(ing.meta.name)", rule: "default backend", namespace: ing.meta.namespace, backend: d)
+                return Found(
+                    ingress: "\(ing.meta.namespace)/\(ing.meta.name)", rule: "default backend", namespace: ing.meta.namespace, backend: d)
             }
         }
         return nil
@@ -194,7 +213,7 @@ public enum IngressMatch {
         guard let rule, !rule.isEmpty else { return true }
         let h = host.lowercased(), r = rule.lowercased()
         if r.hasPrefix("*.") {
-            let suffix = r.dropFirst(1)   // ".example.com"
+            let suffix = r.dropFirst(1)  // ".example.com"
             guard h.hasSuffix(suffix) else { return false }
             let label = h.dropLast(suffix.count)
             return !label.isEmpty && !label.contains(".")

@@ -33,10 +33,14 @@ public struct IptablesRenderer: Sendable {
                 // externally visible frontends in KUBE-EXTERNAL-SERVICES.
                 for f in sp.frontends {
                     let chain = f.kind == .clusterIP ? "KUBE-SERVICES" : "KUBE-EXTERNAL-SERVICES"
-                    filterRules.append("-A \(chain) \(match(f.ip, f.port, "\(spn) has no endpoints")) -j REJECT --reject-with \(portUnreachable)")
+                    filterRules.append(
+                        "-A \(chain) \(match(f.ip, f.port, "\(spn) has no endpoints")) -j REJECT --reject-with \(portUnreachable)")
                 }
                 if let np = sp.nodePort {
-                    filterRules.append("-A KUBE-EXTERNAL-SERVICES -p \(proto) -m comment --comment \(q("\(spn) has no endpoints")) -m addrtype --dst-type LOCAL -m \(proto) --dport \(np) -j REJECT --reject-with \(portUnreachable)")
+                    filterRules.append(
+                        "-A KUBE-EXTERNAL-SERVICES -p \(proto) -m comment --comment \(q("\(spn) has no endpoints")) -m addrtype "
+                            + "--dst-type LOCAL -m \(proto) --dport \(np) -j REJECT --reject-with \(portUnreachable)"
+                    )
                 }
                 continue
             }
@@ -44,7 +48,8 @@ public struct IptablesRenderer: Sendable {
             let external = !sp.externalFrontends.isEmpty || sp.nodePort != nil
             if external {
                 natChains.insert(extChain)
-                natRules.append("-A \(extChain) -m comment --comment \(q("masquerade traffic for \(spn) external destinations")) -j KUBE-MARK-MASQ")
+                natRules.append(
+                    "-A \(extChain) -m comment --comment \(q("masquerade traffic for \(spn) external destinations")) -j KUBE-MARK-MASQ")
                 natRules.append("-A \(extChain) -j \(svcChain)")
             }
             for f in sp.frontends {
@@ -67,19 +72,24 @@ public struct IptablesRenderer: Sendable {
                         for r in sp.sourceRanges {
                             natRules.append("-A \(fwChain) -s \(r) -m comment --comment \(q("\(spn) loadbalancer IP")) -j \(extChain)")
                         }
-                        filterRules.append("-A KUBE-PROXY-FIREWALL \(match(f.ip, f.port, "\(spn) traffic not accepted by \(fwChain)")) -j DROP")
+                        filterRules.append(
+                            "-A KUBE-PROXY-FIREWALL \(match(f.ip, f.port, "\(spn) traffic not accepted by \(fwChain)")) -j DROP")
                     }
                 }
             }
             if let np = sp.nodePort {
-                natRules.append("-A KUBE-NODEPORTS -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) --dport \(np) -j \(extChain)")
+                natRules.append(
+                    "-A KUBE-NODEPORTS -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) --dport \(np) -j \(extChain)")
             }
             let n = sp.endpoints.count
             if let t = sp.affinityTimeout {
                 // kube-proxy's ClientIP affinity: the recent match remembers each client per endpoint.
                 for ep in sp.endpoints {
                     let sep = KubeProxyNames.endpointChain(spn, ep)
-                    natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)")) -m recent --rcheck --seconds \(t) --reap --name \(sep) --mask \(hostMask) --rsource -j \(sep)")
+                    natRules.append(
+                        "-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)")) -m recent --rcheck --seconds \(t) --reap "
+                            + "--name \(sep) --mask \(hostMask) --rsource -j \(sep)"
+                    )
                 }
             }
             for (i, ep) in sp.endpoints.enumerated() {
@@ -89,52 +99,66 @@ public struct IptablesRenderer: Sendable {
                 natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)"))\(prob) -j \(sep)")
                 natRules.append("-A \(sep) -s \(ep.ip)\(host) -m comment --comment \(q(spn.description)) -j KUBE-MARK-MASQ")
                 let recent = sp.affinityTimeout == nil ? "" : " -m recent --set --name \(sep) --mask \(hostMask) --rsource"
-                natRules.append("-A \(sep) -p \(proto) -m comment --comment \(q(spn.description))\(recent) -m \(proto) -j DNAT --to-destination \(ep)")
+                natRules.append(
+                    "-A \(sep) -p \(proto) -m comment --comment \(q(spn.description))\(recent) -m \(proto) -j DNAT --to-destination \(ep)")
             }
         }
         let nodePortNote = q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
         if nodePortAddresses.isEmpty {
             natRules.append("-A KUBE-SERVICES -m comment --comment \(nodePortNote) -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
         } else {
-            for c in nodePortAddresses { natRules.append("-A KUBE-SERVICES -d \(c) -m comment --comment \(nodePortNote) -j KUBE-NODEPORTS") }
+            for c in nodePortAddresses {
+                natRules.append("-A KUBE-SERVICES -d \(c) -m comment --comment \(nodePortNote) -j KUBE-NODEPORTS")
+            }
         }
 
-        let filterChains = ["KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-SERVICES"]
+        let filterChains = [
+            "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-SERVICES"
+        ]
         let fixedFilter = """
-        -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
-        -A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS
-        -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES
-        -A INPUT -j KUBE-FIREWALL
-        -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
-        -A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
-        -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
-        -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES
-        -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
-        -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
-        -A OUTPUT -j KUBE-FIREWALL
-        -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark \(mark)/\(mark) -j ACCEPT
-        -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-        """
+            -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+            -A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS
+            -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" \
+            -j KUBE-EXTERNAL-SERVICES
+            -A INPUT -j KUBE-FIREWALL
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+            -A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" \
+            -j KUBE-EXTERNAL-SERVICES
+            -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+            -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A OUTPUT -j KUBE-FIREWALL
+            -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark \(mark)/\(mark) -j ACCEPT
+            -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+            """
         let fixedNat = """
-        -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
-        -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
-        -A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
-        -A KUBE-MARK-MASQ -j MARK --set-xmark \(mark)/\(mark)
-        -A KUBE-POSTROUTING -m mark ! --mark \(mark)/\(mark) -j RETURN
-        -A KUBE-POSTROUTING -j MARK --set-xmark \(mark)/0x0
-        -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
-        """
+            -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+            -A KUBE-MARK-MASQ -j MARK --set-xmark \(mark)/\(mark)
+            -A KUBE-POSTROUTING -m mark ! --mark \(mark)/\(mark) -j RETURN
+            -A KUBE-POSTROUTING -j MARK --set-xmark \(mark)/0x0
+            -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+            """
         // route_localnet (and so this guard) is IPv4's alone.
-        let localnet = v4 ? ["-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"] : []
+        let localnet =
+            v4
+            ? [
+                "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m "
+                    + "conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+            ] : []
         var out = "# svcnat: the kube-proxy \(v4 ? "iptables" : "ip6tables")-mode equivalent of the same Services\n*filter\n"
         out += ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
         out += filterChains.map { ":\($0) - [0:0]\n" }.joined()
-        out += Self.byChain(fixedFilter.split(separator: "\n").map(String.init) + localnet + filterRules,
-                            order: ["INPUT", "FORWARD", "OUTPUT"] + filterChains)
+        out += Self.byChain(
+            fixedFilter.split(separator: "\n").map(String.init) + localnet + filterRules,
+            order: ["INPUT", "FORWARD", "OUTPUT"] + filterChains)
         out += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
         out += natChains.sorted().map { ":\($0) - [0:0]\n" }.joined()
-        out += Self.byChain(fixedNat.split(separator: "\n").map(String.init) + natRules,
-                            order: ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] + natChains.sorted())
+        out += Self.byChain(
+            fixedNat.split(separator: "\n").map(String.init) + natRules,
+            order: ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] + natChains.sorted())
         out += "COMMIT\n"
         return out
     }

@@ -54,9 +54,9 @@ public enum PacketWalk {
 
     /// How a chain (or rule) ended for one branch.
     enum Exit: Hashable {
-        case next          // no verdict: on to the next rule, or back to the caller
-        case returned      // `return`, or the end of a chain reached by goto
-        case accept        // accept, or a NAT statement
+        case next  // no verdict: on to the next rule, or back to the caller
+        case returned  // `return`, or the end of a chain reached by goto
+        case accept  // accept, or a NAT statement
         case drop
         case reject(RejectKind)
         case unknown(String)
@@ -168,7 +168,7 @@ public enum PacketWalk {
 
         /// One rule: its items left to right; a branch whose match fails goes on to the next rule.
         func evaluate(_ rule: Rule, in chain: String, _ s: State, depth: Int) -> [(State, Exit)] {
-            var branches: [(State, Int)] = [(s, 0)]   // state, index of the next item
+            var branches: [(State, Int)] = [(s, 0)]  // state, index of the next item
             var out: [(State, Exit)] = []
             let text = "\(chain): \(rule.nftText)"
             while let (st, i) = branches.popLast() {
@@ -215,9 +215,10 @@ public enum PacketWalk {
                     out.append((t, .accept))
                 case .dnatFromMap(let n, let base, let map, _):
                     acted()
-                    let data = Dictionary(((ruleset.set(map)?.elements) ?? []).compactMap { e -> (UInt32, [KeyValue])? in
-                        if case .integer(let k)? = e.key.first, let d = e.data { (k, d) } else { nil }
-                    }, uniquingKeysWith: { a, _ in a })
+                    let data = Dictionary(
+                        ((ruleset.set(map)?.elements) ?? []).compactMap { e -> (UInt32, [KeyValue])? in
+                            if case .integer(let k)? = e.key.first, let d = e.data { (k, d) } else { nil }
+                        }, uniquingKeysWith: { a, _ in a })
                     for k in 0..<n {
                         var b = t
                         b.probability *= 1 / Double(n)
@@ -227,7 +228,7 @@ public enum PacketWalk {
                             b.dport = port
                             out.append((b, .accept))
                         } else {
-                            out.append((b, .next))   // no such key: the statement breaks
+                            out.append((b, .next))  // no such key: the statement breaks
                         }
                     }
                 case .masquerade:

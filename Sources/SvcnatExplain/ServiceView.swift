@@ -60,7 +60,9 @@ extension Ruleset {
                 frontend = "node port \(port)"
                 proto = p
                 key = .init(ip: nil, port: port)
-            } else { return }
+            } else {
+                return
+            }
             if let wanted, wanted != proto { return }
             let name = e.comment ?? chain ?? e.keyText
             let id = "\(name) \(proto)"
@@ -88,7 +90,9 @@ extension Ruleset {
             for s in r.sets where s.name.hasPrefix(Names.endpointMapPrefix) {
                 var m: [UInt32: EndpointAddress] = [:]
                 for e in s.elements {
-                    if case .integer(let k)? = e.key.first, let d = e.data, d.count == 2, case .ip(let ip) = d[0], case .port(let port) = d[1] {
+                    if case .integer(let k)? = e.key.first, let d = e.data, d.count == 2, case .ip(let ip) = d[0],
+                        case .port(let port) = d[1]
+                    {
                         m[k] = EndpointAddress(ip: ip, port: port)
                     }
                 }
@@ -109,7 +113,9 @@ extension Ruleset {
         if !targets.isEmpty {
             var seen = Set<String>()
             let eps = targets.filter { seen.insert($0).inserted }.compactMap { t -> EndpointAddress? in
-                for r in index.chains[t]?.rules ?? [] { for case .dnat(let ip, let port) in r.items { return EndpointAddress(ip: ip, port: port) } }
+                for r in index.chains[t]?.rules ?? [] {
+                    for case .dnat(let ip, let port) in r.items { return EndpointAddress(ip: ip, port: port) }
+                }
                 return nil
             }
             return eps.map { ($0, "1/\(eps.count)") }
@@ -155,7 +161,7 @@ extension ServiceView {
             ("protocol", .string(proto.lowercased)),
             ("frontends", .array(frontends.map { .string($0) })),
             ("chain", chain.map { .string($0) } ?? .null),
-            ("endpoints", .array(endpoints.map { .object([("address", .string($0.description)), ("probability", .string($1))]) })),
+            ("endpoints", .array(endpoints.map { .object([("address", .string($0.description)), ("probability", .string($1))]) }))
         ])
     }
 }

@@ -21,11 +21,13 @@ public final class DirectoryWatcher: @unchecked Sendable {
         try addTree(root)
         let box = Unmanaged.passRetained(self)
         var t = pthread_t()
-        pthread_create(&t, nil, { arg in
-            let w = Unmanaged<DirectoryWatcher>.fromOpaque(arg!).takeRetainedValue()
-            w.loop()
-            return nil
-        }, box.toOpaque())
+        pthread_create(
+            &t, nil,
+            { arg in
+                let w = Unmanaged<DirectoryWatcher>.fromOpaque(arg!).takeRetainedValue()
+                w.loop()
+                return nil
+            }, box.toOpaque())
         thread = t
     }
 

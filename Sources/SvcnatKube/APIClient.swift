@@ -20,10 +20,12 @@ public struct Resource: Sendable, Hashable {
     /// Services and EndpointSlices, skipping what kube-proxy skips: objects of another service
     /// proxy (`service.kubernetes.io/service-proxy-name`) and headless Services.
     static let skipSelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
-    public static let services = Resource(name: "services", path: "/api/v1/services", kind: "Service", apiVersion: "v1",
-                                          labelSelector: skipSelector)
-    public static let endpointSlices = Resource(name: "endpointslices", path: "/apis/discovery.k8s.io/v1/endpointslices",
-                                                kind: "EndpointSlice", apiVersion: "discovery.k8s.io/v1", labelSelector: skipSelector)
+    public static let services = Resource(
+        name: "services", path: "/api/v1/services", kind: "Service", apiVersion: "v1",
+        labelSelector: skipSelector)
+    public static let endpointSlices = Resource(
+        name: "endpointslices", path: "/apis/discovery.k8s.io/v1/endpointslices",
+        kind: "EndpointSlice", apiVersion: "discovery.k8s.io/v1", labelSelector: skipSelector)
     public static func node(_ name: String) -> Resource {
         Resource(name: "nodes", path: "/api/v1/nodes", kind: "Node", apiVersion: "v1", fieldSelector: "metadata.name=\(name)")
     }
@@ -104,9 +106,17 @@ public final class APIClient: Sendable {
             let code = Int(response.status.code)
             switch code {
             case 401:
-                throw APIError(status: code, "the API server at \(config.server) refused svcnat's credentials (401 Unauthorized: \(message)); check the token or client certificate of \(config.origin)")
+                throw APIError(
+                    status: code,
+                    "the API server at \(config.server) refused svcnat's credentials (401 Unauthorized: \(message)); check the "
+                        + "token or client certificate of \(config.origin)"
+                )
             case 403:
-                throw APIError(status: code, "the API server forbids svcnat to list and watch \(r.name) (403 Forbidden: \(message)); svcnat needs get, list and watch on services, endpointslices and nodes (deploy/rbac.yaml)")
+                throw APIError(
+                    status: code,
+                    "the API server forbids svcnat to list and watch \(r.name) (403 Forbidden: \(message)); svcnat needs get, list "
+                        + "and watch on services, endpointslices and nodes (deploy/rbac.yaml)"
+                )
             default:
                 throw APIError(status: code, "\(r.name): the API server answered \(code) \(response.status.reasonPhrase): \(message)")
             }
@@ -117,7 +127,9 @@ public final class APIClient: Sendable {
     func describe(_ error: Error) -> String {
         let text = String(describing: error)
         if text.contains("CERTIFICATE_VERIFY_FAILED") {
-            return "TLS with \(config.server) failed: the server's certificate was not accepted (CERTIFICATE_VERIFY_FAILED: not signed by the certificate authority of \(config.origin), expired, or not valid for this address)"
+            return
+                "TLS with \(config.server) failed: the server's certificate was not accepted (CERTIFICATE_VERIFY_FAILED: not signed "
+                + "by the certificate authority of \(config.origin), expired, or not valid for this address)"
         }
         if error is NIOSSLError || text.contains("handshakeFailed") {
             return "TLS with \(config.server) failed: \(text)"
@@ -139,7 +151,8 @@ public final class APIClient: Sendable {
             do { body = try await response.body.collect(upTo: 512 << 20) } catch { throw APIError(describe(error)) }
             let page: APIObjects.List
             do {
-                page = try APIObjects.list(String(buffer: body), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
+                page = try APIObjects.list(
+                    String(buffer: body), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
             } catch {
                 throw APIError("\(r.name): \(error)")
             }
@@ -156,10 +169,16 @@ public final class APIClient: Sendable {
     /// Watches from `resourceVersion`, with bookmarks, until the server ends the stream
     /// (after `timeoutSeconds`) or the connection drops (then it throws). Events are handed
     /// over one by one, in order.
-    public func watch(_ r: Resource, from resourceVersion: String, timeoutSeconds: Int,
-                      _ onEvent: (APIObjects.Event?, [InputError]) throws -> Void) async throws {
-        let req = try request(r, [("watch", "1"), ("resourceVersion", resourceVersion), ("allowWatchBookmarks", "true"),
-                                  ("timeoutSeconds", String(timeoutSeconds))])
+    public func watch(
+        _ r: Resource, from resourceVersion: String, timeoutSeconds: Int,
+        _ onEvent: (APIObjects.Event?, [InputError]) throws -> Void
+    ) async throws {
+        let req = try request(
+            r,
+            [
+                ("watch", "1"), ("resourceVersion", resourceVersion), ("allowWatchBookmarks", "true"),
+                ("timeoutSeconds", String(timeoutSeconds))
+            ])
         let response = try await send(req, r, deadline: .now() + .seconds(Int64(timeoutSeconds) + 30))
         var pending: [UInt8] = []
         do {
@@ -169,14 +188,14 @@ public final class APIClient: Sendable {
                     let line = String(decoding: pending[..<nl], as: UTF8.self)
                     pending.removeSubrange(...nl)
                     if line.allSatisfy(\.isWhitespace) { continue }
-                    let (event, errors) = try APIObjects.event(line, kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
+                    let (event, errors) = try APIObjects.event(
+                        line, kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
                     try onEvent(event, errors)
                 }
             }
-        } catch let e as APIError { throw e }
-        catch let e as APIObjects.DecodeError { throw APIError("\(r.name): \(e)") }
-        catch let e as WatchGone { throw e }
-        catch { throw APIError("\(r.name): the watch stream broke: \(describe(error))") }
+        } catch let e as APIError { throw e } catch let e as APIObjects.DecodeError { throw APIError("\(r.name): \(e)") } catch let e
+            as WatchGone
+        { throw e } catch { throw APIError("\(r.name): the watch stream broke: \(describe(error))") }
     }
 }
 

@@ -31,8 +31,10 @@ public final class APISource: @unchecked Sendable {
     private let lock = NSLock()
     private var staleness: [String: String] = [:]
 
-    public init(client: APIClient, store: ObjectStore, nodeName: String?, followsNodeZone: Bool, queue: DispatchQueue, log: Logger,
-                requestSync: @escaping (_ full: Bool, _ reason: String) -> Void) {
+    public init(
+        client: APIClient, store: ObjectStore, nodeName: String?, followsNodeZone: Bool, queue: DispatchQueue, log: Logger,
+        requestSync: @escaping (_ full: Bool, _ reason: String) -> Void
+    ) {
         self.followsNodeZone = followsNodeZone
         self.client = client
         self.store = store
@@ -50,13 +52,16 @@ public final class APISource: @unchecked Sendable {
         lock.withLock { for r in resources { staleness[r.name] = "not listed yet" } }
         for r in resources { Self.up(r.name, false) }
         for r in resources {
-            let reflector = Reflector(client: client, resource: r, onChange: { [weak self] change in
-                guard let self else { return }
-                self.queue.async { self.apply(change, of: r) }
-            }, onStatus: { [weak self] status in
-                guard let self else { return }
-                self.queue.async { self.note(status, of: r) }
-            })
+            let reflector = Reflector(
+                client: client, resource: r,
+                onChange: { [weak self] change in
+                    guard let self else { return }
+                    self.queue.async { self.apply(change, of: r) }
+                },
+                onStatus: { [weak self] status in
+                    guard let self else { return }
+                    self.queue.async { self.note(status, of: r) }
+                })
             tasks.append(Task { await reflector.run() })
         }
     }
@@ -66,7 +71,9 @@ public final class APISource: @unchecked Sendable {
         for t in tasks { t.cancel() }
         let done = DispatchSemaphore(value: 0)
         let client = self.client
-        Task { await client.shutdown(); done.signal() }
+        Task {
+            await client.shutdown(); done.signal()
+        }
         done.wait()
     }
 

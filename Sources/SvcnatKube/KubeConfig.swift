@@ -65,7 +65,9 @@ public enum KubeConfig {
             throw KubeConfigError("kubeconfig \(path): no current-context; name one with --context")
         }
         let context = try named("contexts", contextName, "context")
-        guard let clusterName = context["cluster"] as? String else { throw KubeConfigError("kubeconfig \(path): context \(contextName) names no cluster") }
+        guard let clusterName = context["cluster"] as? String else {
+            throw KubeConfigError("kubeconfig \(path): context \(contextName) names no cluster")
+        }
         let cluster = try named("clusters", clusterName, "cluster")
         let user = try (context["user"] as? String).map { try named("users", $0, "user") } ?? [:]
         let origin = "kubeconfig \(path), context \(contextName)"
@@ -77,20 +79,26 @@ public enum KubeConfig {
         func file(_ p: String) -> String { p.hasPrefix("/") ? p : (dir as NSString).appendingPathComponent(p) }
         func bytes(data key: String, file fileKey: String, in m: [String: Any], what: String) throws -> [UInt8]? {
             if let b64 = m[key] as? String {
-                guard let d = Data(base64Encoded: b64.filter { !$0.isWhitespace }) else { throw KubeConfigError("\(origin): \(key) is not base64") }
+                guard let d = Data(base64Encoded: b64.filter { !$0.isWhitespace }) else {
+                    throw KubeConfigError("\(origin): \(key) is not base64")
+                }
                 return Array(d)
             }
             if let p = m[fileKey] as? String {
-                guard let d = FileManager.default.contents(atPath: file(p)) else { throw KubeConfigError("\(origin): cannot read \(what) \(file(p))") }
+                guard let d = FileManager.default.contents(atPath: file(p)) else {
+                    throw KubeConfigError("\(origin): cannot read \(what) \(file(p))")
+                }
                 return Array(d)
             }
             return nil
         }
-        config.caPEM = try bytes(data: "certificate-authority-data", file: "certificate-authority", in: cluster, what: "certificate-authority")
+        config.caPEM = try bytes(
+            data: "certificate-authority-data", file: "certificate-authority", in: cluster, what: "certificate-authority")
         config.insecureSkipTLSVerify = cluster["insecure-skip-tls-verify"] as? Bool ?? false
         config.token = user["token"] as? String
         config.tokenFile = (user["tokenFile"] as? String).map(file)
-        config.clientCertificatePEM = try bytes(data: "client-certificate-data", file: "client-certificate", in: user, what: "client-certificate")
+        config.clientCertificatePEM = try bytes(
+            data: "client-certificate-data", file: "client-certificate", in: user, what: "client-certificate")
         config.clientKeyPEM = try bytes(data: "client-key-data", file: "client-key", in: user, what: "client-key")
         if (config.clientCertificatePEM == nil) != (config.clientKeyPEM == nil) {
             throw KubeConfigError("\(origin): user has a client certificate without its key, or a key without its certificate")
@@ -100,8 +108,10 @@ public enum KubeConfig {
 
     /// The in-cluster configuration of a pod: KUBERNETES_SERVICE_HOST/PORT and the service
     /// account's token and CA. nil when not in a pod.
-    public static func inCluster(environment: [String: String] = ProcessInfo.processInfo.environment,
-                                 accountDir: String = "/var/run/secrets/kubernetes.io/serviceaccount") throws -> APIConfig? {
+    public static func inCluster(
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        accountDir: String = "/var/run/secrets/kubernetes.io/serviceaccount"
+    ) throws -> APIConfig? {
         guard let host = environment["KUBERNETES_SERVICE_HOST"], let port = environment["KUBERNETES_SERVICE_PORT"] else { return nil }
         let hostPart = host.contains(":") ? "[\(host)]" : host
         var config = APIConfig(server: "https://\(hostPart):\(port)", origin: "in-cluster service account")

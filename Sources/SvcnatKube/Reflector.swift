@@ -30,8 +30,10 @@ public final class Reflector: Sendable {
     let onChange: @Sendable (Change) -> Void
     let onStatus: @Sendable (Status) -> Void
 
-    public init(client: APIClient, resource: Resource, watchTimeout: Int = 300,
-                onChange: @escaping @Sendable (Change) -> Void, onStatus: @escaping @Sendable (Status) -> Void) {
+    public init(
+        client: APIClient, resource: Resource, watchTimeout: Int = 300,
+        onChange: @escaping @Sendable (Change) -> Void, onStatus: @escaping @Sendable (Status) -> Void
+    ) {
         self.client = client
         self.resource = resource
         self.watchTimeout = watchTimeout

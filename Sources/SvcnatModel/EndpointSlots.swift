@@ -34,7 +34,9 @@ public enum EndpointSlots {
             let key = c.name.hasPrefix("ext-") ? Names.serviceChainPrefix + c.name.dropFirst(4) : c.name
             for rule in c.rules {
                 for case .dnatFromMap(_, let base, let map, _) in rule.items {
-                    guard map.hasPrefix(Names.endpointMapPrefix), let shard = Int(map.dropFirst(Names.endpointMapPrefix.count)) else { continue }
+                    guard map.hasPrefix(Names.endpointMapPrefix), let shard = Int(map.dropFirst(Names.endpointMapPrefix.count)) else {
+                        continue
+                    }
                     found.append((key, shard, map, base))
                 }
             }
@@ -45,7 +47,8 @@ public enum EndpointSlots {
         var out: [String: EndpointSlot] = [:]
         for f in found {
             if keysByMap[f.map] == nil {
-                keysByMap[f.map] = Set((r.set(f.map)?.elements ?? []).compactMap { if case .integer(let k)? = $0.key.first { k } else { nil } })
+                keysByMap[f.map] = Set(
+                    (r.set(f.map)?.elements ?? []).compactMap { if case .integer(let k)? = $0.key.first { k } else { nil } })
             }
             var n: UInt32 = 1
             while keysByMap[f.map]!.contains(f.base + n) && !basesByMap[f.map]!.contains(f.base + n) { n += 1 }
@@ -59,7 +62,7 @@ public enum EndpointSlots {
     /// Deterministic for the same inputs.
     public static func allocate(_ ports: [(chain: String, endpoints: UInt32)], previous: [String: EndpointSlot]) -> [String: EndpointSlot] {
         var result: [String: EndpointSlot] = [:]
-        var used: [Int: [(UInt32, UInt32)]] = [:]   // shard -> [(start, end)]
+        var used: [Int: [(UInt32, UInt32)]] = [:]  // shard -> [(start, end)]
         var pending: [(String, UInt32)] = []
         for (chain, n) in ports {
             if let p = previous[chain], p.shard == shard(chain), n <= p.capacity {

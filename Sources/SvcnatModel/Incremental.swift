@@ -135,7 +135,9 @@ public struct IncrementalState: Sendable {
         guard translator.config.endpointSelection == .map, n > 0 else { return nil }
         if let old, UInt32(n) <= old.capacity { return old }
         let shard = EndpointSlots.shard(key), cap = EndpointSlots.capacity(UInt32(n))
-        let ranges = ((shardSlots[shard] ?? [:]).values + (released[shard] ?? [])).map { ($0.base, $0.base + $0.capacity) }.sorted { $0.0 < $1.0 }
+        let ranges = ((shardSlots[shard] ?? [:]).values + (released[shard] ?? [])).map { ($0.base, $0.base + $0.capacity) }.sorted {
+            $0.0 < $1.0
+        }
         var base: UInt32 = 0
         for (start, end) in ranges {
             if base + cap <= start { break }
@@ -177,7 +179,8 @@ public struct IncrementalState: Sendable {
             var new: [String: PortFragment] = [:]
             for sp in ports {
                 let key = PortFragment.key(sp)
-                let f = translator.fragment(sp, slot: slot(for: key, endpoints: sp.endpoints.count, old: old[key]?.slot, released: released))
+                let f = translator.fragment(
+                    sp, slot: slot(for: key, endpoints: sp.endpoints.count, old: old[key]?.slot, released: released))
                 noteShared(f)
                 insert(f)
                 new[key] = f
@@ -212,7 +215,7 @@ public struct IncrementalState: Sendable {
             switch (os[name], ns[name]) {
             case (nil, let s?): b.add(.addSet(s))
             case (let a?, let s?) where !a.sameDefinition(as: s):
-                redefined = true   // its rules must go first, so the chains are rewritten
+                redefined = true  // its rules must go first, so the chains are rewritten
                 b.redefine(s)
             case (_?, nil): b.add(.deleteSet(name))
             default: break

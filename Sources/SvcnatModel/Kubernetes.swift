@@ -36,8 +36,10 @@ public struct ServicePort: Hashable, Sendable {
     public var port: UInt16
     public var targetPort: IntOrString
     public var nodePort: UInt16?
-    public init(name: String = "", proto: TransportProtocol = .tcp, port: UInt16, targetPort: IntOrString? = nil,
-                nodePort: UInt16? = nil) {
+    public init(
+        name: String = "", proto: TransportProtocol = .tcp, port: UInt16, targetPort: IntOrString? = nil,
+        nodePort: UInt16? = nil
+    ) {
         self.name = name
         self.proto = proto
         self.port = port
@@ -74,17 +76,22 @@ public struct Service: Hashable, Sendable {
     /// is ClientIP.
     public var affinityTimeout: UInt32?
 
-    public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPAddress?, isHeadless: Bool = false,
-                selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",
-                externalIPs: [IPAddress] = [], loadBalancerIPs: [IPAddress] = [], loadBalancerSourceRanges: [IPPrefix] = []) {
-        self.init(meta: meta, type: type, clusterIPs: clusterIP.map { [$0] } ?? [], isHeadless: isHeadless, selector: selector,
-                  ports: ports, sessionAffinity: sessionAffinity, externalIPs: externalIPs, loadBalancerIPs: loadBalancerIPs,
-                  loadBalancerSourceRanges: loadBalancerSourceRanges)
+    public init(
+        meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPAddress?, isHeadless: Bool = false,
+        selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",
+        externalIPs: [IPAddress] = [], loadBalancerIPs: [IPAddress] = [], loadBalancerSourceRanges: [IPPrefix] = []
+    ) {
+        self.init(
+            meta: meta, type: type, clusterIPs: clusterIP.map { [$0] } ?? [], isHeadless: isHeadless, selector: selector,
+            ports: ports, sessionAffinity: sessionAffinity, externalIPs: externalIPs, loadBalancerIPs: loadBalancerIPs,
+            loadBalancerSourceRanges: loadBalancerSourceRanges)
     }
 
-    public init(meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIPs: [IPAddress], isHeadless: Bool = false,
-                selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",
-                externalIPs: [IPAddress] = [], loadBalancerIPs: [IPAddress] = [], loadBalancerSourceRanges: [IPPrefix] = []) {
+    public init(
+        meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIPs: [IPAddress], isHeadless: Bool = false,
+        selector: [String: String]? = nil, ports: [ServicePort], sessionAffinity: String = "None",
+        externalIPs: [IPAddress] = [], loadBalancerIPs: [IPAddress] = [], loadBalancerSourceRanges: [IPPrefix] = []
+    ) {
         self.meta = meta
         self.type = type
         self.clusterIPs = clusterIPs
@@ -190,14 +197,19 @@ public struct Pod: Hashable, Sendable {
     public var terminating: Bool
     public var nodeName: String?
     public var containerPorts: [ContainerPort]
-    public init(meta: ObjectMeta, podIP: IPAddress?, phase: String = "Running", ready: Bool = true,
-                terminating: Bool = false, nodeName: String? = nil, containerPorts: [ContainerPort] = []) {
-        self.init(meta: meta, podIPs: podIP.map { [$0] } ?? [], phase: phase, ready: ready, terminating: terminating,
-                  nodeName: nodeName, containerPorts: containerPorts)
+    public init(
+        meta: ObjectMeta, podIP: IPAddress?, phase: String = "Running", ready: Bool = true,
+        terminating: Bool = false, nodeName: String? = nil, containerPorts: [ContainerPort] = []
+    ) {
+        self.init(
+            meta: meta, podIPs: podIP.map { [$0] } ?? [], phase: phase, ready: ready, terminating: terminating,
+            nodeName: nodeName, containerPorts: containerPorts)
     }
 
-    public init(meta: ObjectMeta, podIPs: [IPAddress], phase: String = "Running", ready: Bool = true,
-                terminating: Bool = false, nodeName: String? = nil, containerPorts: [ContainerPort] = []) {
+    public init(
+        meta: ObjectMeta, podIPs: [IPAddress], phase: String = "Running", ready: Bool = true,
+        terminating: Bool = false, nodeName: String? = nil, containerPorts: [ContainerPort] = []
+    ) {
         self.meta = meta
         self.podIPs = podIPs
         self.phase = phase
@@ -246,8 +258,10 @@ public struct ClusterState: Hashable, Sendable {
     public var endpoints: [Endpoints] = []
     public var pods: [Pod] = []
     public var ingresses: [Ingress] = []
-    public init(services: [Service] = [], endpointSlices: [EndpointSlice] = [], endpoints: [Endpoints] = [],
-                pods: [Pod] = [], ingresses: [Ingress] = []) {
+    public init(
+        services: [Service] = [], endpointSlices: [EndpointSlice] = [], endpoints: [Endpoints] = [],
+        pods: [Pod] = [], ingresses: [Ingress] = []
+    ) {
         self.services = services
         self.endpointSlices = endpointSlices
         self.endpoints = endpoints

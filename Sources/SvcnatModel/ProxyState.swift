@@ -61,8 +61,10 @@ public struct ServicePortState: Hashable, Sendable {
     /// Sources allowed to reach the load-balancer IPs (all when empty).
     public var sourceRanges: [IPPrefix] = []
 
-    public init(name: ServicePortName, frontends: [Frontend], endpoints: [EndpointAddress], nodePort: UInt16? = nil,
-                sourceRanges: [IPPrefix] = []) {
+    public init(
+        name: ServicePortName, frontends: [Frontend], endpoints: [EndpointAddress], nodePort: UInt16? = nil,
+        sourceRanges: [IPPrefix] = []
+    ) {
         self.name = name
         self.frontends = frontends
         self.endpoints = endpoints
@@ -107,8 +109,9 @@ public struct ProxyState: Hashable, Sendable {
             var out: [ServicePortState] = []
             for svc in cluster.services where svc.clusterIP(family) != nil {
                 let key = svc.meta.key
-                out += Self.ports(of: svc, slices: slicesByService[key], endpoints: endpointsByService[key],
-                                  pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone, family: family)
+                out += Self.ports(
+                    of: svc, slices: slicesByService[key], endpoints: endpointsByService[key],
+                    pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone, family: family)
             }
             return ProxyState(servicePorts: out.sorted { $0.name < $1.name })
         }
@@ -116,8 +119,10 @@ public struct ProxyState: Hashable, Sendable {
 
     /// One Service's ports with their frontends and usable endpoints: from its EndpointSlices if
     /// it has any, else its v1 Endpoints, else its selector over the Pods of its namespace.
-    public static func ports(of svc: Service, slices: [EndpointSlice]?, endpoints: Endpoints?, pods: [Pod],
-                             nodeName: String? = nil, zone: String? = nil, family: IPFamily = .v4) -> [ServicePortState] {
+    public static func ports(
+        of svc: Service, slices: [EndpointSlice]?, endpoints: Endpoints?, pods: [Pod],
+        nodeName: String? = nil, zone: String? = nil, family: IPFamily = .v4
+    ) -> [ServicePortState] {
         guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP(family) else { return [] }
         let slices = slices.map { $0.filter { $0.endpoints.first?.addresses.first?.family ?? family == family } }
         // Source ranges of this family. When the Service has ranges but none of this family,
@@ -146,17 +151,22 @@ public struct ProxyState: Hashable, Sendable {
                 eps = []
             }
             var frontends = [Frontend(kind: .clusterIP, ip: ip, port: port.port)]
-            frontends += Array(Set(svc.externalIPs.filter { $0.family == family })).sorted().map { Frontend(kind: .externalIP, ip: $0, port: port.port) }
-            frontends += Array(Set(svc.loadBalancerIPs.filter { $0.family == family })).sorted().map { Frontend(kind: .loadBalancer, ip: $0, port: port.port) }
+            frontends += Array(Set(svc.externalIPs.filter { $0.family == family })).sorted().map {
+                Frontend(kind: .externalIP, ip: $0, port: port.port)
+            }
+            frontends += Array(Set(svc.loadBalancerIPs.filter { $0.family == family })).sorted().map {
+                Frontend(kind: .loadBalancer, ip: $0, port: port.port)
+            }
             let hasNodePort = svc.type == .nodePort || svc.type == .loadBalancer
             var local = Set<EndpointAddress>(), all = Set<EndpointAddress>()
             for (ep, node) in eps {
                 all.insert(ep)
                 if let nodeName, node == nodeName { local.insert(ep) }
             }
-            var state = ServicePortState(name: spn, frontends: frontends, endpoints: local.sorted() + all.subtracting(local).sorted(),
-                                         nodePort: hasNodePort ? port.nodePort : nil,
-                                         sourceRanges: svc.type == .loadBalancer ? ranges : [])
+            var state = ServicePortState(
+                name: spn, frontends: frontends, endpoints: local.sorted() + all.subtracting(local).sorted(),
+                nodePort: hasNodePort ? port.nodePort : nil,
+                sourceRanges: svc.type == .loadBalancer ? ranges : [])
             state.localEndpointCount = local.count
             state.externalLocal = svc.externalTrafficPolicyLocal && (hasNodePort || !frontends.dropFirst().isEmpty)
             state.internalLocal = svc.internalTrafficPolicyLocal
@@ -190,8 +200,11 @@ public struct ProxyState: Hashable, Sendable {
             for ep in slice.endpoints {
                 guard let ip = ep.addresses.first else { continue }
                 let addr = (EndpointAddress(ip: ip, port: p.port), node: ep.nodeName)
-                if ep.conditions.ready { ready.append(addr) }
-                else if ep.conditions.serving && ep.conditions.terminating { terminating.append(addr) }
+                if ep.conditions.ready {
+                    ready.append(addr)
+                } else if ep.conditions.serving && ep.conditions.terminating {
+                    terminating.append(addr)
+                }
             }
         }
         return ready.isEmpty ? terminating : ready
@@ -206,11 +219,14 @@ public struct ProxyState: Hashable, Sendable {
 
     /// The endpoints controller's view: running, ready, not terminating pods whose labels match,
     /// with a named target port resolved against each pod's container ports.
-    static func endpoints(fromPods pods: [Pod], selector: [String: String], for port: ServicePort,
-                          family: IPFamily) -> [(EndpointAddress, node: String?)] {
+    static func endpoints(
+        fromPods pods: [Pod], selector: [String: String], for port: ServicePort,
+        family: IPFamily
+    ) -> [(EndpointAddress, node: String?)] {
         pods.compactMap { pod -> (EndpointAddress, node: String?)? in
             guard let ip = pod.podIPs.first(where: { $0.family == family }), pod.ready, !pod.terminating, pod.phase == "Running",
-                  selector.allSatisfy({ pod.meta.labels[$0.key] == $0.value }) else { return nil }
+                selector.allSatisfy({ pod.meta.labels[$0.key] == $0.value })
+            else { return nil }
             switch port.targetPort {
             case .int(let n):
                 return (EndpointAddress(ip: ip, port: UInt16(n)), node: pod.nodeName)

@@ -30,9 +30,11 @@ public struct TranslatorConfig: Hashable, Sendable {
     /// both families; each table uses its own.
     public var family: IPFamily
 
-    public init(table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false,
-                masqueradeBit: Int = 14, endpointSelection: EndpointSelection = .map,
-                nodePortAddresses: [IPPrefix] = [], serviceCIDRs: [IPPrefix] = [], family: IPFamily = .v4) {
+    public init(
+        table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false,
+        masqueradeBit: Int = 14, endpointSelection: EndpointSelection = .map,
+        nodePortAddresses: [IPPrefix] = [], serviceCIDRs: [IPPrefix] = [], family: IPFamily = .v4
+    ) {
         self.table = table
         self.clusterCIDRs = clusterCIDRs
         self.masqueradeAll = masqueradeAll
@@ -118,9 +120,11 @@ public struct Translator: Sendable {
 
     /// Each Service port's share of the ruleset.
     public func fragments(for state: ProxyState, previous: Ruleset? = nil) -> [PortFragment] {
-        let slots = config.endpointSelection == .map
-            ? EndpointSlots.allocate(state.servicePorts.filter { !$0.endpoints.isEmpty }.map { (PortFragment.key($0), UInt32($0.endpoints.count)) },
-                                     previous: previous.map(EndpointSlots.read) ?? [:])
+        let slots =
+            config.endpointSelection == .map
+            ? EndpointSlots.allocate(
+                state.servicePorts.filter { !$0.endpoints.isEmpty }.map { (PortFragment.key($0), UInt32($0.endpoints.count)) },
+                previous: previous.map(EndpointSlots.read) ?? [:])
             : [:]
         return state.servicePorts.map { fragment($0, slot: slots[PortFragment.key($0)]) }
     }
@@ -140,11 +144,15 @@ public struct Translator: Sendable {
         }
         let reject = Verdict.goto(Names.rejectChain)
         if let c = sp.clusterIP {
-            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ip(c.ip), .proto(proto), .port(c.port)], served ? .goto(chain) : reject)
+            add(
+                served ? Names.serviceIPs : Names.noEndpointServices, [.ip(c.ip), .proto(proto), .port(c.port)],
+                served ? .goto(chain) : reject)
             f.shared[Names.clusterIPs, default: []].append(SetElement(key: [.ip(c.ip)]))
         }
         for e in sp.externalFrontends {
-            add(served ? Names.serviceIPs : Names.noEndpointServices, [.ip(e.ip), .proto(proto), .port(e.port)], served ? .goto(ext) : reject)
+            add(
+                served ? Names.serviceIPs : Names.noEndpointServices, [.ip(e.ip), .proto(proto), .port(e.port)],
+                served ? .goto(ext) : reject)
             if e.kind == .loadBalancer && !sp.sourceRanges.isEmpty {
                 add(Names.firewallIPs, [.ip(e.ip), .proto(proto), .port(e.port)], .goto(fw))
             }
@@ -153,8 +161,11 @@ public struct Translator: Sendable {
             add(served ? Names.serviceNodePorts : Names.noEndpointNodePorts, [.proto(proto), .port(np)], served ? .goto(ext) : reject)
         }
         if !sp.sourceRanges.isEmpty && sp.externalFrontends.contains(where: { $0.kind == .loadBalancer }) {
-            f.chains.append(Chain(name: fw, rules: sp.sourceRanges.map { Rule([.ipMatch(.saddr, .eq, $0), .verdict(.return)]) }
-                                                   + [Rule([.verdict(.drop)])]))
+            f.chains.append(
+                Chain(
+                    name: fw,
+                    rules: sp.sourceRanges.map { Rule([.ipMatch(.saddr, .eq, $0), .verdict(.return)]) }
+                        + [Rule([.verdict(.drop)])]))
         }
         guard served else { return f }
         f.endpointCount = sp.endpoints.count
@@ -186,8 +197,13 @@ public struct Translator: Sendable {
             for ep in sp.endpoints {
                 let (epChain, set) = Names.affinity(chain, ep)
                 f.sets.append(NamedSet(name: set, key: [family.keyField], data: .none, timeout: timeout))
-                f.chains.append(Chain(name: epChain, rules: [Rule([.rememberSaddr(set, family)]),
-                                                             Rule([.l4proto(sp.name.proto), .dnat(ep.ip, port: ep.port)])]))
+                f.chains.append(
+                    Chain(
+                        name: epChain,
+                        rules: [
+                            Rule([.rememberSaddr(set, family)]),
+                            Rule([.l4proto(sp.name.proto), .dnat(ep.ip, port: ep.port)])
+                        ]))
             }
         }
         f.chains.append(Chain(name: chain, rules: masqueradeRules(sp) + choose(local: sp.internalLocal)))
@@ -210,15 +226,17 @@ public struct Translator: Sendable {
         return f
     }
 
-    var setDefinitions: [NamedSet] { [
-        NamedSet(name: Names.serviceIPs, key: dispatchKey, data: .verdict),
-        NamedSet(name: Names.noEndpointServices, key: dispatchKey, data: .verdict),
-        NamedSet(name: Names.serviceNodePorts, key: [.inetProto, .inetService], data: .verdict),
-        NamedSet(name: Names.noEndpointNodePorts, key: [.inetProto, .inetService], data: .verdict),
-        NamedSet(name: Names.firewallIPs, key: dispatchKey, data: .verdict),
-        NamedSet(name: Names.clusterIPs, key: [family.keyField], data: .none),
-        NamedSet(name: Names.hairpin, key: [family.keyField, family.keyField], data: .none),
-    ] }
+    var setDefinitions: [NamedSet] {
+        [
+            NamedSet(name: Names.serviceIPs, key: dispatchKey, data: .verdict),
+            NamedSet(name: Names.noEndpointServices, key: dispatchKey, data: .verdict),
+            NamedSet(name: Names.serviceNodePorts, key: [.inetProto, .inetService], data: .verdict),
+            NamedSet(name: Names.noEndpointNodePorts, key: [.inetProto, .inetService], data: .verdict),
+            NamedSet(name: Names.firewallIPs, key: dispatchKey, data: .verdict),
+            NamedSet(name: Names.clusterIPs, key: [family.keyField], data: .none),
+            NamedSet(name: Names.hairpin, key: [family.keyField, family.keyField], data: .none)
+        ]
+    }
 
     /// The whole table from the ports' fragments.
     public func assemble(_ fragments: [PortFragment]) -> Ruleset {
@@ -253,8 +271,9 @@ public struct Translator: Sendable {
     }
 
     public static func endpointMap(_ name: String, family: IPFamily) -> NamedSet {
-        NamedSet(name: name, key: [.integer], data: .values([family.keyField, .inetService]),
-                 typeof: "numgen random mod 1 : \(family.nftName) daddr . th dport")
+        NamedSet(
+            name: name, key: [.integer], data: .values([family.keyField, .inetService]),
+            typeof: "numgen random mod 1 : \(family.nftName) daddr . th dport")
     }
 
     /// Marks ClusterIP traffic for masquerade: from outside the cluster CIDRs, or all of it.
@@ -277,8 +296,10 @@ public struct Translator: Sendable {
 
     /// DNAT to one of `endpoints`, each with probability 1/n: one lookup in the endpoint map slot
     /// (its first n elements are these endpoints), or the cascade. `prefix` guards every rule.
-    func selection(_ proto: TransportProtocol, _ endpoints: [EndpointAddress], slot: (map: String, base: UInt32)?,
-                   when prefix: [RuleItem] = []) -> [Rule] {
+    func selection(
+        _ proto: TransportProtocol, _ endpoints: [EndpointAddress], slot: (map: String, base: UInt32)?,
+        when prefix: [RuleItem] = []
+    ) -> [Rule] {
         let n = endpoints.count
         if let slot {
             return [Rule(prefix + [.l4proto(proto), .dnatFromMap(modulus: UInt32(n), offset: slot.base, map: slot.map, family: family)])]
@@ -295,7 +316,8 @@ public struct Translator: Sendable {
         func check(_ chain: String) -> Rule { Rule([.ctStateNew, .verdict(.jump(chain))]) }
         // Node ports: the configured node addresses, or every local address but loopback.
         let nodePortAddresses = config.nodePortAddresses.filter { $0.family == family }
-        let nodePortMatches: [[RuleItem]] = nodePortAddresses.isEmpty
+        let nodePortMatches: [[RuleItem]] =
+            nodePortAddresses.isEmpty
             ? [[.fibDaddrLocal, .ipMatch(.daddr, .neq, family.loopback)]]
             : nodePortAddresses.map { [.ipMatch(.daddr, .eq, $0)] }
         let filter = { (hook: Hook, prio: Int32) in BaseChain(type: .filter, hook: hook, priority: prio) }
@@ -303,31 +325,44 @@ public struct Translator: Sendable {
         return [
             Chain(name: "filter-prerouting", base: filter(.prerouting, -110), rules: [check(Names.firewallCheck)]),
             Chain(name: "filter-input", base: filter(.input, -110), rules: [check(Names.nodePortsCheck)]),
-            Chain(name: "filter-forward", base: filter(.forward, -110),
-                  rules: [check(Names.endpointsCheck), check(Names.clusterIPsCheck)]),
-            Chain(name: "filter-output", base: filter(.output, -110),
-                  rules: [check(Names.endpointsCheck), check(Names.nodePortsCheck), check(Names.firewallCheck)]),
+            Chain(
+                name: "filter-forward", base: filter(.forward, -110),
+                rules: [check(Names.endpointsCheck), check(Names.clusterIPsCheck)]),
+            Chain(
+                name: "filter-output", base: filter(.output, -110),
+                rules: [check(Names.endpointsCheck), check(Names.nodePortsCheck), check(Names.firewallCheck)]),
             Chain(name: "filter-output-post-dnat", base: filter(.output, -90), rules: [check(Names.clusterIPsCheck)]),
             Chain(name: "nat-prerouting", base: nat(.prerouting, -100), rules: [toServices]),
             Chain(name: "nat-output", base: nat(.output, -100), rules: [toServices]),
             Chain(name: "nat-postrouting", base: nat(.postrouting, 100), rules: [Rule([.verdict(.jump(Names.masquerading))])]),
             Chain(name: Names.endpointsCheck, rules: [Rule([.dispatch(map: Names.noEndpointServices, family: family)])]),
-            Chain(name: Names.nodePortsCheck, rules: nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.noEndpointNodePorts)]) }),
+            Chain(
+                name: Names.nodePortsCheck, rules: nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.noEndpointNodePorts)]) }),
             Chain(name: Names.firewallCheck, rules: [Rule([.dispatch(map: Names.firewallIPs, family: family)])]),
             // A ClusterIP on a port its Service lacks is refused; an unused address of the
             // Service CIDR is dropped.
-            Chain(name: Names.clusterIPsCheck, rules: [Rule([.daddrInSet(Names.clusterIPs, family), .verdict(.goto(Names.rejectChain))])]
-                  + config.serviceCIDRs.filter { $0.family == family }.map { Rule([.ipMatch(.daddr, .eq, $0), .verdict(.drop)]) }),
-            Chain(name: Names.rejectChain, rules: [Rule([.l4proto(.tcp), .reject(.tcpReset)]),
-                                                   Rule([.reject(family == .v4 ? .icmpPortUnreachable : .icmpv6PortUnreachable)])]),
-            Chain(name: Names.services, rules: [Rule([.dispatch(map: Names.serviceIPs, family: family)])]
-                  + nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.serviceNodePorts)]) }),
-            Chain(name: Names.masquerading, rules: [
-                Rule([.ctStatusDNAT, .saddrDaddrIn(set: Names.hairpin, family: family), .masquerade(fullyRandom: true)]),
-                Rule([.markIsClear(config.masqueradeMark), .verdict(.return)]),
-                Rule([.markSetXor(config.masqueradeMark)]),
-                Rule([.masquerade(fullyRandom: true)]),
-            ]),
+            Chain(
+                name: Names.clusterIPsCheck,
+                rules: [Rule([.daddrInSet(Names.clusterIPs, family), .verdict(.goto(Names.rejectChain))])]
+                    + config.serviceCIDRs.filter { $0.family == family }.map { Rule([.ipMatch(.daddr, .eq, $0), .verdict(.drop)]) }),
+            Chain(
+                name: Names.rejectChain,
+                rules: [
+                    Rule([.l4proto(.tcp), .reject(.tcpReset)]),
+                    Rule([.reject(family == .v4 ? .icmpPortUnreachable : .icmpv6PortUnreachable)])
+                ]),
+            Chain(
+                name: Names.services,
+                rules: [Rule([.dispatch(map: Names.serviceIPs, family: family)])]
+                    + nodePortMatches.map { Rule($0 + [.nodePortDispatch(map: Names.serviceNodePorts)]) }),
+            Chain(
+                name: Names.masquerading,
+                rules: [
+                    Rule([.ctStatusDNAT, .saddrDaddrIn(set: Names.hairpin, family: family), .masquerade(fullyRandom: true)]),
+                    Rule([.markIsClear(config.masqueradeMark), .verdict(.return)]),
+                    Rule([.markSetXor(config.masqueradeMark)]),
+                    Rule([.masquerade(fullyRandom: true)])
+                ])
         ]
     }
 }

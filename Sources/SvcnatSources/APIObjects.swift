@@ -32,8 +32,10 @@ public enum APIObjects {
         /// good versions stay in force, as a bad manifest file's do.
         public var failedKeys: [String] = []
 
-        public init(resourceVersion: String, objects: [Object] = [], errors: [InputError] = [],
-                    continueToken: String? = nil, failedKeys: [String] = []) {
+        public init(
+            resourceVersion: String, objects: [Object] = [], errors: [InputError] = [],
+            continueToken: String? = nil, failedKeys: [String] = []
+        ) {
             self.resourceVersion = resourceVersion
             self.objects = objects
             self.errors = errors
@@ -58,8 +60,9 @@ public enum APIObjects {
             let parser = try Parser(yaml: text, resolver: .basic)
             guard let node = try parser.nextRoot() else { throw DecodeError(description: "empty response") }
             return Value(node)
-        } catch let e as DecodeError { throw e }
-        catch { throw DecodeError(description: "not valid JSON: \(ManifestDecoder.yamlMessage(error))") }
+        } catch let e as DecodeError { throw e } catch {
+            throw DecodeError(description: "not valid JSON: \(ManifestDecoder.yamlMessage(error))")
+        }
     }
 
     /// A list response (`ServiceList`, `EndpointSliceList`, `NodeList`); `kind` and
@@ -68,13 +71,16 @@ public enum APIObjects {
         let v = try parse(text)
         let ctx = Field.Context(file: source)
         let f = Field(node: v, path: "", context: ctx)
-        guard let rv = f["metadata"]["resourceVersion"].string else { throw DecodeError(description: "\(source): list without metadata.resourceVersion") }
+        guard let rv = f["metadata"]["resourceVersion"].string else {
+            throw DecodeError(description: "\(source): list without metadata.resourceVersion")
+        }
         let token = f["metadata"]["continue"].string
         var out = List(resourceVersion: rv, objects: [], errors: [], continueToken: token?.isEmpty == false ? token : nil)
         for item in f["items"].list {
             let (o, errors) = object(item.node!, kind: kind, apiVersion: apiVersion, source: source)
-            if let o { out.objects.append(o) }
-            else if let name = item["metadata"]["name"].string {
+            if let o {
+                out.objects.append(o)
+            } else if let name = item["metadata"]["name"].string {
                 let ns = item["metadata"]["namespace"].string ?? ""
                 out.failedKeys.append(ns.isEmpty ? name : "\(ns)/\(name)")
             }
@@ -88,7 +94,9 @@ public enum APIObjects {
         let v = try parse(line)
         let ctx = Field.Context(file: source)
         let f = Field(node: v, path: "", context: ctx)
-        guard let type = f["type"].string, let obj = f["object"].node else { throw DecodeError(description: "\(source): a watch event without type or object") }
+        guard let type = f["type"].string, let obj = f["object"].node else {
+            throw DecodeError(description: "\(source): a watch event without type or object")
+        }
         switch type {
         case "BOOKMARK":
             return (f["object"]["metadata"]["resourceVersion"].string.map { .bookmark(resourceVersion: $0) }, [])
@@ -108,7 +116,9 @@ public enum APIObjects {
         let ctx = Field.Context(file: source)
         let f = Field(node: v, path: "", context: ctx)
         let m = f["metadata"]
-        guard let name = m["name"].string else { return (nil, [InputError(file: source, object: kind, field: "metadata.name", message: "missing")]) }
+        guard let name = m["name"].string else {
+            return (nil, [InputError(file: source, object: kind, field: "metadata.name", message: "missing")])
+        }
         let namespace = m["namespace"].string ?? ""
         let key = namespace.isEmpty ? name : "\(namespace)/\(name)"
         let labels = m["labels"].stringMap

@@ -74,7 +74,9 @@ extension ManifestDecoder {
                 let proto = protocolField(p["protocol"])
                 guard let port = portNumber(p["containerPort"], required: true), let proto else { continue }
                 let name = p["name"].string ?? ""
-                if !name.isEmpty, let why = Validation.ianaServiceName(name) { p["name"].fail("\"\(name)\" is not a valid port name: \(why)") }
+                if !name.isEmpty, let why = Validation.ianaServiceName(name) {
+                    p["name"].fail("\"\(name)\" is not a valid port name: \(why)")
+                }
                 ports.append(ContainerPort(name: name, containerPort: port, proto: proto))
             }
         }
@@ -94,8 +96,9 @@ extension ManifestDecoder {
         }
         let terminating = f["metadata"]["deletionTimestamp"].isPresent
         guard f.context.errors.count == before else { return nil }
-        return Pod(meta: meta, podIPs: ips, phase: phase, ready: ready, terminating: terminating,
-                   nodeName: f["spec"]["nodeName"].string, containerPorts: ports)
+        return Pod(
+            meta: meta, podIPs: ips, phase: phase, ready: ready, terminating: terminating,
+            nodeName: f["spec"]["nodeName"].string, containerPorts: ports)
     }
 
     // MARK: Ingress
@@ -121,7 +124,9 @@ extension ManifestDecoder {
             let host = r["host"].string
             for p in r["http"]["paths"].list {
                 guard let b = backend(p["backend"]) else { continue }
-                paths.append(.init(host: host, path: p["path"].string ?? "/", pathType: p["pathType"].string ?? "ImplementationSpecific", backend: b))
+                paths.append(
+                    .init(host: host, path: p["path"].string ?? "/", pathType: p["pathType"].string ?? "ImplementationSpecific", backend: b)
+                )
             }
         }
         let def = backend(f["spec"][beta ? "backend" : "defaultBackend"])

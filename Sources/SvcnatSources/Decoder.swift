@@ -8,7 +8,7 @@ public struct ManifestDecoder {
     public private(set) var state = ClusterState()
     public private(set) var warnings: [Warning] = []
     public private(set) var errors: [InputError] = []
-    private var seen: [String: String] = [:]   // "Kind ns/name" -> file
+    private var seen: [String: String] = [:]  // "Kind ns/name" -> file
 
     public init() {}
 
@@ -69,14 +69,15 @@ public struct ManifestDecoder {
         let known: [String: Set<String>] = [
             "Service": ["v1"], "Endpoints": ["v1"], "Pod": ["v1"],
             "EndpointSlice": ["discovery.k8s.io/v1"],
-            "Ingress": ["networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1"],
+            "Ingress": ["networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1"]
         ]
         guard let versions = known[kind] else {
             warnings.append(Warning(text: "\(f.context.file): \(kind) \(namespace)/\(name): kind \(kind) is not used by svcnat; skipped"))
             return
         }
         guard versions.contains(apiVersion) else {
-            f["apiVersion"].fail("\(apiVersion) is not a supported version of \(kind) (supported: \(versions.sorted().joined(separator: ", ")))")
+            f["apiVersion"].fail(
+                "\(apiVersion) is not a supported version of \(kind) (supported: \(versions.sorted().joined(separator: ", ")))")
             return
         }
         guard let meta = objectMeta(f, kind: kind) else { return }
@@ -113,7 +114,9 @@ public struct ManifestDecoder {
         } else if let why = Validation.dns1123Subdomain(name) {
             m["name"].fail("\"\(name)\" is not a valid name: \(why)"); ok = false
         }
-        if let why = Validation.dns1123Label(namespace) { m["namespace"].fail("\"\(namespace)\" is not a valid namespace: \(why)"); ok = false }
+        if let why = Validation.dns1123Label(namespace) {
+            m["namespace"].fail("\"\(namespace)\" is not a valid namespace: \(why)"); ok = false
+        }
         let labels = m["labels"].stringMap
         return ok ? ObjectMeta(namespace: namespace, name: name, labels: labels) : nil
     }
@@ -134,8 +137,11 @@ public struct ManifestDecoder {
         for p in portFields {
             let name = p["name"].string ?? ""
             if !name.isEmpty {
-                if let why = Validation.dns1123Label(name) { p["name"].fail("\"\(name)\" is not a valid port name: \(why)") }
-                else if !names.insert(name).inserted { p["name"].fail("\"\(name)\" is used by another port") }
+                if let why = Validation.dns1123Label(name) {
+                    p["name"].fail("\"\(name)\" is not a valid port name: \(why)")
+                } else if !names.insert(name).inserted {
+                    p["name"].fail("\"\(name)\" is used by another port")
+                }
             } else if portFields.count > 1 {
                 p["name"].fail("required when a Service has more than one port")
             }
@@ -146,8 +152,11 @@ public struct ManifestDecoder {
             case .int(let n)?:
                 if !(1...65535).contains(n) { p["targetPort"].fail("\(n) is not a port (1-65535)") } else { target = .int(n) }
             case .string(let s)?:
-                if let why = Validation.ianaServiceName(s) { p["targetPort"].fail("\"\(s)\" is neither a port number nor a port name: \(why)") }
-                else { target = .string(s) }
+                if let why = Validation.ianaServiceName(s) {
+                    p["targetPort"].fail("\"\(s)\" is neither a port number nor a port name: \(why)")
+                } else {
+                    target = .string(s)
+                }
             case nil: break
             }
             let nodePort = portNumber(p["nodePort"], required: false)
@@ -194,7 +203,9 @@ public struct ManifestDecoder {
                 spec["clusterIPs"].fail("clusterIPs[0] must equal spec.clusterIP (\(v))")
             }
         } else {
-            warn(spec["clusterIP"], "spec.clusterIP is not set (the API server allocates it; a manifest for svcnat must carry it); the Service gets no rules")
+            warn(
+                spec["clusterIP"],
+                "spec.clusterIP is not set (the API server allocates it; a manifest for svcnat must carry it); the Service gets no rules")
         }
         if type == .clusterIP || type == .externalName || headless {
             for (i, p) in ports.enumerated() where p.nodePort != nil {
@@ -202,11 +213,13 @@ public struct ManifestDecoder {
             }
         }
         let externalIPs = ipList(spec["externalIPs"])
-        let lbIPs = type == .loadBalancer ? f["status"]["loadBalancer"]["ingress"].list.compactMap { entry -> IPAddress? in
-            guard let s = entry["ip"].string, !s.isEmpty else { return nil }   // hostname-only ingress: nothing to program
-            guard let ip = IPAddress(s) else { entry["ip"].fail("\"\(s)\" is not a valid IP address"); return nil }
-            return ip
-        } : []
+        let lbIPs =
+            type == .loadBalancer
+            ? f["status"]["loadBalancer"]["ingress"].list.compactMap { entry -> IPAddress? in
+                guard let s = entry["ip"].string, !s.isEmpty else { return nil }  // hostname-only ingress: nothing to program
+                guard let ip = IPAddress(s) else { entry["ip"].fail("\"\(s)\" is not a valid IP address"); return nil }
+                return ip
+            } : []
         var ranges: [IPPrefix] = []
         for r in spec["loadBalancerSourceRanges"].list {
             guard let text = r.string else { continue }
@@ -230,9 +243,10 @@ public struct ManifestDecoder {
             affinityTimeout = UInt32(clamping: seconds)
         }
         guard f.context.errors.count == errorsBefore else { return nil }
-        var service = Service(meta: meta, type: type, clusterIPs: clusterIPs, isHeadless: headless, selector: selector,
-                              ports: ports, sessionAffinity: affinity, externalIPs: externalIPs, loadBalancerIPs: lbIPs,
-                              loadBalancerSourceRanges: ranges)
+        var service = Service(
+            meta: meta, type: type, clusterIPs: clusterIPs, isHeadless: headless, selector: selector,
+            ports: ports, sessionAffinity: affinity, externalIPs: externalIPs, loadBalancerIPs: lbIPs,
+            loadBalancerSourceRanges: ranges)
         service.externalTrafficPolicyLocal = etp == "Local"
         service.internalTrafficPolicyLocal = itp == "Local"
         service.healthCheckNodePort = healthCheckNodePort
@@ -270,7 +284,9 @@ public struct ManifestDecoder {
     func ipAddress(_ f: Field, family: IPFamily? = nil) -> IPAddress? {
         guard let s = f.string else { f.fail("missing"); return nil }
         guard let ip = IPAddress(s) else { f.fail("\"\(s)\" is not a valid \(family?.rawValue ?? "IP") address"); return nil }
-        if let family, ip.family != family { f.fail("\(s) is not an \(family.rawValue) address, as the slice's addressType says"); return nil }
+        if let family, ip.family != family {
+            f.fail("\(s) is not an \(family.rawValue) address, as the slice's addressType says"); return nil
+        }
         return ip
     }
 }

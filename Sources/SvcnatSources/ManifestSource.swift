@@ -35,9 +35,12 @@ public enum ManifestSource {
                 files.append(file)
                 guard let bytes = readFile(file) else {
                     let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? 0
-                    errors.append(InputError(file: file, message: size > maxFileSize
-                        ? "is \(size >> 20) MB; svcnat reads manifest files up to \(maxFileSize >> 20) MB (split it)"
-                        : "cannot be read"))
+                    errors.append(
+                        InputError(
+                            file: file,
+                            message: size > maxFileSize
+                                ? "is \(size >> 20) MB; svcnat reads manifest files up to \(maxFileSize >> 20) MB (split it)"
+                                : "cannot be read"))
                     continue
                 }
                 guard let text = String(validating: bytes, as: UTF8.self) else {

@@ -18,7 +18,7 @@ public final class ObjectStore {
     private var endpoints = Index<Endpoints>()
     private var pods = Index<Pod>()
     private var ingresses = Index<Ingress>()
-    private var slicesByService: [String: Set<String>] = [:]       // ns/service -> slice keys
+    private var slicesByService: [String: Set<String>] = [:]  // ns/service -> slice keys
     private var podsByNamespace: [String: Set<String>] = [:]
     private var servicesByNamespace: [String: Set<String>] = [:]
     /// Services (ns/name) whose ports may have changed since `takeDirty()`.
@@ -105,7 +105,8 @@ public final class ObjectStore {
         func check<T>(_ kind: String, _ index: Index<T>, _ metas: [ObjectMeta]) {
             for m in metas {
                 if let f = other(index, m.key) {
-                    out.append(InputError(file: path, object: "\(kind) \(m.key)", field: "metadata.name", message: "defined twice (also in \(f))"))
+                    out.append(
+                        InputError(file: path, object: "\(kind) \(m.key)", field: "metadata.name", message: "defined twice (also in \(f))"))
                 }
             }
         }
@@ -152,8 +153,9 @@ public final class ObjectStore {
 
     /// Everything, for a full sync.
     public var state: ClusterState {
-        ClusterState(services: services.winners, endpointSlices: slices.winners, endpoints: endpoints.winners,
-                     pods: pods.winners, ingresses: ingresses.winners)
+        ClusterState(
+            services: services.winners, endpointSlices: slices.winners, endpoints: endpoints.winners,
+            pods: pods.winners, ingresses: ingresses.winners)
     }
 
     /// The Services marked since the last call, and forgets them.
@@ -168,8 +170,9 @@ public final class ObjectStore {
         let sliceKeys = slicesByService[key] ?? []
         let svcSlices = sliceKeys.sorted().compactMap { slices.winner($0) }.filter { "\($0.meta.namespace)/\($0.serviceName)" == key }
         let podKeys = svc.selector == nil ? [] : (podsByNamespace[svc.meta.namespace] ?? [])
-        return ProxyState.ports(of: svc, slices: svcSlices.isEmpty ? nil : svcSlices, endpoints: endpoints.winner(key),
-                                pods: podKeys.sorted().compactMap { pods.winner($0) }, nodeName: nodeName, zone: zone, family: family)
+        return ProxyState.ports(
+            of: svc, slices: svcSlices.isEmpty ? nil : svcSlices, endpoints: endpoints.winner(key),
+            pods: podKeys.sorted().compactMap { pods.winner($0) }, nodeName: nodeName, zone: zone, family: family)
     }
 
     public func takeWarnings() -> [Warning] {

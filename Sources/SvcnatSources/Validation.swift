@@ -25,7 +25,8 @@ enum Validation {
         if s.count > 253 { return "must be no more than 253 characters" }
         for part in s.split(separator: ".", omittingEmptySubsequences: false) {
             if dns1123Label(String(part)) != nil {
-                return "must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                return
+                    "must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
             }
         }
         return nil

@@ -101,7 +101,9 @@ struct Field {
     /// An integer or a string (Kubernetes' IntOrString).
     var intOrString: IntOrString? {
         guard !isNull, let node else { return nil }
-        guard case .scalar(let s, let plain) = node else { context.fail(path, "expected a port number or name, found \(describe(node))"); return nil }
+        guard case .scalar(let s, let plain) = node else {
+            context.fail(path, "expected a port number or name, found \(describe(node))"); return nil
+        }
         if plain, let i = Int(s) { return .int(i) }
         return .string(s)
     }

@@ -10,13 +10,20 @@ extension Svcnat {
         static let configuration = CommandConfiguration(
             abstract: "Program the Services of the manifests into the kernel (or print the rules with --dry-run).")
 
-        @Option(name: .shortAndLong, help: "A manifest file, a folder (read recursively: *.yaml, *.yml, *.json) or - for standard input. Repeatable.")
+        @Option(
+            name: .shortAndLong,
+            help: "A manifest file, a folder (read recursively: *.yaml, *.yml, *.json) or - for standard input. Repeatable.")
         var filename: [String] = []
 
         @Flag(help: "Touch nothing; print the complete ruleset svcnat would own.")
         var dryRun = false
 
-        @Option(help: "With --dry-run: nft (loadable with nft -f; both tables), iptables or ip6tables (kube-proxy's iptables mode for IPv4 or IPv6, in iptables-save form) or json.")
+        @Option(
+            help:
+                ArgumentHelp(
+                    "With --dry-run: nft (loadable with nft -f; both tables), iptables or ip6tables (kube-proxy's iptables mode for "
+                        + "IPv4 or IPv6, in iptables-save form) or json.")
+        )
         var format: OutputFormat = .nft
 
         @OptionGroup var options: CommonOptions
@@ -36,7 +43,8 @@ extension Svcnat {
                 case .iptables:
                     print(IptablesRenderer(config.translator).render(tables[0].proxy), terminator: "")
                     if let v6 = tables.first(where: { $0.family == .v6 }), !v6.proxy.servicePorts.isEmpty {
-                        FileHandle.standardError.write("svcnat: IPv6 Services are not in this output (iptables-restore loads IPv4); --format ip6tables prints them\n")
+                        FileHandle.standardError.write(
+                            "svcnat: IPv6 Services are not in this output (iptables-restore loads IPv4); --format ip6tables prints them\n")
                     }
                 case .ip6tables:
                     let proxy = tables.first { $0.family == .v6 }?.proxy ?? ProxyState(servicePorts: [])
@@ -53,4 +61,3 @@ extension Svcnat {
         }
     }
 }
-

@@ -11,8 +11,10 @@ extension Svcnat {
         func run() throws {
             let kernel = try NetlinkKernel()
             let removed = try Reconciler(config: options.config, kernel: kernel).cleanup()
-            print(removed.isEmpty ? "svcnat: no table ip or ip6 \(options.table); nothing to remove"
-                  : "svcnat: removed " + removed.map { "table \($0.rawValue) \(options.table)" }.joined(separator: " and "))
+            print(
+                removed.isEmpty
+                    ? "svcnat: no table ip or ip6 \(options.table); nothing to remove"
+                    : "svcnat: removed " + removed.map { "table \($0.rawValue) \(options.table)" }.joined(separator: " and "))
         }
     }
 }

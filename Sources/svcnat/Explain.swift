@@ -12,7 +12,8 @@ extension Svcnat {
             commandName: "explain",
             abstract: "Show the path a new connection takes, read from what the kernel holds now.",
             discussion: """
-                DEST is IP:PORT[/PROTO] ([IPv6]:PORT for IPv6), :PORT[/PROTO] for a node port, namespace/name[:port], or name.namespace[.svc.cluster.local][:port]. \
+                DEST is IP:PORT[/PROTO] ([IPv6]:PORT for IPv6), :PORT[/PROTO] for a node port, namespace/name[:port], \
+                or name.namespace[.svc.cluster.local][:port]. \
                 With --ingress HOST/PATH and -f manifests, the Ingress rule picks the Service instead. \
                 With --source IP, the first packet from that address is walked through svcnat's rules as the kernel evaluates them: \
                 each possible fate with its probability, whether the source is masqueraded, and the rules that acted.
@@ -27,7 +28,12 @@ extension Svcnat {
         @Option(name: .shortAndLong, help: "Manifests holding the Ingress objects (with --ingress). Repeatable.")
         var filename: [String] = []
 
-        @Option(help: "The client's address: walk its first packet through the rules. An address of this node means a connection from the node itself.")
+        @Option(
+            help:
+                ArgumentHelp(
+                    "The client's address: walk its first packet through the rules. An address of this node means a connection from the "
+                        + "node itself.")
+        )
         var source: String?
 
         @Option(help: "nft (a readable tree) or json.")
@@ -40,7 +46,9 @@ extension Svcnat {
             case (nil, nil): throw ValidationError("give DEST or --ingress HOST/PATH")
             case (_?, _?): throw ValidationError("give DEST or --ingress HOST/PATH, not both")
             case (let d?, nil):
-                if Explain.parse(d) == nil { throw ValidationError("\"\(d)\" is not IP:PORT[/PROTO], namespace/name[:port] or name.namespace") }
+                if Explain.parse(d) == nil {
+                    throw ValidationError("\"\(d)\" is not IP:PORT[/PROTO], namespace/name[:port] or name.namespace")
+                }
             case (nil, _?):
                 if filename.isEmpty { throw ValidationError("--ingress needs -f with the manifests that hold the Ingress objects") }
             }
@@ -68,10 +76,12 @@ extension Svcnat {
                 FileHandle.standardError.write("svcnat: no table ip or ip6 \(options.table) in this network namespace\n")
                 throw ExitCode(1)
             }
-            let report = Explainer.report(query, tables: tables, local: try localIPAddresses(), source: source.flatMap(IPAddress.init),
-                                          into: start)
+            let report = Explainer.report(
+                query, tables: tables, local: try localIPAddresses(), source: source.flatMap(IPAddress.init),
+                into: start)
             if !report.matched {
-                FileHandle.standardError.write("svcnat: \(destination ?? ingress!) matches no Service svcnat programs; such a connection is not NATed\n")
+                FileHandle.standardError.write(
+                    "svcnat: \(destination ?? ingress!) matches no Service svcnat programs; such a connection is not NATed\n")
                 throw ExitCode(1)
             }
             if format == .json { print(JSON.array(report.json).text()) } else { print(report.text, terminator: "") }

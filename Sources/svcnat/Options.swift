@@ -18,16 +18,25 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("cluster-cidr"), help: "The pods' CIDR; traffic to a Service from outside it is masqueraded. Repeatable.")
     var clusterCIDR: [String] = []
 
-    @Option(name: .customLong("nodeport-addresses"), help: "CIDRs of node addresses that serve node ports. Repeatable. Default: every local address but 127.0.0.0/8.")
+    @Option(
+        name: .customLong("nodeport-addresses"),
+        help: "CIDRs of node addresses that serve node ports. Repeatable. Default: every local address but 127.0.0.0/8.")
     var nodePortAddresses: [String] = []
 
-    @Option(name: .customLong("service-cidr"), help: "The Service CIDR: traffic to one of its addresses that no Service has is dropped. Repeatable.")
+    @Option(
+        name: .customLong("service-cidr"),
+        help: "The Service CIDR: traffic to one of its addresses that no Service has is dropped. Repeatable.")
     var serviceCIDR: [String] = []
 
     @Flag(help: "Masquerade all traffic sent to Services.")
     var masqueradeAll = false
 
-    @Option(help: "How a Service chain picks an endpoint: map (one rule, endpoints as elements of shared maps) or cascade (one rule per endpoint, probability 1/(n-i)).")
+    @Option(
+        help:
+            ArgumentHelp(
+                "How a Service chain picks an endpoint: map (one rule, endpoints as elements of shared maps) or cascade (one rule per "
+                    + "endpoint, probability 1/(n-i)).")
+    )
     var endpointSelection: EndpointSelection = .map
 
     @Flag(name: [.short, .long], help: "Print the transaction sent to the kernel.")
@@ -52,16 +61,18 @@ struct CommonOptions: ParsableArguments {
     static func tableNameProblem(_ s: String) -> String? {
         if s.isEmpty || s.utf8.count > 255 { return "must be 1 to 255 bytes" }
         guard let f = s.first, f.isASCII, f.isLetter,
-              s.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_-".contains($0)) }) else {
+            s.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_-".contains($0)) })
+        else {
             return "must start with a letter and hold only letters, digits, '_' and '-'"
         }
         return nil
     }
 
     var config: ProxyConfig {
-        var c = ProxyConfig(table: table, clusterCIDRs: clusterCIDR.compactMap { IPPrefix($0) }, masqueradeAll: masqueradeAll,
-                    nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection,
-                    nodePortAddresses: nodePortAddresses.compactMap { IPPrefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPPrefix($0) })
+        var c = ProxyConfig(
+            table: table, clusterCIDRs: clusterCIDR.compactMap { IPPrefix($0) }, masqueradeAll: masqueradeAll,
+            nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection,
+            nodePortAddresses: nodePortAddresses.compactMap { IPPrefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPPrefix($0) })
         c.zone = nodeZone
         return c
     }

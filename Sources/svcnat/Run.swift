@@ -10,15 +10,15 @@ extension Svcnat {
         static let configuration = CommandConfiguration(
             abstract: "Run as the node agent: program a folder of manifests, or the cluster's Services, and keep the kernel in step.",
             discussion: """
-            The source is --manifests DIR, --kubeconfig FILE, or (with neither, inside a pod) the \
-            in-cluster service account. A folder is watched with inotify; the API is listed and \
-            watched (Services, EndpointSlices, this node's Node), and the first sync waits until \
-            the initial lists are complete. Changes are applied within --min-sync-period. A file \
-            that fails to parse or validate is reported and its last good version stays in force. Changes \
-            others make to svcnat's table are noticed (ruleset generation id) and repaired. SIGHUP \
-            forces a full resync; SIGTERM/SIGINT stop and leave the rules serving (or remove them \
-            with --cleanup-on-exit).
-            """)
+                The source is --manifests DIR, --kubeconfig FILE, or (with neither, inside a pod) the \
+                in-cluster service account. A folder is watched with inotify; the API is listed and \
+                watched (Services, EndpointSlices, this node's Node), and the first sync waits until \
+                the initial lists are complete. Changes are applied within --min-sync-period. A file \
+                that fails to parse or validate is reported and its last good version stays in force. Changes \
+                others make to svcnat's table are noticed (ruleset generation id) and repaired. SIGHUP \
+                forces a full resync; SIGTERM/SIGINT stop and leave the rules serving (or remove them \
+                with --cleanup-on-exit).
+                """)
 
         @Option(help: "A folder of manifests (read recursively: *.yaml, *.yml, *.json).")
         var manifests: String?
@@ -49,8 +49,12 @@ extension Svcnat {
         func validate() throws {
             if manifests != nil && kubeconfig != nil { throw ValidationError("give --manifests or --kubeconfig, not both") }
             if context != nil && kubeconfig == nil { throw ValidationError("--context needs --kubeconfig") }
-            guard (try? parseDuration(minSyncPeriod)) != nil else { throw ValidationError("--min-sync-period \"\(minSyncPeriod)\" is not a duration such as 1s or 500ms") }
-            guard let p = try? parseDuration(syncPeriod), p > .zero else { throw ValidationError("--sync-period \"\(syncPeriod)\" is not a positive duration such as 1h") }
+            guard (try? parseDuration(minSyncPeriod)) != nil else {
+                throw ValidationError("--min-sync-period \"\(minSyncPeriod)\" is not a duration such as 1s or 500ms")
+            }
+            guard let p = try? parseDuration(syncPeriod), p > .zero else {
+                throw ValidationError("--sync-period \"\(syncPeriod)\" is not a positive duration such as 1h")
+            }
         }
 
         func run() throws {
@@ -59,19 +63,26 @@ extension Svcnat {
             logger.logLevel = options.verbose ? .debug : .info
             var api: APIConfig?
             do {
-                if let kubeconfig { api = try KubeConfig.load(path: kubeconfig, context: context) }
-                else if manifests == nil {
+                if let kubeconfig {
+                    api = try KubeConfig.load(path: kubeconfig, context: context)
+                } else if manifests == nil {
                     api = try KubeConfig.inCluster()
-                    if api == nil { throw ValidationError("no source: give --manifests DIR or --kubeconfig FILE (or run in a pod, where the in-cluster service account is used)") }
+                    if api == nil {
+                        throw ValidationError(
+                            "no source: give --manifests DIR or --kubeconfig FILE (or run in a pod, where the in-cluster service "
+                                + "account is used)"
+                        )
+                    }
                 }
             } catch let e as KubeConfigError {
                 FileHandle.standardError.write("svcnat: \(e)\n")
                 throw ExitCode(2)
             }
-            var config = DaemonConfig(proxy: options.config, manifests: manifests ?? "",
-                                      minSyncPeriod: try parseDuration(minSyncPeriod), syncPeriod: try parseDuration(syncPeriod),
-                                      metricsAddress: metricsBindAddress, healthzAddress: healthzBindAddress,
-                                      cleanupOnExit: cleanupOnExit)
+            var config = DaemonConfig(
+                proxy: options.config, manifests: manifests ?? "",
+                minSyncPeriod: try parseDuration(minSyncPeriod), syncPeriod: try parseDuration(syncPeriod),
+                metricsAddress: metricsBindAddress, healthzAddress: healthzBindAddress,
+                cleanupOnExit: cleanupOnExit)
             config.api = api
             let code = try Daemon(config: config, logger: logger).run()
             if code != 0 { throw ExitCode(code) }
@@ -103,7 +114,9 @@ func parseDuration(_ s: String) throws -> Duration {
         if c.isNumber || c == "." {
             if !unit.isEmpty { try flush() }
             number.append(c)
-        } else { unit.append(c) }
+        } else {
+            unit.append(c)
+        }
     }
     try flush()
     return total

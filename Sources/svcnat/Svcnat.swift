@@ -10,10 +10,10 @@ struct Svcnat: ParsableCommand {
         commandName: "svcnat",
         abstract: "Kubernetes Service NAT in nftables, programmed over netlink.",
         discussion: """
-        svcnat turns Services and their endpoints into nftables NAT rules in its own table \
-        (default "svcnat") and keeps the kernel in step with them, one atomic batch per change.
-        Exit codes: 0 success, 1 runtime failure (kernel refused, no permission), 2 invalid input or usage.
-        """,
+            svcnat turns Services and their endpoints into nftables NAT rules in its own table \
+            (default "svcnat") and keeps the kernel in step with them, one atomic batch per change.
+            Exit codes: 0 success, 1 runtime failure (kernel refused, no permission), 2 invalid input or usage.
+            """,
         subcommands: [Apply.self, Diff.self, Show.self, Cleanup.self, Run.self, ExplainCommand.self]
     )
 }

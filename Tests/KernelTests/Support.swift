@@ -35,15 +35,20 @@ func run(_ args: [String], stdin: String? = nil, env: [String: String] = [:], ti
     let out = Box(), err = Box()
     let group = DispatchGroup()
     group.enter()
-    DispatchQueue.global().async { out.data = outPipe.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    DispatchQueue.global().async {
+        out.data = outPipe.fileHandleForReading.readDataToEndOfFile(); group.leave()
+    }
     group.enter()
-    DispatchQueue.global().async { err.data = errPipe.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    DispatchQueue.global().async {
+        err.data = errPipe.fileHandleForReading.readDataToEndOfFile(); group.leave()
+    }
     let deadline = Date().addingTimeInterval(timeout)
     while p.isRunning && Date() < deadline { usleep(10_000) }
     if p.isRunning { p.terminate(); usleep(100_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
     p.waitUntilExit()
     group.wait()
-    return CommandResult(out: String(decoding: out.data, as: UTF8.self), err: String(decoding: err.data, as: UTF8.self), code: p.terminationStatus)
+    return CommandResult(
+        out: String(decoding: out.data, as: UTF8.self), err: String(decoding: err.data, as: UTF8.self), code: p.terminationStatus)
 }
 
 /// The svcnat binary built next to the test bundle.
@@ -284,7 +289,9 @@ struct ClientResult: Decodable {
 }
 
 extension Testbed {
-    func client(in namespace: String, _ proto: String, _ ip: String, _ port: Int, count: Int, from source: String? = nil) throws -> ClientResult {
+    func client(in namespace: String, _ proto: String, _ ip: String, _ port: Int, count: Int, from source: String? = nil) throws
+        -> ClientResult
+    {
         let out = try sh(namespace, ["python3", helper("client.py"), proto, ip, String(port), String(count)] + (source.map { [$0] } ?? []))
         return try JSONDecoder().decode(ClientResult.self, from: Data(out.utf8))
     }
@@ -313,30 +320,30 @@ func chiSquare(_ counts: [Int]) -> Double {
 /// A Service with ClusterIP `ip`, TCP and UDP port 80 -> 8080 on pods 198.19.<i>.2.
 func serviceManifest(name: String = "web", ip: String = "198.18.100.20", pods: [Int]) -> String {
     var s = """
-    apiVersion: v1
-    kind: Service
-    metadata: {name: \(name), namespace: demo}
-    spec:
-      clusterIP: \(ip)
-      selector: {app: \(name)}
-      ports:
-        - {name: http, protocol: TCP, port: 80, targetPort: web}
-        - {name: dns, protocol: UDP, port: 53, targetPort: 8080}
-
-    """
-    for i in pods {
-        s += """
-        ---
         apiVersion: v1
-        kind: Pod
-        metadata: {name: \(name)-\(i), namespace: demo, labels: {app: \(name)}}
+        kind: Service
+        metadata: {name: \(name), namespace: demo}
         spec:
-          containers:
-            - name: c
-              ports: [{name: web, containerPort: 8080}]
-        status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+          clusterIP: \(ip)
+          selector: {app: \(name)}
+          ports:
+            - {name: http, protocol: TCP, port: 80, targetPort: web}
+            - {name: dns, protocol: UDP, port: 53, targetPort: 8080}
 
         """
+    for i in pods {
+        s += """
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: \(name)-\(i), namespace: demo, labels: {app: \(name)}}
+            spec:
+              containers:
+                - name: c
+                  ports: [{name: web, containerPort: 8080}]
+            status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+
+            """
     }
     return s
 }
@@ -344,7 +351,7 @@ func serviceManifest(name: String = "web", ip: String = "198.18.100.20", pods: [
 /// One possible fate of a connection, as `svcnat explain --source --format json` gives it.
 struct ExplainedOutcome: Hashable {
     var fate: String
-    var pod: String?        // "pod1" for 198.19.1.2, the test topology's naming
+    var pod: String?  // "pod1" for 198.19.1.2, the test topology's naming
     var masqueraded: Bool
     var probability: String
 }
@@ -361,9 +368,13 @@ extension Testbed {
             for w in v["walks"] as? [[String: Any]] ?? [] {
                 for o in w["outcomes"] as? [[String: Any]] ?? [] {
                     // 198.19.<i>.2:port or [2001:db8:1:<i>::2]:port is pod i.
-                    let pod = (o["endpoint"] as? String).map { $0.hasPrefix("[") ? "pod" + $0.split(separator: ":")[3] : "pod" + $0.split(separator: ".")[2] }
-                    out.append(ExplainedOutcome(fate: o["fate"] as! String, pod: pod, masqueraded: o["masqueraded"] as! Bool,
-                                                probability: o["probability"] as! String))
+                    let pod = (o["endpoint"] as? String).map {
+                        $0.hasPrefix("[") ? "pod" + $0.split(separator: ":")[3] : "pod" + $0.split(separator: ".")[2]
+                    }
+                    out.append(
+                        ExplainedOutcome(
+                            fate: o["fate"] as! String, pod: pod, masqueraded: o["masqueraded"] as! Bool,
+                            probability: o["probability"] as! String))
                 }
             }
         }

@@ -2,450 +2,252 @@ import Foundation
 import Testing
 
 extension RootTests {
-/// Real TCP and UDP through svcnat's rules: a node namespace, pod namespaces running servers
-/// that answer with their name and the source address they saw, and an external client.
-@Suite(.serialized)
-struct TrafficTests {
-    let cidr = ["--cluster-cidr", "198.19.0.0/16"]
-    /// chi-square critical value for 2 degrees of freedom at p = 0.001.
-    let chi2Critical2 = 13.82
+    /// Real TCP and UDP through svcnat's rules: a node namespace, pod namespaces running servers
+    /// that answer with their name and the source address they saw, and an external client.
+    @Suite(.serialized)
+    struct TrafficTests {
+        let cidr = ["--cluster-cidr", "198.19.0.0/16"]
+        /// chi-square critical value for 2 degrees of freedom at p = 0.001.
+        let chi2Critical2 = 13.82
 
-    @Test(arguments: ["map", "cascade"])
-    func clusterIPSpreadsOverEveryPodFromNodeClientAndPods(selection: String) throws {
-        let bed = Testbed("spread")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 3)
-        let node = bed.ns("node")
-        let input = try bed.writeManifest(serviceManifest(pods: [1, 2, 3]))
-        let applied = try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + cidr)
-        #expect(applied.code == 0, "\(applied.err)")
+        @Test(arguments: ["map", "cascade"])
+        func clusterIPSpreadsOverEveryPodFromNodeClientAndPods(selection: String) throws {
+            let bed = Testbed("spread")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 3)
+            let node = bed.ns("node")
+            let input = try bed.writeManifest(serviceManifest(pods: [1, 2, 3]))
+            let applied = try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + cidr)
+            #expect(applied.code == 0, "\(applied.err)")
 
-        // From the node: every pod answers, evenly.
-        let tcp = try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 300)
-        #expect(tcp.refused == 0 && tcp.timeouts == 0)
-        #expect(Set(tcp.answers.keys) == ["pod1", "pod2", "pod3"])
-        let chi = chiSquare(["pod1", "pod2", "pod3"].map { tcp.answers[$0] ?? 0 })
-        #expect(chi < chi2Critical2, "TCP spread \(tcp.answers) has chi-square \(chi)")
+            // From the node: every pod answers, evenly.
+            let tcp = try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 300)
+            #expect(tcp.refused == 0 && tcp.timeouts == 0)
+            #expect(Set(tcp.answers.keys) == ["pod1", "pod2", "pod3"])
+            let chi = chiSquare(["pod1", "pod2", "pod3"].map { tcp.answers[$0] ?? 0 })
+            #expect(chi < chi2Critical2, "TCP spread \(tcp.answers) has chi-square \(chi)")
 
-        // `svcnat explain` names exactly the endpoints that answered, each at 1/3.
-        let explained = try bed.svcnat(node, ["explain", "198.18.100.20:80"])
-        #expect(explained.code == 0, "\(explained.err)")
-        let listed = Set(explained.out.split(separator: "\n").compactMap { line -> String? in
-            guard let r = line.range(of: "198.19.") , line.contains("probability 1/3") else { return nil }
-            return "pod" + String(line[r.upperBound...].prefix { $0 != "." })
-        })
-        #expect(listed == Set(tcp.answers.keys), "\(explained.out)")
-        #expect(try bed.svcnat(node, ["explain", "web.demo.svc.cluster.local:http"]).out.contains("demo/web:http (tcp)"))
-        // An Ingress rule leads to the same Service; a walk from the node reaches the same pods.
-        let ingress = try bed.writeManifest("""
-            apiVersion: networking.k8s.io/v1
-            kind: Ingress
-            metadata: {name: web, namespace: demo}
-            spec:
-              rules:
-                - host: web.example.test
-                  http:
-                    paths:
-                      - {path: /shop, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
-            """)
-        let viaIngress = try bed.svcnat(node, ["explain", "--ingress", "web.example.test/shop/cart", "-f", ingress])
-        #expect(viaIngress.code == 0 && viaIngress.out.contains("-> Service demo/web port http") && viaIngress.out.contains("demo/web:http (tcp)"),
+            // `svcnat explain` names exactly the endpoints that answered, each at 1/3.
+            let explained = try bed.svcnat(node, ["explain", "198.18.100.20:80"])
+            #expect(explained.code == 0, "\(explained.err)")
+            let listed = Set(
+                explained.out.split(separator: "\n").compactMap { line -> String? in
+                    guard let r = line.range(of: "198.19."), line.contains("probability 1/3") else { return nil }
+                    return "pod" + String(line[r.upperBound...].prefix { $0 != "." })
+                })
+            #expect(listed == Set(tcp.answers.keys), "\(explained.out)")
+            #expect(try bed.svcnat(node, ["explain", "web.demo.svc.cluster.local:http"]).out.contains("demo/web:http (tcp)"))
+            // An Ingress rule leads to the same Service; a walk from the node reaches the same pods.
+            let ingress = try bed.writeManifest(
+                """
+                apiVersion: networking.k8s.io/v1
+                kind: Ingress
+                metadata: {name: web, namespace: demo}
+                spec:
+                  rules:
+                    - host: web.example.test
+                      http:
+                        paths:
+                          - {path: /shop, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+                """)
+            let viaIngress = try bed.svcnat(node, ["explain", "--ingress", "web.example.test/shop/cart", "-f", ingress])
+            #expect(
+                viaIngress.code == 0 && viaIngress.out.contains("-> Service demo/web port http")
+                    && viaIngress.out.contains("demo/web:http (tcp)"),
                 "\(viaIngress.out)\(viaIngress.err)")
-        let walked = try bed.explain(node, ["--ingress", "web.example.test/shop", "-f", ingress, "--source", "198.18.0.1"])
-        #expect(Set(walked.compactMap(\.pod)) == Set(tcp.answers.keys) && walked.allSatisfy { $0.probability == "1/3" }, "\(walked)")
+            let walked = try bed.explain(node, ["--ingress", "web.example.test/shop", "-f", ingress, "--source", "198.18.0.1"])
+            #expect(Set(walked.compactMap(\.pod)) == Set(tcp.answers.keys) && walked.allSatisfy { $0.probability == "1/3" }, "\(walked)")
 
-        let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 150)
-        #expect(udp.timeouts == 0 && udp.refused == 0)
-        #expect(Set(udp.answers.keys) == ["pod1", "pod2", "pod3"])
-        #expect(chiSquare(["pod1", "pod2", "pod3"].map { udp.answers[$0] ?? 0 }) < chi2Critical2)
+            let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 150)
+            #expect(udp.timeouts == 0 && udp.refused == 0)
+            #expect(Set(udp.answers.keys) == ["pod1", "pod2", "pod3"])
+            #expect(chiSquare(["pod1", "pod2", "pod3"].map { udp.answers[$0] ?? 0 }) < chi2Critical2)
 
-        // From the external client (outside the cluster CIDR): masqueraded, so the pods see
-        // the node's address on their link, never the client's.
-        let ext = try bed.client(in: bed.ns("client"), "tcp", "198.18.100.20", 80, count: 60)
-        #expect(ext.refused == 0 && ext.timeouts == 0)
-        #expect(Set(ext.answers.keys) == ["pod1", "pod2", "pod3"])
-        #expect(ext.sources["198.18.0.2"] == nil)
-        #expect(Set(ext.sources.keys).isSubset(of: ["198.19.1.1", "198.19.2.1", "198.19.3.1"]))
+            // From the external client (outside the cluster CIDR): masqueraded, so the pods see
+            // the node's address on their link, never the client's.
+            let ext = try bed.client(in: bed.ns("client"), "tcp", "198.18.100.20", 80, count: 60)
+            #expect(ext.refused == 0 && ext.timeouts == 0)
+            #expect(Set(ext.answers.keys) == ["pod1", "pod2", "pod3"])
+            #expect(ext.sources["198.18.0.2"] == nil)
+            #expect(Set(ext.sources.keys).isSubset(of: ["198.19.1.1", "198.19.2.1", "198.19.3.1"]))
 
-        // From pod1: other pods see pod1's own address (inside the cluster CIDR: no
-        // masquerade); pod1 reaching itself (hairpin) works and sees the node's address.
-        let fromPod = try bed.client(in: bed.ns("pod1"), "tcp", "198.18.100.20", 80, count: 120)
-        #expect(fromPod.refused == 0 && fromPod.timeouts == 0)
-        #expect(Set(fromPod.answers.keys) == ["pod1", "pod2", "pod3"])
-        #expect(chiSquare(["pod1", "pod2", "pod3"].map { fromPod.answers[$0] ?? 0 }) < chi2Critical2)
-        #expect(fromPod.sources["198.19.1.2"] == (fromPod.answers["pod2"] ?? 0) + (fromPod.answers["pod3"] ?? 0))
-        #expect(fromPod.sources["198.19.1.1"] == fromPod.answers["pod1"])
+            // From pod1: other pods see pod1's own address (inside the cluster CIDR: no
+            // masquerade); pod1 reaching itself (hairpin) works and sees the node's address.
+            let fromPod = try bed.client(in: bed.ns("pod1"), "tcp", "198.18.100.20", 80, count: 120)
+            #expect(fromPod.refused == 0 && fromPod.timeouts == 0)
+            #expect(Set(fromPod.answers.keys) == ["pod1", "pod2", "pod3"])
+            #expect(chiSquare(["pod1", "pod2", "pod3"].map { fromPod.answers[$0] ?? 0 }) < chi2Critical2)
+            #expect(fromPod.sources["198.19.1.2"] == (fromPod.answers["pod2"] ?? 0) + (fromPod.answers["pod3"] ?? 0))
+            #expect(fromPod.sources["198.19.1.1"] == fromPod.answers["pod1"])
+        }
+
+        @Test func scalingEndpointsMovesTraffic() throws {
+            let bed = Testbed("scale")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 3)
+            let node = bed.ns("node")
+            for pods in [[1], [1, 2, 3], [2, 3], [3], [1, 2, 3]] {
+                let input = try bed.writeManifest(serviceManifest(pods: pods))
+                let r = try bed.svcnat(node, ["apply", "-f", input] + cidr)
+                #expect(r.code == 0, "\(r.err)")
+                let got = try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 30 * pods.count)
+                #expect(got.refused == 0 && got.timeouts == 0)
+                #expect(Set(got.answers.keys) == Set(pods.map { "pod\($0)" }), "with pods \(pods): \(got.answers)")
+                let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 10 * pods.count)
+                #expect(Set(udp.answers.keys).isSubset(of: Set(pods.map { "pod\($0)" })))
+            }
+        }
+
+        @Test func noEndpointsRefusesAtOnce() throws {
+            let bed = Testbed("noeps")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 1)
+            let node = bed.ns("node")
+            let none = try bed.writeManifest(serviceManifest(pods: []))
+            #expect(try bed.svcnat(node, ["apply", "-f", none] + cidr).code == 0)
+            #expect(try bed.svcnat(node, ["show"]).out.contains("endpoints: none"))
+            for ns in [node, bed.ns("pod1"), bed.ns("client")] {
+                let tcp = try bed.client(in: ns, "tcp", "198.18.100.20", 80, count: 20)
+                #expect(tcp.refused == 20, "from \(ns): \(tcp)")
+                #expect(tcp.seconds < 2, "refusals must be immediate, took \(tcp.seconds) s from \(ns)")
+            }
+            let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 5)
+            #expect(udp.refused == 5 && udp.seconds < 2, "\(udp)")
+
+            // One pod becomes ready: the same address now answers.
+            let one = try bed.writeManifest(serviceManifest(pods: [1]))
+            #expect(try bed.svcnat(node, ["apply", "-f", one] + cidr).code == 0)
+            let ok = try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 10)
+            #expect(ok.answers["pod1"] == 10)
+        }
     }
+}
 
-    @Test func scalingEndpointsMovesTraffic() throws {
-        let bed = Testbed("scale")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 3)
-        let node = bed.ns("node")
-        for pods in [[1], [1, 2, 3], [2, 3], [3], [1, 2, 3]] {
-            let input = try bed.writeManifest(serviceManifest(pods: pods))
+extension RootTests {
+    /// NodePort, external IPs, load-balancer IPs with source ranges, and what happens to traffic
+    /// that matches no Service port.
+    @Suite(.serialized)
+    struct ExternalTrafficTests {
+        let cidr = ["--cluster-cidr", "198.19.0.0/16"]
+
+        func lbManifest(pods: [Int], nodePort: Int = 30080) -> String {
+            var s = """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: shop, namespace: demo}
+                spec:
+                  type: LoadBalancer
+                  clusterIP: 198.18.100.50
+                  externalIPs: [198.18.200.5]
+                  loadBalancerSourceRanges: [198.18.0.0/24]
+                  selector: {app: shop}
+                  ports:
+                    - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: \(nodePort)}
+                    - {name: dns, protocol: UDP, port: 53, targetPort: 8080, nodePort: \(nodePort)}
+                status:
+                  loadBalancer:
+                    ingress: [{ip: 198.18.200.6}]
+
+                """
+            for i in pods {
+                s += """
+                    ---
+                    apiVersion: v1
+                    kind: Pod
+                    metadata: {name: shop-\(i), namespace: demo, labels: {app: shop}}
+                    status: {podIP: 198.19.\(i).2}
+
+                    """
+            }
+            return s
+        }
+
+        @Test func nodePortExternalAndLoadBalancerIPs() throws {
+            let bed = Testbed("ext")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 2)
+            let node = bed.ns("node"), client = bed.ns("client"), pod1 = bed.ns("pod1")
+            let input = try bed.writeManifest(lbManifest(pods: [1, 2]))
             let r = try bed.svcnat(node, ["apply", "-f", input] + cidr)
             #expect(r.code == 0, "\(r.err)")
-            let got = try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 30 * pods.count)
-            #expect(got.refused == 0 && got.timeouts == 0)
-            #expect(Set(got.answers.keys) == Set(pods.map { "pod\($0)" }), "with pods \(pods): \(got.answers)")
-            let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 10 * pods.count)
-            #expect(Set(udp.answers.keys).isSubset(of: Set(pods.map { "pod\($0)" })))
+
+            // From the external client: node port on the node's address, the external IP, the LB IP.
+            // External traffic is masqueraded (Cluster policy): pods see the node, not the client.
+            for (ip, port) in [("198.18.0.1", 30080), ("198.18.200.5", 80), ("198.18.200.6", 80)] {
+                let got = try bed.client(in: client, "tcp", ip, port, count: 40)
+                #expect(got.refused == 0 && got.timeouts == 0, "\(ip):\(port): \(got)")
+                #expect(Set(got.answers.keys) == ["pod1", "pod2"], "\(ip):\(port): \(got.answers)")
+                #expect(got.sources["198.18.0.2"] == nil, "\(ip):\(port) was not masqueraded: \(got.sources)")
+            }
+            let udp = try bed.client(in: client, "udp", "198.18.0.1", 30080, count: 20)
+            #expect(udp.timeouts == 0 && Set(udp.answers.keys) == ["pod1", "pod2"], "\(udp)")
+
+            // The node port from a pod, on the node's address on that pod's link.
+            let fromPod = try bed.client(in: pod1, "tcp", "198.19.1.1", 30080, count: 20)
+            #expect(fromPod.refused == 0 && fromPod.timeouts == 0 && !fromPod.answers.isEmpty, "\(fromPod)")
+
+            // loadBalancerSourceRanges: pod1 (198.19.1.2) is outside 198.18.0.0/24, so the LB IP
+            // drops it; the external IP (no source ranges) still answers it.
+            let denied = try bed.client(in: pod1, "tcp", "198.18.200.6", 80, count: 2)
+            #expect(denied.answers.isEmpty && denied.timeouts == 2, "\(denied)")
+            let allowedExt = try bed.client(in: pod1, "tcp", "198.18.200.5", 80, count: 10)
+            #expect(allowedExt.answers.values.reduce(0, +) == 10, "\(allowedExt)")
+            #expect(try bed.explain(node, ["198.18.200.6:80", "--source", "198.19.1.2"]).map(\.fate) == ["dropped"])
+            #expect(
+                Set(try bed.explain(node, ["198.18.200.5:80", "--source", "198.19.1.2"]).compactMap(\.pod)) == Set(allowedExt.answers.keys))
+
+            // Without endpoints, every frontend refuses at once.
+            let none = try bed.writeManifest(lbManifest(pods: []))
+            #expect(try bed.svcnat(node, ["apply", "-f", none] + cidr).code == 0)
+            for (ip, port) in [("198.18.0.1", 30080), ("198.18.200.5", 80), ("198.18.100.50", 80)] {
+                let got = try bed.client(in: client, "tcp", ip, port, count: 5)
+                #expect(got.refused == 5 && got.seconds < 2, "\(ip):\(port): \(got)")
+                #expect(try bed.explain(node, ["\(ip):\(port)", "--source", "198.18.0.2"]).map(\.fate) == ["rejected"])
+            }
+        }
+
+        @Test func nodePortAddressesLimitWhereNodePortsAnswer() throws {
+            let bed = Testbed("npaddr")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 1)
+            let node = bed.ns("node"), pod1 = bed.ns("pod1"), client = bed.ns("client")
+            let input = try bed.writeManifest(lbManifest(pods: [1]))
+            #expect(try bed.svcnat(node, ["apply", "-f", input, "--nodeport-addresses", "198.18.0.0/24"] + cidr).code == 0)
+            // Served on 198.18.0.1 ...
+            let ok = try bed.client(in: client, "tcp", "198.18.0.1", 30080, count: 5)
+            #expect(ok.answers["pod1"] == 5, "\(ok)")
+            // ... but not on the node's other address: nothing listens there, the node's own TCP
+            // stack refuses.
+            let no = try bed.client(in: pod1, "tcp", "198.19.1.1", 30080, count: 3)
+            #expect(no.answers.isEmpty && no.refused == 3, "\(no)")
+            // And never on loopback, even without --nodeport-addresses.
+            #expect(try bed.svcnat(node, ["apply", "-f", input] + cidr).code == 0)
+            let lo = try bed.client(in: node, "tcp", "127.0.0.1", 30080, count: 2)
+            #expect(lo.answers.isEmpty, "\(lo)")
+            // (and not only because loopback traffic cannot be routed to a pod: no rule matches it)
+            #expect(
+                try bed.sh(node, ["nft", "list", "chain", "ip", "svcnat", "services"]).contains(
+                    "fib daddr type local ip daddr != 127.0.0.0/8"))
+            let nodeIP = try bed.client(in: node, "tcp", "198.18.0.1", 30080, count: 3)
+            #expect(nodeIP.answers["pod1"] == 3, "\(nodeIP)")
+        }
+
+        @Test func unknownPortsAndUnusedServiceAddresses() throws {
+            let bed = Testbed("unknown")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 1)
+            let node = bed.ns("node"), pod1 = bed.ns("pod1")
+            let input = try bed.writeManifest(serviceManifest(pods: [1]))
+            #expect(try bed.svcnat(node, ["apply", "-f", input, "--service-cidr", "198.18.100.0/24"] + cidr).code == 0)
+            // The Service's own port works; a port it does not have is refused at once.
+            #expect(try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 3).answers["pod1"] == 3)
+            for ns in [node, pod1] {
+                let wrong = try bed.client(in: ns, "tcp", "198.18.100.20", 81, count: 3)
+                #expect(wrong.refused == 3 && wrong.seconds < 2, "\(wrong)")
+            }
+            // An address of the Service CIDR that no Service has: dropped.
+            let unused = try bed.client(in: pod1, "tcp", "198.18.100.99", 80, count: 1)
+            #expect(unused.timeouts == 1 && unused.answers.isEmpty, "\(unused)")
         }
     }
-
-    @Test func noEndpointsRefusesAtOnce() throws {
-        let bed = Testbed("noeps")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 1)
-        let node = bed.ns("node")
-        let none = try bed.writeManifest(serviceManifest(pods: []))
-        #expect(try bed.svcnat(node, ["apply", "-f", none] + cidr).code == 0)
-        #expect(try bed.svcnat(node, ["show"]).out.contains("endpoints: none"))
-        for ns in [node, bed.ns("pod1"), bed.ns("client")] {
-            let tcp = try bed.client(in: ns, "tcp", "198.18.100.20", 80, count: 20)
-            #expect(tcp.refused == 20, "from \(ns): \(tcp)")
-            #expect(tcp.seconds < 2, "refusals must be immediate, took \(tcp.seconds) s from \(ns)")
-        }
-        let udp = try bed.client(in: node, "udp", "198.18.100.20", 53, count: 5)
-        #expect(udp.refused == 5 && udp.seconds < 2, "\(udp)")
-
-        // One pod becomes ready: the same address now answers.
-        let one = try bed.writeManifest(serviceManifest(pods: [1]))
-        #expect(try bed.svcnat(node, ["apply", "-f", one] + cidr).code == 0)
-        let ok = try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 10)
-        #expect(ok.answers["pod1"] == 10)
-    }
-}
-}
-
-extension RootTests {
-/// NodePort, external IPs, load-balancer IPs with source ranges, and what happens to traffic
-/// that matches no Service port.
-@Suite(.serialized)
-struct ExternalTrafficTests {
-    let cidr = ["--cluster-cidr", "198.19.0.0/16"]
-
-    func lbManifest(pods: [Int], nodePort: Int = 30080) -> String {
-        var s = """
-        apiVersion: v1
-        kind: Service
-        metadata: {name: shop, namespace: demo}
-        spec:
-          type: LoadBalancer
-          clusterIP: 198.18.100.50
-          externalIPs: [198.18.200.5]
-          loadBalancerSourceRanges: [198.18.0.0/24]
-          selector: {app: shop}
-          ports:
-            - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: \(nodePort)}
-            - {name: dns, protocol: UDP, port: 53, targetPort: 8080, nodePort: \(nodePort)}
-        status:
-          loadBalancer:
-            ingress: [{ip: 198.18.200.6}]
-
-        """
-        for i in pods {
-            s += """
-            ---
-            apiVersion: v1
-            kind: Pod
-            metadata: {name: shop-\(i), namespace: demo, labels: {app: shop}}
-            status: {podIP: 198.19.\(i).2}
-
-            """
-        }
-        return s
-    }
-
-    @Test func nodePortExternalAndLoadBalancerIPs() throws {
-        let bed = Testbed("ext")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 2)
-        let node = bed.ns("node"), client = bed.ns("client"), pod1 = bed.ns("pod1")
-        let input = try bed.writeManifest(lbManifest(pods: [1, 2]))
-        let r = try bed.svcnat(node, ["apply", "-f", input] + cidr)
-        #expect(r.code == 0, "\(r.err)")
-
-        // From the external client: node port on the node's address, the external IP, the LB IP.
-        // External traffic is masqueraded (Cluster policy): pods see the node, not the client.
-        for (ip, port) in [("198.18.0.1", 30080), ("198.18.200.5", 80), ("198.18.200.6", 80)] {
-            let got = try bed.client(in: client, "tcp", ip, port, count: 40)
-            #expect(got.refused == 0 && got.timeouts == 0, "\(ip):\(port): \(got)")
-            #expect(Set(got.answers.keys) == ["pod1", "pod2"], "\(ip):\(port): \(got.answers)")
-            #expect(got.sources["198.18.0.2"] == nil, "\(ip):\(port) was not masqueraded: \(got.sources)")
-        }
-        let udp = try bed.client(in: client, "udp", "198.18.0.1", 30080, count: 20)
-        #expect(udp.timeouts == 0 && Set(udp.answers.keys) == ["pod1", "pod2"], "\(udp)")
-
-        // The node port from a pod, on the node's address on that pod's link.
-        let fromPod = try bed.client(in: pod1, "tcp", "198.19.1.1", 30080, count: 20)
-        #expect(fromPod.refused == 0 && fromPod.timeouts == 0 && !fromPod.answers.isEmpty, "\(fromPod)")
-
-        // loadBalancerSourceRanges: pod1 (198.19.1.2) is outside 198.18.0.0/24, so the LB IP
-        // drops it; the external IP (no source ranges) still answers it.
-        let denied = try bed.client(in: pod1, "tcp", "198.18.200.6", 80, count: 2)
-        #expect(denied.answers.isEmpty && denied.timeouts == 2, "\(denied)")
-        let allowedExt = try bed.client(in: pod1, "tcp", "198.18.200.5", 80, count: 10)
-        #expect(allowedExt.answers.values.reduce(0, +) == 10, "\(allowedExt)")
-        #expect(try bed.explain(node, ["198.18.200.6:80", "--source", "198.19.1.2"]).map(\.fate) == ["dropped"])
-        #expect(Set(try bed.explain(node, ["198.18.200.5:80", "--source", "198.19.1.2"]).compactMap(\.pod)) == Set(allowedExt.answers.keys))
-
-        // Without endpoints, every frontend refuses at once.
-        let none = try bed.writeManifest(lbManifest(pods: []))
-        #expect(try bed.svcnat(node, ["apply", "-f", none] + cidr).code == 0)
-        for (ip, port) in [("198.18.0.1", 30080), ("198.18.200.5", 80), ("198.18.100.50", 80)] {
-            let got = try bed.client(in: client, "tcp", ip, port, count: 5)
-            #expect(got.refused == 5 && got.seconds < 2, "\(ip):\(port): \(got)")
-            #expect(try bed.explain(node, ["\(ip):\(port)", "--source", "198.18.0.2"]).map(\.fate) == ["rejected"])
-        }
-    }
-
-    @Test func nodePortAddressesLimitWhereNodePortsAnswer() throws {
-        let bed = Testbed("npaddr")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 1)
-        let node = bed.ns("node"), pod1 = bed.ns("pod1"), client = bed.ns("client")
-        let input = try bed.writeManifest(lbManifest(pods: [1]))
-        #expect(try bed.svcnat(node, ["apply", "-f", input, "--nodeport-addresses", "198.18.0.0/24"] + cidr).code == 0)
-        // Served on 198.18.0.1 ...
-        let ok = try bed.client(in: client, "tcp", "198.18.0.1", 30080, count: 5)
-        #expect(ok.answers["pod1"] == 5, "\(ok)")
-        // ... but not on the node's other address: nothing listens there, the node's own TCP
-        // stack refuses.
-        let no = try bed.client(in: pod1, "tcp", "198.19.1.1", 30080, count: 3)
-        #expect(no.answers.isEmpty && no.refused == 3, "\(no)")
-        // And never on loopback, even without --nodeport-addresses.
-        #expect(try bed.svcnat(node, ["apply", "-f", input] + cidr).code == 0)
-        let lo = try bed.client(in: node, "tcp", "127.0.0.1", 30080, count: 2)
-        #expect(lo.answers.isEmpty, "\(lo)")
-        // (and not only because loopback traffic cannot be routed to a pod: no rule matches it)
-        #expect(try bed.sh(node, ["nft", "list", "chain", "ip", "svcnat", "services"]).contains("fib daddr type local ip daddr != 127.0.0.0/8"))
-        let nodeIP = try bed.client(in: node, "tcp", "198.18.0.1", 30080, count: 3)
-        #expect(nodeIP.answers["pod1"] == 3, "\(nodeIP)")
-    }
-
-    @Test func unknownPortsAndUnusedServiceAddresses() throws {
-        let bed = Testbed("unknown")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 1)
-        let node = bed.ns("node"), pod1 = bed.ns("pod1")
-        let input = try bed.writeManifest(serviceManifest(pods: [1]))
-        #expect(try bed.svcnat(node, ["apply", "-f", input, "--service-cidr", "198.18.100.0/24"] + cidr).code == 0)
-        // The Service's own port works; a port it does not have is refused at once.
-        #expect(try bed.client(in: node, "tcp", "198.18.100.20", 80, count: 3).answers["pod1"] == 3)
-        for ns in [node, pod1] {
-            let wrong = try bed.client(in: ns, "tcp", "198.18.100.20", 81, count: 3)
-            #expect(wrong.refused == 3 && wrong.seconds < 2, "\(wrong)")
-        }
-        // An address of the Service CIDR that no Service has: dropped.
-        let unused = try bed.client(in: pod1, "tcp", "198.18.100.99", 80, count: 1)
-        #expect(unused.timeouts == 1 && unused.answers.isEmpty, "\(unused)")
-    }
-}
-}
-
-extension RootTests {
-/// Stale UDP conntrack entries: a client that keeps its socket keeps its flow's NAT decision,
-/// so svcnat deletes the flows a change made wrong (kube-proxy issue 139628 shows the harm).
-@Suite(.serialized)
-struct ConntrackTests {
-    func udp(_ bed: Testbed, _ ns: String, sport: Int, ip: String = "198.18.100.20") throws -> String {
-        try bed.sh(ns, ["python3", helper("udp_once.py"), ip, "53", String(sport)]).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    @Test(arguments: [false, true])
-    func udpClientOfARemovedEndpointMovesAtOnce(daemon: Bool) throws {
-        let bed = Testbed("ct")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 2)
-        let node = bed.ns("node"), client = bed.ns("client")
-        let dir = try bed.makeDirectory()
-        let path = dir + "/svc.yaml"
-        func set(_ pods: [Int]) throws {
-            try write(serviceManifest(pods: pods))
-        }
-        /// Puts the manifest in place and waits until the kernel holds it (the daemon applies it;
-        /// otherwise `apply` does).
-        func write(_ text: String) throws {
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
-            if !daemon { #expect(try bed.svcnat(node, ["apply", "-f", path]).code == 0); return }
-            let deadline = Date().addingTimeInterval(10)
-            while Date() < deadline, try bed.svcnat(node, ["diff", "-f", path]).code != 0 { usleep(50_000) }
-            usleep(100_000)   // the flow cleanup follows the commit
-        }
-        var d: Testbed.Background?
-        try set([1, 2])
-        if daemon {
-            d = try bed.startDaemon(node, ["--manifests", dir, "--min-sync-period", "0"])
-            try set([1, 2])
-        }
-        // One client, one source port: its flow is DNATed to one pod and stays there.
-        let first = try udp(bed, client, sport: 40000)
-        #expect(first.hasPrefix("pod"), "\(first)")
-        let chosen = String(first.prefix(4)), other = chosen == "pod1" ? "pod2" : "pod1"
-        for _ in 0..<3 { #expect(try udp(bed, client, sport: 40000).hasPrefix(chosen)) }
-        // Its pod leaves the endpoints (it still runs, so a stale flow would still answer).
-        try set([chosen == "pod1" ? 2 : 1])
-        let after = try udp(bed, client, sport: 40000)
-        #expect(after.hasPrefix(other), "the same client socket must move to \(other) at once, got \(after)")
-
-        // A frontend that had no endpoints (here: no Service yet) leaves the client's flow
-        // un-NATed (the node just routes it on). When endpoints come, that flow is deleted and
-        // the client's next datagram reaches a pod.
-        try write("")
-        #expect(try udp(bed, client, sport: 40002) == "timeout")
-        try set([1])
-        #expect(try udp(bed, client, sport: 40002).hasPrefix("pod1"))
-        if let d { #expect(d.log().contains("stale UDP flows deleted"), "\(d.log())") }
-    }
-}
-}
-
-extension RootTests {
-/// externalTrafficPolicy and internalTrafficPolicy Local, with endpoints on this node (pod1,
-/// node-a) and on another node (pod2, node-b, still reachable over the pod network).
-@Suite(.serialized)
-struct LocalPolicyTests {
-    let args = ["--cluster-cidr", "198.19.0.0/16", "--node-name", "node-a"]
-
-    func manifest(pods: [(Int, String)], etp: String = "Local", itp: String = "Cluster") -> String {
-        var s = """
-        apiVersion: v1
-        kind: Service
-        metadata: {name: edge, namespace: demo}
-        spec:
-          type: LoadBalancer
-          clusterIP: 198.18.100.60
-          externalTrafficPolicy: \(etp)
-          internalTrafficPolicy: \(itp)
-          healthCheckNodePort: 32000
-          selector: {app: edge}
-          ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30090}]
-        status: {loadBalancer: {ingress: [{ip: 198.18.200.9}]}}
-
-        """
-        if etp != "Local" { s = s.replacingOccurrences(of: "  healthCheckNodePort: 32000\n", with: "") }
-        for (i, node) in pods {
-            s += """
-            ---
-            apiVersion: v1
-            kind: Pod
-            metadata: {name: edge-\(i), namespace: demo, labels: {app: edge}}
-            spec: {nodeName: \(node)}
-            status: {podIP: 198.19.\(i).2}
-
-            """
-        }
-        return s
-    }
-
-    @Test func externalLocalKeepsTheClientSourceAndUsesOnlyThisNode() throws {
-        let bed = Testbed("etp")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 2)
-        let node = bed.ns("node"), client = bed.ns("client"), pod2 = bed.ns("pod2")
-        let both = try bed.writeManifest(manifest(pods: [(1, "node-a"), (2, "node-b")]))
-        let r = try bed.svcnat(node, ["apply", "-f", both] + args)
-        #expect(r.code == 0, "\(r.err)")
-
-        // From outside: only this node's endpoint, and it sees the client's own address.
-        for (ip, port) in [("198.18.0.1", 30090), ("198.18.200.9", 80)] {
-            let got = try bed.client(in: client, "tcp", ip, port, count: 20)
-            #expect(got.answers == ["pod1": 20], "\(ip):\(port): \(got)")
-            #expect(got.sources == ["198.18.0.2": 20], "\(ip):\(port) must keep the client's source: \(got.sources)")
-        }
-        // From a pod: every endpoint (pods get cluster-wide semantics).
-        let fromPod = try bed.client(in: pod2, "tcp", "198.18.200.9", 80, count: 40)
-        #expect(Set(fromPod.answers.keys) == ["pod1", "pod2"], "\(fromPod)")
-        // From the node itself: works, to every endpoint.
-        let fromNode = try bed.client(in: node, "tcp", "198.18.0.1", 30090, count: 40)
-        #expect(fromNode.timeouts == 0 && Set(fromNode.answers.keys) == ["pod1", "pod2"], "\(fromNode)")
-        // ClusterIP traffic is not affected by the external policy.
-        #expect(Set(try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 40).answers.keys) == ["pod1", "pod2"])
-
-        // `explain --source`, walking the kernel's rules, says what the packets did.
-        #expect(try bed.explain(node, ["198.18.200.9:80", "--source", "198.18.0.2"])
-                == [ExplainedOutcome(fate: "dnat", pod: "pod1", masqueraded: false, probability: "1")])
-        let podWalk = try bed.explain(node, ["198.18.200.9:80", "--source", "198.19.2.2"])
-        #expect(Set(podWalk.compactMap(\.pod)) == Set(fromPod.answers.keys) && podWalk.allSatisfy { $0.probability == "1/2" }, "\(podWalk)")
-        let nodeWalk = try bed.explain(node, [":30090", "--source", "198.18.0.1"])
-        #expect(Set(nodeWalk.compactMap(\.pod)) == Set(fromNode.answers.keys) && nodeWalk.allSatisfy { $0.masqueraded }, "\(nodeWalk)")
-
-        // No endpoint on this node: outside traffic is dropped, pods still get through.
-        let remote = try bed.writeManifest(manifest(pods: [(2, "node-b")]))
-        #expect(try bed.svcnat(node, ["apply", "-f", remote] + args).code == 0)
-        let dropped = try bed.client(in: client, "tcp", "198.18.0.1", 30090, count: 2)
-        #expect(dropped.answers.isEmpty && dropped.timeouts == 2, "\(dropped)")
-        #expect(try bed.explain(node, ["198.18.0.1:30090", "--source", "198.18.0.2"])
-                == [ExplainedOutcome(fate: "dropped", pod: nil, masqueraded: false, probability: "1")])
-        #expect(try bed.client(in: pod2, "tcp", "198.18.200.9", 80, count: 5).answers == ["pod2": 5])
-    }
-
-    @Test func internalLocalUsesOnlyThisNodesEndpoints() throws {
-        let bed = Testbed("itp")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 2)
-        let node = bed.ns("node")
-        let both = try bed.writeManifest(manifest(pods: [(1, "node-a"), (2, "node-b")], etp: "Cluster", itp: "Local"))
-        #expect(try bed.svcnat(node, ["apply", "-f", both] + args).code == 0)
-        #expect(try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 20).answers == ["pod1": 20])
-        // External traffic (Cluster policy) still reaches every endpoint.
-        #expect(Set(try bed.client(in: bed.ns("client"), "tcp", "198.18.0.1", 30090, count: 40).answers.keys) == ["pod1", "pod2"])
-        let remote = try bed.writeManifest(manifest(pods: [(2, "node-b")], etp: "Cluster", itp: "Local"))
-        #expect(try bed.svcnat(node, ["apply", "-f", remote] + args).code == 0)
-        let none = try bed.client(in: node, "tcp", "198.18.100.60", 80, count: 1)
-        #expect(none.answers.isEmpty && none.timeouts == 1, "\(none)")
-    }
-
-    @Test func topologyHintsKeepTrafficInTheZone() throws {
-        let bed = Testbed("zone")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 3)
-        let node = bed.ns("node")
-        let input = try bed.writeManifest("""
-            apiVersion: v1
-            kind: Service
-            metadata: {name: zoned, namespace: demo}
-            spec: {clusterIP: 198.18.100.70, ports: [{name: http, port: 80}]}
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata: {name: zoned-x, namespace: demo, labels: {kubernetes.io/service-name: zoned}}
-            addressType: IPv4
-            ports: [{name: http, port: 8080}]
-            endpoints:
-              - {addresses: [198.19.1.2], zone: zone-a, hints: {forZones: [{name: zone-a}]}}
-              - {addresses: [198.19.2.2], zone: zone-b, hints: {forZones: [{name: zone-b}]}}
-              - {addresses: [198.19.3.2], zone: zone-a, hints: {forZones: [{name: zone-a}]}}
-            """)
-        #expect(try bed.svcnat(node, ["apply", "-f", input, "--node-zone", "zone-a"] + args).code == 0)
-        let inZone = try bed.client(in: node, "tcp", "198.18.100.70", 80, count: 40)
-        #expect(Set(inZone.answers.keys) == ["pod1", "pod3"], "\(inZone)")
-        #expect(try bed.svcnat(node, ["apply", "-f", input, "--node-zone", "zone-b"] + args).code == 0)
-        #expect(try bed.client(in: node, "tcp", "198.18.100.70", 80, count: 10).answers == ["pod2": 10])
-    }
-
-    @Test(arguments: ["map", "cascade"])
-    func clientIPAffinityKeepsEachClientOnItsEndpoint(selection: String) throws {
-        let bed = Testbed("aff")
-        defer { bed.close() }
-        try bed.servedTopology(pods: 3)
-        let node = bed.ns("node"), client = bed.ns("client")
-        let sources = (10..<30).map { "198.18.0.\($0)" }
-        for a in sources { try bed.sh(client, ["ip", "addr", "add", "\(a)/24", "dev", "eth0"]) }
-        let input = try bed.writeManifest(serviceManifest(pods: [1, 2, 3]).replacingOccurrences(
-            of: "  selector: {app: web}\n", with: "  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n"))
-        #expect(try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + args).code == 0)
-        // Each client keeps its endpoint for all its connections ...
-        let chosen = try bed.affinityChoices(in: client, "198.18.100.20", 80, sources: sources, count: 8)
-        // ... and the clients spread over the endpoints (20 clients all on one pod: p < 1e-9).
-        #expect(Set(chosen.values).count >= 2, "\(chosen)")
-        #expect(try bed.svcnat(node, ["show"]).out.contains("probability 1/3"))
-        // A second apply changes nothing and keeps the memories (dynamic sets are traffic's).
-        #expect(try bed.svcnat(node, ["apply", "-f", input, "--endpoint-selection", selection] + args).out.contains("no changes"))
-        let again = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 4, from: sources[0])
-        #expect(again.answers == [chosen[sources[0]]!: 4])
-    }
-}
 }

@@ -80,7 +80,11 @@ indirect enum Attr: Hashable, Comparable, CustomStringConvertible {
     case value(type: UInt16, [UInt8])
     case nest(type: UInt16, [Attr])
 
-    var type: UInt16 { switch self { case .value(let t, _), .nest(let t, _): t } }
+    var type: UInt16 {
+        switch self {
+        case .value(let t, _), .nest(let t, _): t
+        }
+    }
     static func < (a: Attr, b: Attr) -> Bool { a.type < b.type || (a.type == b.type && a.description < b.description) }
     var description: String {
         switch self {
@@ -142,20 +146,28 @@ struct Canonical: Hashable, CustomStringConvertible {
     /// A rule's expression list with the per-expression differences above taken out.
     static func withoutDefaults(_ a: Attr) -> Attr {
         guard case .nest(let t, let exprs) = a, t == UInt16(NFTA_RULE_EXPRESSIONS.rawValue) else { return a }
-        return .nest(type: t, exprs.map { e in
-            guard case .nest(let et, let parts) = e, case .value(_, let nameBytes)? = parts.first(where: { $0.type == 1 }) else { return e }
-            let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
-            return .nest(type: et, parts.map { part in
-                guard case .nest(let dt, let data) = part, dt == UInt16(NFTA_EXPR_DATA.rawValue) else { return part }
-                return .nest(type: dt, data.filter { d in
-                    switch (name, d) {
-                    case ("lookup", .value(let k, _)): k != UInt16(NFTA_LOOKUP_SET_ID.rawValue)
-                    case ("bitwise", .value(let k, let v)): !(k == UInt16(NFTA_BITWISE_OP.rawValue) && v.allSatisfy { $0 == 0 })
-                    default: true
-                    }
-                })
+        return .nest(
+            type: t,
+            exprs.map { e in
+                guard case .nest(let et, let parts) = e, case .value(_, let nameBytes)? = parts.first(where: { $0.type == 1 }) else {
+                    return e
+                }
+                let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
+                return .nest(
+                    type: et,
+                    parts.map { part in
+                        guard case .nest(let dt, let data) = part, dt == UInt16(NFTA_EXPR_DATA.rawValue) else { return part }
+                        return .nest(
+                            type: dt,
+                            data.filter { d in
+                                switch (name, d) {
+                                case ("lookup", .value(let k, _)): k != UInt16(NFTA_LOOKUP_SET_ID.rawValue)
+                                case ("bitwise", .value(let k, let v)): !(k == UInt16(NFTA_BITWISE_OP.rawValue) && v.allSatisfy { $0 == 0 })
+                                default: true
+                                }
+                            })
+                    })
             })
-        })
     }
     var description: String { "msg \(type) family \(family): " + attrs.map(\.description).joined(separator: " ") }
 }
@@ -174,8 +186,15 @@ struct Canonical: Hashable, CustomStringConvertible {
         // The order differs (nft sends objects in the order of its file), the content may not.
         let a = ours.map(Canonical.init), b = nft.map(Canonical.init)
         let missing = Set(b).subtracting(a), extra = Set(a).subtracting(b)
-        #expect(missing.isEmpty && extra.isEmpty,
-                "nft sends, svcnat does not:\n\(missing.map(\.description).sorted().joined(separator: "\n"))\nsvcnat sends, nft does not:\n\(extra.map(\.description).sorted().joined(separator: "\n"))")
+        #expect(
+            missing.isEmpty && extra.isEmpty,
+            """
+            nft sends, svcnat does not:
+            \(missing.map(\.description).sorted().joined(separator: "\n"))
+            svcnat sends, nft does not:
+            \(extra.map(\.description).sorted().joined(separator: "\n"))
+            """
+        )
         #expect(a.count == b.count)
     }
 }

@@ -45,8 +45,9 @@ final class RecordingTransport: NetlinkTransport {
 
     /// An NLMSG_ERROR answering `seq` (errno 0: an ack), without the echoed request (CAP_ACK).
     static func error(seq: UInt32, errno: Int32) -> [UInt8] {
-        var h = nlmsghdr(nlmsg_len: UInt32(16 + MemoryLayout<nlmsgerr>.size), nlmsg_type: UInt16(NLMSG_ERROR),
-                         nlmsg_flags: UInt16(NLM_F_CAPPED), nlmsg_seq: seq, nlmsg_pid: 0)
+        var h = nlmsghdr(
+            nlmsg_len: UInt32(16 + MemoryLayout<nlmsgerr>.size), nlmsg_type: UInt16(NLMSG_ERROR),
+            nlmsg_flags: UInt16(NLM_F_CAPPED), nlmsg_seq: seq, nlmsg_pid: 0)
         var e = nlmsgerr()
         e.error = -errno
         e.msg.nlmsg_seq = seq
@@ -55,11 +56,13 @@ final class RecordingTransport: NetlinkTransport {
 }
 
 @Suite struct NFTablesOverATransport {
-    let tx = Transaction(family: .ip, table: "svcnat", operations: [
-        .addTable, .addChain(Chain(name: "services")),
-        .addSet(NamedSet(name: "cluster-ips", key: [.ipv4Addr], data: .none)),
-        .addElements(set: "cluster-ips", [SetElement(key: [.ip(IPAddress("198.18.100.10")!)])]),
-    ])
+    let tx = Transaction(
+        family: .ip, table: "svcnat",
+        operations: [
+            .addTable, .addChain(Chain(name: "services")),
+            .addSet(NamedSet(name: "cluster-ips", key: [.ipv4Addr], data: .none)),
+            .addElements(set: "cluster-ips", [SetElement(key: [.ip(IPAddress("198.18.100.10")!)])])
+        ])
 
     @Test func theBatchIsBeginObjectsEndAndTheAckForTheLastClosesIt() throws {
         let t = RecordingTransport()
@@ -68,8 +71,11 @@ final class RecordingTransport: NetlinkTransport {
         #expect(t.sent.count == 1)
         let types = RecordingTransport.headers(t.sent[0]).map { Int32($0.nlmsg_type) }
         let msg = { (m: nf_tables_msg_types) in Int32(NFNL_SUBSYS_NFTABLES << 8) | Int32(m.rawValue) }
-        #expect(types == [Int32(NFNL_MSG_BATCH_BEGIN), msg(NFT_MSG_NEWTABLE), msg(NFT_MSG_NEWCHAIN), msg(NFT_MSG_NEWSET),
-                          msg(NFT_MSG_NEWSETELEM), Int32(NFNL_MSG_BATCH_END)])
+        #expect(
+            types == [
+                Int32(NFNL_MSG_BATCH_BEGIN), msg(NFT_MSG_NEWTABLE), msg(NFT_MSG_NEWCHAIN), msg(NFT_MSG_NEWSET),
+                msg(NFT_MSG_NEWSETELEM), Int32(NFNL_MSG_BATCH_END)
+            ])
         let flags = RecordingTransport.headers(t.sent[0]).map { Int32($0.nlmsg_flags) & NLM_F_ACK }
         #expect(flags == [0, 0, 0, 0, NLM_F_ACK, 0], "only the last object message asks for an ack")
         #expect(nft.lastBatchMessages == 4)

@@ -18,16 +18,20 @@ import Testing
 
     static let seeds: [String] = {
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        let files = [dir.appendingPathComponent("Fixtures/services.yaml").path,
-                     dir.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("examples/codereview.yaml").path]
+        let files = [
+            dir.appendingPathComponent("Fixtures/services.yaml").path,
+            dir.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("examples/codereview.yaml").path
+        ]
         return files.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }
     }()
 
-    static let replacements = ["0", "-1", "65536", "70000", "99999999999999999999", "1.5", "\"80\"", "null", "~", "[]", "{}",
-                               "None", "\"\"", "::1", "2001:db8::1", "198.18.100.256", "01.2.3.4", "TCP", "XTP", "sctp",
-                               "ClientIP", "Local", "LoadBalancer", "NodePort", "ExternalName", "a-b", "-bad-", "UPPER",
-                               "é", "\u{0}", "&anchor x", "*alias", "!!binary AAAA", "'quoted'", "{a: [b, {c: d}]}",
-                               "x" + String(repeating: "y", count: 300)]
+    static let replacements = [
+        "0", "-1", "65536", "70000", "99999999999999999999", "1.5", "\"80\"", "null", "~", "[]", "{}",
+        "None", "\"\"", "::1", "2001:db8::1", "198.18.100.256", "01.2.3.4", "TCP", "XTP", "sctp",
+        "ClientIP", "Local", "LoadBalancer", "NodePort", "ExternalName", "a-b", "-bad-", "UPPER",
+        "é", "\u{0}", "&anchor x", "*alias", "!!binary AAAA", "'quoted'", "{a: [b, {c: d}]}",
+        "x" + String(repeating: "y", count: 300)
+    ]
 
     static func mutate(_ text: String, _ rng: inout Rng) -> String {
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
@@ -49,8 +53,12 @@ import Testing
                 lines[i] = String(decoding: bytes, as: UTF8.self)
             case 5: lines = Array(lines.prefix(i))  // truncate
             default:  // replace a whole line with a random key: value
-                lines[i] = "  " + ["clusterIP", "port", "targetPort", "protocol", "nodePort", "addresses", "name", "kind",
-                                   "apiVersion", "selector", "ports", "endpoints", "podIP", "externalIPs"][rng.next(14)]
+                lines[i] =
+                    "  "
+                    + [
+                        "clusterIP", "port", "targetPort", "protocol", "nodePort", "addresses", "name", "kind",
+                        "apiVersion", "selector", "ports", "endpoints", "podIP", "externalIPs"
+                    ][rng.next(14)]
                     + ": " + replacements[rng.next(replacements.count)]
             }
         }
@@ -89,7 +97,10 @@ import Testing
         let start = Date()
         let (inputs, rejected, slowest) = Self.run(iterations: n, seed: 0x5eed)
         let seconds = Date().timeIntervalSince(start)
-        print("fuzz: \(inputs) inputs, \(rejected) rejected, \(inputs - rejected) accepted, \(Int(Double(inputs) / seconds)) inputs/s, slowest \(String(format: "%.1f", slowest * 1000)) ms")
+        print(
+            "fuzz: \(inputs) inputs, \(rejected) rejected, \(inputs - rejected) accepted, \(Int(Double(inputs) / seconds)) "
+                + "inputs/s, slowest \(String(format: "%.1f", slowest * 1000)) ms"
+        )
         #expect(rejected > 0 && rejected < inputs)
         #expect(slowest < 2, "an input took \(slowest) s")
     }

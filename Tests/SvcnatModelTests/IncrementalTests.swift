@@ -21,13 +21,17 @@ import Testing
 
     func service(_ i: Int, ports: Int, family f: IPFamily = .v4) -> Service {
         let lb = i % 4 == 0
-        var svc = Service(meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), type: lb ? .loadBalancer : .clusterIP,
-                       clusterIP: a(UInt32(0xC612_6400) + UInt32(i), f),
-                       ports: (0..<ports).map { ServicePort(name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0),
-                                                            nodePort: lb ? UInt16(30000 + i * 4 + $0) : nil) },
-                       externalIPs: i % 5 == 0 ? [a(UInt32(0xC612_C800) + UInt32(i), f)] : [],
-                       loadBalancerIPs: lb ? [a(UInt32(0xC612_C900) + UInt32(i), f)] : [],
-                       loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPPrefix(address: a(0xC612_0000, f), length: f.bits - 8)] : [])
+        var svc = Service(
+            meta: ObjectMeta(namespace: "ns\(i % 3)", name: "s\(i)"), type: lb ? .loadBalancer : .clusterIP,
+            clusterIP: a(UInt32(0xC612_6400) + UInt32(i), f),
+            ports: (0..<ports).map {
+                ServicePort(
+                    name: "p\($0)", proto: $0 % 2 == 0 ? .tcp : .udp, port: UInt16(80 + $0),
+                    nodePort: lb ? UInt16(30000 + i * 4 + $0) : nil)
+            },
+            externalIPs: i % 5 == 0 ? [a(UInt32(0xC612_C800) + UInt32(i), f)] : [],
+            loadBalancerIPs: lb ? [a(UInt32(0xC612_C900) + UInt32(i), f)] : [],
+            loadBalancerSourceRanges: lb && i % 8 == 0 ? [IPPrefix(address: a(0xC612_0000, f), length: f.bits - 8)] : [])
         svc.externalTrafficPolicyLocal = lb && i % 3 == 0
         svc.internalTrafficPolicyLocal = i % 7 == 0
         svc.affinityTimeout = i % 6 == 1 ? 600 : nil
@@ -35,10 +39,14 @@ import Testing
     }
 
     func slice(_ i: Int, _ svc: Service, endpoints: [Int], family f: IPFamily = .v4) -> EndpointSlice {
-        EndpointSlice(meta: ObjectMeta(namespace: svc.meta.namespace, name: "\(svc.meta.name)-x"), serviceName: svc.meta.name,
-                      endpoints: endpoints.map { SliceEndpoint(addresses: [a(UInt32(0xC613_0000) + UInt32($0), f)],
-                                                               nodeName: $0 % 2 == 0 ? "node-a" : "node-b") },
-                      ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })
+        EndpointSlice(
+            meta: ObjectMeta(namespace: svc.meta.namespace, name: "\(svc.meta.name)-x"), serviceName: svc.meta.name,
+            endpoints: endpoints.map {
+                SliceEndpoint(
+                    addresses: [a(UInt32(0xC613_0000) + UInt32($0), f)],
+                    nodeName: $0 % 2 == 0 ? "node-a" : "node-b")
+            },
+            ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })
     }
 
     /// Whether every endpoint-map rule of `before` still finds, once the first batch of `tx`
@@ -111,13 +119,16 @@ import Testing
     @Test(arguments: [(EndpointSelection.map, IPFamily.v4), (.cascade, .v4), (.map, .v6), (.cascade, .v6)])
     func randomChangesMatchAFullSync(selection: EndpointSelection, family: IPFamily) throws {
         var rng = Rng(state: 42)
-        let translator = Translator(TranslatorConfig(clusterCIDRs: [IPPrefix(address: a(0xC613_0000, family), length: family.bits - 16)],
-                                                     endpointSelection: selection, family: family))
+        let translator = Translator(
+            TranslatorConfig(
+                clusterCIDRs: [IPPrefix(address: a(0xC613_0000, family), length: family.bits - 16)],
+                endpointSelection: selection, family: family))
         var services: [Int: (Service, [Int])] = [:]
         for i in 0..<40 { services[i] = (service(i, ports: 1 + i % 3, family: family), (0..<(i % 6)).map { i * 10 + $0 }) }
         func cluster() -> ClusterState {
-            ClusterState(services: services.values.map(\.0),
-                         endpointSlices: services.map { slice($0.key, $0.value.0, endpoints: $0.value.1, family: family) })
+            ClusterState(
+                services: services.values.map(\.0),
+                endpointSlices: services.map { slice($0.key, $0.value.0, endpoints: $0.value.1, family: family) })
         }
         func proxy() -> ProxyState { ProxyState(cluster(), nodeName: "node-a", family: family) }
         func ports(_ key: String) -> [ServicePortState] {
@@ -135,13 +146,13 @@ import Testing
             for _ in 0..<(1 + rng.next(3)) {
                 let i = rng.next(50)
                 switch rng.next(6) {
-                case 0: services[i] = nil                                    // Service deleted
-                case 1: services[i] = (service(i, ports: 1 + rng.next(3), family: family), [i * 10])   // added or reshaped
+                case 0: services[i] = nil  // Service deleted
+                case 1: services[i] = (service(i, ports: 1 + rng.next(3), family: family), [i * 10])  // added or reshaped
                 default:
                     guard var s = services[i] else { continue }
                     switch rng.next(3) {
-                    case 0 where !s.1.isEmpty: s.1.removeLast()              // endpoint gone
-                    case 1: s.1.append(i * 10 + 5 + rng.next(20))            // endpoint added
+                    case 0 where !s.1.isEmpty: s.1.removeLast()  // endpoint gone
+                    case 1: s.1.append(i * 10 + 5 + rng.next(20))  // endpoint added
                     default: if !s.1.isEmpty { s.1[rng.next(s.1.count)] = i * 10 + 30 + rng.next(50) }  // swapped
                     }
                     services[i] = s

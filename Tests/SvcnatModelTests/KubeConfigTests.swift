@@ -44,7 +44,7 @@ import Yams
         _ = try write("pki/ca.crt", "CA PEM")
         // Relative files are relative to the kubeconfig; a missing file is named.
         let path = try write("config", text)
-        #expect(throws: KubeConfigError.self) { try KubeConfig.load(path: path) }   // /abs/key.pem does not exist
+        #expect(throws: KubeConfigError.self) { try KubeConfig.load(path: path) }  // /abs/key.pem does not exist
         do { _ = try KubeConfig.load(path: path) } catch { #expect("\(error)".contains("cannot read client-key /abs/key.pem")) }
 
         let admin = try KubeConfig.load(path: path, context: "admin")
@@ -58,12 +58,16 @@ import Yams
         let withKey = try KubeConfig.parse(text.replacingOccurrences(of: "/abs/key.pem", with: keyPath), path: path)
         #expect(withKey.clientCertificatePEM == Array("CERT".utf8) && withKey.clientKeyPEM == Array("KEY".utf8))
 
-        for (context, message) in [("broken", "clusters has no entry named \"missing\""), ("nope", "contexts has no entry named \"nope\"")] {
-            do { _ = try KubeConfig.parse(text, path: path, context: context); Issue.record("\(context) accepted") }
-            catch { #expect("\(error)".contains(message), "\(error)") }
+        for (context, message) in [("broken", "clusters has no entry named \"missing\""), ("nope", "contexts has no entry named \"nope\"")]
+        {
+            do { _ = try KubeConfig.parse(text, path: path, context: context); Issue.record("\(context) accepted") } catch {
+                #expect("\(error)".contains(message), "\(error)")
+            }
         }
-        do { _ = try KubeConfig.parse(text.replacingOccurrences(of: "current-context: node\n", with: ""), path: path); Issue.record("accepted") }
-        catch { #expect("\(error)".contains("no current-context")) }
+        do {
+            _ = try KubeConfig.parse(text.replacingOccurrences(of: "current-context: node\n", with: ""), path: path);
+            Issue.record("accepted")
+        } catch { #expect("\(error)".contains("no current-context")) }
     }
 
     @Test func tokenFilesAreReadForEachRequest() throws {
@@ -81,10 +85,14 @@ import Yams
         #expect(try KubeConfig.inCluster(environment: [:], accountDir: dir) == nil)
         _ = try write("ca.crt", "CA")
         _ = try write("token", "sa-token")
-        let c = try #require(try KubeConfig.inCluster(environment: ["KUBERNETES_SERVICE_HOST": "198.18.0.1", "KUBERNETES_SERVICE_PORT": "443"], accountDir: dir))
+        let c = try #require(
+            try KubeConfig.inCluster(
+                environment: ["KUBERNETES_SERVICE_HOST": "198.18.0.1", "KUBERNETES_SERVICE_PORT": "443"], accountDir: dir))
         let token = try c.currentToken()
         #expect(c.server == "https://198.18.0.1:443" && c.caPEM == Array("CA".utf8) && token == "sa-token")
-        let v6 = try #require(try KubeConfig.inCluster(environment: ["KUBERNETES_SERVICE_HOST": "2001:db8::1", "KUBERNETES_SERVICE_PORT": "443"], accountDir: dir))
+        let v6 = try #require(
+            try KubeConfig.inCluster(
+                environment: ["KUBERNETES_SERVICE_HOST": "2001:db8::1", "KUBERNETES_SERVICE_PORT": "443"], accountDir: dir))
         #expect(v6.server == "https://[2001:db8::1]:443")
     }
 
@@ -97,7 +105,8 @@ import Yams
                         "spec": {"clusterIP": "198.18.100.20", "clusterIPs": ["198.18.100.20"], "ipFamilies": ["IPv4"],
                                  "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]},
                         "status": {"loadBalancer": {}}},
-                       {"metadata": {"name": "Bad_Name", "namespace": "demo"}, "spec": {"clusterIP": "198.18.100.21", "ports": [{"port": 80}]}}]}
+                       {"metadata": {"name": "Bad_Name", "namespace": "demo"}, "spec": {"clusterIP": "198.18.100.21",
+                        "ports": [{"port": 80}]}}]}
             """
         let l = try APIObjects.list(list, kind: "Service", apiVersion: "v1", source: "api")
         #expect(l.resourceVersion == "4711" && l.objects.count == 1 && l.objects[0].key == "demo/web")
@@ -105,14 +114,19 @@ import Yams
         #expect(l.errors.count == 1 && "\(l.errors[0])".contains("Bad_Name"))
         #expect(l.failedKeys == ["demo/Bad_Name"] && l.continueToken == nil)
 
-        let (bookmark, _) = try APIObjects.event(#"{"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": "4800"}}}"#,
-                                                 kind: "Service", apiVersion: "v1", source: "api")
+        let (bookmark, _) = try APIObjects.event(
+            #"{"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": "4800"}}}"#,
+            kind: "Service", apiVersion: "v1", source: "api")
         guard case .bookmark("4800")? = bookmark else { Issue.record("\(String(describing: bookmark))"); return }
-        let (gone, _) = try APIObjects.event(#"{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}}"#,
-                                             kind: "Service", apiVersion: "v1", source: "api")
+        let (gone, _) = try APIObjects.event(
+            #"{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}}"#,
+            kind: "Service", apiVersion: "v1", source: "api")
         guard case .error(410, "too old")? = gone else { Issue.record("\(String(describing: gone))"); return }
-        let (node, _) = try APIObjects.event(#"{"type": "MODIFIED", "object": {"kind": "Node", "apiVersion": "v1", "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}}, "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.1"}]}}}"#,
-                                             kind: "Node", apiVersion: "v1", source: "api")
+        let (node, _) = try APIObjects.event(
+            #"{"type": "MODIFIED", "object": {"kind": "Node", "apiVersion": "v1", "metadata": {"name": "node-a", "#
+                + #""labels": {"topology.kubernetes.io/zone": "z1"}}, "#
+                + #""status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.1"}]}}}"#,
+            kind: "Node", apiVersion: "v1", source: "api")
         guard case .modified(let n)? = node else { Issue.record("\(String(describing: node))"); return }
         #expect(n.node?.name == "node-a" && n.node?.zone == "z1" && n.node?.addresses == ["198.18.0.1"])
         #expect(throws: APIObjects.DecodeError.self) { try APIObjects.event("{not json", kind: "Service", apiVersion: "v1", source: "api") }
@@ -128,8 +142,11 @@ import Yams
         for rule in role["rules"] as! [[String: Any]] {
             for r in rule["resources"] as! [String] { granted[r, default: []].formUnion(rule["verbs"] as! [String]) }
         }
-        #expect(granted == ["services": ["get", "list", "watch"], "nodes": ["get", "list", "watch"], "endpointslices": ["get", "list", "watch"]])
-        let ds = try Yams.load(yaml: String(contentsOf: root.appendingPathComponent("deploy/daemonset.yaml"), encoding: .utf8)) as! [String: Any]
+        #expect(
+            granted == ["services": ["get", "list", "watch"], "nodes": ["get", "list", "watch"], "endpointslices": ["get", "list", "watch"]]
+        )
+        let ds =
+            try Yams.load(yaml: String(contentsOf: root.appendingPathComponent("deploy/daemonset.yaml"), encoding: .utf8)) as! [String: Any]
         #expect("\(ds)".contains("NET_ADMIN") && "\(ds)".contains("serviceAccountName"))
     }
 }

@@ -13,7 +13,9 @@ import Testing
 
     func fixture(_ selection: EndpointSelection) throws -> Ruleset {
         let r = try ManifestSource.load([examplesDir, fixtures + "/services.yaml"])
-        return try Reconciler.desired(r.state, config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], endpointSelection: selection)).1
+        return try Reconciler.desired(
+            r.state, config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], endpointSelection: selection)
+        ).1
     }
 
     func walk(_ r: Ruleset, from: String, to: String, _ port: UInt16, _ proto: TransportProtocol = .tcp) -> [PacketWalk.Outcome] {
@@ -40,13 +42,15 @@ import Testing
                     let total = o.map(\.probability).reduce(0, +)
                     #expect(abs(total - 1) < 1e-9, "\(v.name) \(f) from \(source): \(o)")
                     if v.chain == nil {
-                        #expect(o.count == 1 && o[0].fate == .rejected(v.proto == .tcp ? .tcpReset : .icmpPortUnreachable), "\(v.name): \(o)")
+                        #expect(
+                            o.count == 1 && o[0].fate == .rejected(v.proto == .tcp ? .tcpReset : .icmpPortUnreachable), "\(v.name): \(o)")
                         continue
                     }
                     let reached = endpoints(o)
-                    if reached.isEmpty { continue }   // dropped by a source range
-                    #expect(reached == Dictionary(uniqueKeysWithValues: v.endpoints.map { ($0.0.description, $0.1 == "1/1" ? "1" : $0.1) }),
-                            "\(v.name) \(f) from \(source)")
+                    if reached.isEmpty { continue }  // dropped by a source range
+                    #expect(
+                        reached == Dictionary(uniqueKeysWithValues: v.endpoints.map { ($0.0.description, $0.1 == "1/1" ? "1" : $0.1) }),
+                        "\(v.name) \(f) from \(source)")
                 }
             }
         }
@@ -78,7 +82,7 @@ import Testing
 
     @Test func externalLocalPolicy() throws {
         let inc = Incremental()
-        let svc = inc.service(12, ports: 1)   // a LoadBalancer with externalTrafficPolicy Local
+        let svc = inc.service(12, ports: 1)  // a LoadBalancer with externalTrafficPolicy Local
         #expect(svc.externalTrafficPolicyLocal && !svc.internalTrafficPolicyLocal)
         let state = ClusterState(services: [svc], endpointSlices: [inc.slice(12, svc, endpoints: [120, 121])])
         let (local, remote) = ("198.19.0.120:8080", "198.19.0.121:8080")
@@ -101,26 +105,30 @@ import Testing
 
     @Test func hostsPathsAndPrecedence() {
         let ingresses = [
-            Ingress(meta: ObjectMeta(namespace: "shop", name: "main"), paths: [
-                path("shop.example.test", "/", "Prefix", "front"),
-                path("shop.example.test", "/api", "Prefix", "api"),
-                path("shop.example.test", "/api/v2", "Prefix", "api2"),
-                path("shop.example.test", "/api/v2", "Exact", "api2-exact"),
-                path("*.example.test", "/", "Prefix", "wild"),
-                path(nil, "/health", "Exact", "health"),
-            ]),
-            Ingress(meta: ObjectMeta(namespace: "other", name: "fallback"), paths: [], defaultBackend: .init(service: "default", port: .string("http"))),
+            Ingress(
+                meta: ObjectMeta(namespace: "shop", name: "main"),
+                paths: [
+                    path("shop.example.test", "/", "Prefix", "front"),
+                    path("shop.example.test", "/api", "Prefix", "api"),
+                    path("shop.example.test", "/api/v2", "Prefix", "api2"),
+                    path("shop.example.test", "/api/v2", "Exact", "api2-exact"),
+                    path("*.example.test", "/", "Prefix", "wild"),
+                    path(nil, "/health", "Exact", "health")
+                ]),
+            Ingress(
+                meta: ObjectMeta(namespace: "other", name: "fallback"), paths: [],
+                defaultBackend: .init(service: "default", port: .string("http")))
         ]
         func service(_ host: String, _ p: String) -> String? { IngressMatch.find(host: host, path: p, in: ingresses)?.backend.service }
         #expect(service("shop.example.test", "/") == "front")
         #expect(service("shop.example.test", "/api") == "api")
         #expect(service("shop.example.test", "/api/") == "api")
-        #expect(service("shop.example.test", "/apix") == "front")        // whole path elements only
+        #expect(service("shop.example.test", "/apix") == "front")  // whole path elements only
         #expect(service("shop.example.test", "/api/v2/items") == "api2")
         #expect(service("shop.example.test", "/api/v2") == "api2-exact")  // Exact first at equal length
-        #expect(service("cart.example.test", "/x") == "wild")            // one label for the wildcard
-        #expect(service("a.b.example.test", "/x") == "default")          // not two
-        #expect(service("anything", "/health") == "health")              // no host: every host
+        #expect(service("cart.example.test", "/x") == "wild")  // one label for the wildcard
+        #expect(service("a.b.example.test", "/x") == "default")  // not two
+        #expect(service("anything", "/health") == "health")  // no host: every host
         #expect(IngressMatch.find(host: "x", path: "/", in: ingresses)?.namespace == "other")
         #expect(IngressMatch.find(host: "x", path: "/", in: Array(ingresses.prefix(1))) == nil)
     }
