@@ -203,6 +203,17 @@ extension RuleItem {
     }
 
     static func prefixMatch(offset: UInt32, prefix: IPPrefix, op: CmpOp) -> [Expr] {
+        if prefix.length == 0 {
+            // No bytes to compare, and the kernel refuses a zero-length load: like nft, load the
+            // whole address and mask it all away (`ip saddr 0.0.0.0/0`, true for every packet).
+            let n = prefix.family.addressLength
+            let zero = [UInt8](repeating: 0, count: n)
+            return [
+                .payload(base: .network, offset: offset, length: UInt32(n), dreg: r1),
+                .bitwise(sreg: r1, dreg: r1, mask: zero, xor: zero),
+                .cmp(sreg: r1, op: op, data: zero)
+            ]
+        }
         let bytes = (prefix.length + 7) / 8
         let data = Array(prefix.address.bytes.prefix(bytes))
         if prefix.length % 8 == 0 {

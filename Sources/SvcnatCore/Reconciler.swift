@@ -61,6 +61,10 @@ public struct FamilySync: Sendable {
     /// incrementally).
     public var fragments: [PortFragment]
     public var transaction: Transaction
+    /// Every frontend the table programs, with the Service that holds it.
+    public var claims: [String: String] = [:]
+    /// Per Service, the frontends it claims and another Service holds.
+    public var lost: [String: Set<String>] = [:]
 }
 
 public struct SyncResult: Sendable {
@@ -78,6 +82,8 @@ public struct SyncResult: Sendable {
     /// Batches committed (0 for a dry run or no change; 2 when endpoint-map entries only the
     /// old rules used were removed after the change).
     public var commits = 0
+    /// Frontends left out because another Service holds them.
+    public var conflicts: [Conflict] = []
 
     public func family(_ f: IPFamily) -> FamilySync? { families.first { $0.family == f } }
     /// The IPv4 table, which svcnat always keeps.
@@ -119,60 +125,40 @@ public struct Reconciler {
     /// Pure: what svcnat wants in its IPv4 table for this cluster state. Throws when two
     /// Services claim the same address, protocol and port.
     public static func desired(_ state: ClusterState, config: ProxyConfig, previous: Ruleset? = nil) throws -> (ProxyState, Ruleset) {
-        let proxy = try proxyState(state, config: config, family: .v4)
+        let proxy = proxyState(state, config: config, family: .v4)
         return (proxy, Translator(config.translator).ruleset(for: proxy, previous: previous))
     }
 
     /// Pure: each family's wanted table, IPv4 first; IPv6 only when it has work to do.
     public static func desiredTables(_ state: ClusterState, config: ProxyConfig) throws -> [DesiredTable] {
-        try zip(IPFamily.allCases, proxyStates(state, config: config)).compactMap { family, proxy in
+        try zip(IPFamily.allCases, proxyStates(state, config: config).proxies).compactMap { family, proxy in
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else { return nil }
             return DesiredTable(family: family, proxy: proxy, ruleset: Translator(config.translator(for: family)).ruleset(for: proxy))
         }
     }
 
-    /// What the proxy must do for this cluster state; throws when two Services claim the same
-    /// frontend, before anything is read from or sent to the kernel.
-    static func proxyState(_ state: ClusterState, config: ProxyConfig, family: IPFamily) throws -> ProxyState {
-        let proxy = ProxyState(state, nodeName: config.nodeName, zone: config.zone, family: family)
-        try checkConflicts(proxy, state)
-        return proxy
+    /// What the proxy must do for this cluster state, with every frontend two Services claim
+    /// given to one of them (`ProxyState.resolvingConflicts`); the claims that lost are in
+    /// `conflicts`. One Service's claim never stops the others being programmed.
+    static func proxyState(_ state: ClusterState, config: ProxyConfig, family: IPFamily) -> ProxyState {
+        ProxyState(state, nodeName: config.nodeName, zone: config.zone, family: family).resolvingConflicts(state).0
     }
 
-    /// Both families' proxy states (`IPFamily.allCases` order), each checked for conflicts.
-    static func proxyStates(_ state: ClusterState, config: ProxyConfig) throws -> [ProxyState] {
-        let proxies = ProxyState.perFamily(state, nodeName: config.nodeName, zone: config.zone)
-        for p in proxies { try checkConflicts(p, state) }
-        return proxies
+    /// Both families' proxy states (`IPFamily.allCases` order), conflicts resolved, and each
+    /// family's claims that lost.
+    static func proxyStates(_ state: ClusterState, config: ProxyConfig) -> (proxies: [ProxyState], conflicts: [[Conflict]]) {
+        let resolved = ProxyState.perFamily(state, nodeName: config.nodeName, zone: config.zone).map { $0.resolvingConflicts(state) }
+        return (resolved.map(\.0), resolved.map(\.1))
     }
 
-    public static func checkConflicts(_ proxy: ProxyState, _ state: ClusterState) throws {
-        var owner: [String: ServicePortName] = [:]
-        var errors: [InputError] = []
-        for sp in proxy.servicePorts {
-            for f in sp.frontends {
-                let key = "\(f.ip.withPort(f.port))/\(sp.name.proto.rawValue)"
-                if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
-                    errors.append(
-                        InputError(
-                            file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)",
-                            field: "spec.clusterIP",
-                            message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
-                }
-                owner[key] = sp.name
-            }
-            if let np = sp.nodePort {
-                let key = "node port \(np)/\(sp.name.proto.rawValue)"
-                if let other = owner[key], other.namespace != sp.name.namespace || other.name != sp.name.name {
-                    errors.append(
-                        InputError(
-                            file: "input", object: "Service \(sp.name.namespace)/\(sp.name.name)", field: "spec.ports",
-                            message: "\(key) is also claimed by Service \(other.namespace)/\(other.name)"))
-                }
-                owner[key] = sp.name
-            }
-        }
-        if !errors.isEmpty { throw InputErrors(errors: errors) }
+    /// The claims that lose to another Service's, for this cluster state (what a dry run warns of).
+    public static func conflicts(_ state: ClusterState, config: ProxyConfig) -> [Conflict] {
+        merge(proxyStates(state, config: config).conflicts)
+    }
+
+    /// A node port is claimed in both families' states: one report.
+    static func merge(_ perFamily: [[Conflict]]) -> [Conflict] {
+        Array(Set(perFamily.joined())).sorted { ($0.loser, $0.frontend) < ($1.loser, $1.frontend) }
     }
 
     /// Reads the kernel, plans, and (unless `dryRun`) applies. Returns what was (or would be) sent.
@@ -181,12 +167,12 @@ public struct Reconciler {
         let clock = ContinuousClock()
         let start = clock.now
         // Every family's input is checked before anything is read or sent.
-        let proxies = try Self.proxyStates(state, config: config)
+        let (proxies, conflicts) = Self.proxyStates(state, config: config)
         var families: [FamilySync] = []
         // Each family's UDP frontends before and after, for the stale-flow cleanup.
         var flows: [StaleFlows.Change] = []
         var counted: [ProxyState] = []
-        for (family, proxy) in zip(IPFamily.allCases, proxies) {
+        for (family, (proxy, lost)) in zip(IPFamily.allCases, zip(proxies, conflicts)) {
             let current = try kernel.read(table: config.table, family: family.tableFamily)
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else {
                 // Not needed (any more): the table goes, if there is one.
@@ -202,7 +188,9 @@ public struct Reconciler {
             families.append(
                 FamilySync(
                     family: family, desired: desired, fragments: fragments,
-                    transaction: Planner.plan(from: current, to: desired)))
+                    transaction: Planner.plan(from: current, to: desired), claims: proxy.claimedFrontends,
+                    lost: Dictionary(lost.map { ("\($0.loser.namespace)/\($0.loser.name)", [$0.frontend]) }, uniquingKeysWith: +)
+                        .mapValues(Set.init)))
             if !dryRun { flows.append(.init(before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))) }
         }
         let txs = families.map(\.transaction).filter { !$0.isEmpty }
@@ -223,6 +211,7 @@ public struct Reconciler {
         result.flowsDeleted = deleted
         result.commits = commits
         result.flowWarning = warning
+        result.conflicts = Self.merge(conflicts)
         return result
     }
 

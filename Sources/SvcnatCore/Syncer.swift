@@ -59,6 +59,14 @@ public final class Syncer {
     /// `cacheGeneration`.
     private var incremental: [IPFamily: IncrementalState]?
     private var cacheGeneration: UInt32?
+    /// Per family, every frontend programmed and the Service holding it, as of the last sync.
+    private var claims: [IPFamily: [String: String]] = [:]
+    /// The claims that lost at the last full sync (a partial sync never decides a clash).
+    public private(set) var conflicts: [Conflict] = []
+    /// The Services on either side of those clashes.
+    private var contested: Set<String> = []
+    /// Per family and Service, the frontends it claims and another Service holds.
+    private var lost: [IPFamily: [String: Set<String>]] = [:]
     /// Failed syncs in a row.
     public private(set) var failures = 0
 
@@ -112,20 +120,48 @@ public final class Syncer {
     }
 
     /// The changed Services' ports per family, or nil when a partial sync cannot do the work:
-    /// no cached view, or a family whose table was not needed at the last full sync now is.
+    /// no cached view, a family whose table was not needed at the last full sync now is, or a
+    /// clash of claims to decide: a changed Service now claims a frontend another holds, or a
+    /// Service in a clash claims something other than before. Clashes are decided only by a
+    /// full sync, so the rule is applied to the whole input the same way every time; a partial
+    /// sync of a Service in a clash whose claims did not change keeps the full sync's decision.
     private func partialPorts(_ source: ServiceSource, _ dirty: Set<String>) -> [IPFamily: [String: [ServicePortState]]]? {
         guard let incremental else { return nil }
         var ports: [IPFamily: [String: [ServicePortState]]] = [:]
+        var newClaims = claims
         for family in IPFamily.allCases {
             var byService: [String: [ServicePortState]] = [:]
             for key in dirty {
                 byService[key] = source.ports(ofService: key, nodeName: config.nodeName, zone: config.zone, family: family)
             }
             if incremental[family] == nil, byService.values.contains(where: { !$0.isEmpty }) { return nil }
+            let before = claims[family] ?? [:]
+            let lost = self.lost[family] ?? [:]
+            var held = before.filter { !dirty.contains($0.value) }
+            for (key, states) in byService {
+                let wanted = Set(states.flatMap(\.claimKeys))
+                if contested.contains(key) {
+                    let had = Set(before.filter { $0.value == key }.keys).union(lost[key] ?? [])
+                    guard wanted == had else { return nil }
+                    let drop = lost[key] ?? []
+                    byService[key] = states.map { $0.dropping(drop) }
+                    for k in wanted.subtracting(drop) { held[k] = key }
+                } else {
+                    for k in wanted {
+                        if let other = held[k], other != key { return nil }
+                        held[k] = key
+                    }
+                }
+            }
+            newClaims[family] = held
             ports[family] = byService
         }
+        pendingClaims = newClaims
         return ports
     }
+
+    /// The claims a partial sync will hold once the kernel takes its change.
+    private var pendingClaims: [IPFamily: [String: String]]?
 
     /// A sync's outcome and the batches it committed (which the generation check needs).
     private struct Committed {
@@ -150,6 +186,8 @@ public final class Syncer {
         let txs = planned.filter { !$0.isEmpty }
         let commits = try kernel.apply(txs)
         incremental = states
+        if let pendingClaims { claims = pendingClaims }
+        pendingClaims = nil
         let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, changes)
         var merged: [String: [ServicePortState]] = [:]
         for byService in ports.values { merged.merge(byService) { $0 + $1 } }
@@ -167,7 +205,12 @@ public final class Syncer {
     private func fullSync(_ state: ClusterState) throws -> Committed {
         incremental = nil
         cacheGeneration = nil
+        pendingClaims = nil
         let r = try Reconciler(config: config, kernel: kernel).reconcile(state)
+        claims = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.claims) })
+        lost = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.lost) })
+        conflicts = r.conflicts
+        contested = Set(r.conflicts.flatMap { ["\($0.loser.namespace)/\($0.loser.name)", "\($0.winner.namespace)/\($0.winner.name)"] })
         var states: [IPFamily: IncrementalState] = [:]
         var ports: [String: [ServicePortState]] = [:]
         for f in r.families {

@@ -64,6 +64,8 @@ public final class Daemon: @unchecked Sendable {
     private var lastSyncEnd: ContinuousClock.Instant?
     private var syncScheduled = false
     private var retryScheduled = false
+    /// The clashes of claims already logged.
+    private var reportedConflicts: Set<String> = []
     private var pendingFull = false
     private var pendingReason = "start"
     private let clock = ContinuousClock()
@@ -243,6 +245,7 @@ public final class Daemon: @unchecked Sendable {
                     "drift: someone else changed svcnat's table \(config.proxy.table); repaired with \(outcome.changeCount) changes")
             }
             if let w = outcome.flowWarning { log.warning("\(w)") }
+            reportConflicts(syncer.conflicts)
             let flowNote = outcome.flowsDeleted > 0 ? ", \(outcome.flowsDeleted) stale UDP flows deleted" : ""
             let ms = String(format: "%.2f", Double(d.nanoseconds) / 1e6)
             let counts = "\(outcome.services) services, \(outcome.endpoints) endpoints, \(outcome.changeCount) changes"
@@ -277,6 +280,15 @@ public final class Daemon: @unchecked Sendable {
         metrics.changes.increment(by: o.changeCount)
         if let r = o.rules { metrics.rules.record(r) }
         if let e = o.elements { metrics.elements.record(e) }
+    }
+
+    /// Logs each clash of claims once, when it appears, and lists all in /healthz and the metric.
+    private func reportConflicts(_ conflicts: [Conflict]) {
+        let now = Set(conflicts.map(\.description))
+        for c in conflicts where !reportedConflicts.contains(c.description) { log.warning("conflict: \(c)") }
+        reportedConflicts = now
+        metrics.skippedFrontends.record(conflicts.count)
+        endpoints.setSkipped(conflicts.map(\.description))
     }
 
     /// Logs rejected files and warnings after the store changed.

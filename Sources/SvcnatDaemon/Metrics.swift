@@ -22,6 +22,7 @@ final class DaemonMetrics: @unchecked Sendable {
     let rejectedFiles: CoreMetrics.Gauge
     let lastBatchMessages: CoreMetrics.Gauge
     let changes: CoreMetrics.Counter
+    let skippedFrontends: CoreMetrics.Gauge
 
     init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -45,6 +46,7 @@ final class DaemonMetrics: @unchecked Sendable {
         rejectedFiles = CoreMetrics.Gauge(label: "svcnat_rejected_input_files")
         lastBatchMessages = CoreMetrics.Gauge(label: "svcnat_sync_last_batch_netlink_messages")
         changes = CoreMetrics.Counter(label: "svcnat_sync_changes_total")
+        skippedFrontends = CoreMetrics.Gauge(label: "svcnat_skipped_frontends")
     }
 
     // The API source, per collection (services, endpointslices, nodes).

@@ -27,6 +27,7 @@ final class NodeEndpoints: @unchecked Sendable {
     private var lastSuccess: Date?
     private var lastError: String?
     private var rejected: [String: String] = [:]
+    private var skipped: [String] = []
     /// healthCheckNodePort -> the Service (ns, name) and its endpoints on this node.
     private var serviceHealth: [UInt16: (namespace: String, name: String, local: Int)] = [:]
     /// Which health check port each Service has (sync queue only).
@@ -56,6 +57,8 @@ final class NodeEndpoints: @unchecked Sendable {
     }
     func syncFailed(_ error: String) { lock.withLock { lastError = error } }
     func setRejected(_ files: [String: String]) { lock.withLock { rejected = files } }
+    /// Frontends a Service claims that another Service holds (`Conflict`), listed in /healthz.
+    func setSkipped(_ claims: [String]) { lock.withLock { skipped = claims } }
 
     /// kube-proxy's per-Service health check servers: for each LoadBalancer Service with
     /// externalTrafficPolicy Local and a healthCheckNodePort, an HTTP server on that port of the
@@ -108,7 +111,7 @@ final class NodeEndpoints: @unchecked Sendable {
         switch path {
         case "/livez": return (.ok, "text/plain", "ok\n")
         case "/healthz":
-            let (success, error, rejected) = lock.withLock { (lastSuccess, lastError, self.rejected) }
+            let (success, error, rejected, skipped) = lock.withLock { (lastSuccess, lastError, self.rejected, self.skipped) }
             let problems = sourceProblems()
             var reason: String?
             if !problems.isEmpty {
@@ -128,7 +131,8 @@ final class NodeEndpoints: @unchecked Sendable {
                     ("reason", reason.map { .string($0) } ?? .null),
                     ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
                     ("source", .string(sourceName)),
-                    ("rejectedFiles", .array(files))
+                    ("rejectedFiles", .array(files)),
+                    ("skippedFrontends", .array(skipped.map { .string($0) }))
                 ]).text() + "\n"
             return (reason == nil ? .ok : .serviceUnavailable, "application/json", body)
         default: return (.notFound, "text/plain", "not found\n")

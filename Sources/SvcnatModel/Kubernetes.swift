@@ -7,10 +7,14 @@ public struct ObjectMeta: Hashable, Sendable {
     public var namespace: String
     public var name: String
     public var labels: [String: String]
-    public init(namespace: String, name: String, labels: [String: String] = [:]) {
+    /// RFC 3339, as the API server writes it (`2026-11-27T09:00:00Z`); nil in most manifests.
+    /// The older of two Services claiming one frontend keeps it.
+    public var creationTimestamp: String?
+    public init(namespace: String, name: String, labels: [String: String] = [:], creationTimestamp: String? = nil) {
         self.namespace = namespace
         self.name = name
         self.labels = labels
+        self.creationTimestamp = creationTimestamp
     }
     public var key: String { "\(namespace)/\(name)" }
 }

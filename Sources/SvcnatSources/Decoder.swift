@@ -118,7 +118,7 @@ public struct ManifestDecoder {
             m["namespace"].fail("\"\(namespace)\" is not a valid namespace: \(why)"); ok = false
         }
         let labels = m["labels"].stringMap
-        return ok ? ObjectMeta(namespace: namespace, name: name, labels: labels) : nil
+        return ok ? ObjectMeta(namespace: namespace, name: name, labels: labels, creationTimestamp: m["creationTimestamp"].string) : nil
     }
 
     // MARK: Service

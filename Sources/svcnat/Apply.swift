@@ -38,6 +38,7 @@ extension Svcnat {
             let config = options.config
             if dryRun {
                 let tables = try Reconciler.desiredTables(state, config: config)
+                warn(Reconciler.conflicts(state, config: config))
                 switch format {
                 case .nft: print(tables.map(\.ruleset.nftText).joined(), terminator: "")
                 case .iptables:
@@ -57,6 +58,7 @@ extension Svcnat {
             let result = try Reconciler(config: config, kernel: kernel).reconcile(state)
             if options.verbose { print(result.transactions.nftText, terminator: "") }
             if let w = result.flowWarning { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
+            warn(result.conflicts)
             print(result.summary)
         }
     }

@@ -22,6 +22,7 @@ extension Svcnat {
                 let state = try load(filename)
                 let kernel = try NetlinkKernel()
                 let result = try Reconciler(config: options.config, kernel: kernel).reconcile(state, dryRun: true)
+                warn(result.conflicts)
                 print(result.transactions.nftText, terminator: "")
                 if !result.transactions.isEmpty { throw ExitCode(1) }
             } catch let e as ExitCode {

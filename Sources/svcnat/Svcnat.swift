@@ -30,6 +30,11 @@ extension FileHandle {
     func write(_ s: String) { write(s.data(using: .utf8)!) }
 }
 
+/// Claims that lose to another Service's: the rest is programmed, these are said on stderr.
+func warn(_ conflicts: [Conflict]) {
+    for c in conflicts { FileHandle.standardError.write("svcnat: warning: conflict: \(c)\n") }
+}
+
 func load(_ paths: [String]) throws -> ClusterState {
     let result = try ManifestSource.load(paths)
     for w in result.warnings { FileHandle.standardError.write("svcnat: warning: \(w)\n") }

@@ -212,8 +212,15 @@ extension RootTests {
             let node = bed.ns("node")
             let dir = try bed.makeDirectory()
             try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1]))
+            // Poison beside it: a squatter on web's ClusterIP and port (no endpoints, so a
+            // connection it won would be refused), and a /0 source range.
+            try write(dir + "/poison.yaml", Self.poison)
             let daemon = try bed.startDaemon(node, ["--manifests", dir, "--min-sync-period", "0", "--cluster-cidr", "198.19.0.0/16"])
             #expect(within(5) { ruleset(bed, node).contains("198.19.1.2") } != nil)
+            #expect(ruleset(bed, node).contains("ip saddr 0.0.0.0/0"), "\(daemon.log())")
+            let (_, health) = try http(bed, node, "http://127.0.0.1:10256/healthz")
+            #expect(health.contains("Service demo/squat port http: its ExternalIP 198.18.100.20:80/TCP is skipped"), "\(health)")
+            #expect(try http(bed, node, "http://127.0.0.1:10249/metrics").1.contains("svcnat_skipped_frontends 1"))
             // Some 25,000 connections in 25 s, each leaving a TIME_WAIT socket: give the client
             // more than the default 28,232 local ports, so a fast machine cannot run out.
             _ = try bed.sh(bed.ns("client"), ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"])
@@ -245,6 +252,29 @@ extension RootTests {
             #expect(syncs > 60)
             #expect(!daemon.log().contains("sync failed"))
         }
+
+        static let poison = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: squat, namespace: demo, creationTimestamp: "2020-01-01T00:00:00Z"}
+            spec:
+              clusterIP: 198.18.100.30
+              externalIPs: [198.18.100.20]
+              selector: {app: nothing}
+              ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: open, namespace: demo}
+            spec:
+              type: LoadBalancer
+              clusterIP: 198.18.100.31
+              loadBalancerSourceRanges: [0.0.0.0/0]
+              selector: {app: nothing}
+              ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30099}]
+            status: {loadBalancer: {ingress: [{ip: 198.18.200.31}]}}
+
+            """
 
         struct LoopResult: Decodable {
             var made: Int

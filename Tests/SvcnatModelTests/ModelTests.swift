@@ -39,6 +39,7 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         let items: [RuleItem] = [
             .ctStateNew, .ctStatusDNAT, .l4proto(.sctp), .saddrNotIn(IPPrefix("198.19.0.0/16")!),
             .saddrNotIn(IPPrefix("198.19.128.0/17")!), .saddrNotIn(IPPrefix("198.19.1.2/32")!),
+            .saddrNotIn(IPPrefix("0.0.0.0/0")!), .ipMatch(.saddr, .eq, IPPrefix("0.0.0.0/0")!),
             .markIsClear(0x4000), .markSetOr(0x4000), .markSetXor(0x4000), .numgenIsZero(modulus: 7),
             .dnat(ip("198.19.1.2"), port: 8888), .masquerade(fullyRandom: true), .masquerade(fullyRandom: false),
             .reject(.tcpReset), .reject(.icmpPortUnreachable), .dispatch(map: "m", family: .v4), .saddrDaddrIn(set: "s", family: .v4),
@@ -54,6 +55,7 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         let v6: [RuleItem] = [
             .ctStateNew, .l4proto(.udp), .saddrNotIn(IPPrefix("2001:db8:1::/48")!), .saddrNotIn(IPPrefix("2001:db8:1::/61")!),
             .ipMatch(.daddr, .neq, IPPrefix("::1/128")!), .ipMatch(.daddr, .eq, IPPrefix("2001:db8::1/128")!),
+            .ipMatch(.saddr, .eq, IPPrefix("::/0")!),
             .dnat(ip("2001:db8:1:2::2"), port: 8080), .reject(.icmpv6PortUnreachable),
             .dispatch(map: "m", family: .v6), .saddrDaddrIn(set: "s", family: .v6), .daddrInSet("s", .v6), .saddrInSet("s", .v6),
             .rememberSaddr("s", .v6), .dnatFromMap(modulus: 2, offset: 0, map: "m", family: .v6), .fibDaddrLocal,
@@ -64,6 +66,12 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         #expect(RuleItem.dispatch(map: "m", family: .v6).exprs[1] == .meta(key: .l4proto, dreg: .reg(2)))
         #expect(RuleItem.dispatch(map: "m", family: .v6).exprs[2] == .payload(base: .transport, offset: 2, length: 2, dreg: .reg32(5)))
         #expect(RuleItem.dispatch(map: "m", family: .v4).exprs[1] == .meta(key: .l4proto, dreg: .reg32(1)))
+        // A /0 loads the whole address, as nft does: the kernel refuses a zero-length load.
+        for p in ["0.0.0.0/0", "::/0"] {
+            let e = RuleItem.ipMatch(.saddr, .eq, IPPrefix(p)!).exprs
+            guard case .payload(_, _, let length, _) = e.first else { Issue.record("\(e)"); continue }
+            #expect(length == (p == "::/0" ? 16 : 4))
+        }
     }
 
     @Test(arguments: EndpointSelection.allCases)

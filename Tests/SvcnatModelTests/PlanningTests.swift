@@ -129,11 +129,46 @@ import Testing
         #expect(kernel.ruleset?.chain("svc-demo/web/tcp/http") == nil)
     }
 
-    @Test func conflictingServicesAreInputErrors() {
-        let a = Service(meta: ObjectMeta(namespace: "x", name: "a"), clusterIP: IPAddress("198.18.100.1"), ports: [ServicePort(port: 80)])
-        var b = a
-        b.meta.name = "b"
-        #expect(throws: InputErrors.self) { try Reconciler.desired(ClusterState(services: [a, b]), config: config) }
+    /// Clashing claims are decided by the stated rule and never refuse the input: the
+    /// allocated ClusterIP beats a user's external IP whatever their ages; between claims of one
+    /// kind the older Service wins, then the lower namespace/name; the loser keeps the rest.
+    @Test func clashingClaimsAreDecidedByTheRuleAndNeverRefuseTheInput() throws {
+        func svc(_ name: String, _ ip: String, external: [String] = [], nodePort: UInt16? = nil, created: String? = nil) -> Service {
+            var s = Service(
+                meta: ObjectMeta(namespace: "x", name: name, creationTimestamp: created), type: nodePort == nil ? .clusterIP : .nodePort,
+                clusterIP: IPAddress(ip), ports: [ServicePort(name: "p", port: 80, nodePort: nodePort)],
+                externalIPs: external.compactMap(IPAddress.init))
+            s.selector = nil
+            return s
+        }
+        // The squatter is older and sorts first by name, and still loses to the ClusterIP.
+        let victim = svc("victim", "198.18.100.1", created: "2026-12-01T00:00:00Z")
+        let squat = svc("a-squat", "198.18.100.2", external: ["198.18.100.1", "198.18.200.9"], created: "2020-01-01T00:00:00Z")
+        let state = ClusterState(services: [victim, squat])
+        let (proxy, ruleset) = try Reconciler.desired(state, config: config)
+        let squatPort = try #require(proxy.servicePorts.first { $0.name.name == "a-squat" })
+        #expect(squatPort.frontends.map(\.ip.description) == ["198.18.100.2", "198.18.200.9"], "keeps its ClusterIP and other external IP")
+        #expect(ruleset.nftText.contains("198.18.100.1 . tcp . 80 comment \"x/victim:p\""), "\(ruleset.nftText)")
+        let conflicts = Reconciler.conflicts(state, config: config)
+        #expect(
+            conflicts.map(\.description) == [
+                "Service x/a-squat port p: its ExternalIP 198.18.100.1:80/TCP is skipped, Service x/victim holds it"
+            ])
+
+        // Two external IPs: the older Service wins; without ages, the lower namespace/name.
+        let older = svc("zz", "198.18.100.3", external: ["198.18.200.1"], created: "2025-01-01T00:00:00Z")
+        let newer = svc("aa", "198.18.100.4", external: ["198.18.200.1"], created: "2026-01-01T00:00:00Z")
+        #expect(Reconciler.conflicts(ClusterState(services: [newer, older]), config: config).map(\.loser.name) == ["aa"])
+        let noAge = [svc("zz", "198.18.100.3", external: ["198.18.200.1"]), svc("aa", "198.18.100.4", external: ["198.18.200.1"])]
+        #expect(Reconciler.conflicts(ClusterState(services: noAge), config: config).map(\.loser.name) == ["zz"])
+        // A node port: the older keeps it, the other keeps its ClusterIP.
+        let np = ClusterState(services: [
+            svc("first", "198.18.100.5", nodePort: 30080, created: "2025-01-01T00:00:00Z"),
+            svc("second", "198.18.100.6", nodePort: 30080, created: "2026-01-01T00:00:00Z")
+        ])
+        let (npProxy, _) = try Reconciler.desired(np, config: config)
+        #expect(npProxy.servicePorts.map { "\($0.name.name) \($0.nodePort.map(String.init) ?? "-")" } == ["first 30080", "second -"])
+        #expect(Reconciler.conflicts(np, config: config).map(\.frontend) == ["node port 30080/TCP"])
     }
 
     @Test func refusedTransactionLeavesFakeKernelAsItWas() throws {

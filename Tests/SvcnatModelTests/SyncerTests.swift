@@ -50,6 +50,45 @@ import Testing
         #expect(Planner.plan(from: kernel.ruleset, to: try fullTable(source, config)).isEmpty)
     }
 
+    /// A squatter that arrives (or goes) between full syncs is decided by a full sync, so the
+    /// victim is never left out and the result is what a full sync of the input wants.
+    @Test func aClashArrivingInAPartialSyncIsDecidedAsAFullSyncDecidesIt() throws {
+        let config = ProxyConfig(nodeName: "node-a")
+        let services = (0..<4).map { inc.service($0, ports: 1) }
+        let source = store(services, services.enumerated().map { inc.slice($0.offset, $0.element, endpoints: [1, 2]) })
+        let kernel = FakeKernel()
+        let syncer = Syncer(config: config, kernel: kernel)
+        _ = try syncer.sync(source, full: true, reason: "start")
+
+        // Service 2 gains an external IP equal to Service 1's ClusterIP and port.
+        var squatter = services[2]
+        squatter.externalIPs = [services[1].clusterIP!]
+        source.put("svc:\(squatter.meta.key)", ClusterState(services: [squatter]))
+        let clash = try syncer.sync(source, full: false, reason: "manifests changed")
+        #expect(!clash.partial, "a new clash is decided by a full sync")
+        #expect(syncer.conflicts.map(\.loser.name) == [squatter.meta.name])
+        #expect(Planner.plan(from: kernel.ruleset, to: try fullTable(source, config)).isEmpty)
+        let victimKey = "\(services[1].clusterIP!) . tcp . 80"
+        #expect(
+            kernel.ruleset!.nftText.contains("\(victimKey) comment \"ns1/s1:p0\" : goto svc-ns1/s1/tcp/p0"), "\(kernel.ruleset!.nftText)")
+
+        // Endpoint changes stay partial, of an uninvolved Service and of both sides of the clash
+        // (their claims are what they were), and keep the full sync's decision.
+        for i in [3, 2, 1] {
+            source.put("slice:\(services[i].meta.key)-x", ClusterState(endpointSlices: [inc.slice(i, services[i], endpoints: [2, 4])]))
+            #expect(try syncer.sync(source, full: false, reason: "manifests changed").partial, "service \(i)")
+            #expect(Planner.plan(from: kernel.ruleset, to: try fullTable(source, config)).isEmpty, "service \(i)")
+        }
+
+        // The victim goes: the squatter's claim is no longer contested, and a full sync gives it.
+        source.put("svc:\(services[1].meta.key)", nil)
+        let handover = try syncer.sync(source, full: false, reason: "manifests changed")
+        #expect(!handover.partial)
+        #expect(syncer.conflicts.isEmpty)
+        #expect(
+            kernel.ruleset!.nftText.contains("\(victimKey) comment \"ns2/s2:p0\" : goto ext-ns2/s2/tcp/p0"), "\(kernel.ruleset!.nftText)")
+    }
+
     @Test func anotherWritersCommitMakesTheNextSyncFullAndRepairs() throws {
         let config = ProxyConfig(nodeName: "node-a")
         let services = (0..<5).map { inc.service($0, ports: 1) }

@@ -1,0 +1,107 @@
+import Foundation
+import Testing
+
+extension RootTests {
+    /// What one tenant's object or another agent's rule can do to a node: each test is named
+    /// after a defect it once had (issue 12) and shows it by the kernel's own dump or by packets.
+    @Suite(.serialized)
+    struct HardeningTests {
+        let cidrs = ["--cluster-cidr", "198.19.0.0/16", "--cluster-cidr", "2001:db8:1::/48"]
+
+        /// A LoadBalancer Service reached at `lb`, with source ranges, on pods 1 and 2 of its family.
+        func lbService(_ name: String, clusterIP: String, lb: String, ranges: [String], v6: Bool = false) -> String {
+            let pods = v6 ? ["2001:db8:1:1::2", "2001:db8:1:2::2"] : ["198.19.1.2", "198.19.2.2"]
+            return """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: \(name), namespace: demo}
+                spec:
+                  type: LoadBalancer
+                  clusterIP: "\(clusterIP)"
+                  clusterIPs: ["\(clusterIP)"]
+                  loadBalancerSourceRanges: [\(ranges.map { "\"\($0)\"" }.joined(separator: ", "))]
+                  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: \(v6 ? 30181 : 30180) }]
+                status: {loadBalancer: {ingress: [{ip: "\(lb)"}]}}
+                ---
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: \(name)-1, namespace: demo, labels: {kubernetes.io/service-name: \(name)}}
+                addressType: IPv\(v6 ? 6 : 4)
+                endpoints: [\(pods.map { "{addresses: [\"\($0)\"]}" }.joined(separator: ", "))]
+                ports: [{name: http, protocol: TCP, port: 8080}]
+                ---
+
+                """
+        }
+
+        /// `loadBalancerSourceRanges: [0.0.0.0/0]` was encoded as a zero-length load, which the
+        /// kernel refuses, so every transaction failed. Now /0, /32, /128 and ordinary prefixes
+        /// go in, in both families, read back as nft prints them, and let packets through.
+        @Test func zeroPrefixSourceRangesAreProgrammedInBothFamilies() throws {
+            let bed = Testbed("pfx")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 2, ipv6: true)
+            let node = bed.ns("node"), pod1 = bed.ns("pod1")
+            let input = try bed.writeManifest(
+                lbService("open", clusterIP: "198.18.100.70", lb: "198.18.200.7", ranges: ["0.0.0.0/0"])
+                    + lbService("narrow", clusterIP: "198.18.100.71", lb: "198.18.200.8", ranges: ["198.18.0.2/32", "198.18.0.0/24"])
+                    + lbService("open6", clusterIP: "2001:db8:100::70", lb: "2001:db8:200::7", ranges: ["::/0"], v6: true)
+                    + lbService(
+                        "narrow6", clusterIP: "2001:db8:100::71", lb: "2001:db8:200::8", ranges: ["2001:db8::2/128", "2001:db8::/64"],
+                        v6: true))
+            let r = try bed.svcnat(node, ["apply", "-f", input] + cidrs)
+            #expect(r.code == 0, "\(r.err)")
+
+            // nft reads every prefix back as it would print its own.
+            let v4 = try bed.sh(node, ["nft", "list", "table", "ip", "svcnat"])
+            let v6 = try bed.sh(node, ["nft", "list", "table", "ip6", "svcnat"])
+            for text in ["ip saddr 0.0.0.0/0 return", "ip saddr 198.18.0.2 return", "ip saddr 198.18.0.0/24 return"] {
+                #expect(v4.contains(text), "\(text) not in:\n\(v4)")
+            }
+            for text in ["ip6 saddr ::/0 return", "ip6 saddr 2001:db8::2 return", "ip6 saddr 2001:db8::/64 return"] {
+                #expect(v6.contains(text), "\(text) not in:\n\(v6)")
+            }
+            // svcnat reads them back as what it planned.
+            let again = try bed.svcnat(node, ["apply", "-f", input] + cidrs)
+            #expect(again.code == 0 && again.out.contains("no changes"), "\(again.out)\(again.err)")
+
+            // By packets: a pod is inside 0.0.0.0/0 and ::/0, and outside the narrow ranges.
+            let open = try bed.client(in: pod1, "tcp", "198.18.200.7", 80, count: 10)
+            #expect(open.answers.values.reduce(0, +) == 10, "\(open)")
+            let open6 = try bed.client(in: pod1, "tcp", "2001:db8:200::7", 80, count: 10)
+            #expect(open6.answers.values.reduce(0, +) == 10, "\(open6)")
+            #expect(try bed.explain(node, ["198.18.200.8:80", "--source", "198.19.1.2"]).map(\.fate) == ["dropped"])
+            #expect(try bed.explain(node, ["[2001:db8:200::8]:80", "--source", "2001:db8:1:1::2"]).map(\.fate) == ["dropped"])
+
+            // A /0 cluster CIDR goes in too (nothing is outside it, so nothing is masqueraded).
+            let all = try bed.svcnat(node, ["apply", "-f", input, "--cluster-cidr", "0.0.0.0/0", "--cluster-cidr", "::/0"])
+            #expect(all.code == 0, "\(all.err)")
+            #expect(try bed.sh(node, ["nft", "list", "table", "ip", "svcnat"]).contains("ip saddr != 0.0.0.0/0"))
+        }
+
+        /// A Service whose external IP is another Service's ClusterIP and port (CVE-2020-8554)
+        /// used to refuse the whole input. Now the ClusterIP keeps it, the squatter keeps the
+        /// rest of its Service, and both are programmed.
+        @Test func anExternalIPSquatterLosesToTheClusterIPAndEverythingElseIsProgrammed() throws {
+            let bed = Testbed("squat")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 2)
+            let node = bed.ns("node"), client = bed.ns("client")
+            let squatter = serviceManifest(name: "squat", ip: "198.18.100.21", pods: [2])
+                .replacingOccurrences(
+                    of: "  clusterIP: 198.18.100.21\n", with: "  clusterIP: 198.18.100.21\n  externalIPs: [198.18.100.20]\n")
+            let input = try bed.writeManifest(serviceManifest(name: "web", pods: [1]) + "---\n" + squatter)
+            let r = try bed.svcnat(node, ["apply", "-f", input, "--cluster-cidr", "198.19.0.0/16"])
+            #expect(r.code == 0, "\(r.err)")
+            #expect(
+                r.err.contains(
+                    "conflict: Service demo/squat port http: its ExternalIP 198.18.100.20:80/TCP is skipped, Service demo/web holds it"),
+                "\(r.err)")
+            // The victim's ClusterIP reaches only the victim's pod; the squatter's own ClusterIP works.
+            let victim = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 20)
+            #expect(victim.answers == ["pod1": 20], "\(victim)")
+            let own = try bed.client(in: client, "tcp", "198.18.100.21", 80, count: 10)
+            #expect(own.answers == ["pod2": 10], "\(own)")
+        }
+    }
+}
