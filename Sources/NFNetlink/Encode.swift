@@ -55,9 +55,16 @@ struct BatchEncoder {
     mutating func encode(_ op: Operation, index: Int) {
         currentOp = Int32(index)
         switch op {
-        case .addTable:
+        case .addTable(let comment):
             let t = NftTable()
             nftnl_table_set_str(t.raw, KernelNumbers.attr(NFTNL_TABLE_NAME.rawValue), table)
+            // Sent as nft sends it, so that on an existing table it clears a dormant flag.
+            nftnl_table_set_u32(t.raw, KernelNumbers.attr(NFTNL_TABLE_FLAGS.rawValue), 0)
+            if let comment {
+                ElementCodec.userData(comment: comment, type: NFTNL_UDATA_TABLE_COMMENT.rawValue).withUnsafeBytes {
+                    _ = nftnl_table_set_data(t.raw, KernelNumbers.attr(NFTNL_TABLE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count))
+                }
+            }
             let h = header(NFT_MSG_NEWTABLE, flags: NLM_F_CREATE)
             nftnl_table_nlmsg_build_payload(h, t.raw)
             buffer.commit(h)
@@ -73,7 +80,8 @@ struct BatchEncoder {
                 nftnl_chain_set_u32(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue), KernelNumbers.hook(b.hook))
                 nftnl_chain_set_s32(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_PRIO.rawValue), b.priority)
                 nftnl_chain_set_str(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_TYPE.rawValue), b.type.rawValue)
-                nftnl_chain_set_u32(ch.raw, KernelNumbers.attr(NFTNL_CHAIN_POLICY.rawValue), UInt32(NF_ACCEPT))
+                nftnl_chain_set_u32(
+                    ch.raw, KernelNumbers.attr(NFTNL_CHAIN_POLICY.rawValue), UInt32(b.policy == .drop ? NF_DROP : NF_ACCEPT))
             }
             let h = header(NFT_MSG_NEWCHAIN, flags: NLM_F_CREATE)
             nftnl_chain_nlmsg_build_payload(h, ch.raw)
@@ -203,21 +211,27 @@ enum ElementCodec {
             d.withUnsafeBytes { _ = nftnl_set_elem_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
         }
         if let c = e.comment {
-            let value = Array(c.utf8) + [0]
-            let udata: [UInt8] = [UInt8(NFTNL_UDATA_SET_ELEM_COMMENT.rawValue), UInt8(value.count)] + value
-            udata.withUnsafeBytes {
+            userData(comment: c, type: NFTNL_UDATA_SET_ELEM_COMMENT.rawValue).withUnsafeBytes {
                 _ = nftnl_set_elem_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count))
             }
         }
         return el
     }
 
-    static func comment(fromUserData bytes: [UInt8]) -> String? {
+    /// A comment as one user-data TLV (type, length, the text and its NUL), as nft writes it.
+    /// The model keeps comments within nft's 128 bytes; a longer one is cut here rather than
+    /// overflow the one-byte length.
+    static func userData(comment: String, type: UInt32) -> [UInt8] {
+        let value = Array(comment.utf8.prefix(Int(NFTNL_UDATA_COMMENT_MAXLEN) - 1)) + [0]
+        return [UInt8(type), UInt8(value.count)] + value
+    }
+
+    static func comment(fromUserData bytes: [UInt8], type wanted: UInt32 = NFTNL_UDATA_SET_ELEM_COMMENT.rawValue) -> String? {
         var i = 0
         while i + 2 <= bytes.count {
             let type = bytes[i], len = Int(bytes[i + 1])
             guard i + 2 + len <= bytes.count else { return nil }
-            if type == UInt8(NFTNL_UDATA_SET_ELEM_COMMENT.rawValue) {
+            if type == UInt8(wanted) {
                 var v = Array(bytes[(i + 2)..<(i + 2 + len)])
                 if v.last == 0 { v.removeLast() }
                 return String(decoding: v, as: UTF8.self)

@@ -101,8 +101,9 @@ public final class NFTables {
     private func readOnce(table: String, family: TableFamily) throws -> Ruleset? {
         let nfproto = KernelNumbers.family(family)
         guard let ipFamily = IPFamily(family) else { return nil }
-        guard try tableExists(table, nfproto) else { return nil }
-        var r = Ruleset(family: family, table: table)
+        guard let (comment, tableFlags) = try tableInfo(table, nfproto) else { return nil }
+        var r = Ruleset(family: family, table: table, comment: comment)
+        r.flags = tableFlags
         func dump(
             _ type: nf_tables_msg_types, what: String,
             build: (UnsafeMutablePointer<nlmsghdr>) -> Void, each: (UnsafePointer<nlmsghdr>) throws -> Void
@@ -123,8 +124,10 @@ public final class NFTables {
                 let hook = KernelNumbers.hook(nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_HOOKNUM.rawValue))),
                 let type = ChainType(rawValue: str(nftnl_chain_get_str(c.raw, KernelNumbers.attr(NFTNL_CHAIN_TYPE.rawValue))))
             {
+                let policy = nftnl_chain_get_u32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_POLICY.rawValue))
                 base = BaseChain(
-                    type: type, hook: hook, priority: nftnl_chain_get_s32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_PRIO.rawValue)))
+                    type: type, hook: hook, priority: nftnl_chain_get_s32(c.raw, KernelNumbers.attr(NFTNL_CHAIN_PRIO.rawValue)),
+                    policy: policy == UInt32(NF_DROP) ? .drop : .accept)
             }
             r.chains.append(Chain(name: name, base: base))
         }
@@ -140,6 +143,9 @@ public final class NFTables {
             else { return }
             let name = str(nftnl_set_get_str(s.raw, KernelNumbers.attr(NFTNL_SET_NAME.rawValue)))
             let flags = nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_FLAGS.rawValue))
+            // An anonymous set (`{ 80, 443 }` in someone's rule) belongs to its rule: the kernel
+            // frees it with the rule, and it is not svcnat's to delete.
+            if flags & NFT_SET_ANONYMOUS.rawValue != 0 { return }
             let isMap = flags & NFT_SET_MAP.rawValue != 0
             var key = Self.keyFields(nftnl_set_get_u32(s.raw, KernelNumbers.attr(NFTNL_SET_KEY_TYPE.rawValue)))
             var data = SetData.none
@@ -222,18 +228,29 @@ public final class NFTables {
         return r
     }
 
-    private func tableExists(_ table: String, _ nfproto: UInt16) throws -> Bool {
-        var found = false
+    /// The table's comment and flags, or nil when there is no such table.
+    private func tableInfo(_ table: String, _ nfproto: UInt16) throws -> (String?, UInt32)? {
+        var found: (String?, UInt32)?
         do {
             try request(NFT_MSG_GETTABLE, family: nfproto, flags: NLM_F_ACK, what: "get table \(table)") { nlh in
                 let t = NftTable()
                 nftnl_table_set_str(t.raw, KernelNumbers.attr(NFTNL_TABLE_NAME.rawValue), table)
                 nftnl_table_nlmsg_build_payload(nlh, t.raw)
-            } each: { _ in
-                found = true
+            } each: { nlh in
+                let t = NftTable()
+                guard nftnl_table_nlmsg_parse(nlh, t.raw) >= 0 else { found = (nil, 0); return }
+                var comment: String?
+                var len: UInt32 = 0
+                if nftnl_table_is_set(t.raw, KernelNumbers.attr(NFTNL_TABLE_USERDATA.rawValue)),
+                    let p = nftnl_table_get_data(t.raw, KernelNumbers.attr(NFTNL_TABLE_USERDATA.rawValue), &len)
+                {
+                    comment = ElementCodec.comment(
+                        fromUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))), type: NFTNL_UDATA_TABLE_COMMENT.rawValue)
+                }
+                found = (comment, nftnl_table_get_u32(t.raw, KernelNumbers.attr(NFTNL_TABLE_FLAGS.rawValue)))
             }
         } catch let e as NetlinkError where e.errno == ENOENT {
-            return false
+            return nil
         }
         return found
     }

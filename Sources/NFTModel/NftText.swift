@@ -2,6 +2,9 @@
 extension Ruleset {
     public var nftText: String {
         var out = "table \(family.rawValue) \(table) {\n"
+        if flags & Self.dormant != 0 { out += "\tflags dormant\n" }
+        if let comment { out += "\tcomment \(quoted(comment))\n" }
+        if flags != 0 || comment != nil { out += "\n" }
         var blocks: [String] = []
         for s in sets { blocks.append(s.nftBlock(indent: "\t")) }
         for c in chains { blocks.append(c.nftBlock(indent: "\t")) }
@@ -37,7 +40,7 @@ extension SetElement {
 
 extension BaseChain {
     public var nftText: String {
-        "type \(type.rawValue) hook \(hook.rawValue) priority \(priority); policy accept;"
+        "type \(type.rawValue) hook \(hook.rawValue) priority \(priority); policy \(policy.rawValue);"
     }
 }
 

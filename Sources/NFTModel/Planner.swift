@@ -1,7 +1,8 @@
 /// One change to svcnat's table. A `Transaction` is an ordered list of them, sent to the kernel
 /// as one batch (all or nothing).
 public enum Operation: Hashable, Sendable {
-    case addTable
+    /// Creates the table, or on an existing one clears its flags (wakes a dormant table).
+    case addTable(comment: String?)
     case deleteTable
     case addSet(NamedSet)  // definition only; elements follow as addElements
     case deleteSet(String)
@@ -91,7 +92,7 @@ public struct Transaction: Hashable, Sendable {
         var lines: [String] = []
         for op in operations {
             switch op {
-            case .addTable: lines.append("add table \(t)")
+            case .addTable(let comment): lines.append("add table \(t)" + (comment.map { " { comment \(quoted($0)); }" } ?? ""))
             case .deleteTable: lines.append("delete table \(t)")
             case .addSet(let s):
                 lines.append(
@@ -121,21 +122,29 @@ public enum Planner {
     public static func plan(from current: Ruleset?, to desired: Ruleset) -> Transaction {
         var b = TransactionBuilder(family: desired.family, table: desired.table)
         guard let current else {
-            b.add(.addTable)
+            b.add(.addTable(comment: desired.comment))
             create(desired, &b)
             return b.transaction
         }
         let currentChains = Dictionary(current.chains.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let currentSets = Dictionary(current.sets.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        // A set whose definition changed, or a chain whose hook changed, cannot be altered in
-        // place; rebuild the whole table in the same batch.
+        // A set whose definition changed, a chain whose type, hook or priority changed, or a
+        // table comment (the kernel keeps a table's first) cannot be altered in place; rebuild
+        // the whole table in the same batch.
         let setChanged = desired.sets.contains { d in currentSets[d.name].map { !$0.sameDefinition(as: d) } ?? false }
-        let hookChanged = desired.chains.contains { d in currentChains[d.name].map { $0.base != d.base } ?? false }
-        if setChanged || hookChanged {
-            b.add([.deleteTable, .addTable])
+        func rebuilt(_ c: Chain, _ d: Chain) -> Bool {
+            guard let a = c.base, let b = d.base else { return c.base != d.base }
+            return a != b && !a.differsOnlyInPolicy(from: b)
+        }
+        let hookChanged = desired.chains.contains { d in currentChains[d.name].map { rebuilt($0, d) } ?? false }
+        if setChanged || hookChanged || current.comment != desired.comment {
+            b.add([.deleteTable, .addTable(comment: desired.comment)])
             create(desired, &b)
             return b.transaction
         }
+        // A dormant table is woken, a base chain's policy put back.
+        if current.flags != desired.flags { b.add(.addTable(comment: desired.comment)) }
+        for d in desired.chains where currentChains[d.name].map({ $0.base != d.base }) ?? false { b.add(.addChain(d.header)) }
 
         let wantedSets = Set(desired.sets.map(\.name)), wantedChains = Set(desired.chains.map(\.name))
         for s in desired.sets where currentSets[s.name] == nil { b.add(.addSet(s.definition)) }
@@ -206,7 +215,11 @@ extension Ruleset {
 
     /// nil means refused; .some(nil) means "no table".
     static func apply(_ op: Operation, to r: Ruleset?, family: TableFamily, table: String) -> Ruleset?? {
-        if case .addTable = op { return .some(r ?? Ruleset(family: family, table: table)) }
+        if case .addTable(let comment) = op {
+            guard var r else { return .some(Ruleset(family: family, table: table, comment: comment)) }
+            r.flags = 0
+            return .some(r)
+        }
         guard var r else { return nil }
         switch op {
         case .addTable: break
@@ -218,8 +231,13 @@ extension Ruleset {
             guard r.set(n) != nil, !r.chains.contains(where: { $0.rules.contains { $0.setReferences.contains(n) } }) else { return nil }
             r.sets.removeAll { $0.name == n }
         case .addChain(let c):
-            guard r.chain(c.name) == nil else { return nil }
-            r.chains.append(c.header)
+            if let i = r.chains.firstIndex(where: { $0.name == c.name }) {
+                // The kernel updates a base chain's policy in place, and nothing else.
+                guard let a = r.chains[i].base, let b = c.base, a == b || a.differsOnlyInPolicy(from: b) else { return nil }
+                r.chains[i].base = b
+            } else {
+                r.chains.append(c.header)
+            }
         case .flushChain(let n):
             guard let i = r.chains.firstIndex(where: { $0.name == n }) else { return nil }
             r.chains[i].rules = []

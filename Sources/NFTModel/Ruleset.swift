@@ -9,12 +9,23 @@ public struct BaseChain: Hashable, Sendable {
     public var type: ChainType
     public var hook: Hook
     public var priority: Int32
-    public init(type: ChainType, hook: Hook, priority: Int32) {
+    /// What happens to a packet that reaches the chain's end.
+    public var policy: ChainPolicy
+    public init(type: ChainType, hook: Hook, priority: Int32, policy: ChainPolicy = .accept) {
         self.type = type
         self.hook = hook
         self.priority = priority
+        self.policy = policy
+    }
+
+    /// Whether only the policy differs, which the kernel changes in place; a different type,
+    /// hook or priority needs the chain made again.
+    public func differsOnlyInPolicy(from other: BaseChain) -> Bool {
+        type == other.type && hook == other.hook && priority == other.priority && policy != other.policy
     }
 }
+
+public enum ChainPolicy: String, Hashable, Sendable { case accept, drop }
 
 public struct Chain: Hashable, Sendable {
     public var name: String
@@ -227,15 +238,23 @@ public struct NamedSet: Hashable, Sendable {
 public struct Ruleset: Hashable, Sendable {
     public var family: TableFamily
     public var table: String
+    /// The table's comment (its userdata, as nft writes it): who owns it.
+    public var comment: String?
+    /// The table's flags (NFT_TABLE_F_DORMANT unhooks every chain). Wanted: none.
+    public var flags: UInt32 = 0
     public var sets: [NamedSet]
     public var chains: [Chain]
 
-    public init(family: TableFamily = .ip, table: String, sets: [NamedSet] = [], chains: [Chain] = []) {
+    public init(family: TableFamily = .ip, table: String, comment: String? = nil, sets: [NamedSet] = [], chains: [Chain] = []) {
         self.family = family
         self.table = table
+        self.comment = comment
         self.sets = sets
         self.chains = chains
     }
+
+    /// NFT_TABLE_F_DORMANT.
+    public static let dormant: UInt32 = 1
 
     public func chain(_ name: String) -> Chain? { chains.first { $0.name == name } }
     public func set(_ name: String) -> NamedSet? { sets.first { $0.name == name } }

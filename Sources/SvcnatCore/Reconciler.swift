@@ -173,7 +173,7 @@ public struct Reconciler {
         var flows: [StaleFlows.Change] = []
         var counted: [ProxyState] = []
         for (family, (proxy, lost)) in zip(IPFamily.allCases, zip(proxies, conflicts)) {
-            let current = try kernel.read(table: config.table, family: family.tableFamily)
+            let current = try Self.owned(kernel.read(table: config.table, family: family.tableFamily))
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else {
                 // Not needed (any more): the table goes, if there is one.
                 let tx = current.flatMap(Planner.cleanup) ?? Transaction(family: family.tableFamily, table: config.table)
@@ -227,11 +227,20 @@ public struct Reconciler {
         }
     }
 
+    /// The table, if svcnat may change it: it carries svcnat's marker, or it is a table of an
+    /// earlier svcnat (its dispatch map and chain, no comment), which the next change rebuilds
+    /// with the marker. Throws for anyone else's table.
+    static func owned(_ table: Ruleset?) throws -> Ruleset? {
+        guard let t = table, t.comment != Names.tableComment else { return table }
+        if t.comment == nil, t.set(Names.serviceIPs) != nil, t.chain(Names.services) != nil { return t }
+        throw ForeignTable(family: t.family.rawValue, table: t.table)
+    }
+
     /// Removes svcnat's tables (both families) and nothing else, in one batch. Returns the
     /// families whose table was there.
     @discardableResult
     public func cleanup() throws -> [TableFamily] {
-        let txs = try kernel.readTables(config.table).compactMap(Planner.cleanup)
+        let txs = try kernel.readTables(config.table).map(Self.owned).compactMap(Planner.cleanup)
         guard !txs.isEmpty else { return [] }
         try kernel.apply(txs)
         return txs.map(\.family)

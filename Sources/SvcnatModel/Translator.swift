@@ -82,6 +82,30 @@ public enum Names {
 
     public static func endpointMap(_ shard: Int) -> String { "\(endpointMapPrefix)\(shard)" }
 
+    /// The table's comment: the marker that says the table is svcnat's. svcnat changes or
+    /// removes only tables that carry it.
+    public static let tableComment = "managed by svcnat"
+
+    /// nftables keeps at most 128 bytes of comment (nft refuses to load a longer one).
+    public static let commentLimit = 128
+
+    /// `text` within `commentLimit` bytes: a longer one keeps its start and end around "...",
+    /// cut between characters, so `ns/name:port` stays recognisable.
+    public static func comment(_ text: String) -> String {
+        guard text.utf8.count > commentLimit else { return text }
+        let room = commentLimit - 3
+        var head = "", tail = ""
+        for c in text {
+            guard head.utf8.count + c.utf8.count <= room / 2 else { break }
+            head.append(c)
+        }
+        for c in text.reversed() {
+            guard head.utf8.count + tail.utf8.count + c.utf8.count <= room else { break }
+            tail.insert(c, at: tail.startIndex)
+        }
+        return head + "..." + tail
+    }
+
     /// The chain and the client set of one endpoint of a Service port with session affinity:
     /// `ep-<namespace>/<name>/<protocol>/<port>__<ip>/<port>` and `aff-...` alike.
     public static func affinity(_ serviceChain: String, _ ep: EndpointAddress) -> (chain: String, set: String) {
@@ -131,7 +155,7 @@ public struct Translator: Sendable {
 
     /// One Service port's chains and elements. Pure.
     public func fragment(_ sp: ServicePortState, slot: EndpointSlot?) -> PortFragment {
-        let comment = sp.name.description
+        let comment = Names.comment(sp.name.description)
         let chain = PortFragment.key(sp)
         let ext = Names.externalChain(chain), fw = Names.firewallChain(chain)
         let proto = sp.name.proto
@@ -267,7 +291,8 @@ public struct Translator: Sendable {
             sets[i].elements = sorted
         }
         chains.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
-        return Ruleset(family: family.tableFamily, table: config.table, sets: sets, chains: staticChains() + chains)
+        return Ruleset(
+            family: family.tableFamily, table: config.table, comment: Names.tableComment, sets: sets, chains: staticChains() + chains)
     }
 
     public static func endpointMap(_ name: String, family: IPFamily) -> NamedSet {

@@ -103,5 +103,84 @@ extension RootTests {
             let own = try bed.client(in: client, "tcp", "198.18.100.21", 80, count: 10)
             #expect(own.answers == ["pod2": 10], "\(own)")
         }
+
+        /// A foreign rule with an anonymous set (`tcp dport { 80, 443 }`) inside svcnat's table
+        /// made every apply fail: svcnat planned to delete `__set0`, which the kernel frees with
+        /// its rule. Now the rule goes and its set with it.
+        @Test func aForeignRuleWithAnAnonymousSetIsRemovedWithoutTouchingTheSet() throws {
+            let bed = Testbed("anon")
+            defer { bed.close() }
+            let n = try bed.addNamespace("node")
+            let cidr = ["--cluster-cidr", "198.19.0.0/16"]
+            #expect(try bed.svcnat(n, ["apply", "-f", examples] + cidr).code == 0)
+            let good = try bed.sh(n, ["nft", "list", "ruleset"])
+            try bed.sh(n, ["nft", "add", "rule", "ip", "svcnat", "services", "tcp", "dport", "{ 80, 443 }", "counter"])
+            try bed.sh(n, ["nft", "add", "chain", "ip", "svcnat", "intruder"])
+            try bed.sh(n, ["nft", "add", "rule", "ip", "svcnat", "intruder", "ip", "saddr", "{ 198.18.0.9, 198.18.0.10 }", "drop"])
+            #expect(try bed.sh(n, ["nft", "list", "ruleset"]) != good)
+            let diff = try bed.svcnat(n, ["diff", "-f", examples] + cidr)
+            #expect(diff.code == 1 && !diff.out.contains("__set"), "\(diff.out)\(diff.err)")
+            let fixed = try bed.svcnat(n, ["apply", "-f", examples] + cidr)
+            #expect(fixed.code == 0, "\(fixed.err)")
+            #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == good)
+        }
+
+        /// Drift repair saw neither a base chain's policy nor the table's flags: `policy drop`
+        /// on a filter chain dropped every packet into the node, `flags dormant` unhooked every
+        /// chain, and `apply` said "the kernel already matches". By packets and by nft's dump.
+        @Test func aDropPolicyAndADormantTableAreRepaired() throws {
+            let bed = Testbed("policy")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 1)
+            let node = bed.ns("node"), client = bed.ns("client")
+            let input = try bed.writeManifest(serviceManifest(name: "web", pods: [1]))
+            let cidr = ["--cluster-cidr", "198.19.0.0/16"]
+            #expect(try bed.svcnat(node, ["apply", "-f", input] + cidr).code == 0)
+            let good = try bed.sh(node, ["nft", "list", "ruleset"])
+            #expect(try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 5).answers == ["pod1": 5])
+
+            try bed.sh(
+                node, ["nft", "add", "chain", "ip", "svcnat", "filter-forward", "{ type filter hook forward priority -110; policy drop; }"])
+            let dropped = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 2)
+            #expect(dropped.answers.isEmpty, "the damage is real: \(dropped)")
+            let diff = try bed.svcnat(node, ["diff", "-f", input] + cidr)
+            #expect(
+                diff.code == 1 && diff.out.contains("add chain ip svcnat filter-forward") && diff.out.contains("policy accept"),
+                "\(diff.out)")
+            #expect(try bed.svcnat(node, ["apply", "-f", input] + cidr).code == 0)
+            #expect(try bed.sh(node, ["nft", "list", "ruleset"]) == good)
+            #expect(try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 5).answers == ["pod1": 5])
+
+            try bed.sh(node, ["nft", "add", "table", "ip", "svcnat", "{ flags dormant; }"])
+            #expect(try bed.sh(node, ["nft", "list", "table", "ip", "svcnat"]).contains("flags dormant"))
+            let dormant = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 2)
+            #expect(dormant.answers.isEmpty, "the damage is real: \(dormant)")
+            let fixed = try bed.svcnat(node, ["apply", "-f", input] + cidr)
+            #expect(fixed.code == 0 && !fixed.out.contains("no changes"), "\(fixed.out)\(fixed.err)")
+            #expect(try bed.sh(node, ["nft", "list", "ruleset"]) == good)
+            #expect(try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 5).answers == ["pod1": 5])
+        }
+
+        /// `--table filter` took over iptables-nft's `ip filter` table, and `cleanup --table
+        /// filter` deleted it. A table is svcnat's only when it carries svcnat's comment.
+        @Test func aTableSvcnatDidNotMakeIsNeitherChangedNorDeleted() throws {
+            let bed = Testbed("foreign")
+            defer { bed.close() }
+            let n = try bed.addNamespace("node")
+            try bed.sh(n, ["nft", "add", "table", "ip", "filter"])
+            try bed.sh(n, ["nft", "add", "chain", "ip", "filter", "INPUT", "{ type filter hook input priority 0; policy accept; }"])
+            try bed.sh(n, ["nft", "add", "rule", "ip", "filter", "INPUT", "counter", "accept"])
+            let theirs = try bed.sh(n, ["nft", "list", "ruleset"])
+            let apply = try bed.svcnat(n, ["apply", "-f", examples, "--table", "filter"])
+            #expect(apply.code == 2 && apply.err.contains("table ip filter exists and is not svcnat's"), "\(apply.code) \(apply.err)")
+            let cleanup = try bed.svcnat(n, ["cleanup", "--table", "filter"])
+            #expect(cleanup.code == 2, "\(cleanup.code) \(cleanup.err)")
+            #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == theirs)
+            // svcnat's own table under that name is still fine elsewhere.
+            let own = try bed.addNamespace("own")
+            #expect(try bed.svcnat(own, ["apply", "-f", examples, "--table", "filter"]).code == 0)
+            #expect(try bed.svcnat(own, ["cleanup", "--table", "filter"]).code == 0)
+            #expect(try bed.sh(own, ["nft", "list", "ruleset"]).isEmpty)
+        }
     }
 }

@@ -119,7 +119,6 @@ indirect enum Attr: Hashable, Comparable, CustomStringConvertible {
 ///   NEWSETELEM) is a counter of each sender's own;
 /// - nft keeps user data (key byte order, typeof) for every set; svcnat writes it only for the
 ///   endpoint maps, where `nft list` needs it to print `typeof`, and that is compared;
-/// - nft states the table's flags (0), which svcnat leaves at the kernel's default, the same;
 /// - in rules, a lookup's NFTA_LOOKUP_SET_ID (the same transaction-local id), and a bitwise's
 ///   NFTA_BITWISE_OP when it is 0 (mask-and-xor, the kernel's default: nft states it in some
 ///   rules and not in others).
@@ -137,7 +136,6 @@ struct Canonical: Hashable, CustomStringConvertible {
             dropped = [UInt16(NFTA_SET_ID.rawValue)]
             if !String(decoding: m.payload, as: UTF8.self).contains("endpoints-") { dropped.insert(UInt16(NFTA_SET_USERDATA.rawValue)) }
         case Int32(NFT_MSG_NEWSETELEM.rawValue): dropped = [UInt16(NFTA_SET_ELEM_LIST_SET_ID.rawValue)]
-        case Int32(NFT_MSG_NEWTABLE.rawValue): dropped = [UInt16(NFTA_TABLE_FLAGS.rawValue)]
         default: break
         }
         attrs = Attr.parse(m.payload[4...]).filter { !dropped.contains($0.type) }.map(Self.withoutDefaults).sorted()

@@ -59,7 +59,7 @@ final class RecordingTransport: NetlinkTransport {
     let tx = Transaction(
         family: .ip, table: "svcnat",
         operations: [
-            .addTable, .addChain(Chain(name: "services")),
+            .addTable(comment: nil), .addChain(Chain(name: "services")),
             .addSet(NamedSet(name: "cluster-ips", key: [.ipv4Addr], data: .none)),
             .addElements(set: "cluster-ips", [SetElement(key: [.ip(IPAddress("198.18.100.10")!)])])
         ])
@@ -115,7 +115,8 @@ final class RecordingTransport: NetlinkTransport {
 
     @Test func aMissingKernelFeatureIsReadOffTheRefusedChangeNotItsText() throws {
         let fib = Rule([.fibDaddrLocal, .verdict(.accept)])
-        let tx = Transaction(family: .ip, table: "svcnat", operations: [.addTable, .addChain(Chain(name: "c")), .addRule(chain: "c", fib)])
+        let tx = Transaction(
+            family: .ip, table: "svcnat", operations: [.addTable(comment: nil), .addChain(Chain(name: "c")), .addRule(chain: "c", fib)])
         let t = RecordingTransport()
         t.refuse = (index: 2, errno: EOPNOTSUPP)
         do {

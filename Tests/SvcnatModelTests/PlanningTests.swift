@@ -57,7 +57,7 @@ import Testing
         let kernel = FakeKernel()
         let rec = Reconciler(config: config, kernel: kernel)
         let first = try rec.reconcile(state([1, 2]))
-        #expect(first.transaction.operations.first == .addTable)
+        #expect(first.transaction.operations.first == .addTable(comment: Names.tableComment))
         let second = try rec.reconcile(state([1, 2]))
         #expect(second.transaction.isEmpty)
         #expect(Planner.plan(from: kernel.ruleset, to: try Reconciler.desired(state([1, 2]), config: config).1).isEmpty)
