@@ -222,7 +222,7 @@ enum ElementCodec {
     /// The model keeps comments within nft's 128 bytes; a longer one is cut here rather than
     /// overflow the one-byte length.
     static func userData(comment: String, type: UInt32) -> [UInt8] {
-        let value = Array(comment.utf8.prefix(Int(NFTNL_UDATA_COMMENT_MAXLEN) - 1)) + [0]
+        let value = Array(comment.utf8.prefix(Int(NFTNL_UDATA_COMMENT_MAXLEN))) + [0]
         return [UInt8(type), UInt8(value.count)] + value
     }
 

@@ -118,12 +118,17 @@ public final class Daemon: @unchecked Sendable {
                 store.loadAll()
                 reportInput()
             }
-            watcher = try DirectoryWatcher(root: config.manifests) { [weak self] paths in
+            watcher = try DirectoryWatcher(root: config.manifests) { [weak self] change in
                 guard let self else { return }
                 self.queue.async {
-                    if self.store.reload(paths) {
-                        self.reportInput()
-                        self.requestSync(full: false, reason: "manifests changed")
+                    switch change {
+                    case .paths(let paths):
+                        if self.store.reload(paths) {
+                            self.reportInput()
+                            self.requestSync(full: false, reason: "manifests changed")
+                        }
+                    case .everything(let reason):
+                        self.rereadManifests(reason)
                     }
                 }
             }
@@ -134,7 +139,10 @@ public final class Daemon: @unchecked Sendable {
         }
         startTimer(every: config.syncPeriod) { [weak self] in self?.requestSync(full: true, reason: "sync period") }
         startTimer(every: config.driftCheckPeriod) { [weak self] in self?.checkDrift() }
-        handle(SIGHUP) { [weak self] in self?.requestSync(full: true, reason: "SIGHUP") }
+        handle(SIGHUP) { [weak self] in
+            guard let self else { return }
+            if self.api == nil { self.queue.async { self.rereadManifests("SIGHUP") } } else { self.requestSync(full: true, reason: "SIGHUP") }
+        }
         handle(SIGTERM) { [weak self] in self?.stop(signal: "SIGTERM") }
         handle(SIGINT) { [weak self] in self?.stop(signal: "SIGINT") }
 
@@ -280,6 +288,21 @@ public final class Daemon: @unchecked Sendable {
         metrics.changes.increment(by: o.changeCount)
         if let r = o.rules { metrics.rules.record(r) }
         if let e = o.elements { metrics.elements.record(e) }
+    }
+
+    /// Reads the whole manifest folder again and syncs in full: after SIGHUP, lost inotify
+    /// events, or the folder replaced. A folder that is not there (yet) changes nothing: the
+    /// rules in force stay.
+    private func rereadManifests(_ reason: String) {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: config.manifests, isDirectory: &isDir), isDir.boolValue else {
+            log.error("\(reason), but \(config.manifests) is not a folder now; the rules in force stay")
+            return
+        }
+        log.info("reading \(config.manifests) again: \(reason)")
+        store.loadAll()
+        reportInput()
+        requestSync(full: true, reason: reason)
     }
 
     /// Logs each clash of claims once, when it appears, and lists all in /healthz and the metric.

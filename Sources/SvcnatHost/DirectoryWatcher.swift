@@ -8,17 +8,37 @@ public final class DirectoryWatcher: @unchecked Sendable {
     private let lock = PthreadMutex()
     private var stopped = false
     private var thread: pthread_t?
-    private let onChange: @Sendable ([String]) -> Void
+    private let onChange: @Sendable (Change) -> Void
+    private let root: String
+    /// The watch on the root's parent folder, which sees the root itself replaced.
+    private var parentWatch: Int32 = -1
+    private let rootName: String
+
+    public enum Change: Sendable {
+        /// These paths changed: files written, moved in or out, deleted, folders created.
+        case paths([String])
+        /// Events were lost or the root folder was replaced: read everything again.
+        case everything(reason: String)
+    }
 
     static let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_DELETE_SELF)
+    static let parentMask = UInt32(IN_MOVED_TO | IN_CREATE | IN_ONLYDIR)
 
-    /// Starts watching `root` and every folder below it; `onChange` gets the changed paths
-    /// (files written, moved in or out, deleted, and folders created) from a background thread.
-    public init(root: String, onChange: @escaping @Sendable ([String]) -> Void) throws {
+    /// Starts watching `root` and every folder below it, and `root`'s parent for the root being
+    /// replaced (a folder renamed over it); `onChange` is called from a background thread.
+    public init(root: String, onChange: @escaping @Sendable (Change) -> Void) throws {
         fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         guard fd >= 0 else { throw HostError("inotify_init1", errno: errno) }
         self.onChange = onChange
-        try addTree(root)
+        var r = root
+        while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
+        self.root = r
+        let slash = r.lastIndex(of: "/")
+        rootName = slash.map { String(r[r.index(after: $0)...]) } ?? r
+        let parent = slash.map { $0 == r.startIndex ? "/" : String(r[..<$0]) } ?? "."
+        try addTree(r)
+        // Best effort: a root without a readable parent is still watched itself.
+        parentWatch = inotify_add_watch(fd, parent, Self.parentMask)
         let box = Unmanaged.passRetained(self)
         var t = pthread_t()
         pthread_create(
@@ -62,11 +82,29 @@ public final class DirectoryWatcher: @unchecked Sendable {
             let n = read(fd, buf, size)
             guard n > 0 else { continue }
             var paths: [String] = []
+            var rescan: String?
             var at = 0
             while at + MemoryLayout<inotify_event>.size <= n {
                 let ev = (buf + at).assumingMemoryBound(to: inotify_event.self).pointee
                 let nameStart = buf + at + MemoryLayout<inotify_event>.size
                 let name = ev.len > 0 ? String(cString: nameStart.assumingMemoryBound(to: CChar.self)) : ""
+                at += MemoryLayout<inotify_event>.size + Int(ev.len)
+                if ev.mask & UInt32(IN_Q_OVERFLOW) != 0 {
+                    rescan = "the inotify queue overflowed (events were lost)"
+                    continue
+                }
+                if ev.wd == parentWatch {
+                    if name == rootName {
+                        // The root is a new folder now: watch it, and read it all.
+                        try? addTree(root)
+                        rescan = "the folder \(root) was replaced"
+                    }
+                    continue
+                }
+                if ev.mask & UInt32(IN_IGNORED) != 0 {
+                    lock.locked { _ = watches.removeValue(forKey: ev.wd) }
+                    continue
+                }
                 if let dir = lock.locked({ watches[ev.wd] }) {
                     let path = name.isEmpty ? dir : dir + "/" + name
                     if ev.mask & UInt32(IN_ISDIR) != 0 && ev.mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
@@ -74,9 +112,12 @@ public final class DirectoryWatcher: @unchecked Sendable {
                     }
                     paths.append(path)
                 }
-                at += MemoryLayout<inotify_event>.size + Int(ev.len)
             }
-            if !paths.isEmpty { onChange(paths) }
+            if let rescan {
+                onChange(.everything(reason: rescan))
+            } else if !paths.isEmpty {
+                onChange(.paths(paths))
+            }
         }
     }
 }

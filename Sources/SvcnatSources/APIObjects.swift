@@ -59,8 +59,11 @@ public enum APIObjects {
         do {
             let parser = try Parser(yaml: text, resolver: .basic)
             guard let node = try parser.nextRoot() else { throw DecodeError(description: "empty response") }
-            return Value(node)
-        } catch let e as DecodeError { throw e } catch {
+            var budget = Value.Budget(forInputBytes: text.utf8.count)
+            return try Value.convert(node, &budget)
+        } catch let e as DecodeError { throw e } catch let e as Value.TooLarge {
+            throw DecodeError(description: "the response \(e.description)")
+        } catch {
             throw DecodeError(description: "not valid JSON: \(ManifestDecoder.yamlMessage(error))")
         }
     }

@@ -12,12 +12,35 @@ public struct ManifestDecoder {
 
     public init() {}
 
+    /// A warning about a file as a whole.
+    mutating func warn(file: String, _ text: String) { warnings.append(Warning(text: "\(file): \(text)")) }
+
+    /// The kinds svcnat reads, with the versions it knows.
+    static let known: [String: Set<String>] = [
+        "Service": ["v1"], "Endpoints": ["v1"], "Pod": ["v1"],
+        "EndpointSlice": ["discovery.k8s.io/v1"],
+        "Ingress": ["networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1"]
+    ]
+
     public mutating func decode(_ text: String, file: String) {
         var nodes: [Value] = []
+        // One budget for the file: its documents together may not expand beyond it.
+        var budget = Value.Budget(forInputBytes: text.utf8.count)
         do {
             // Parser.nextRoot throws on a syntax error; compose_all's sequence would just stop.
             let parser = try Parser(yaml: text, resolver: .basic)
-            while let node = try parser.nextRoot() { nodes.append(Value(node)) }
+            while let node = try parser.nextRoot() {
+                // A kind svcnat skips is skipped before its aliases are expanded.
+                if let kind = Value.peek(node, "kind"), Self.known[kind] == nil, !kind.hasSuffix("List") {
+                    let name = Value.peek(node, "metadata", "name") ?? "", ns = Value.peek(node, "metadata", "namespace") ?? "default"
+                    warnings.append(Warning(text: "\(file): \(kind) \(ns)/\(name): kind \(kind) is not used by svcnat; skipped"))
+                    continue
+                }
+                nodes.append(try Value.convert(node, &budget))
+            }
+        } catch let e as Value.TooLarge {
+            errors.append(InputError(file: file, message: e.description))
+            return
         } catch {
             errors.append(InputError(file: file, message: "not valid YAML or JSON: \(Self.yamlMessage(error))"))
             return
@@ -66,12 +89,7 @@ public struct ManifestDecoder {
         if kind.isEmpty { f["kind"].fail("missing"); return }
         if apiVersion.isEmpty { f["apiVersion"].fail("missing"); return }
 
-        let known: [String: Set<String>] = [
-            "Service": ["v1"], "Endpoints": ["v1"], "Pod": ["v1"],
-            "EndpointSlice": ["discovery.k8s.io/v1"],
-            "Ingress": ["networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1"]
-        ]
-        guard let versions = known[kind] else {
+        guard let versions = Self.known[kind] else {
             warnings.append(Warning(text: "\(f.context.file): \(kind) \(namespace)/\(name): kind \(kind) is not used by svcnat; skipped"))
             return
         }
@@ -192,8 +210,10 @@ public struct ManifestDecoder {
                     field.fail("\"\(text)\" is not a valid IP address")
                     continue
                 }
-                if ip.isUnspecified || ip.isLoopback || ip.isMulticastOrReserved {
-                    field.fail("\(text) cannot be a Service address (unspecified, loopback, multicast or reserved)")
+                if let why = Validation.specialAddress(ip) {
+                    field.fail("\(text) \(why), which cannot be a Service address")
+                } else if ip.isMulticastOrReserved {
+                    field.fail("\(text) cannot be a Service address (multicast or reserved)")
                 } else if clusterIPs.contains(where: { $0.family == ip.family }) {
                     field.fail("two \(ip.family.rawValue) addresses; a Service has at most one per family")
                 }
@@ -212,12 +232,13 @@ public struct ManifestDecoder {
                 spec["ports"].child("[\(i)]").child("nodePort").fail("only Services of type NodePort or LoadBalancer have node ports")
             }
         }
-        let externalIPs = ipList(spec["externalIPs"])
+        let externalIPs = ipList(spec["externalIPs"], what: "an external IP")
         let lbIPs =
             type == .loadBalancer
             ? f["status"]["loadBalancer"]["ingress"].list.compactMap { entry -> IPAddress? in
                 guard let s = entry["ip"].string, !s.isEmpty else { return nil }  // hostname-only ingress: nothing to program
                 guard let ip = IPAddress(s) else { entry["ip"].fail("\"\(s)\" is not a valid IP address"); return nil }
+                if let why = Validation.specialAddress(ip) { entry["ip"].fail("\(s) \(why), which cannot be a load-balancer IP"); return nil }
                 return ip
             } : []
         var ranges: [IPPrefix] = []
@@ -272,21 +293,24 @@ public struct ManifestDecoder {
         return UInt16(n)
     }
 
-    /// A list of IPv4 and IPv6 addresses.
-    func ipList(_ f: Field) -> [IPAddress] {
+    /// A list of IPv4 and IPv6 addresses, none of them special (`Validation.specialAddress`).
+    func ipList(_ f: Field, what: String) -> [IPAddress] {
         f.list.compactMap { e in
             guard let s = e.string else { return nil }
             guard let ip = IPAddress(s) else { e.fail("\"\(s)\" is not a valid IP address"); return nil }
+            if let why = Validation.specialAddress(ip) { e.fail("\(s) \(why), which cannot be \(what)"); return nil }
             return ip
         }
     }
 
+    /// An endpoint's address: valid, of `family` when given, and not special.
     func ipAddress(_ f: Field, family: IPFamily? = nil) -> IPAddress? {
         guard let s = f.string else { f.fail("missing"); return nil }
         guard let ip = IPAddress(s) else { f.fail("\"\(s)\" is not a valid \(family?.rawValue ?? "IP") address"); return nil }
         if let family, ip.family != family {
             f.fail("\(s) is not an \(family.rawValue) address, as the slice's addressType says"); return nil
         }
+        if let why = Validation.specialAddress(ip) { f.fail("\(s) \(why), which cannot be an endpoint"); return nil }
         return ip
     }
 }

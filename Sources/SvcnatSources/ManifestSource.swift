@@ -15,6 +15,8 @@ public enum ManifestSource {
         var decoder = ManifestDecoder()
         var errors: [InputError] = []
         var files: [String] = []
+        var skipped: [(path: String, why: String)] = []
+        var total = 0
         for path in paths {
             if path == "-" {
                 files.append("-")
@@ -30,43 +32,65 @@ public enum ManifestSource {
                 errors.append(InputError(file: path, message: "no such file or directory"))
                 continue
             }
-            let list = isDir.boolValue ? manifestFiles(in: path) : [path]
+            let list = isDir.boolValue ? manifestFiles(in: path, skipped: &skipped) : [path]
             for file in list {
                 files.append(file)
-                guard let bytes = readFile(file) else {
-                    let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? 0
-                    errors.append(
-                        InputError(
-                            file: file,
-                            message: size > maxFileSize
-                                ? "is \(size >> 20) MB; svcnat reads manifest files up to \(maxFileSize >> 20) MB (split it)"
-                                : "cannot be read"))
-                    continue
+                switch readText(file) {
+                case .text(let text):
+                    total += text.utf8.count
+                    if total > maxInputSize {
+                        errors.append(
+                            InputError(
+                                file: file, message: "the input passes \(maxInputSize >> 20) MB in all; svcnat reads at most that much"))
+                        break
+                    }
+                    decoder.decode(text, file: file)
+                case .failed(let why):
+                    errors.append(InputError(file: file, message: why))
                 }
-                guard let text = String(validating: bytes, as: UTF8.self) else {
-                    errors.append(InputError(file: file, message: "is not UTF-8 text"))
-                    continue
-                }
-                decoder.decode(text, file: file)
+                if total > maxInputSize { break }
             }
         }
+        for s in skipped { decoder.warn(file: s.path, "skipped: \(s.why)") }
         errors += decoder.errors
         if !errors.isEmpty { throw InputErrors(errors: errors) }
         return Result(state: decoder.state, warnings: decoder.warnings, files: files)
     }
 
-    public static func manifestFiles(in dir: String) -> [String] {
+    /// The manifest files under `dir`, sorted. Only regular files (or links to them) count: a
+    /// FIFO, device or socket named `*.yaml` would block a read or never end, so it goes to
+    /// `skipped` with the reason.
+    public static func manifestFiles(in dir: String, skipped: inout [(path: String, why: String)]) -> [String] {
         guard let e = FileManager.default.enumerator(atPath: dir) else { return [] }
         var out: [String] = []
         while let rel = e.nextObject() as? String {
             let ext = (rel as NSString).pathExtension.lowercased()
-            if ["yaml", "yml", "json"].contains(ext) {
-                let full = (dir as NSString).appendingPathComponent(rel)
-                var isDir: ObjCBool = false
-                if FileManager.default.fileExists(atPath: full, isDirectory: &isDir), !isDir.boolValue { out.append(full) }
+            guard ["yaml", "yml", "json"].contains(ext) else { continue }
+            let full = (dir as NSString).appendingPathComponent(rel)
+            var st = stat()
+            guard stat(full, &st) == 0 else { continue }
+            switch st.st_mode & S_IFMT {
+            case S_IFREG: out.append(full)
+            case S_IFDIR: continue
+            default: skipped.append((full, "not a regular file (\(fileKind(st.st_mode)))"))
             }
         }
         return out.sorted()
+    }
+
+    public static func manifestFiles(in dir: String) -> [String] {
+        var skipped: [(path: String, why: String)] = []
+        return manifestFiles(in: dir, skipped: &skipped)
+    }
+
+    static func fileKind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: "a FIFO; give -f - to read a pipe"
+        case S_IFCHR, S_IFBLK: "a device"
+        case S_IFSOCK: "a socket"
+        case S_IFDIR: "a folder"
+        default: "not a plain file"
+        }
     }
 
     /// A whole file's bytes, read with plain POSIX calls (Foundation's reader looks up the
@@ -74,20 +98,43 @@ public enum ManifestSource {
     /// Manifest files larger than this are refused: a Kubernetes object is at most 1.5 MB in
     /// etcd, so a bigger file is a mistake, and reading it would cost memory without bound.
     public static let maxFileSize = 64 << 20
+    /// All of one read's input together (a folder, or several -f): 10,000 Services with their
+    /// EndpointSlices are some 15 MB.
+    public static let maxInputSize = 512 << 20
 
-    public static func readFile(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
+    public enum Read: Sendable {
+        case text(String)
+        /// Why the file cannot be used, in words for the error.
+        case failed(String)
+    }
+
+    /// A manifest file's text. It is opened without blocking and must be a regular file, so a
+    /// FIFO or device named `*.yaml` cannot hang a read.
+    public static func readText(_ path: String) -> Read {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return .failed("cannot be read: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return .failed("cannot be read: \(String(cString: strerror(errno)))") }
+        guard st.st_mode & S_IFMT == S_IFREG else { return .failed("is not a regular file (\(fileKind(st.st_mode)))") }
+        if st.st_size > maxFileSize {
+            return .failed("is \(st.st_size >> 20) MB; svcnat reads manifest files up to \(maxFileSize >> 20) MB (split it)")
+        }
         var out: [UInt8] = []
+        out.reserveCapacity(Int(st.st_size))
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return nil }
-            if n == 0 { return out }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return .failed("cannot be read: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
             out += chunk[0..<n]
-            if out.count > maxFileSize { return nil }
+            if out.count > maxFileSize { return .failed("grew past \(maxFileSize >> 20) MB while being read") }
         }
+        guard let text = String(validating: out, as: UTF8.self) else { return .failed("is not UTF-8 text") }
+        return .text(text)
     }
 
     /// Standard input, up to `maxFileSize`; nil when it is longer or not UTF-8.

@@ -44,29 +44,55 @@ public final class ObjectStore {
     public func loadAll() {
         for f in Array(files.keys) { replace(file: f, with: nil) }
         rejected = [:]
+        clashing = []
         reload(ManifestSource.manifestFiles(in: root))
     }
+
+    /// Files rejected only because another file defines the same object: checked again
+    /// whenever the store changes, so `cp a.yaml b.yaml; rm a.yaml` leaves b.yaml in force.
+    private var clashing = Set<String>()
 
     /// Re-reads the given paths: files written or created are decoded again, files gone are
     /// forgotten, folders are scanned. Returns whether anything that counts changed.
     @discardableResult
     public func reload(_ paths: [String]) -> Bool {
+        var changed = load(paths)
+        // A file that lost a clash may win now; each pass can only settle more of them.
+        var tries = 0
+        while changed, !clashing.isEmpty, tries < 8 {
+            tries += 1
+            let before = clashing
+            if !load(Array(before)) { break }
+            if clashing == before { break }
+            changed = true
+        }
+        return changed
+    }
+
+    private func load(_ paths: [String]) -> Bool {
         var changed = false
         for path in Set(paths.map { ($0 as NSString).standardizingPath }).sorted() {
             var isDir: ObjCBool = false
             let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
             if exists && isDir.boolValue {
-                if reload(ManifestSource.manifestFiles(in: path)) { changed = true }
+                var skipped: [(path: String, why: String)] = []
+                if load(ManifestSource.manifestFiles(in: path, skipped: &skipped)) { changed = true }
+                for s in skipped { warnings.append(Warning(text: "\(s.path): skipped: \(s.why)")) }
                 continue
             }
             if !exists {
                 for g in files.keys.filter({ $0 == path || $0.hasPrefix(path + "/") }) { replace(file: g, with: nil); changed = true }
                 for g in rejected.keys.filter({ $0 == path || $0.hasPrefix(path + "/") }) { rejected[g] = nil; changed = true }
+                clashing = clashing.filter { !($0 == path || $0.hasPrefix(path + "/")) }
                 continue
             }
             guard Self.isManifest(path) else { continue }
-            guard let bytes = ManifestSource.readFile(path), let text = String(validating: bytes, as: UTF8.self) else {
-                rejected[path] = [InputError(file: path, message: "cannot be read as UTF-8 text")]
+            clashing.remove(path)
+            let text: String
+            switch ManifestSource.readText(path) {
+            case .text(let t): text = t
+            case .failed(let why):
+                rejected[path] = [InputError(file: path, message: why)]
                 changed = true
                 continue
             }
@@ -78,8 +104,9 @@ public final class ObjectStore {
                 if files[path] != decoder.state { replace(file: path, with: decoder.state); changed = true }
                 if rejected.removeValue(forKey: path) != nil { changed = true }
             } else {
+                if rejected[path] != decoder.errors + clashes { changed = true }
                 rejected[path] = decoder.errors + clashes
-                changed = true
+                if decoder.errors.isEmpty { clashing.insert(path) }
             }
         }
         return changed

@@ -1,5 +1,26 @@
+import NFTModel
+
 /// Kubernetes name rules (apimachinery's validation), returning why a name fails or nil.
 enum Validation {
+    /// Why `ip` cannot be a Service's, an external or load-balancer IP, or an endpoint, as the
+    /// API server's `ValidateNonSpecialIP` says; nil when it can. NAT to or from these takes
+    /// over the node's own traffic (`externalIPs: [127.0.0.1]` catches `curl 127.0.0.1:8080`
+    /// on the node).
+    static func specialAddress(_ ip: IPAddress) -> String? {
+        if ip.isUnspecified { return "is the unspecified address" }
+        if ip.isLoopback { return "is a loopback address" }
+        if ip.family == .v4 {
+            if ip.description == "255.255.255.255" { return "is the broadcast address" }
+            if IPPrefix("169.254.0.0/16")!.contains(ip) { return "is a link-local address" }
+            if IPPrefix("224.0.0.0/4")!.contains(ip) { return "is a multicast address" }
+        } else {
+            if IPPrefix("::ffff:0.0.0.0/96")!.contains(ip) { return "is an IPv4-mapped IPv6 address (write the IPv4 address)" }
+            if IPPrefix("fe80::/10")!.contains(ip) { return "is a link-local address" }
+            if IPPrefix("ff00::/8")!.contains(ip) { return "is a multicast address" }
+        }
+        return nil
+    }
+
     static func isLowerAlnum(_ c: Character) -> Bool { c.isASCII && (c.isLowercase || c.isNumber) }
 
     /// RFC 1123 label: at most 63 of [a-z0-9-], starting and ending alphanumeric.

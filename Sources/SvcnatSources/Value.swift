@@ -12,22 +12,60 @@ indirect enum Value {
     case mapping([String: Value])
     case sequence([Value])
 
-    init(_ node: Node) {
+    /// How much a document may expand to: aliases let a few hundred bytes of YAML stand for
+    /// billions of nodes (the "billion laughs"), so the conversion counts what it builds and
+    /// stops at a multiple of the input's own size.
+    struct Budget {
+        var nodes: Int
+        var scalarBytes: Int
+        /// For `bytes` of input: 4 nodes and 4 bytes of scalar per input byte, and never less
+        /// than 10,000 nodes and 1 MB, which no honest manifest exceeds through aliases.
+        init(forInputBytes bytes: Int) {
+            nodes = max(10_000, 4 * bytes)
+            scalarBytes = max(1 << 20, 4 * bytes)
+        }
+    }
+
+    struct TooLarge: Error, CustomStringConvertible {
+        var description: String {
+            "expands (through YAML aliases) to more than 4 times its own size; svcnat refuses it"
+        }
+    }
+
+    /// The document as values, within `budget`.
+    static func convert(_ node: Node, _ budget: inout Budget) throws -> Value {
+        budget.nodes -= 1
+        guard budget.nodes >= 0 else { throw TooLarge() }
         switch node {
         case .scalar(let s):
-            self = .scalar(s.string, plain: s.style == .plain || s.style == .any)
+            budget.scalarBytes -= s.string.utf8.count
+            guard budget.scalarBytes >= 0 else { throw TooLarge() }
+            return .scalar(s.string, plain: s.style == .plain || s.style == .any)
         case .mapping(let m):
             var d: [String: Value] = [:]
             d.reserveCapacity(m.count)
             for (k, v) in m {
-                if case .scalar(let ks) = k { d[ks.string] = Value(v) }
+                if case .scalar(let ks) = k { d[ks.string] = try convert(v, &budget) }
             }
-            self = .mapping(d)
+            return .mapping(d)
         case .sequence(let seq):
-            self = .sequence(seq.map(Value.init))
+            return .sequence(try seq.map { try convert($0, &budget) })
         case .alias:
-            self = .scalar("", plain: true)
+            return .scalar("", plain: true)
         }
+    }
+
+    /// A top-level scalar field of a mapping node, read without converting the document (so a
+    /// document of a kind svcnat skips is never expanded).
+    static func peek(_ node: Node, _ key: String, _ inner: String? = nil) -> String? {
+        guard case .mapping(let m) = node else { return nil }
+        for (k, v) in m {
+            guard case .scalar(let ks) = k, ks.string == key else { continue }
+            if let inner { return peek(v, inner) }
+            if case .scalar(let vs) = v { return vs.string }
+            return nil
+        }
+        return nil
     }
 }
 
@@ -84,6 +122,13 @@ struct Field {
         guard !isNull, let node else { return nil }
         guard case .scalar(let s, true) = node, let i = Int(s) else {
             context.fail(path, "expected an integer, found \(describe(node))")
+            return nil
+        }
+        // YAML 1.1 (kubectl's reader) takes 0100 as octal 64, YAML 1.2 as decimal 100: refused
+        // rather than guessed.
+        let digits = s.hasPrefix("-") || s.hasPrefix("+") ? s.dropFirst() : Substring(s)
+        if digits.count > 1 && digits.first == "0" {
+            context.fail(path, "\(s) has a leading zero, which YAML 1.1 reads as octal and YAML 1.2 as decimal; write it without")
             return nil
         }
         return i

@@ -50,10 +50,10 @@ extension Svcnat {
             if manifests != nil && kubeconfig != nil { throw ValidationError("give --manifests or --kubeconfig, not both") }
             if context != nil && kubeconfig == nil { throw ValidationError("--context needs --kubeconfig") }
             guard (try? parseDuration(minSyncPeriod)) != nil else {
-                throw ValidationError("--min-sync-period \"\(minSyncPeriod)\" is not a duration such as 1s or 500ms")
+                throw ValidationError("--min-sync-period \"\(minSyncPeriod)\" is not a duration such as 1s or 500ms, at most 168h")
             }
             guard let p = try? parseDuration(syncPeriod), p > .zero else {
-                throw ValidationError("--sync-period \"\(syncPeriod)\" is not a positive duration such as 1h")
+                throw ValidationError("--sync-period \"\(syncPeriod)\" is not a positive duration such as 1h, at most 168h")
             }
         }
 
@@ -90,14 +90,25 @@ extension Svcnat {
     }
 }
 
-/// Go-style durations as kube-proxy's flags take them: "1h", "30s", "500ms", "1m30s", "0".
+/// The longest duration a flag takes: a week, far beyond any sync period kube-proxy users set,
+/// and far from where a timer's arithmetic overflows (`--sync-period 3000000h` crashed).
+let maxFlagDuration: Duration = .seconds(7 * 24 * 3600)
+
+/// Go-style durations as kube-proxy's flags take them: "1h", "30s", "500ms", "1m30s", "0";
+/// at most `maxFlagDuration`.
 func parseDuration(_ s: String) throws -> Duration {
+    let d = try parseAnyDuration(s)
+    guard d <= maxFlagDuration else { throw ValidationError("duration \(s) is longer than a week (168h), the longest svcnat takes") }
+    return d
+}
+
+private func parseAnyDuration(_ s: String) throws -> Duration {
     if s == "0" { return .zero }
     var total = Duration.zero
     var number = ""
     var unit = ""
     func flush() throws {
-        guard let n = Double(number), !unit.isEmpty else { throw ValidationError("bad duration \(s)") }
+        guard let n = Double(number), n.isFinite, n < 1e12, !unit.isEmpty else { throw ValidationError("bad duration \(s)") }
         let scale: Double
         switch unit {
         case "ms": scale = 0.001

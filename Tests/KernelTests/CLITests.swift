@@ -40,6 +40,17 @@ import Testing
         #expect(try svcnat(["run", "--min-sync-period", "soon"]).code == 2)
     }
 
+    /// `--sync-period 3000000h` crashed the daemon with SIGILL (the timer's arithmetic
+    /// overflowed). Durations are bounded at a week and refused above it, with exit 2.
+    @Test func durationsAboveAWeekExitTwo() throws {
+        for flag in ["--sync-period", "--min-sync-period"] {
+            for value in ["3000000h", "169h", "1e300h"] {
+                let r = try svcnat(["run", "--manifests", examples, flag, value])
+                #expect(r.code == 2 && r.err.contains(flag), "\(flag) \(value): \(r.code) \(r.err)")
+            }
+        }
+    }
+
     /// Says what a non-root run leaves out, so a green run without root is read for what it is.
     @Test func kernelTierIsCountedWhenSkipped() throws {
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path

@@ -182,5 +182,54 @@ extension RootTests {
             #expect(try bed.svcnat(own, ["cleanup", "--table", "filter"]).code == 0)
             #expect(try bed.sh(own, ["nft", "list", "ruleset"]).isEmpty)
         }
+
+        /// `externalIPs: [127.0.0.1]` was programmed and caught the node's own connections to
+        /// 127.0.0.1. Now special addresses are refused as the API server refuses them, naming
+        /// the field, and the kernel keeps what it had.
+        @Test func aLoopbackExternalIPIsRefusedAndTheKernelKeepsItsRules() throws {
+            let bed = Testbed("lo")
+            defer { bed.close() }
+            let n = try bed.addNamespace("node")
+            let good = try bed.writeManifest(serviceManifest(name: "web", pods: [1]))
+            #expect(try bed.svcnat(n, ["apply", "-f", good]).code == 0)
+            let before = try bed.sh(n, ["nft", "list", "ruleset"])
+            for ip in ["127.0.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "169.254.169.254", "\"::ffff:127.0.0.1\""] {
+                let bad = try bed.writeManifest(
+                    serviceManifest(name: "web", pods: [1]).replacingOccurrences(
+                        of: "  clusterIP: 198.18.100.20\n", with: "  clusterIP: 198.18.100.20\n  externalIPs: [\(ip)]\n"))
+                let r = try bed.svcnat(n, ["apply", "-f", bad])
+                #expect(r.code == 2 && r.err.contains("Service demo/web: spec.externalIPs[0]:"), "\(ip): \(r.code) \(r.err)")
+                #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == before, "\(ip)")
+            }
+        }
+
+        /// Element comments are `namespace/name:port`, up to 143 bytes for valid names, and were
+        /// written whole: nft refuses comments over 128 bytes, so neither the dry run nor any
+        /// `nft list ruleset` backup of the node loaded again. Now they are cut to 128.
+        @Test func longNamesGiveCommentsThatNftLoadsAgain() throws {
+            let bed = Testbed("longc")
+            defer { bed.close() }
+            let n = try bed.addNamespace("node"), copy = try bed.addNamespace("copy")
+            let ns = String(repeating: "n", count: 63), name = "s" + String(repeating: "e", count: 62)
+            let input = try bed.writeManifest(
+                """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: \(name), namespace: \(ns)}
+                spec: {clusterIP: 198.18.100.40, ports: [{name: a-very-long-nam, port: 80}, {name: b, port: 81}]}
+                """)
+            let dry = try bed.svcnat(n, ["apply", "--dry-run", "-f", input])
+            #expect(dry.code == 0)
+            let dryFile = try bed.writeManifest(dry.out)
+            let check = try bed.exec(copy, ["nft", "-c", "-f", dryFile])
+            #expect(check.code == 0, "the dry run does not load: \(check.err)")
+            #expect(try bed.svcnat(n, ["apply", "-f", input]).code == 0)
+            let backup = try bed.writeManifest(try bed.sh(n, ["nft", "list", "ruleset"]))
+            let restore = try bed.exec(copy, ["nft", "-f", backup])
+            #expect(restore.code == 0, "the node's backup does not load: \(restore.err)")
+            // Cut in the middle: the start of the namespace and the end with the port stay.
+            let listed = try bed.sh(copy, ["nft", "list", "ruleset"])
+            #expect(listed.contains("comment \"nnnnnnnnnn") && listed.contains("...eeee") && listed.contains("eee:a-very-long-nam\""), "\(listed)")
+        }
     }
 }

@@ -43,7 +43,16 @@ import Testing
             "clusterIPs: [\"2001:db8:100::1\", \"2001:db8:100::2\"]",
             "Service default/web: spec.clusterIPs[1]: two IPv6 addresses; a Service has at most one per family"
         ),
-        ("clusterIPs: [\"ff02::1\"]", "Service default/web: spec.clusterIPs[0]: ff02::1 cannot be a Service address"),
+        ("clusterIPs: [\"ff02::1\"]", "Service default/web: spec.clusterIPs[0]: ff02::1 is a multicast address, which cannot be a Service address"),
+        // Special addresses, refused as the API server's ValidateNonSpecialIP refuses them.
+        ("externalIPs: [127.0.0.1]", "Service default/web: spec.externalIPs[0]: 127.0.0.1 is a loopback address, which cannot be an external IP"),
+        ("externalIPs: [0.0.0.0]", "Service default/web: spec.externalIPs[0]: 0.0.0.0 is the unspecified address"),
+        ("externalIPs: [255.255.255.255]", "Service default/web: spec.externalIPs[0]: 255.255.255.255 is the broadcast address"),
+        ("externalIPs: [224.0.0.5]", "Service default/web: spec.externalIPs[0]: 224.0.0.5 is a multicast address"),
+        ("externalIPs: [169.254.169.254]", "Service default/web: spec.externalIPs[0]: 169.254.169.254 is a link-local address"),
+        ("externalIPs: [\"::ffff:127.0.0.1\"]", "Service default/web: spec.externalIPs[0]: ::ffff:127.0.0.1 is an IPv4-mapped IPv6 address"),
+        ("externalIPs: [\"fe80::1\"]", "Service default/web: spec.externalIPs[0]: fe80::1 is a link-local address"),
+        ("ports: [{port: 0100}]", "Service default/web: spec.ports[0].port: 0100 has a leading zero"),
         (
             "loadBalancerSourceRanges: [\"2001:db8::/129\"]",
             "Service default/web: spec.loadBalancerSourceRanges[0]: \"2001:db8::/129\" is not a CIDR"
@@ -63,6 +72,27 @@ import Testing
         let d = decode(lines.joined(separator: "\n"), file: "svc.yaml")
         #expect(d.state.services.isEmpty)
         #expect(d.errors.contains { $0.description.hasPrefix("svc.yaml: " + message) }, "\(d.errors)")
+    }
+
+    @Test func specialLoadBalancerAndEndpointAddressesAreRefused() {
+        let d = decode(
+            """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: lb}
+            spec: {type: LoadBalancer, clusterIP: 198.18.100.1, ports: [{port: 80, nodePort: 30080}]}
+            status: {loadBalancer: {ingress: [{ip: 127.0.0.2}]}}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: lb-1, labels: {kubernetes.io/service-name: lb}}
+            addressType: IPv4
+            endpoints: [{addresses: [127.0.0.1]}]
+            ports: [{port: 80}]
+            """, file: "lb.yaml")
+        let text = d.errors.map(\.description).joined(separator: "\n")
+        #expect(text.contains("status.loadBalancer.ingress[0].ip: 127.0.0.2 is a loopback address, which cannot be a load-balancer IP"), "\(text)")
+        #expect(text.contains("endpoints[0].addresses[0]: 127.0.0.1 is a loopback address, which cannot be an endpoint"), "\(text)")
     }
 
     @Test func malformedYAMLAndBadNames() {
