@@ -141,7 +141,11 @@ public final class Daemon: @unchecked Sendable {
         startTimer(every: config.driftCheckPeriod) { [weak self] in self?.checkDrift() }
         handle(SIGHUP) { [weak self] in
             guard let self else { return }
-            if self.api == nil { self.queue.async { self.rereadManifests("SIGHUP") } } else { self.requestSync(full: true, reason: "SIGHUP") }
+            if self.api == nil {
+                self.queue.async { self.rereadManifests("SIGHUP") }
+            } else {
+                self.requestSync(full: true, reason: "SIGHUP")
+            }
         }
         handle(SIGTERM) { [weak self] in self?.stop(signal: "SIGTERM") }
         handle(SIGINT) { [weak self] in self?.stop(signal: "SIGINT") }

@@ -46,8 +46,8 @@ final class NodeEndpoints: @unchecked Sendable {
     }
 
     func listen() throws {
-        try http.listen(metricsAddress) { [weak self] path in self?.serveMetrics(path) ?? (.serviceUnavailable, "text/plain", "") }
-        try http.listen(healthzAddress) { [weak self] path in self?.serveHealth(path) ?? (.serviceUnavailable, "text/plain", "") }
+        try http.listen(metricsAddress) { [weak self] r in self?.serveMetrics(r.path) ?? (.serviceUnavailable, "text/plain", "") }
+        try http.listen(healthzAddress) { [weak self] r in self?.serveHealth(r) ?? (.serviceUnavailable, "text/plain", "") }
     }
 
     func syncSucceeded() {
@@ -107,34 +107,48 @@ final class NodeEndpoints: @unchecked Sendable {
 
     /// /healthz: 200 while the last sync succeeded and syncs are recent; 503 with the reason
     /// otherwise. Rejected input files are listed either way (their last good version serves).
-    private func serveHealth(_ path: String) -> Response {
-        switch path {
+    /// The details (file paths, the offending line, error text, which can quote a manifest)
+    /// go only to the node itself; another host learns what failed, and counts.
+    private func serveHealth(_ request: HTTPServer.Request) -> Response {
+        switch request.path {
         case "/livez": return (.ok, "text/plain", "ok\n")
         case "/healthz":
             let (success, error, rejected, skipped) = lock.withLock { (lastSuccess, lastError, self.rejected, self.skipped) }
             let problems = sourceProblems()
+            let details = request.fromLoopback
             var reason: String?
             if !problems.isEmpty {
                 // The rules keep serving, but they may be out of date.
-                reason = "source stale: " + problems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
+                reason =
+                    "source stale: "
+                    + problems.sorted { $0.key < $1.key }.map { details ? "\($0.key): \($0.value)" : $0.key }.joined(separator: "; ")
             } else if let error {
-                reason = "last sync failed: \(error)"
+                reason = details ? "last sync failed: \(error)" : "last sync failed"
             } else if let success {
                 if Date().timeIntervalSince(success) > staleAfter { reason = "no successful sync for more than \(Int(staleAfter)) s" }
             } else {
                 reason = "no sync has completed yet"
             }
-            let files = rejected.sorted { $0.key < $1.key }.map { JSON.object([("file", .string($0.key)), ("error", .string($0.value))]) }
-            let body =
-                JSON.object([
-                    ("status", .string(reason == nil ? "ok" : "unhealthy")),
-                    ("reason", reason.map { .string($0) } ?? .null),
-                    ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
-                    ("source", .string(sourceName)),
-                    ("rejectedFiles", .array(files)),
+            var fields: [(String, JSON)] = [
+                ("status", .string(reason == nil ? "ok" : "unhealthy")),
+                ("reason", reason.map { .string($0) } ?? .null),
+                ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null)
+            ]
+            if details {
+                let files = rejected.sorted { $0.key < $1.key }.map {
+                    JSON.object([("file", .string($0.key)), ("error", .string($0.value))])
+                }
+                fields += [
+                    ("source", .string(sourceName)), ("rejectedFiles", .array(files)),
                     ("skippedFrontends", .array(skipped.map { .string($0) }))
-                ]).text() + "\n"
-            return (reason == nil ? .ok : .serviceUnavailable, "application/json", body)
+                ]
+            } else {
+                fields += [
+                    ("rejectedFiles", .number(rejected.count)), ("skippedFrontends", .number(skipped.count)),
+                    ("details", .string("on the node (127.0.0.1) and in the log"))
+                ]
+            }
+            return (reason == nil ? .ok : .serviceUnavailable, "application/json", JSON.object(fields).text() + "\n")
         default: return (.notFound, "text/plain", "not found\n")
         }
     }

@@ -238,7 +238,9 @@ public struct ManifestDecoder {
             ? f["status"]["loadBalancer"]["ingress"].list.compactMap { entry -> IPAddress? in
                 guard let s = entry["ip"].string, !s.isEmpty else { return nil }  // hostname-only ingress: nothing to program
                 guard let ip = IPAddress(s) else { entry["ip"].fail("\"\(s)\" is not a valid IP address"); return nil }
-                if let why = Validation.specialAddress(ip) { entry["ip"].fail("\(s) \(why), which cannot be a load-balancer IP"); return nil }
+                if let why = Validation.specialAddress(ip) {
+                    entry["ip"].fail("\(s) \(why), which cannot be a load-balancer IP"); return nil
+                }
                 return ip
             } : []
         var ranges: [IPPrefix] = []

@@ -229,7 +229,9 @@ extension RootTests {
             #expect(restore.code == 0, "the node's backup does not load: \(restore.err)")
             // Cut in the middle: the start of the namespace and the end with the port stay.
             let listed = try bed.sh(copy, ["nft", "list", "ruleset"])
-            #expect(listed.contains("comment \"nnnnnnnnnn") && listed.contains("...eeee") && listed.contains("eee:a-very-long-nam\""), "\(listed)")
+            #expect(
+                listed.contains("comment \"nnnnnnnnnn") && listed.contains("...eeee") && listed.contains("eee:a-very-long-nam\""),
+                "\(listed)")
         }
     }
 }

@@ -46,16 +46,20 @@ extension RootTests.DaemonTests {
         let bed = Testbed("bomb")
         defer { bed.close() }
         let n = try bed.addNamespace("node")
-        var lines = ["apiVersion: v1", "kind: ConfigMap", "metadata: {name: bomb}", "data:", "  a0: &a0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]"]
+        var lines = [
+            "apiVersion: v1", "kind: ConfigMap", "metadata: {name: bomb}", "data:", "  a0: &a0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]"
+        ]
         for i in 1...9 { lines.append("  a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 9).joined(separator: ",") + "]") }
         let configMap = lines.joined(separator: "\n") + "\n"
         let service = configMap.replacingOccurrences(of: "kind: ConfigMap", with: "kind: Service")
-            .replacingOccurrences(of: "metadata: {name: bomb}", with: "metadata: {name: bomb}\nspec: {clusterIP: 198.18.100.5, ports: [{port: 80}]}")
+            .replacingOccurrences(
+                of: "metadata: {name: bomb}", with: "metadata: {name: bomb}\nspec: {clusterIP: 198.18.100.5, ports: [{port: 80}]}")
         let start = Date()
         let skipped = try bed.svcnat(n, ["apply", "--dry-run", "-f", try bed.writeManifest(configMap)])
         #expect(skipped.code == 0 && skipped.err.contains("kind ConfigMap is not used by svcnat; skipped"), "\(skipped.err)")
         let refused = try bed.svcnat(n, ["apply", "--dry-run", "-f", try bed.writeManifest(service)])
-        #expect(refused.code == 2 && refused.err.contains("expands (through YAML aliases) to more than 4 times its own size"), "\(refused.err)")
+        #expect(
+            refused.code == 2 && refused.err.contains("expands (through YAML aliases) to more than 4 times its own size"), "\(refused.err)")
         #expect(Date().timeIntervalSince(start) < 10)
     }
 
@@ -85,7 +89,10 @@ extension RootTests.DaemonTests {
         try FileManager.default.moveItem(atPath: dir, toPath: dir + ".old")
         try FileManager.default.moveItem(atPath: next, toPath: dir)
         defer { try? FileManager.default.removeItem(atPath: dir + ".old") }
-        #expect(within(3) { let r = ruleset(bed, n); return r.contains("198.19.3.2") && !r.contains("198.19.1.2") } != nil, "\(daemon.log())")
+        #expect(
+            within(3) {
+                let r = ruleset(bed, n); return r.contains("198.19.3.2") && !r.contains("198.19.1.2")
+            } != nil, "\(daemon.log())")
         // And the new folder's own changes are followed.
         try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [4]))
         #expect(within(3) { ruleset(bed, n).contains("198.19.4.2") } != nil, "\(daemon.log())")

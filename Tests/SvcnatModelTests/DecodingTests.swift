@@ -43,14 +43,23 @@ import Testing
             "clusterIPs: [\"2001:db8:100::1\", \"2001:db8:100::2\"]",
             "Service default/web: spec.clusterIPs[1]: two IPv6 addresses; a Service has at most one per family"
         ),
-        ("clusterIPs: [\"ff02::1\"]", "Service default/web: spec.clusterIPs[0]: ff02::1 is a multicast address, which cannot be a Service address"),
+        (
+            "clusterIPs: [\"ff02::1\"]",
+            "Service default/web: spec.clusterIPs[0]: ff02::1 is a multicast address, which cannot be a Service address"
+        ),
         // Special addresses, refused as the API server's ValidateNonSpecialIP refuses them.
-        ("externalIPs: [127.0.0.1]", "Service default/web: spec.externalIPs[0]: 127.0.0.1 is a loopback address, which cannot be an external IP"),
+        (
+            "externalIPs: [127.0.0.1]",
+            "Service default/web: spec.externalIPs[0]: 127.0.0.1 is a loopback address, which cannot be an external IP"
+        ),
         ("externalIPs: [0.0.0.0]", "Service default/web: spec.externalIPs[0]: 0.0.0.0 is the unspecified address"),
         ("externalIPs: [255.255.255.255]", "Service default/web: spec.externalIPs[0]: 255.255.255.255 is the broadcast address"),
         ("externalIPs: [224.0.0.5]", "Service default/web: spec.externalIPs[0]: 224.0.0.5 is a multicast address"),
         ("externalIPs: [169.254.169.254]", "Service default/web: spec.externalIPs[0]: 169.254.169.254 is a link-local address"),
-        ("externalIPs: [\"::ffff:127.0.0.1\"]", "Service default/web: spec.externalIPs[0]: ::ffff:127.0.0.1 is an IPv4-mapped IPv6 address"),
+        (
+            "externalIPs: [\"::ffff:127.0.0.1\"]",
+            "Service default/web: spec.externalIPs[0]: ::ffff:127.0.0.1 is an IPv4-mapped IPv6 address"
+        ),
         ("externalIPs: [\"fe80::1\"]", "Service default/web: spec.externalIPs[0]: fe80::1 is a link-local address"),
         ("ports: [{port: 0100}]", "Service default/web: spec.ports[0].port: 0100 has a leading zero"),
         (
@@ -91,7 +100,9 @@ import Testing
             ports: [{port: 80}]
             """, file: "lb.yaml")
         let text = d.errors.map(\.description).joined(separator: "\n")
-        #expect(text.contains("status.loadBalancer.ingress[0].ip: 127.0.0.2 is a loopback address, which cannot be a load-balancer IP"), "\(text)")
+        #expect(
+            text.contains("status.loadBalancer.ingress[0].ip: 127.0.0.2 is a loopback address, which cannot be a load-balancer IP"),
+            "\(text)")
         #expect(text.contains("endpoints[0].addresses[0]: 127.0.0.1 is a loopback address, which cannot be an endpoint"), "\(text)")
     }
 
