@@ -13,14 +13,19 @@ struct BatchEncoder {
     private(set) var seq: UInt32
     /// Operation index for every sequence number from firstSeq + 1 on.
     private(set) var opForSeq: [Int32] = []
+    /// For element messages, which of the operation's elements the message carries.
+    private(set) var elementsForSeq: [Int: Range<Int>] = [:]
     private var currentOp: Int32 = -1
     /// Where the last object message starts in the buffer.
     private var lastHeaderOffset = -1
 
     /// Elements per NEWSETELEM message: the nested element list carries a 16-bit length.
     static let elementsPerMessage = 128
+    /// This batch's: 1 makes the kernel name a refused element exactly (one error per message).
+    let elementsPerMessage: Int
 
-    init(firstSeq: UInt32) {
+    init(firstSeq: UInt32, elementsPerMessage: Int = BatchEncoder.elementsPerMessage) {
+        self.elementsPerMessage = max(1, elementsPerMessage)
         self.firstSeq = firstSeq
         seq = firstSeq
         nftnl_batch_begin(buffer.tail, seq)
@@ -155,13 +160,14 @@ struct BatchEncoder {
     ) {
         var start = 0
         while start < elements.count {
-            let chunk = elements[start..<min(start + Self.elementsPerMessage, elements.count)]
+            let range = start..<min(start + elementsPerMessage, elements.count)
             let set = setObject(name)
-            for e in chunk { nftnl_set_elem_add(set.raw, ElementCodec.make(e, withData: withData)) }
+            for e in elements[range] { nftnl_set_elem_add(set.raw, ElementCodec.make(e, withData: withData)) }
             let h = header(type, flags: flags)
+            elementsForSeq[opForSeq.count - 1] = range
             nftnl_set_elems_nlmsg_build_payload(h, set.raw)
             buffer.commit(h)
-            start += Self.elementsPerMessage
+            start += elementsPerMessage
         }
     }
 

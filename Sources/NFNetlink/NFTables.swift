@@ -11,6 +11,10 @@ public final class NFTables {
     /// Netlink messages in the last `apply`'s batch, for logs and metrics.
     public private(set) var lastBatchMessages = 0
 
+    /// Set elements per message. 1 costs a message per element, and makes a refusal name the
+    /// one element the kernel refused (what a retry after a refused batch uses).
+    public var elementsPerMessage = BatchEncoder.elementsPerMessage
+
     /// Talks to the kernel of this network namespace.
     public convenience init() throws { try self.init(transport: Self.defaultTransport(), firstSeq: UInt32(truncatingIfNeeded: time(nil))) }
 
@@ -34,7 +38,7 @@ public final class NFTables {
         let txs = transactions.filter { !$0.isEmpty }
         guard !txs.isEmpty else { return }
         let begin = nextSeq()
-        var enc = BatchEncoder(firstSeq: begin)
+        var enc = BatchEncoder(firstSeq: begin, elementsPerMessage: elementsPerMessage)
         // Operation i of the batch is operation `owners[i].1` of transaction `owners[i].0`.
         var owners: [(Int, Int)] = []
         for (t, tx) in txs.enumerated() {
@@ -66,7 +70,17 @@ public final class NFTables {
                 done = true
             } else if err != 0 {
                 if let (t, i) = enc.operationIndex(for: s).map({ owners[$0] }) {
-                    failures.append(NetlinkError(refused: txs[t].operations[i], in: txs[t], errno: err))
+                    // For elements, only those of the refused message.
+                    var change = txs[t].operations[i]
+                    if let r = enc.elements(for: s) {
+                        switch change {
+                        case .addElements(let set, let es) where r.upperBound <= es.count: change = .addElements(set: set, Array(es[r]))
+                        case .deleteElements(let set, let es) where r.upperBound <= es.count:
+                            change = .deleteElements(set: set, Array(es[r]))
+                        default: break
+                        }
+                    }
+                    failures.append(NetlinkError(refused: change, in: txs[t], errno: err))
                 } else {
                     failures.append(NetlinkError("batch", errno: err))
                 }
@@ -336,5 +350,12 @@ extension BatchEncoder {
         guard offset >= 1, Int(offset - 1) < opForSeq.count else { return nil }
         let i = Int(opForSeq[Int(offset - 1)])
         return i >= 0 ? i : nil
+    }
+
+    /// The elements an element message carries, as a range of its operation's elements.
+    func elements(for s: UInt32) -> Range<Int>? {
+        let offset = s &- firstSeq
+        guard offset >= 1 else { return nil }
+        return elementsForSeq[Int(offset - 1)]
     }
 }

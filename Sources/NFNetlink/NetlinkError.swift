@@ -17,7 +17,7 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
         self.errno = errno
     }
 
-    init(refused change: Operation, in tx: Transaction, errno: Int32) {
+    public init(refused change: Operation, in tx: Transaction, errno: Int32) {
         self.init(Self.describe(change, in: tx), errno: errno)
         refused = (tx.family, tx.table, change)
     }
@@ -82,6 +82,7 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
 /// Several refused messages of one batch; the first is the one to report.
 public struct BatchError: Error, CustomStringConvertible, Sendable {
     public var failures: [NetlinkError]
+    public init(failures: [NetlinkError]) { self.failures = failures }
     public var description: String {
         "the kernel refused the transaction (nothing was changed): "
             + failures.map(\.description).joined(separator: "; ")

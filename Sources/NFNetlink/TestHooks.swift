@@ -50,12 +50,57 @@
         }
     }
 
+    /// Debug builds only: a transport under which the kernel refuses every object message that
+    /// contains `needle` (a Service's name, say), as it would refuse a Service it cannot take.
+    /// The message's family becomes one no table has, so the kernel answers ENOENT under the
+    /// message's own sequence number and changes nothing.
+    final class PoisoningTransport: NetlinkTransport {
+        let inner: NetlinkTransport
+        let needle: [UInt8]
+        init(_ inner: NetlinkTransport, needle: String) {
+            self.inner = inner
+            self.needle = Array(needle.utf8)
+        }
+
+        func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
+            try inner.receive(into: buffer, timeout: timeout)
+        }
+
+        func send(_ datagram: UnsafeRawBufferPointer) throws {
+            var bytes = [UInt8](datagram)
+            var at = 0
+            while at + MemoryLayout<nlmsghdr>.size + MemoryLayout<nfgenmsg>.size <= bytes.count {
+                let len = Int(datagram.loadUnaligned(fromByteOffset: at, as: nlmsghdr.self).nlmsg_len)
+                guard len > 0, at + len <= bytes.count else { break }
+                let type = datagram.loadUnaligned(fromByteOffset: at, as: nlmsghdr.self).nlmsg_type
+                if type >> 8 == UInt16(NFNL_SUBSYS_NFTABLES), Self.contains(bytes[at..<(at + len)], needle) {
+                    bytes[at + MemoryLayout<nlmsghdr>.size] = 0xfe
+                }
+                at += (len + 3) & ~3
+            }
+            try bytes.withUnsafeBytes { try inner.send($0) }
+        }
+
+        static func contains(_ hay: ArraySlice<UInt8>, _ needle: [UInt8]) -> Bool {
+            guard !needle.isEmpty, hay.count >= needle.count else { return false }
+            var i = hay.startIndex
+            while i <= hay.endIndex - needle.count {
+                if hay[i] == needle[0] && hay[i..<(i + needle.count)].elementsEqual(needle) { return true }
+                i += 1
+            }
+            return false
+        }
+    }
+
     extension NFTables {
         /// The kernel of this namespace, or, when the test harness sets SVCNAT_TEST_REFUSE_BATCHES,
-        /// one that refuses every batch (debug builds only).
+        /// one that refuses every batch, or with SVCNAT_TEST_REFUSE_CONTAINING=TEXT one that refuses
+        /// the messages holding TEXT (debug builds only).
         static func defaultTransport() throws -> NetlinkTransport {
             let socket = try NetlinkSocket()
-            return getenv("SVCNAT_TEST_REFUSE_BATCHES") != nil ? RefusingTransport(socket) : socket
+            if getenv("SVCNAT_TEST_REFUSE_BATCHES") != nil { return RefusingTransport(socket) }
+            if let needle = getenv("SVCNAT_TEST_REFUSE_CONTAINING") { return PoisoningTransport(socket, needle: String(cString: needle)) }
+            return socket
         }
     }
 #else

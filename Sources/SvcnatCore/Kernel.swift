@@ -18,6 +18,9 @@ public protocol Kernel: AnyObject {
     func generation() throws -> UInt32
     /// The netlink messages the last `apply` sent, over all its batches.
     var lastBatchMessages: Int { get }
+    /// When set, a refusal names the one element refused (a message per element): what the
+    /// retry after a refused batch asks for.
+    var preciseErrors: Bool { get set }
 }
 
 extension Kernel {
@@ -38,7 +41,9 @@ public final class NetlinkKernel: Kernel {
     public init(_ nft: NFTables) { self.nft = nft }
     public func read(table: String, family: TableFamily) throws -> Ruleset? { try nft.read(table: table, family: family) }
     public func generation() throws -> UInt32 { try nft.generation() }
+    public var preciseErrors = false
     @discardableResult public func apply(_ txs: [Transaction]) throws -> Int {
+        nft.elementsPerMessage = preciseErrors ? 1 : 128
         let txs = txs.filter { !$0.isEmpty }
         var messages = 0, commits = 0
         defer { lastBatchMessages = messages }
@@ -70,6 +75,10 @@ public final class FakeKernel: Kernel {
     }
     public private(set) var applied: [Transaction] = []
     public var refuseNext: Error?
+    /// Refuses, as the kernel would, every batch with a change (or an element) this matches,
+    /// naming each refused message; without `preciseErrors` an element's whole operation.
+    public var refuse: ((NFTModel.Operation) -> Bool)?
+    public var preciseErrors = false
     /// Bumped on every committed batch, as the kernel's; a test bumps it to play another writer.
     public var generationID: UInt32 = 1
     public private(set) var lastBatchMessages = 0
@@ -90,6 +99,25 @@ public final class FakeKernel: Kernel {
     @discardableResult public func apply(_ txs: [Transaction]) throws -> Int {
         if let e = refuseNext { refuseNext = nil; throw e }
         let txs = txs.filter { !$0.isEmpty }
+        if let refuse {
+            var failures: [NetlinkError] = []
+            for tx in txs {
+                for op in tx.operations {
+                    switch op {
+                    case .addElements(let set, let es):
+                        let bad = es.filter { refuse(.addElements(set: set, [$0])) }
+                        if preciseErrors {
+                            failures += bad.map { NetlinkError(refused: .addElements(set: set, [$0]), in: tx, errno: EINVAL) }
+                        } else if !bad.isEmpty {
+                            failures.append(NetlinkError(refused: op, in: tx, errno: EINVAL))
+                        }
+                    default:
+                        if refuse(op) { failures.append(NetlinkError(refused: op, in: tx, errno: EINVAL)) }
+                    }
+                }
+            }
+            if !failures.isEmpty { throw BatchError(failures: failures) }
+        }
         let batches = Transaction.batches(txs)
         for batch in batches {
             // All or nothing, as the kernel's batch.

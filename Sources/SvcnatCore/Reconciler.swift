@@ -1,4 +1,5 @@
 import Foundation
+import NFNetlink
 import NFTModel
 import SvcnatModel
 import SvcnatExplain
@@ -84,6 +85,8 @@ public struct SyncResult: Sendable {
     public var commits = 0
     /// Frontends left out because another Service holds them.
     public var conflicts: [Conflict] = []
+    /// Services left out because the kernel refused them, with the kernel's error.
+    public var refused: [String: String] = [:]
 
     public func family(_ f: IPFamily) -> FamilySync? { families.first { $0.family == f } }
     /// The IPv4 table, which svcnat always keeps.
@@ -164,6 +167,66 @@ public struct Reconciler {
     /// Reads the kernel, plans, and (unless `dryRun`) applies. Returns what was (or would be) sent.
     @discardableResult
     public func reconcile(_ state: ClusterState, dryRun: Bool = false) throws -> SyncResult {
+        guard !dryRun else { return try reconcileOnce(state, dryRun: true) }
+        // When the kernel refuses the batch, the Services its refusals name are left out and
+        // the rest is sent again, so one Service the kernel will not take (a feature this
+        // kernel lacks, say) never stops the others. A refusal that names no single Service
+        // is retried once with an error per element; one that still names none fails the sync.
+        var excluded: [String: String] = [:]
+        defer { kernel.preciseErrors = false }
+        for _ in 0..<Self.isolationRounds {
+            do {
+                var result = try reconcileOnce(excluded.isEmpty ? state : state.without(services: Set(excluded.keys)), dryRun: false)
+                result.refused = excluded
+                return result
+            } catch let e as BatchError {
+                var named: [String: String] = [:]
+                var unnamed = false
+                for f in e.failures {
+                    let keys = f.refused.map { Self.services(of: $0.change) } ?? []
+                    if keys.count == 1 { named[keys[0]] = f.description } else { unnamed = true }
+                }
+                let fresh = named.filter { excluded[$0.key] == nil }
+                if fresh.isEmpty {
+                    guard unnamed, !kernel.preciseErrors else { throw e }
+                    kernel.preciseErrors = true
+                    continue
+                }
+                excluded.merge(fresh) { a, _ in a }
+            }
+        }
+        return try reconcileOnce(state.without(services: Set(excluded.keys)), dryRun: false)
+    }
+
+    /// How many times a refused sync is tried again without the Services it named.
+    static let isolationRounds = 6
+
+    /// The Services (namespace/name) a change belongs to, read off svcnat's names: a Service
+    /// port's chains and sets carry its namespace and name, and the dispatch maps' elements
+    /// jump to its chains. Empty for shared objects.
+    static func services(of change: NFTModel.Operation) -> [String] {
+        func owner(_ name: String) -> String? {
+            for p in [Names.serviceChainPrefix, "ext-", "fw-", "ep-", "aff-"] where name.hasPrefix(p) {
+                let parts = name.dropFirst(p.count).split(separator: "/", maxSplits: 2)
+                if parts.count >= 2 { return "\(parts[0])/\(parts[1])" }
+            }
+            return nil
+        }
+        var out = Set<String>()
+        switch change {
+        case .addChain(let c): if let o = owner(c.name) { out.insert(o) }
+        case .addRule(let chain, _), .flushChain(let chain), .deleteChain(let chain), .deleteRule(let chain, _):
+            if let o = owner(chain) { out.insert(o) }
+        case .addSet(let s): if let o = owner(s.name) { out.insert(o) }
+        case .deleteSet(let s): if let o = owner(s) { out.insert(o) }
+        case .addElements(_, let es), .deleteElements(_, let es):
+            for e in es { if let o = e.verdict?.target.flatMap(owner) { out.insert(o) } }
+        case .addTable, .deleteTable: break
+        }
+        return out.sorted()
+    }
+
+    private func reconcileOnce(_ state: ClusterState, dryRun: Bool) throws -> SyncResult {
         let clock = ContinuousClock()
         let start = clock.now
         // Every family's input is checked before anything is read or sent.

@@ -65,6 +65,9 @@ public final class Syncer {
     public private(set) var conflicts: [Conflict] = []
     /// The Services on either side of those clashes.
     private var contested: Set<String> = []
+    /// Services the kernel refused at the last full sync, left out, with its error. A change
+    /// to one of them is tried again in a full sync.
+    public private(set) var refused: [String: String] = [:]
     /// Per family and Service, the frontends it claims and another Service holds.
     private var lost: [IPFamily: [String: Set<String>]] = [:]
     /// Failed syncs in a row.
@@ -126,7 +129,7 @@ public final class Syncer {
     /// full sync, so the rule is applied to the whole input the same way every time; a partial
     /// sync of a Service in a clash whose claims did not change keeps the full sync's decision.
     private func partialPorts(_ source: ServiceSource, _ dirty: Set<String>) -> [IPFamily: [String: [ServicePortState]]]? {
-        guard let incremental else { return nil }
+        guard let incremental, dirty.allSatisfy({ refused[$0] == nil }) else { return nil }
         var ports: [IPFamily: [String: [ServicePortState]]] = [:]
         var newClaims = claims
         for family in IPFamily.allCases {
@@ -210,6 +213,7 @@ public final class Syncer {
         claims = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.claims) })
         lost = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.lost) })
         conflicts = r.conflicts
+        refused = r.refused
         contested = Set(r.conflicts.flatMap { ["\($0.loser.namespace)/\($0.loser.name)", "\($0.winner.namespace)/\($0.winner.name)"] })
         var states: [IPFamily: IncrementalState] = [:]
         var ports: [String: [ServicePortState]] = [:]

@@ -66,6 +66,8 @@ public final class Daemon: @unchecked Sendable {
     private var retryScheduled = false
     /// The clashes of claims already logged.
     private var reportedConflicts: Set<String> = []
+    /// The refused Services already logged, with their errors.
+    private var reportedRefused: [String: String] = [:]
     private var pendingFull = false
     private var pendingReason = "start"
     private let clock = ContinuousClock()
@@ -258,6 +260,7 @@ public final class Daemon: @unchecked Sendable {
             }
             if let w = outcome.flowWarning { log.warning("\(w)") }
             reportConflicts(syncer.conflicts)
+            reportRefused(syncer.refused)
             let flowNote = outcome.flowsDeleted > 0 ? ", \(outcome.flowsDeleted) stale UDP flows deleted" : ""
             let ms = String(format: "%.2f", Double(d.nanoseconds) / 1e6)
             let counts = "\(outcome.services) services, \(outcome.endpoints) endpoints, \(outcome.changeCount) changes"
@@ -307,6 +310,17 @@ public final class Daemon: @unchecked Sendable {
         store.loadAll()
         reportInput()
         requestSync(full: true, reason: reason)
+    }
+
+    /// Logs each Service the kernel refused once, when it appears, and lists all in /healthz
+    /// and the metric; the other Services are programmed.
+    private func reportRefused(_ refused: [String: String]) {
+        for (key, why) in refused.sorted(by: { $0.key < $1.key }) where reportedRefused[key] != why {
+            log.error("Service \(key) is left out: the kernel refused it (the other Services are programmed): \(why)")
+        }
+        reportedRefused = refused
+        metrics.refusedServices.record(refused.count)
+        endpoints.setRefused(refused)
     }
 
     /// Logs each clash of claims once, when it appears, and lists all in /healthz and the metric.

@@ -23,6 +23,7 @@ final class DaemonMetrics: @unchecked Sendable {
     let lastBatchMessages: CoreMetrics.Gauge
     let changes: CoreMetrics.Counter
     let skippedFrontends: CoreMetrics.Gauge
+    let refusedServices: CoreMetrics.Gauge
 
     init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -47,6 +48,7 @@ final class DaemonMetrics: @unchecked Sendable {
         lastBatchMessages = CoreMetrics.Gauge(label: "svcnat_sync_last_batch_netlink_messages")
         changes = CoreMetrics.Counter(label: "svcnat_sync_changes_total")
         skippedFrontends = CoreMetrics.Gauge(label: "svcnat_skipped_frontends")
+        refusedServices = CoreMetrics.Gauge(label: "svcnat_refused_services")
     }
 
     // The API source, per collection (services, endpointslices, nodes).

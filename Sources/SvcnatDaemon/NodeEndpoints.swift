@@ -28,6 +28,7 @@ final class NodeEndpoints: @unchecked Sendable {
     private var lastError: String?
     private var rejected: [String: String] = [:]
     private var skipped: [String] = []
+    private var refused: [String: String] = [:]
     /// healthCheckNodePort -> the Service (ns, name) and its endpoints on this node.
     private var serviceHealth: [UInt16: (namespace: String, name: String, local: Int)] = [:]
     /// Which health check port each Service has (sync queue only).
@@ -59,6 +60,8 @@ final class NodeEndpoints: @unchecked Sendable {
     func setRejected(_ files: [String: String]) { lock.withLock { rejected = files } }
     /// Frontends a Service claims that another Service holds (`Conflict`), listed in /healthz.
     func setSkipped(_ claims: [String]) { lock.withLock { skipped = claims } }
+    /// Services the kernel refused (left out, the rest programmed), listed in /healthz.
+    func setRefused(_ services: [String: String]) { lock.withLock { refused = services } }
 
     /// kube-proxy's per-Service health check servers: for each LoadBalancer Service with
     /// externalTrafficPolicy Local and a healthCheckNodePort, an HTTP server on that port of the
@@ -113,7 +116,9 @@ final class NodeEndpoints: @unchecked Sendable {
         switch request.path {
         case "/livez": return (.ok, "text/plain", "ok\n")
         case "/healthz":
-            let (success, error, rejected, skipped) = lock.withLock { (lastSuccess, lastError, self.rejected, self.skipped) }
+            let (success, error, rejected, skipped, refused) = lock.withLock {
+                (lastSuccess, lastError, self.rejected, self.skipped, self.refused)
+            }
             let problems = sourceProblems()
             let details = request.fromLoopback
             var reason: String?
@@ -145,6 +150,7 @@ final class NodeEndpoints: @unchecked Sendable {
             } else {
                 fields += [
                     ("rejectedFiles", .number(rejected.count)), ("skippedFrontends", .number(skipped.count)),
+                    ("refusedServices", .number(refused.count)),
                     ("details", .string("on the node (127.0.0.1) and in the log"))
                 ]
             }

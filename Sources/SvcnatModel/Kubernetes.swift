@@ -273,3 +273,12 @@ public struct ClusterState: Hashable, Sendable {
         self.ingresses = ingresses
     }
 }
+
+extension ClusterState {
+    /// This state without the Services (namespace/name) in `keys`.
+    public func without(services keys: Set<String>) -> ClusterState {
+        var s = self
+        s.services.removeAll { keys.contains($0.meta.key) }
+        return s
+    }
+}

@@ -60,6 +60,11 @@ extension Svcnat {
             if let w = result.flowWarning { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
             warn(result.conflicts)
             print(result.summary)
+            // The rest is programmed; the Services the kernel refused make the exit 1.
+            for (key, why) in result.refused.sorted(by: { $0.key < $1.key }) {
+                FileHandle.standardError.write("svcnat: error: Service \(key) was left out: \(why)\n")
+            }
+            if !result.refused.isEmpty { throw ExitCode(1) }
         }
     }
 }

@@ -233,5 +233,26 @@ extension RootTests {
                 listed.contains("comment \"nnnnnnnnnn") && listed.contains("...eeee") && listed.contains("eee:a-very-long-nam\""),
                 "\(listed)")
         }
+
+        /// One Service the kernel refused made the whole batch fail, so no Service on the node
+        /// was updated. Now the refusals name their Services, those are left out (exit 1, each
+        /// named), and every other Service is programmed. The kernel refuses the poisoned
+        /// Service's messages through a debug-build transport; a refused element message that
+        /// holds several Services is sent again one element per message.
+        @Test func aServiceTheKernelRefusesIsLeftOutAndTheRestIsProgrammed() throws {
+            let bed = Testbed("refuse1")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 2)
+            let node = bed.ns("node"), client = bed.ns("client")
+            let input = try bed.writeManifest(
+                serviceManifest(name: "web", pods: [1]) + "---\n" + serviceManifest(name: "poison", ip: "198.18.100.21", pods: [2]))
+            let r = try bed.svcnat(
+                node, ["apply", "-f", input, "--cluster-cidr", "198.19.0.0/16"], env: ["SVCNAT_TEST_REFUSE_CONTAINING": "demo/poison"])
+            #expect(r.code == 1, "\(r.out)\(r.err)")
+            #expect(r.err.contains("Service demo/poison was left out"), "\(r.err)")
+            let table = try bed.sh(node, ["nft", "list", "table", "ip", "svcnat"])
+            #expect(table.contains("svc-demo/web/tcp/http") && !table.contains("demo/poison"), "\(table)")
+            #expect(try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 10).answers == ["pod1": 10])
+        }
     }
 }

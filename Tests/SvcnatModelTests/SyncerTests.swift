@@ -89,6 +89,40 @@ import Testing
             kernel.ruleset!.nftText.contains("\(victimKey) comment \"ns2/s2:p0\" : goto ext-ns2/s2/tcp/p0"), "\(kernel.ruleset!.nftText)")
     }
 
+    /// A Service the kernel refuses is left out and named; every other Service is programmed.
+    /// Refused chains name their Service at once; refused elements, sent 128 to a message,
+    /// are named on a retry that sends one per message.
+    @Test(arguments: ["chain", "element"])
+    func aServiceTheKernelRefusesIsLeftOutAndTheRestIsProgrammed(what: String) throws {
+        let config = ProxyConfig(nodeName: "node-a")
+        let services = (0..<6).map { inc.service($0, ports: 1) }
+        let source = store(services, services.enumerated().map { inc.slice($0.offset, $0.element, endpoints: [1, 2]) })
+        let kernel = FakeKernel()
+        let poison = "/\(services[2].meta.name)/"
+        kernel.refuse = { op in
+            switch op {
+            case .addChain(let c): what == "chain" && c.name.contains(poison)
+            case .addElements(_, let es): what == "element" && es.contains { $0.verdict?.target?.contains(poison) == true }
+            default: false
+            }
+        }
+        let syncer = Syncer(config: config, kernel: kernel)
+        _ = try syncer.sync(source, full: true, reason: "start")
+        #expect(Array(syncer.refused.keys) == [services[2].meta.key])
+        let text = kernel.ruleset!.nftText
+        #expect(!text.contains(poison), "\(text)")
+        for (i, s) in services.enumerated() where i != 2 { #expect(text.contains("svc-\(s.meta.key)/"), "\(s.meta.key)") }
+        #expect(!kernel.preciseErrors, "the precise mode is for the retry only")
+
+        // A change to the refused Service is tried again by a full sync; once the kernel takes
+        // it, it is programmed.
+        kernel.refuse = nil
+        source.put("slice:\(services[2].meta.key)-x", ClusterState(endpointSlices: [inc.slice(2, services[2], endpoints: [3])]))
+        let retry = try syncer.sync(source, full: false, reason: "manifests changed")
+        #expect(!retry.partial && syncer.refused.isEmpty)
+        #expect(kernel.ruleset!.nftText.contains(poison))
+    }
+
     @Test func anotherWritersCommitMakesTheNextSyncFullAndRepairs() throws {
         let config = ProxyConfig(nodeName: "node-a")
         let services = (0..<5).map { inc.service($0, ports: 1) }
