@@ -44,10 +44,24 @@ public struct Resource: Sendable, Hashable {
 public struct APIError: Error, CustomStringConvertible {
     public var status: Int?
     public var description: String
+    /// The text goes to logs and /healthz: control characters from the server are escaped.
     public init(status: Int? = nil, _ description: String) {
         self.status = status
-        self.description = description
+        self.description = description.escapingControlCharacters
     }
+}
+
+/// What one list may cost, however the server answers: a `continue` token that never ends, or
+/// a body that trickles, cannot hold svcnat forever or grow its memory without bound.
+public struct ListLimits: Sendable {
+    /// 1,000 pages of 500 is 500,000 objects, several times the largest clusters.
+    public var maxPages = 1000
+    public var maxObjects = 500_000
+    /// For each page's whole body, from the request on.
+    public var pageDeadline: TimeAmount = .seconds(120)
+    /// The longest watch event line (an object is at most 1.5 MB in etcd).
+    public var maxWatchLine = 16 << 20
+    public init() {}
 }
 
 /// Lists and watches over HTTPS with AsyncHTTPClient: TLS verified against the configured
@@ -55,6 +69,7 @@ public struct APIError: Error, CustomStringConvertible {
 public final class APIClient: Sendable {
     public let config: APIConfig
     let http: HTTPClient
+    public let limits = ListLimits()
 
     public init(_ config: APIConfig) throws {
         self.config = config
@@ -143,12 +158,17 @@ public final class APIClient: Sendable {
     public func list(_ r: Resource, pageSize: Int = 500) async throws -> APIObjects.List {
         var all = APIObjects.List(resourceVersion: "", objects: [], errors: [])
         var token: String?
+        var pages = 0
         repeat {
+            pages += 1
+            guard pages <= limits.maxPages else {
+                throw APIError("\(r.name): the list did not end after \(limits.maxPages) pages; svcnat stops reading it")
+            }
             var query = [("limit", String(pageSize))]
             if let token { query.append(("continue", token)) }
-            let response = try await send(try request(r, query), r, deadline: .now() + .seconds(120))
-            let body: ByteBuffer
-            do { body = try await response.body.collect(upTo: 512 << 20) } catch { throw APIError(describe(error)) }
+            let deadline = NIODeadline.now() + limits.pageDeadline
+            let response = try await send(try request(r, query), r, deadline: deadline)
+            let body = try await collect(response, upTo: 512 << 20, by: deadline, r)
             let page: APIObjects.List
             do {
                 page = try APIObjects.list(
@@ -161,9 +181,31 @@ public final class APIClient: Sendable {
             all.objects += page.objects
             all.errors += page.errors
             all.failedKeys += page.failedKeys
+            guard all.objects.count <= limits.maxObjects else {
+                throw APIError("\(r.name): the list passed \(limits.maxObjects) objects; svcnat stops reading it")
+            }
             token = page.continueToken
         } while token != nil
         return all
+    }
+
+    /// A response's whole body, by `deadline`: a body that trickles is cut off there.
+    func collect(_ response: HTTPClientResponse, upTo max: Int, by deadline: NIODeadline, _ r: Resource) async throws -> ByteBuffer {
+        let seconds = Double(Swift.max(0, (deadline - .now()).nanoseconds)) / 1e9
+        do {
+            return try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
+                group.addTask { try await response.body.collect(upTo: max) }
+                group.addTask {
+                    try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let body = first else {
+                    throw APIError("\(r.name): the list's body did not arrive within \(Int(seconds)) s")
+                }
+                return body
+            }
+        } catch let e as APIError { throw e } catch { throw APIError(describe(error)) }
     }
 
     /// Watches from `resourceVersion`, with bookmarks, until the server ends the stream
@@ -181,16 +223,24 @@ public final class APIClient: Sendable {
             ])
         let response = try await send(req, r, deadline: .now() + .seconds(Int64(timeoutSeconds) + 30))
         var pending: [UInt8] = []
+        // Where the search for the next newline goes on: each byte is looked at once, however
+        // the line is cut into chunks.
+        var scanned = 0
         do {
             for try await chunk in response.body {
                 pending += chunk.readableBytesView
-                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                while let nl = pending[scanned...].firstIndex(of: UInt8(ascii: "\n")) {
                     let line = String(decoding: pending[..<nl], as: UTF8.self)
                     pending.removeSubrange(...nl)
+                    scanned = 0
                     if line.allSatisfy(\.isWhitespace) { continue }
                     let (event, errors) = try APIObjects.event(
                         line, kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
                     try onEvent(event, errors)
+                }
+                scanned = pending.count
+                if pending.count > limits.maxWatchLine {
+                    throw APIError("\(r.name): a watch event is longer than \(limits.maxWatchLine >> 20) MB; svcnat drops the stream")
                 }
             }
         } catch let e as APIError { throw e } catch let e as APIObjects.DecodeError { throw APIError("\(r.name): \(e)") } catch let e

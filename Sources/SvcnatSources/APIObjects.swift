@@ -119,6 +119,14 @@ public enum APIObjects {
         let ctx = Field.Context(file: source)
         let f = Field(node: v, path: "", context: ctx)
         let m = f["metadata"]
+        // A watch or list is of one kind: an object that says it is another is not taken for it.
+        if case .scalar(let own, _)? = f["kind"].node, own != kind {
+            let name = m["name"].string ?? "?"
+            return (
+                nil,
+                [InputError(file: source, object: "\(own) \(name)", field: "kind", message: "a \(own) in the \(kind) collection; skipped")]
+            )
+        }
         guard let name = m["name"].string else {
             return (nil, [InputError(file: source, object: kind, field: "metadata.name", message: "missing")])
         }

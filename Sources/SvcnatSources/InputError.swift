@@ -17,8 +17,26 @@ public struct InputError: Error, CustomStringConvertible, Sendable, Equatable {
         self.message = message
     }
 
+    /// Names and messages can come from files and servers: control characters are escaped.
     public var description: String {
-        [file, object, field, message].compactMap { $0 }.joined(separator: ": ")
+        [file, object, field, message].compactMap { $0 }.joined(separator: ": ").escapingControlCharacters
+    }
+}
+
+extension String {
+    /// The text with control characters (CR, LF, ESC, ...) written as `\u{..}`, so text from a
+    /// file or a server cannot forge log lines or drive a terminal.
+    public var escapingControlCharacters: String {
+        guard unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return self }
+        var out = ""
+        for u in unicodeScalars {
+            if u.properties.generalCategory == .control {
+                out += "\\u{" + String(u.value, radix: 16) + "}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
     }
 }
 

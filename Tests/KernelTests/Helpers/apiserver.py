@@ -18,6 +18,11 @@ Control, on plain HTTP at 127.0.0.1:CONTROL_PORT (tests only):
   POST /put (an object as JSON, kind decides the collection), POST /delete {"kind","namespace","name"},
   POST /compact (forget the history: older watches get 410), POST /drop (cut every watch stream),
   POST /pause and /resume (watch requests get 503 meanwhile),
+  POST /fault {"mode": M}: misbehave, as a broken or hostile server might: "gone" (every watch
+  answers 410), "endless" (every list page has a continue token), "longline" (watches send one
+  line that never ends), "ctrl" (lists fail with 500 and control characters in the message),
+  "" (behave again);
+  POST /inject {"path", "type", "object"}: a watch event sent as given (its kind untouched),
   GET /stats (lists and watches served, per collection).
 
 Usage: apiserver.py --port P --control-port C --cert F --key F [--client-ca F] [--token T]
@@ -56,6 +61,7 @@ stats = {"lists": {}, "watches": {}, "gone": 0, "pages": 0}
 snapshots = {}                                   # chunked lists: id -> (rv, items)
 generation = 0                                   # bumped by /drop
 paused = False                                   # /pause: watches get 503 until /resume
+fault = ""                                       # /fault
 
 if os.path.exists(args.state):
     saved = json.load(open(args.state))
@@ -150,6 +156,8 @@ class API(BaseHTTPRequestHandler):
         if url.path not in COLLECTIONS:
             return self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
         kind, api_version = COLLECTIONS[url.path]
+        if fault == "ctrl" and query.get("watch", [""])[0] not in ("1", "true"):
+            return self.send_json(500, status(500, "InternalError", "boom\r\nFAKE level=info forged line\x1b[31m red"))
         if query.get("watch", [""])[0] in ("1", "true"):
             if paused:
                 return self.send_json(503, status(503, "ServiceUnavailable", "the server is paused by the test"))
@@ -173,7 +181,9 @@ class API(BaseHTTPRequestHandler):
             page = items[offset:offset + limit] if limit else items[offset:]
             stats["pages"] += 1
             meta = {"resourceVersion": str(snap_rv)}
-            if limit and offset + limit < len(items):
+            if fault == "endless":
+                meta["continue"] = "%d:%d" % (snap_id, 0)
+            elif limit and offset + limit < len(items):
                 meta["continue"] = "%d:%d" % (snap_id, offset + limit)
                 meta["remainingItemCount"] = len(items) - offset - limit
             body = {"kind": kind + "List", "apiVersion": api_version, "metadata": meta, "items": page}
@@ -198,7 +208,7 @@ class API(BaseHTTPRequestHandler):
         with lock:
             stats["watches"][path] = stats["watches"].get(path, 0) + 1
             my_generation = generation
-            if since + 1 < oldest and since != 0:
+            if fault == "gone" or (since + 1 < oldest and since != 0):
                 stats["gone"] += 1
                 self.chunk({"type": "ERROR", "object": status(410, "Expired", "too old resource version: %d (%d)" % (since, oldest - 1))})
                 self.wfile.write(b"0\r\n\r\n")
@@ -207,6 +217,13 @@ class API(BaseHTTPRequestHandler):
         last_bookmark = time.time()
         sent = since
         try:
+            if fault == "longline":
+                # One line that never ends, 64 KB every 10 ms, until the client gives up.
+                data = b"x" * 65536
+                while time.time() < end:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    time.sleep(0.01)
+                return
             while time.time() < end:
                 with lock:
                     lock.wait(timeout=0.2)
@@ -218,6 +235,9 @@ class API(BaseHTTPRequestHandler):
                     current = rv
                 for r, t, o in events:
                     sent = r
+                    if t == "RAW":
+                        self.chunk(o)
+                        continue
                     if t != "DELETED" and not selected(o, query):
                         continue
                     obj = dict(o, kind=kind, apiVersion=api_version)
@@ -248,7 +268,7 @@ class Control(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self):
-        global oldest, generation, paused
+        global oldest, generation, paused, fault, rv
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         with lock:
             if self.path == "/put":
@@ -267,6 +287,12 @@ class Control(BaseHTTPRequestHandler):
             elif self.path == "/compact":
                 history.clear()
                 oldest = rv + 1
+            elif self.path == "/fault":
+                fault = body.get("mode", "")
+            elif self.path == "/inject":
+                rv += 1
+                history.append((rv, body["path"], "RAW", {"type": body["type"], "object": body["object"]}))
+                lock.notify_all()
             elif self.path == "/pause":
                 paused = True
             elif self.path == "/resume":

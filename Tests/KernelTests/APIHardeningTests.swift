@@ -1,0 +1,95 @@
+import Foundation
+import Testing
+
+extension RootTests.APISourceTests {
+    /// The daemon on the test API server with web (198.18.100.20) on pod 1, once it serves it.
+    func webOnAPI(_ a: API) throws -> Testbed.Background {
+        try a.ctl("put", service("web", ip: "198.18.100.20"))
+        try a.ctl("put", slice("web-a", of: "web", pods: [1]))
+        let daemon = try a.bed.startDaemon(
+            a.node,
+            ["--kubeconfig", try a.kubeconfig(), "--min-sync-period", "0", "--node-name", "node-a", "--cluster-cidr", "198.19.0.0/16"])
+        #expect(try follows(a, ["pod1"], within: 10), "\(daemon.log())")
+        return daemon
+    }
+
+    /// A watch that always answered 410 got 339 relists in 10 s. Relists that no watch event
+    /// separates now back off as failures do (0.5 s doubling, jittered).
+    @Test func aWatchThatAlwaysAnswersGoneIsRelistedWithBackoff() throws {
+        let a = try api("apigone")
+        defer { a.bed.close() }
+        let daemon = try webOnAPI(a)
+        let before = try a.count("lists", "/api/v1/services")
+        try a.ctl("fault", #"{"mode": "gone"}"#)
+        try a.ctl("drop")
+        sleep(10)
+        let relists = try a.count("lists", "/api/v1/services") - before
+        print("410 storm: \(relists) relists of services in 10 s")
+        #expect(relists >= 2 && relists <= 8, "\(relists) relists in 10 s: \(daemon.log().suffix(1500))")
+        // The rules stay in force meanwhile.
+        #expect(try answers(a) == ["pod1"])
+    }
+
+    /// A `continue` token that never ends grew memory without bound. A list now stops at
+    /// 1,000 pages (or 500,000 objects) with an error, and the rules in force stay.
+    @Test func aListThatNeverEndsIsCutOff() throws {
+        let a = try api("apiendless", extra: ["--max-page", "1"])
+        defer { a.bed.close() }
+        let daemon = try webOnAPI(a)
+        try a.ctl("fault", #"{"mode": "endless"}"#)
+        // A change the watches miss, then the history compacted: they get 410 and list again.
+        try a.ctl("pause")
+        try a.ctl("drop")
+        try a.ctl("put", slice("web-b", of: "web", pods: [2]))
+        try a.ctl("compact")
+        try a.ctl("resume")
+        #expect(d.within(90) { daemon.log().contains("the list did not end after 1000 pages") } != nil, "\(daemon.log().suffix(1500))")
+        #expect(try answers(a) == ["pod1"])
+    }
+
+    /// A watch line without a newline was rescanned on every chunk, at 100% CPU, without end.
+    /// A line is now scanned once and dropped past 16 MB.
+    @Test func aWatchLineThatNeverEndsIsDropped() throws {
+        let a = try api("apiline")
+        defer { a.bed.close() }
+        let daemon = try webOnAPI(a)
+        try a.ctl("fault", #"{"mode": "longline"}"#)
+        try a.ctl("drop")
+        #expect(d.within(30) { daemon.log().contains("a watch event is longer than 16 MB") } != nil, "\(daemon.log().suffix(1500))")
+        #expect(try answers(a) == ["pod1"])
+    }
+
+    /// The watch trusted an object's own kind: a Pod on the Services watch became an endpoint.
+    /// An object of another kind is now skipped, named in the log.
+    @Test func aPodOnTheServicesWatchIsNotTakenForAnything() throws {
+        let a = try api("apikind")
+        defer { a.bed.close() }
+        // web selects app=web and has no EndpointSlice: a Pod would give it an endpoint.
+        try a.ctl("put", service("web", ip: "198.18.100.20"))
+        let daemon = try a.bed.startDaemon(
+            a.node,
+            ["--kubeconfig", try a.kubeconfig(), "--min-sync-period", "0", "--node-name", "node-a", "--cluster-cidr", "198.19.0.0/16"])
+        #expect(d.within(10) { d.ruleset(a.bed, a.node).contains("198.18.100.20") } != nil, "\(daemon.log())")
+        let pod = """
+            {"path": "/api/v1/services", "type": "ADDED", "object": {"kind": "Pod", "apiVersion": "v1",
+             "metadata": {"name": "intruder", "namespace": "demo", "labels": {"app": "web"}, "resourceVersion": "99999"},
+             "status": {"podIP": "198.19.2.2", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}}
+            """
+        try a.ctl("inject", pod)
+        #expect(d.within(5) { daemon.log().contains("a Pod in the Service collection; skipped") } != nil, "\(daemon.log())")
+        usleep(500_000)
+        #expect(!d.ruleset(a.bed, a.node).contains("198.19.2.2"))
+    }
+
+    /// Server error text with CR, LF and ESC was logged raw, so a server could forge log lines.
+    @Test func serverTextIsEscapedBeforeItIsLogged() throws {
+        let a = try api("apictrl")
+        defer { a.bed.close() }
+        try a.ctl("fault", #"{"mode": "ctrl"}"#)
+        let daemon = try a.bed.startDaemon(a.node, ["--kubeconfig", try a.kubeconfig(), "--node-name", "node-a"])
+        #expect(d.within(10) { daemon.log().contains("boom") } != nil, "\(daemon.log())")
+        let log = daemon.log()
+        #expect(!log.contains("\u{1b}") && !log.split(separator: "\n").contains { $0.hasPrefix("FAKE") }, "\(log)")
+        #expect(log.contains("boom\\u{d}\\u{a}FAKE"), "\(log)")
+    }
+}
