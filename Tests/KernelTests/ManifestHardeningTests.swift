@@ -127,4 +127,27 @@ extension RootTests.DaemonTests {
         #expect(within(3) { daemon.log().contains("sync (full, SIGHUP)") } != nil, "\(daemon.log())")
         #expect(ruleset(bed, n).contains("198.19.1.2"))
     }
+
+    /// The retry backoff was bypassed: the 500 ms drift check asked for a full sync at once, so
+    /// a failing sync was retried about every --min-sync-period, capped at 16 s. From the log:
+    /// 0.5 s doubling, and no more attempts than that allows.
+    @Test func theRetryBackoffHoldsAgainstTheDriftCheck() throws {
+        let bed = Testbed("backoff")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1]))
+        let start = Date()
+        let daemon = try bed.startProcessWithEnv(
+            n, [svcnatPath, "run", "--manifests", dir, "--min-sync-period", "0"], env: ["SVCNAT_TEST_REFUSE_BATCHES": "1"])
+        sleep(9)
+        let elapsed = Date().timeIntervalSince(start)
+        let delays = daemon.log().split(separator: "\n").compactMap { line -> Double? in
+            guard let r = line.range(of: "retrying in ") else { return nil }
+            return Double(line[r.upperBound...].prefix { $0 != " " })
+        }
+        #expect(Array(delays.prefix(4)) == [0.5, 1, 2, 4], "\(delays)")
+        // 0.5 + 1 + 2 + 4 = 7.5 s: in 9 s at most 5 failed syncs (the drift check adds none).
+        #expect(delays.count <= 5, "\(delays.count) failed syncs in \(elapsed) s: \(delays)")
+    }
 }
