@@ -21,4 +21,6 @@
 #include <libnftnl/set.h>
 #include <libnftnl/gen.h>
 #include <libnftnl/udata.h>
+#include <libnftnl/object.h>
+#include <libnftnl/flowtable.h>
 #endif

@@ -147,6 +147,24 @@ struct BatchEncoder {
             let h = header(NFT_MSG_DELSET, flags: 0)
             nftnl_set_nlmsg_build_payload(h, set.raw)
             buffer.commit(h)
+        case .deleteForeign(let o):
+            switch o.kind {
+            case .object(let type):
+                let obj = NftObject()
+                nftnl_obj_set_str(obj.raw, KernelNumbers.attr(NFTNL_OBJ_TABLE), table)
+                nftnl_obj_set_str(obj.raw, KernelNumbers.attr(NFTNL_OBJ_NAME), o.name)
+                nftnl_obj_set_u32(obj.raw, KernelNumbers.attr(NFTNL_OBJ_TYPE), type)
+                let h = header(NFT_MSG_DELOBJ, flags: 0)
+                nftnl_obj_nlmsg_build_payload(h, obj.raw)
+                buffer.commit(h)
+            case .flowtable:
+                let ft = NftFlowtable()
+                nftnl_flowtable_set_str(ft.raw, KernelNumbers.attr(NFTNL_FLOWTABLE_TABLE.rawValue), table)
+                nftnl_flowtable_set_str(ft.raw, KernelNumbers.attr(NFTNL_FLOWTABLE_NAME.rawValue), o.name)
+                let h = header(NFT_MSG_DELFLOWTABLE, flags: 0)
+                nftnl_flowtable_nlmsg_build_payload(h, ft.raw)
+                buffer.commit(h)
+            }
         case .addElements(let name, let elements):
             encodeElements(name, elements, type: NFT_MSG_NEWSETELEM, flags: NLM_F_CREATE, withData: true)
         case .deleteElements(let name, let elements):

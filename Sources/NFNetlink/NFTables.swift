@@ -219,6 +219,31 @@ public final class NFTables {
             r.sets[i].elements = SetElement.sorted(elements)
         }
 
+        // Objects svcnat never makes: their names, to delete them.
+        try dump(NFT_MSG_GETOBJ, what: "list objects of \(table)") { nlh in
+            let o = NftObject()
+            nftnl_obj_set_str(o.raw, KernelNumbers.attr(NFTNL_OBJ_TABLE), table)
+            nftnl_obj_nlmsg_build_payload(nlh, o.raw)
+        } each: { nlh in
+            let o = NftObject()
+            guard nftnl_obj_nlmsg_parse(nlh, o.raw) >= 0,
+                str(nftnl_obj_get_str(o.raw, KernelNumbers.attr(NFTNL_OBJ_TABLE))) == table
+            else { return }
+            let type = nftnl_obj_get_u32(o.raw, KernelNumbers.attr(NFTNL_OBJ_TYPE))
+            r.foreign.append(
+                ForeignObject(kind: .object(type: type), name: str(nftnl_obj_get_str(o.raw, KernelNumbers.attr(NFTNL_OBJ_NAME)))))
+        }
+        try dump(NFT_MSG_GETFLOWTABLE, what: "list flowtables of \(table)") { _ in
+        } each: { nlh in
+            let f = NftFlowtable()
+            guard nftnl_flowtable_nlmsg_parse(nlh, f.raw) >= 0,
+                str(nftnl_flowtable_get_str(f.raw, KernelNumbers.attr(NFTNL_FLOWTABLE_TABLE.rawValue))) == table
+            else { return }
+            r.foreign.append(
+                ForeignObject(
+                    kind: .flowtable, name: str(nftnl_flowtable_get_str(f.raw, KernelNumbers.attr(NFTNL_FLOWTABLE_NAME.rawValue)))))
+        }
+
         var rulesByChain: [String: [Rule]] = [:]
         try dump(NFT_MSG_GETRULE, what: "list rules of \(table)") { nlh in
             let rule = NftRule()

@@ -27,6 +27,18 @@ final class NftSet {
     deinit { nftnl_set_free(raw) }
 }
 
+final class NftObject {
+    let raw: OpaquePointer
+    init() { raw = nftnl_obj_alloc() }
+    deinit { nftnl_obj_free(raw) }
+}
+
+final class NftFlowtable {
+    let raw: OpaquePointer
+    init() { raw = nftnl_flowtable_alloc() }
+    deinit { nftnl_flowtable_free(raw) }
+}
+
 /// Kernel numbers for the model's symbolic values, taken from the UAPI headers.
 enum KernelNumbers {
     static func family(_ f: TableFamily) -> UInt16 {

@@ -13,6 +13,8 @@ public enum Operation: Hashable, Sendable {
     case deleteRule(chain: String, handle: UInt64)
     case addElements(set: String, [SetElement])
     case deleteElements(set: String, [SetElement])
+    /// Removes an object svcnat never makes (after the rules that use it).
+    case deleteForeign(ForeignObject)
 }
 
 public struct Transaction: Hashable, Sendable {
@@ -99,6 +101,7 @@ public struct Transaction: Hashable, Sendable {
                     "add \(s.kindWord) \(t) \(s.name) { \(s.typeText); "
                         + (s.timeout.map { "flags dynamic,timeout; timeout \($0)s; " } ?? "") + "}")
             case .deleteSet(let n): lines.append("delete set \(t) \(n)")
+            case .deleteForeign(let o): lines.append("delete \(o.nftKeyword) \(t) \(o.name)")
             case .addChain(let c):
                 lines.append("add chain \(t) \(c.name)" + (c.base.map { " { \($0.nftText) }" } ?? ""))
             case .flushChain(let c): lines.append("flush chain \(t) \(c)")
@@ -175,6 +178,7 @@ public enum Planner {
             b.diffElements(currentSets[d.name]?.elements ?? [], d.elements, set: d.name)
         }
         for s in current.sets where !wantedSets.contains(s.name) { b.add(.deleteSet(s.name)) }
+        for o in current.foreign { b.add(.deleteForeign(o)) }
         return b.transaction
     }
 
@@ -227,6 +231,9 @@ extension Ruleset {
         case .addSet(let s):
             guard r.set(s.name) == nil else { return nil }
             r.sets.append(s.definition)
+        case .deleteForeign(let o):
+            guard r.foreign.contains(o) else { return nil }
+            r.foreign.removeAll { $0 == o }
         case .deleteSet(let n):
             guard r.set(n) != nil, !r.chains.contains(where: { $0.rules.contains { $0.setReferences.contains(n) } }) else { return nil }
             r.sets.removeAll { $0.name == n }

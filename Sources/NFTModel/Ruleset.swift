@@ -256,9 +256,49 @@ public struct Ruleset: Hashable, Sendable {
     /// NFT_TABLE_F_DORMANT.
     public static let dormant: UInt32 = 1
 
+    /// Objects of kinds svcnat never makes (stateful objects, flowtables) found in the table:
+    /// someone else's, so drift repair deletes them.
+    public var foreign: [ForeignObject] = []
+
     public func chain(_ name: String) -> Chain? { chains.first { $0.name == name } }
     public func set(_ name: String) -> NamedSet? { sets.first { $0.name == name } }
 
     public var ruleCount: Int { chains.reduce(0) { $0 + $1.rules.count } }
     public var elementCount: Int { sets.reduce(0) { $0 + $1.elements.count } }
+}
+
+/// A table object svcnat does not make: a stateful object (counter, quota, limit, ct helper,
+/// ...) of kernel type `type`, or a flowtable.
+public struct ForeignObject: Hashable, Sendable {
+    public enum Kind: Hashable, Sendable {
+        case object(type: UInt32)
+        case flowtable
+    }
+    public var kind: Kind
+    public var name: String
+    public init(kind: Kind, name: String) {
+        self.kind = kind
+        self.name = name
+    }
+
+    /// nft's word for it: `delete counter ip t NAME`, `delete flowtable ip t NAME`.
+    public var nftKeyword: String {
+        switch kind {
+        case .flowtable: "flowtable"
+        case .object(let t):
+            switch t {
+            case 1: "counter"
+            case 2: "quota"
+            case 3: "ct helper"
+            case 4: "limit"
+            case 5: "connlimit"
+            case 6: "tunnel"
+            case 7: "ct timeout"
+            case 8: "secmark"
+            case 9: "ct expectation"
+            case 10: "synproxy"
+            default: "object type \(t)"
+            }
+        }
+    }
 }

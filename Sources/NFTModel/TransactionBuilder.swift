@@ -5,8 +5,8 @@
 /// 1. the table itself (delete, then add, when it is rebuilt);
 /// 2. new sets and chains, so that rules and elements can refer to them;
 /// 3. rules removed (flush or delete by handle), so that nothing refers any more to what goes;
-/// 4. elements removed, then chains and sets deleted (a set deleted and added again is being
-///    redefined: it is deleted here and added back after);
+/// 4. elements removed, then chains, sets and foreign objects deleted (a set deleted and added
+///    again is being redefined: it is deleted here and added back after);
 /// 5. rules added, then elements added: a rule that binds a map walks the elements the map
 ///    already holds, so elements after rules costs the kernel less.
 public struct TransactionBuilder: Sendable {
@@ -19,6 +19,7 @@ public struct TransactionBuilder: Sendable {
     private var elementDeletes = ElementLists()
     private var deleteChains: [Operation] = []
     private var deleteSets: [String] = []
+    private var deleteForeign: [Operation] = []
     private var redefinedSets: [Operation] = []
     private var addRules: [Operation] = []
     private var elementAdds = ElementLists()
@@ -38,6 +39,7 @@ public struct TransactionBuilder: Sendable {
         case .addChain: addChains.append(op)
         case .flushChain, .deleteRule: ruleRemovals.append(op)
         case .deleteChain: deleteChains.append(op)
+        case .deleteForeign: deleteForeign.append(op)
         case .addRule: addRules.append(op)
         case .addElements(let set, let es): elementAdds.append(es, to: set)
         case .deleteElements(let set, let es): elementDeletes.append(es, to: set)
@@ -69,6 +71,7 @@ public struct TransactionBuilder: Sendable {
         ops += elementDeletes.lists.compactMap { gone.contains($0.set) ? nil : Operation.deleteElements(set: $0.set, $0.elements) }
         ops += deleteChains
         ops += deleteSets.map { .deleteSet($0) }
+        ops += deleteForeign
         ops += redefinedSets + addRules
         ops += elementAdds.lists.map { .addElements(set: $0.set, $0.elements) }
         return Transaction(family: family, table: table, operations: ops)

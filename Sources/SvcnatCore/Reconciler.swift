@@ -221,7 +221,7 @@ public struct Reconciler {
         case .deleteSet(let s): if let o = owner(s) { out.insert(o) }
         case .addElements(_, let es), .deleteElements(_, let es):
             for e in es { if let o = e.verdict?.target.flatMap(owner) { out.insert(o) } }
-        case .addTable, .deleteTable: break
+        case .addTable, .deleteTable, .deleteForeign: break
         }
         return out.sorted()
     }

@@ -106,7 +106,8 @@ extension RootTests {
 
         /// A foreign rule with an anonymous set (`tcp dport { 80, 443 }`) inside svcnat's table
         /// made every apply fail: svcnat planned to delete `__set0`, which the kernel frees with
-        /// its rule. Now the rule goes and its set with it.
+        /// its rule. Now the rule goes and its set with it; so do foreign objects of the kinds
+        /// svcnat never makes (named counters and quotas), which it did not see.
         @Test func aForeignRuleWithAnAnonymousSetIsRemovedWithoutTouchingTheSet() throws {
             let bed = Testbed("anon")
             defer { bed.close() }
@@ -117,9 +118,17 @@ extension RootTests {
             try bed.sh(n, ["nft", "add", "rule", "ip", "svcnat", "services", "tcp", "dport", "{ 80, 443 }", "counter"])
             try bed.sh(n, ["nft", "add", "chain", "ip", "svcnat", "intruder"])
             try bed.sh(n, ["nft", "add", "rule", "ip", "svcnat", "intruder", "ip", "saddr", "{ 198.18.0.9, 198.18.0.10 }", "drop"])
+            // Objects of kinds svcnat never makes: a named counter used by a rule, and a quota.
+            // (Flowtables are deleted the same way; this kernel cannot make one to test it.)
+            try bed.sh(n, ["nft", "add", "counter", "ip", "svcnat", "spy"])
+            try bed.sh(n, ["nft", "add", "quota", "ip", "svcnat", "cap", "{ over 1 mbytes }"])
+            try bed.sh(n, ["nft", "add", "rule", "ip", "svcnat", "services", "counter", "name", "spy"])
             #expect(try bed.sh(n, ["nft", "list", "ruleset"]) != good)
             let diff = try bed.svcnat(n, ["diff", "-f", examples] + cidr)
             #expect(diff.code == 1 && !diff.out.contains("__set"), "\(diff.out)\(diff.err)")
+            for line in ["delete counter ip svcnat spy", "delete quota ip svcnat cap"] {
+                #expect(diff.out.contains(line), "\(line) not in:\n\(diff.out)")
+            }
             let fixed = try bed.svcnat(n, ["apply", "-f", examples] + cidr)
             #expect(fixed.code == 0, "\(fixed.err)")
             #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == good)
