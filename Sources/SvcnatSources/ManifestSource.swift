@@ -11,7 +11,9 @@ public enum ManifestSource {
     }
 
     /// Loads every path; throws `InputErrors` listing every problem found, or returns the state.
-    public static func load(_ paths: [String], stdin: () -> String? = { readStandardInput() }) throws -> Result {
+    public static func load(
+        _ paths: [String], stdin: () -> String? = { readStandardInput() }, maxInput: Int = maxInputSize
+    ) throws -> Result {
         var decoder = ManifestDecoder()
         var errors: [InputError] = []
         var files: [String] = []
@@ -38,17 +40,17 @@ public enum ManifestSource {
                 switch readText(file) {
                 case .text(let text):
                     total += text.utf8.count
-                    if total > maxInputSize {
+                    if total > maxInput {
                         errors.append(
                             InputError(
-                                file: file, message: "the input passes \(maxInputSize >> 20) MB in all; svcnat reads at most that much"))
+                                file: file, message: "the input passes \(maxInput) bytes in all; svcnat reads at most that much"))
                         break
                     }
                     decoder.decode(text, file: file)
                 case .failed(let why):
                     errors.append(InputError(file: file, message: why))
                 }
-                if total > maxInputSize { break }
+                if total > maxInput { break }
             }
         }
         for s in skipped { decoder.warn(file: s.path, "skipped: \(s.why)") }

@@ -106,6 +106,24 @@ import Testing
         #expect(text.contains("endpoints[0].addresses[0]: 127.0.0.1 is a loopback address, which cannot be an endpoint"), "\(text)")
     }
 
+    /// One read's whole input is capped beside each file's: a folder of many files stops there.
+    @Test func aFolderPastTheTotalInputCapIsRefused() throws {
+        let dir = NSTemporaryDirectory() + "svcnat-test-cap-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for i in 0..<10 {
+            let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s\(i)}\nspec: {clusterIP: 198.18.100.\(i + 1), ports: [{port: 80}]}\n"
+            try svc.write(toFile: dir + "/s\(i).yaml", atomically: true, encoding: .utf8)
+        }
+        #expect(try ManifestSource.load([dir]).state.services.count == 10)
+        do {
+            _ = try ManifestSource.load([dir], maxInput: 500)
+            Issue.record("the cap did not hold")
+        } catch let e as InputErrors {
+            #expect(e.description.contains("the input passes 500 bytes in all"), "\(e)")
+        }
+    }
+
     @Test func malformedYAMLAndBadNames() {
         let d = decode("apiVersion: v1\nkind: Service\nmetadata: {name: [unclosed\n", file: "broken.yaml")
         #expect(d.errors.first?.description.hasPrefix("broken.yaml: not valid YAML or JSON") == true)
