@@ -160,6 +160,13 @@ extension RootTests {
             #expect(try bed.sh(node, ["nft", "list", "ruleset"]) == good)
             #expect(try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 5).answers == ["pod1": 5])
 
+            // A base chain made again at another priority: the table is rebuilt to svcnat's.
+            try bed.sh(node, ["nft", "flush", "chain", "ip", "svcnat", "nat-output"])
+            try bed.sh(node, ["nft", "delete", "chain", "ip", "svcnat", "nat-output"])
+            try bed.sh(node, ["nft", "add", "chain", "ip", "svcnat", "nat-output", "{ type nat hook output priority 50; }"])
+            #expect(try bed.svcnat(node, ["apply", "-f", input] + cidr).code == 0)
+            #expect(try bed.sh(node, ["nft", "list", "ruleset"]) == good)
+
             try bed.sh(node, ["nft", "add", "table", "ip", "svcnat", "{ flags dormant; }"])
             #expect(try bed.sh(node, ["nft", "list", "table", "ip", "svcnat"]).contains("flags dormant"))
             let dormant = try bed.client(in: client, "tcp", "198.18.100.20", 80, count: 2)

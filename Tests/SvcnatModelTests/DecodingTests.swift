@@ -112,7 +112,8 @@ import Testing
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         for i in 0..<10 {
-            let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s\(i)}\nspec: {clusterIP: 198.18.100.\(i + 1), ports: [{port: 80}]}\n"
+            let svc =
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s\(i)}\nspec: {clusterIP: 198.18.100.\(i + 1), ports: [{port: 80}]}\n"
             try svc.write(toFile: dir + "/s\(i).yaml", atomically: true, encoding: .utf8)
         }
         #expect(try ManifestSource.load([dir]).state.services.count == 10)
