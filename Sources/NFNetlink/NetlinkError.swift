@@ -82,9 +82,31 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
 /// Several refused messages of one batch; the first is the one to report.
 public struct BatchError: Error, CustomStringConvertible, Sendable {
     public var failures: [NetlinkError]
+    /// Which batch of the change was refused (1-based) and how many there were: the second
+    /// batch only removes map entries no rule reaches, and the first is committed by then.
+    public var batch = 1
+    public var batches = 1
     public init(failures: [NetlinkError]) { self.failures = failures }
+
+    /// The error text stays short however many messages were refused: the first ones in full,
+    /// then how many more.
+    static let shownFailures = 8
+    static let maxText = 4096
+
     public var description: String {
-        "the kernel refused the transaction (nothing was changed): "
-            + failures.map(\.description).joined(separator: "; ")
+        var s =
+            batch == 1
+            ? "the kernel refused the transaction (nothing was changed): "
+            : "the kernel refused batch \(batch) of \(batches) (the removal of map entries no rule reaches; "
+                + "the batches before it were committed, so the rules in force are the new ones): "
+        var shown = 0
+        for f in failures.prefix(Self.shownFailures) {
+            let text = f.description
+            guard s.utf8.count + text.utf8.count <= Self.maxText || shown == 0 else { break }
+            s += (shown == 0 ? "" : "; ") + (text.utf8.count > Self.maxText ? String(text.prefix(Self.maxText)) + "..." : text)
+            shown += 1
+        }
+        if failures.count > shown { s += "; and \(failures.count - shown) more refused messages" }
+        return s
     }
 }

@@ -56,7 +56,9 @@ public final class NetlinkSocket: NetlinkTransport {
         repeat { n = poll(&pfd, 1, timeout) } while n < 0 && Glibc.errno == EINTR
         if n == 0 { return nil }
         try NetlinkError.check("poll netlink socket", Int(n))
-        return try NetlinkError.check("receive from netlink socket", mnl_socket_recvfrom(raw, buffer.baseAddress, buffer.count))
+        var got: Int
+        repeat { got = mnl_socket_recvfrom(raw, buffer.baseAddress, buffer.count) } while got < 0 && Glibc.errno == EINTR
+        return try NetlinkError.check("receive from netlink socket", got)
     }
 }
 

@@ -47,8 +47,13 @@ public final class NetlinkKernel: Kernel {
         let txs = txs.filter { !$0.isEmpty }
         var messages = 0, commits = 0
         defer { lastBatchMessages = messages }
-        for batch in Transaction.batches(txs) {
-            try nft.apply(batch)
+        let batches = Transaction.batches(txs)
+        for batch in batches {
+            do { try nft.apply(batch) } catch var e as BatchError {
+                e.batch = commits + 1
+                e.batches = batches.count
+                throw e
+            }
             messages += nft.lastBatchMessages
             commits += 1
         }

@@ -2,6 +2,7 @@ import CNftables
 import Glibc
 @testable import NFNetlink
 import NFTModel
+import SvcnatCore
 import SvcnatModel
 import Testing
 
@@ -12,6 +13,8 @@ final class RecordingTransport: NetlinkTransport {
     var replies: [[UInt8]] = []
     /// Refuse the batch's n-th object message (0-based) with this errno.
     var refuse: (index: Int, errno: Int32)?
+    /// Refuse only in the batch sent n-th (0-based); nil: in every batch.
+    var refuseInSend: Int?
 
     func send(_ datagram: UnsafeRawBufferPointer) throws {
         let bytes = [UInt8](datagram)
@@ -19,7 +22,9 @@ final class RecordingTransport: NetlinkTransport {
         let seqs = Self.headers(bytes).map(\.nlmsg_seq)
         guard seqs.count >= 3 else { return }
         let objects = Array(seqs.dropFirst().dropLast())
-        if let r = refuse { replies.append(Self.error(seq: objects[r.index], errno: r.errno)) }
+        if let r = refuse, refuseInSend.map({ $0 == sent.count - 1 }) ?? true {
+            replies.append(Self.error(seq: objects[r.index], errno: r.errno))
+        }
         replies.append(Self.error(seq: objects.last!, errno: 0))
     }
 
@@ -133,6 +138,66 @@ final class RecordingTransport: NetlinkTransport {
         t.refuse = (index: 0, errno: ENOENT)
         do { try NFTables(transport: t, firstSeq: 1).apply(named) } catch let e as BatchError {
             #expect(e.failures.first?.missingFeature == nil)
+        }
+    }
+
+    /// A dump can end in an error: the errno rides in NLMSG_DONE. It was ignored, so a failed
+    /// dump read as a complete one.
+    @Test func aDumpThatEndsInAnErrorIsAnError() throws {
+        final class FailingDump: NetlinkTransport {
+            var reply: [UInt8] = []
+            func send(_ datagram: UnsafeRawBufferPointer) throws {
+                let seq = RecordingTransport.headers([UInt8](datagram))[0].nlmsg_seq
+                var h = nlmsghdr(
+                    nlmsg_len: 20, nlmsg_type: UInt16(NLMSG_DONE), nlmsg_flags: UInt16(NLM_F_MULTI), nlmsg_seq: seq, nlmsg_pid: 0)
+                var code = -EIO
+                reply = withUnsafeBytes(of: &h) { Array($0) } + withUnsafeBytes(of: &code) { Array($0) }
+            }
+            func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
+                guard !reply.isEmpty else { return nil }
+                defer { reply = [] }
+                buffer.copyMemory(from: UnsafeRawBufferPointer(start: reply, count: reply.count))
+                return reply.count
+            }
+        }
+        let nft = NFTables(transport: FailingDump(), firstSeq: 5)
+        do {
+            try nft.request(
+                NFT_MSG_GETCHAIN, family: UInt16(NFPROTO_IPV4), flags: NLM_F_DUMP, what: "list chains", build: { _ in }, each: { _ in })
+            Issue.record("the dump's error was ignored")
+        } catch let e as NetlinkError {
+            #expect(e.errno == EIO && e.operation == "list chains")
+        }
+    }
+
+    /// Many refused messages gave error strings of 742 KB. The text now keeps the first few
+    /// within 4 KB and counts the rest.
+    @Test func errorTextIsCappedWithACountOfTheRest() {
+        let one = NetlinkError("add element ip svcnat service-ips { " + String(repeating: "x", count: 300) + " }", errno: EEXIST)
+        let e = BatchError(failures: Array(repeating: one, count: 5000))
+        #expect(e.description.utf8.count < 4500)
+        #expect(e.description.hasSuffix("more refused messages"))
+        #expect(e.description.contains("; and 49"))
+    }
+
+    /// A second-batch failure said "nothing was changed" although the first batch had been
+    /// committed. It now says which batch failed and that the ones before it were committed.
+    @Test func aRefusedSecondBatchSaysTheFirstWasCommitted() throws {
+        let t = RecordingTransport()
+        t.refuse = (index: 0, errno: ENOENT)
+        t.refuseInSend = 1
+        let kernel = NetlinkKernel(NFTables(transport: t, firstSeq: 1))
+        let gone = SetElement(key: [.integer(3)], data: [.ip(IPAddress("198.19.1.2")!), .port(8080)])
+        let tx = Transaction(
+            family: .ip, table: "svcnat", operations: [.flushChain("svc-demo/web/tcp/http"), .deleteElements(set: "endpoints-7", [gone])])
+        do {
+            try kernel.apply([tx])
+            Issue.record("the refusal was not reported")
+        } catch let e as BatchError {
+            #expect(t.sent.count == 2)
+            #expect(e.batch == 2 && e.batches == 2)
+            #expect(e.description.hasPrefix("the kernel refused batch 2 of 2"), "\(e)")
+            #expect(!e.description.contains("nothing was changed"))
         }
     }
 }
