@@ -205,13 +205,7 @@ public struct Reconciler {
     /// port's chains and sets carry its namespace and name, and the dispatch maps' elements
     /// jump to its chains. Empty for shared objects.
     static func services(of change: NFTModel.Operation) -> [String] {
-        func owner(_ name: String) -> String? {
-            for p in [Names.serviceChainPrefix, "ext-", "fw-", "ep-", "aff-"] where name.hasPrefix(p) {
-                let parts = name.dropFirst(p.count).split(separator: "/", maxSplits: 2)
-                if parts.count >= 2 { return "\(parts[0])/\(parts[1])" }
-            }
-            return nil
-        }
+        let owner = Names.service(ofObject:)
         var out = Set<String>()
         switch change {
         case .addChain(let c): if let o = owner(c.name) { out.insert(o) }
@@ -252,7 +246,7 @@ public struct Reconciler {
                 FamilySync(
                     family: family, desired: desired, fragments: fragments,
                     transaction: Planner.plan(from: current, to: desired), claims: proxy.claimedFrontends,
-                    lost: Dictionary(lost.map { ("\($0.loser.namespace)/\($0.loser.name)", [$0.frontend]) }, uniquingKeysWith: +)
+                    lost: Dictionary(lost.map { ($0.loser.serviceKey, [$0.frontend]) }, uniquingKeysWith: +)
                         .mapValues(Set.init)))
             if !dryRun { flows.append(.init(before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))) }
         }
@@ -266,7 +260,7 @@ public struct Reconciler {
         let d = clock.now - start
         let used = counted
         var result = SyncResult(
-            services: Set(used.flatMap { $0.servicePorts.map { "\($0.name.namespace)/\($0.name.name)" } }).count,
+            services: Set(used.flatMap { $0.servicePorts.map(\.name.serviceKey) }).count,
             servicePorts: used.reduce(0) { $0 + $1.servicePorts.count },
             endpoints: used.reduce(0) { $0 + $1.endpointCount },
             transactions: txs, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,

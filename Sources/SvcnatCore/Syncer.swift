@@ -64,7 +64,7 @@ public final class Syncer {
     /// The claims that lost at the last full sync (a partial sync never decides a clash).
     public private(set) var conflicts: [Conflict] = []
     /// The Services on either side of those clashes.
-    private var contested: Set<String> = []
+    private var contested: Set<String> { Set(conflicts.flatMap { [$0.loser.serviceKey, $0.winner.serviceKey] }) }
     /// Services the kernel refused at the last full sync, left out, with its error. A change
     /// to one of them is tried again in a full sync.
     public private(set) var refused: [String: String] = [:]
@@ -103,8 +103,9 @@ public final class Syncer {
             let gen = try kernel.generation()
             let dirty = source.takeDirty()
             var done: Committed
-            if !requestedFull, cacheGeneration == gen, let ports = partialPorts(source, dirty) {
+            if !requestedFull, cacheGeneration == gen, let (ports, held) = partialPorts(source, dirty) {
                 done = try partialSync(ports, dirty: dirty)
+                claims = held
             } else {
                 done = try fullSync(source.state)
                 done.result.repairedDrift = !done.result.transactions.isEmpty && reason.hasPrefix("ruleset generation changed")
@@ -128,7 +129,11 @@ public final class Syncer {
     /// Service in a clash claims something other than before. Clashes are decided only by a
     /// full sync, so the rule is applied to the whole input the same way every time; a partial
     /// sync of a Service in a clash whose claims did not change keeps the full sync's decision.
-    private func partialPorts(_ source: ServiceSource, _ dirty: Set<String>) -> [IPFamily: [String: [ServicePortState]]]? {
+    /// With the ports, the claims held once the kernel takes them.
+    private func partialPorts(
+        _ source: ServiceSource, _ dirty: Set<String>
+    ) -> (ports: [IPFamily: [String: [ServicePortState]]], claims: [IPFamily: [String: String]])? {
+        let contested = self.contested
         guard let incremental, dirty.allSatisfy({ refused[$0] == nil }) else { return nil }
         var ports: [IPFamily: [String: [ServicePortState]]] = [:]
         var newClaims = claims
@@ -159,12 +164,8 @@ public final class Syncer {
             newClaims[family] = held
             ports[family] = byService
         }
-        pendingClaims = newClaims
-        return ports
+        return (ports, newClaims)
     }
-
-    /// The claims a partial sync will hold once the kernel takes its change.
-    private var pendingClaims: [IPFamily: [String: String]]?
 
     /// A sync's outcome and the batches it committed (which the generation check needs).
     private struct Committed {
@@ -189,8 +190,6 @@ public final class Syncer {
         let txs = planned.filter { !$0.isEmpty }
         let commits = try kernel.apply(txs)
         incremental = states
-        if let pendingClaims { claims = pendingClaims }
-        pendingClaims = nil
         let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, changes)
         var merged: [String: [ServicePortState]] = [:]
         for byService in ports.values { merged.merge(byService) { $0 + $1 } }
@@ -208,13 +207,11 @@ public final class Syncer {
     private func fullSync(_ state: ClusterState) throws -> Committed {
         incremental = nil
         cacheGeneration = nil
-        pendingClaims = nil
         let r = try Reconciler(config: config, kernel: kernel).reconcile(state)
         claims = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.claims) })
         lost = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.lost) })
         conflicts = r.conflicts
         refused = r.refused
-        contested = Set(r.conflicts.flatMap { ["\($0.loser.namespace)/\($0.loser.name)", "\($0.winner.namespace)/\($0.winner.name)"] })
         var states: [IPFamily: IncrementalState] = [:]
         var ports: [String: [ServicePortState]] = [:]
         for f in r.families {

@@ -27,22 +27,21 @@ public struct Conflict: Hashable, Sendable, CustomStringConvertible {
 extension ServicePortState {
     /// The key of each frontend this port claims: `ip:port/PROTO` per frontend, then
     /// `node port N/PROTO`.
-    public var claimKeys: [String] {
-        let proto = name.proto.rawValue
-        return frontends.map { "\($0.ip.withPort($0.port))/\(proto)" } + (nodePort.map { ["node port \($0)/\(proto)"] } ?? [])
-    }
+    public var claimKeys: [String] { frontends.map(claimKey) + (nodePort.map { [nodePortClaimKey($0)] } ?? []) }
+
+    func claimKey(_ f: Frontend) -> String { "\(f.ip.withPort(f.port))/\(name.proto.rawValue)" }
+    func nodePortClaimKey(_ port: UInt16) -> String { "node port \(port)/\(name.proto.rawValue)" }
 
     /// This port without the claims in `lost`.
     public func dropping(_ lost: Set<String>) -> ServicePortState {
         guard !lost.isEmpty else { return self }
         var out = self
-        let proto = name.proto.rawValue
-        out.frontends = frontends.filter { !lost.contains("\($0.ip.withPort($0.port))/\(proto)") }
-        if let np = nodePort, lost.contains("node port \(np)/\(proto)") { out.nodePort = nil }
+        out.frontends = frontends.filter { !lost.contains(claimKey($0)) }
+        if let np = nodePort, lost.contains(nodePortClaimKey(np)) { out.nodePort = nil }
         return out
     }
 
-    var serviceKey: String { "\(name.namespace)/\(name.name)" }
+    var serviceKey: String { name.serviceKey }
 }
 
 extension ProxyState {

@@ -26,7 +26,7 @@ public struct PortFragment: Hashable, Sendable {
         Names.serviceChain(sp.name, port: sp.frontends.first?.port ?? 0)
     }
 
-    public var serviceKey: String { "\(name.namespace)/\(name.name)" }
+    public var serviceKey: String { name.serviceKey }
 }
 
 /// A port's elements per set: a handful of sets at most, so a small array rather than a

@@ -20,7 +20,9 @@ public struct ServicePortName: Hashable, Sendable, Comparable, CustomStringConve
     }
 
     /// "ns/name:port", or "ns/name" for an unnamed port, as kube-proxy prints it.
-    public var description: String { "\(namespace)/\(name)" + (port.isEmpty ? "" : ":\(port)") }
+    public var description: String { serviceKey + (port.isEmpty ? "" : ":\(port)") }
+    /// The Service's own key, namespace/name, as the object stores index it.
+    public var serviceKey: String { "\(namespace)/\(name)" }
 
     public static func < (a: Self, b: Self) -> Bool {
         (a.namespace, a.name, a.port, a.proto) < (b.namespace, b.name, b.port, b.proto)
@@ -81,7 +83,7 @@ public struct ProxyState: Hashable, Sendable {
     public var servicePorts: [ServicePortState]
 
     public var endpointCount: Int { servicePorts.reduce(0) { $0 + $1.endpoints.count } }
-    public var serviceCount: Int { Set(servicePorts.map { "\($0.name.namespace)/\($0.name.name)" }).count }
+    public var serviceCount: Int { Set(servicePorts.map(\.name.serviceKey)).count }
 
     public init(servicePorts: [ServicePortState]) { self.servicePorts = servicePorts }
 

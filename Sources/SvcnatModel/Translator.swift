@@ -115,6 +115,16 @@ public enum Names {
         return ("ep-" + tail, "aff-" + tail)
     }
 
+    /// The Service (namespace/name) whose chain or set this is, read off the name: every
+    /// per-port object is `<kind>-<namespace>/<name>/...`. nil for shared objects.
+    public static func service(ofObject name: String) -> String? {
+        for p in [serviceChainPrefix, "ext-", "fw-", "ep-", "aff-"] where name.hasPrefix(p) {
+            let parts = name.dropFirst(p.count).split(separator: "/", maxSplits: 2)
+            if parts.count >= 2 { return "\(parts[0])/\(parts[1])" }
+        }
+        return nil
+    }
+
     /// `ext-...`: where external IPs, load-balancer IPs and node ports enter (marks for
     /// masquerade, then the service chain). `fw-...`: the load-balancer source ranges.
     public static func externalChain(_ serviceChain: String) -> String { "ext-" + serviceChain.dropFirst(serviceChainPrefix.count) }

@@ -56,17 +56,12 @@ public final class ObjectStore {
     /// forgotten, folders are scanned. Returns whether anything that counts changed.
     @discardableResult
     public func reload(_ paths: [String]) -> Bool {
-        var changed = load(paths)
-        // A file that lost a clash may win now; each pass can only settle more of them.
-        var tries = 0
-        while changed, !clashing.isEmpty, tries < 8 {
-            tries += 1
-            let before = clashing
-            if !load(Array(before)) { break }
-            if clashing == before { break }
-            changed = true
-        }
-        return changed
+        let changed = load(paths)
+        // A file that lost a clash may win now. One pass in path order settles them all: each is
+        // checked against the files in force, those accepted earlier in the pass included.
+        guard changed, !clashing.isEmpty else { return changed }
+        _ = load(Array(clashing))
+        return true
     }
 
     private func load(_ paths: [String]) -> Bool {
