@@ -22,35 +22,73 @@ public final class Conntrack {
         var sport: UInt16, dport: UInt16  // network order
     }
 
+    /// One dumped entry: its tuples, and what names it exactly (its zone, and the id the kernel
+    /// gave it, so a delete cannot hit a newer flow with the same tuple).
+    struct Flow {
+        var original: Tuple, reply: Tuple
+        var zone: UInt16?  // network order, as dumped; absent in the default zone
+        var id: UInt32?  // network order
+    }
+
+    /// Whether this kernel filters conntrack dumps itself (CTA_FILTER, Linux 5.8 and later);
+    /// set false at the first refusal, and the filtering is then done here alone.
+    public private(set) var kernelFilters = true
+    /// Up to this many frontends get a dump each, filtered by the kernel to that frontend; more
+    /// share one dump filtered to UDP.
+    static let filteredDumpLimit = 16
+
     /// Deletes every UDP flow (IPv4 and IPv6) that matches one of the filters; returns how many went.
+    ///
+    /// The kernel is asked for only the flows to each changed frontend (protocol, original
+    /// destination and port), so a node with 200,000 unrelated flows is not dumped whole; the
+    /// filters are still applied here, to every flow the kernel returns.
     @discardableResult
     public func deleteUDPFlows(matching filters: [FlowFilter]) throws -> Int {
         guard !filters.isEmpty else { return 0 }
-        var doomed: [Tuple] = []
+        var doomed: [Flow] = []
         for family in [AF_INET, AF_INET6] {
             let ipFamily: IPFamily = family == AF_INET ? .v4 : .v6
             // A node port's "not NATed" filter names no address: it holds for both families.
             let wanted = filters.filter { f in (f.destination ?? f.endpoint?.ip).map { $0.family == ipFamily } ?? true }
             guard !wanted.isEmpty else { continue }
-            try dumpUDP(family: family) { orig, reply in
-                let op = UInt16(bigEndian: orig.dport), rp = UInt16(bigEndian: reply.sport)
-                if wanted.contains(where: {
-                    $0.matches(originalDestination: orig.dst, originalPort: op, replySource: reply.src, replyPort: rp)
-                }) {
-                    doomed.append(orig)
+            // IPv6 destinations are left to the check here: kernels compare them inverted in
+            // dump filters (seen on 6.18: a filter on the flow's own address returned nothing).
+            let frontends = Set(wanted.map { DumpFilter(destination: family == AF_INET ? $0.destination : nil, port: $0.port) })
+            let dumps: [DumpFilter?] =
+                frontends.count <= Self.filteredDumpLimit ? frontends.sorted() : [DumpFilter(destination: nil, port: nil)]
+            for dump in dumps {
+                try dumpUDP(family: family, filter: dump) { flow in
+                    let (o, r) = (flow.original, flow.reply)
+                    if wanted.contains(where: {
+                        $0.matches(
+                            originalDestination: o.dst, originalPort: UInt16(bigEndian: o.dport), replySource: r.src,
+                            replyPort: UInt16(bigEndian: r.sport))
+                    }) {
+                        doomed.append(flow)
+                    }
                 }
             }
         }
         var deleted = 0
-        for t in doomed {
+        for flow in doomed {
             do {
-                try delete(t)
+                try delete(flow)
                 deleted += 1
             } catch let e as NetlinkError where e.errno == ENOENT {
-                continue  // gone meanwhile
+                continue  // gone meanwhile, or replaced by a newer flow with the same tuple
             }
         }
         return deleted
+    }
+
+    /// What a dump asks the kernel to return: UDP, and optionally one original destination
+    /// address and port.
+    struct DumpFilter: Hashable, Comparable {
+        var destination: IPAddress?
+        var port: UInt16?
+        static func < (a: DumpFilter, b: DumpFilter) -> Bool {
+            (a.destination?.description ?? "", a.port ?? 0) < (b.destination?.description ?? "", b.port ?? 0)
+        }
     }
 
     private func header(_ buf: UnsafeMutableRawPointer, type: Int32, flags: Int32, family: Int32) -> UnsafeMutablePointer<nlmsghdr> {
@@ -66,10 +104,46 @@ public final class Conntrack {
         return nlh
     }
 
-    private func dumpUDP(family: Int32, _ each: (Tuple, Tuple) -> Void) throws {
+    private func dumpUDP(family: Int32, filter: DumpFilter?, _ each: (Flow) -> Void) throws {
+        if let filter, kernelFilters {
+            do { return try dumpUDPOnce(family: family, filter: filter, each) } catch let e as NetlinkError
+                where e.errno == EINVAL || e.errno == EOPNOTSUPP
+            {
+                kernelFilters = false  // a kernel before CTA_FILTER
+            }
+        }
+        try dumpUDPOnce(family: family, filter: nil, each)
+    }
+
+    private func dumpUDPOnce(family: Int32, filter: DumpFilter?, _ each: (Flow) -> Void) throws {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
         defer { buf.deallocate() }
         let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_GET.rawValue), flags: NLM_F_DUMP, family: family)
+        if let filter {
+            // CTA_FILTER's flags say which fields of CTA_TUPLE_ORIG must match (the kernel's
+            // CTA_FILTER_F_CTA_* bits: IP_DST 1<<1, PROTO_NUM 1<<3, PROTO_DST_PORT 1<<5).
+            var flags: UInt32 = 1 << 3
+            let tuple = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_ORIG.rawValue))
+            if let d = filter.destination {
+                flags |= 1 << 1
+                let ip = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_IP.rawValue))
+                d.bytes.withUnsafeBytes {
+                    mnl_attr_put(nlh, UInt16((d.family == .v4 ? CTA_IP_V4_DST : CTA_IP_V6_DST).rawValue), $0.count, $0.baseAddress)
+                }
+                mnl_attr_nest_end(nlh, ip)
+            }
+            let proto = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_PROTO.rawValue))
+            mnl_attr_put_u8(nlh, UInt16(CTA_PROTO_NUM.rawValue), UInt8(IPPROTO_UDP))
+            if let p = filter.port {
+                flags |= 1 << 5
+                mnl_attr_put_u16(nlh, UInt16(CTA_PROTO_DST_PORT.rawValue), p.bigEndian)
+            }
+            mnl_attr_nest_end(nlh, proto)
+            mnl_attr_nest_end(nlh, tuple)
+            let f = mnl_attr_nest_start(nlh, UInt16(CTA_FILTER.rawValue))
+            mnl_attr_put_u32(nlh, UInt16(CTA_FILTER_ORIG_FLAGS.rawValue), flags)
+            mnl_attr_nest_end(nlh, f)
+        }
         let mySeq = nlh.pointee.nlmsg_seq
         try socket.send(UnsafeRawBufferPointer(start: buf, count: Int(nlh.pointee.nlmsg_len)), what: "list conntrack entries")
         var done = false
@@ -77,7 +151,12 @@ public final class Conntrack {
             try socket.receive { h in
                 guard h.pointee.nlmsg_seq == mySeq else { return }
                 switch Int32(h.pointee.nlmsg_type) {
-                case NLMSG_DONE: done = true
+                case NLMSG_DONE:
+                    if Int(h.pointee.nlmsg_len) >= MemoryLayout<nlmsghdr>.size + 4 {
+                        let code = UnsafeRawPointer(h).loadUnaligned(fromByteOffset: MemoryLayout<nlmsghdr>.size, as: Int32.self)
+                        if code < 0 { throw NetlinkError("list conntrack entries", errno: -code) }
+                    }
+                    done = true
                 case NLMSG_ERROR:
                     let (err, _) = h.errorPayload
                     if err != 0 { throw NetlinkError("list conntrack entries", errno: err) }
@@ -89,13 +168,16 @@ public final class Conntrack {
                     guard let o = attrs[Int(CTA_TUPLE_ORIG.rawValue)].flatMap(Self.tuple),
                         let r = attrs[Int(CTA_TUPLE_REPLY.rawValue)].flatMap(Self.tuple), o.proto == UInt8(IPPROTO_UDP)
                     else { return }
-                    each(o, r)
+                    each(Flow(original: o, reply: r, zone: attrs.u16(Int(CTA_ZONE.rawValue)), id: attrs.u32(Int(CTA_ID.rawValue))))
                 }
             }
         }
     }
 
-    private func delete(_ t: Tuple) throws {
+    /// Deletes one flow by its original tuple, in its zone, and only if it is still the flow
+    /// with that id (as vishvananda/netlink and conntrack-tools do): ENOENT otherwise.
+    private func delete(_ flow: Flow) throws {
+        let t = flow.original
         let buf = UnsafeMutableRawPointer.allocate(byteCount: 1024, alignment: 8)
         defer { buf.deallocate() }
         let v4 = t.src.family == .v4
@@ -112,6 +194,8 @@ public final class Conntrack {
         mnl_attr_put_u16(nlh, UInt16(CTA_PROTO_DST_PORT.rawValue), t.dport)
         mnl_attr_nest_end(nlh, proto)
         mnl_attr_nest_end(nlh, tuple)
+        if let zone = flow.zone { mnl_attr_put_u16(nlh, UInt16(CTA_ZONE.rawValue), zone) }
+        if let id = flow.id { mnl_attr_put_u32(nlh, UInt16(CTA_ID.rawValue), id) }
         let mySeq = nlh.pointee.nlmsg_seq
         try socket.send(UnsafeRawBufferPointer(start: buf, count: Int(nlh.pointee.nlmsg_len)), what: "delete conntrack entry")
         var done = false

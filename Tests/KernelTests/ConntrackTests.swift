@@ -57,3 +57,110 @@ extension RootTests {
         }
     }
 }
+
+extension RootTests.ConntrackTests {
+    /// Two UDP Services on the same three pods; one pod leaves the first. Only the flows of
+    /// that Service on that pod may go: a cleanup that deleted every UDP flow of the changed
+    /// frontend (or of the node) would pass a test that looks only at the moved clients.
+    func twoUDPServices(webPods: [Int]) -> String {
+        var s = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: demo}
+            spec:
+              type: NodePort
+              clusterIP: 198.18.100.20
+              selector: {app: web}
+              ports: [{name: dns, protocol: UDP, port: 53, targetPort: 8080, nodePort: 30053}]
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: other, namespace: demo}
+            spec:
+              clusterIP: 198.18.100.21
+              selector: {tier: backend}
+              ports: [{name: dns, protocol: UDP, port: 53, targetPort: 8080}]
+
+            """
+        for i in 1...3 {
+            let labels = webPods.contains(i) ? "{app: web, tier: backend}" : "{tier: backend}"
+            s += """
+                ---
+                apiVersion: v1
+                kind: Pod
+                metadata: {name: pod-\(i), namespace: demo, labels: \(labels)}
+                status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+
+                """
+        }
+        return s
+    }
+
+    @Test func onlyTheFlowsOfTheRemovedEndpointAreDeleted() throws {
+        let bed = Testbed("ctstale")
+        defer { bed.close() }
+        try bed.servedTopology(pods: 3)
+        let node = bed.ns("node"), client = bed.ns("client")
+        let before = try bed.writeManifest(twoUDPServices(webPods: [1, 2, 3]))
+        #expect(try bed.svcnat(node, ["apply", "-f", before]).code == 0)
+
+        // 20 clients through each frontend: web's ClusterIP, web's NodePort, the other Service.
+        let frontends = [("198.18.100.20", 53, 41000), ("198.18.0.1", 30053, 42000), ("198.18.100.21", 53, 43000)]
+        func clients() throws -> [Int: String] {
+            var answers: [Int: String] = [:]
+            for (ip, port, first) in frontends {
+                let out = try bed.sh(client, ["python3", helper("udp_clients.py"), ip, String(port), String(first), "20"])
+                for line in out.split(separator: "\n") {
+                    let f = line.split(separator: " ")
+                    if f.count == 2, let p = Int(f[0]) { answers[p] = String(f[1]) }
+                }
+            }
+            return answers
+        }
+        let first = try clients()
+        #expect(first.count == 60 && first.values.allSatisfy { $0.hasPrefix("pod") }, "\(first)")
+        let onPod3 = first.filter { $0.key < 43000 && $0.value == "pod3" }.keys
+        #expect(!onPod3.isEmpty, "20 + 20 random clients and none on pod3: \(first)")
+
+        // pod3 leaves web (it keeps serving the other Service, and keeps running).
+        let r = try bed.svcnat(node, ["apply", "-f", try bed.writeManifest(twoUDPServices(webPods: [1, 2]))])
+        #expect(r.code == 0, "\(r.err)")
+        #expect(r.out.contains(", \(onPod3.count) stale UDP flows deleted"), "expected \(onPod3.count) deleted: \(r.out)")
+
+        let second = try clients()
+        for (sport, pod) in first.sorted(by: { $0.key < $1.key }) {
+            if onPod3.contains(sport) {
+                #expect(second[sport] == "pod1" || second[sport] == "pod2", "client \(sport) moved to a live pod: \(second[sport] ?? "-")")
+            } else {
+                #expect(second[sport] == pod, "client \(sport) kept \(pod): \(second[sport] ?? "-")")
+            }
+        }
+    }
+}
+
+extension RootTests.ConntrackTests {
+    /// A node that puts its traffic in conntrack zone 5 (another agent's `ct zone set`): the
+    /// stale flow is in that zone, and a delete by tuple alone looked in zone 0 and missed it.
+    @Test func aStaleFlowInAnotherConntrackZoneIsDeleted() throws {
+        let bed = Testbed("ctzone")
+        defer { bed.close() }
+        try bed.servedTopology(pods: 2)
+        let node = bed.ns("node"), client = bed.ns("client")
+        try bed.sh(
+            node,
+            [
+                "nft",
+                "add table ip zones; add chain ip zones pre { type filter hook prerouting priority -300; }; "
+                    + "add rule ip zones pre iifname { \"client\", \"pod1\", \"pod2\" } ct zone set 5; "
+                    + "add chain ip zones out { type filter hook output priority -300; }"
+            ])
+        #expect(try bed.svcnat(node, ["apply", "-f", try bed.writeManifest(serviceManifest(pods: [1, 2]))]).code == 0)
+        let first = try udp(bed, client, sport: 40010)
+        #expect(first.hasPrefix("pod"), "\(first)")
+        #expect(try bed.sh(node, ["cat", "/proc/net/nf_conntrack"]).contains("zone=5"), "the flow is in zone 5")
+        let chosen = String(first.prefix(4)), other = chosen == "pod1" ? "pod2" : "pod1"
+        let r = try bed.svcnat(node, ["apply", "-f", try bed.writeManifest(serviceManifest(pods: [chosen == "pod1" ? 2 : 1]))])
+        #expect(r.out.contains("1 stale UDP flows deleted"), "\(r.out)")
+        #expect(try udp(bed, client, sport: 40010).hasPrefix(other))
+    }
+}
