@@ -13,8 +13,10 @@ struct BatchEncoder {
     private(set) var seq: UInt32
     /// Operation index for every sequence number from firstSeq + 1 on.
     private(set) var opForSeq: [Int32] = []
-    /// For element messages, which of the operation's elements the message carries.
+    /// For element messages, which of the operation's elements the message carries, and
+    /// where the message starts in the buffer (to read the kernel's error offset against).
     private(set) var elementsForSeq: [Int: Range<Int>] = [:]
+    private(set) var offsetForSeq: [Int: Int] = [:]
     private var currentOp: Int32 = -1
     /// Where the last object message starts in the buffer.
     private var lastHeaderOffset = -1
@@ -24,11 +26,15 @@ struct BatchEncoder {
     /// This batch's: 1 makes the kernel name a refused element exactly (one error per message).
     let elementsPerMessage: Int
 
-    init(firstSeq: UInt32, elementsPerMessage: Int = BatchEncoder.elementsPerMessage) {
+    /// `generation`, when given, goes in BATCH_BEGIN as NFNL_BATCH_GENID: the kernel then
+    /// takes the batch only if the ruleset is still at that generation, and otherwise refuses
+    /// it whole with ERESTART (a compare-and-swap, as nft does).
+    init(firstSeq: UInt32, elementsPerMessage: Int = BatchEncoder.elementsPerMessage, generation: UInt32? = nil) {
         self.elementsPerMessage = max(1, elementsPerMessage)
         self.firstSeq = firstSeq
         seq = firstSeq
-        nftnl_batch_begin(buffer.tail, seq)
+        let begin = nftnl_batch_begin(buffer.tail, seq)!
+        if let generation { mnl_attr_put_u32(begin, UInt16(NFNL_BATCH_GENID.rawValue), generation.bigEndian) }
         buffer.commitBatchMarker()
     }
 
@@ -183,10 +189,43 @@ struct BatchEncoder {
             for e in elements[range] { nftnl_set_elem_add(set.raw, ElementCodec.make(e, withData: withData)) }
             let h = header(type, flags: flags)
             elementsForSeq[opForSeq.count - 1] = range
+            offsetForSeq[opForSeq.count - 1] = lastHeaderOffset
             nftnl_set_elems_nlmsg_build_payload(h, set.raw)
             buffer.commit(h)
             start += elementsPerMessage
         }
+    }
+
+    /// Which element of the element message `s` holds byte `offset` of that message (the
+    /// kernel's extended-ack offset of the attribute it refused), counted from the message's
+    /// first element; nil when the offset is not inside one.
+    func element(inMessage s: UInt32, atOffset offset: Int) -> Int? {
+        let index = Int(s &- firstSeq) - 1
+        guard index >= 0, let start = offsetForSeq[index] else { return nil }
+        let message = UnsafeRawBufferPointer(start: buffer.base + start, count: buffer.length - start)
+        let length = Int(message.loadUnaligned(as: nlmsghdr.self).nlmsg_len)
+        guard offset < length else { return nil }
+        // nlmsghdr, nfgenmsg, then table (1), set (2) and the element list (3), a nest of
+        // one NFTA_LIST_ELEM nest per element.
+        var at = MemoryLayout<nlmsghdr>.size + MemoryLayout<nfgenmsg>.size
+        while at + 4 <= length {
+            let len = Int(message.loadUnaligned(fromByteOffset: at, as: UInt16.self))
+            let type = Int(message.loadUnaligned(fromByteOffset: at + 2, as: UInt16.self)) & Int(NLA_TYPE_MASK_VALUE)
+            guard len >= 4 else { return nil }
+            if type == Int(NFTA_SET_ELEM_LIST_ELEMENTS.rawValue), offset >= at, offset < at + len {
+                var e = at + 4, i = 0
+                while e + 4 <= at + len {
+                    let elen = Int(message.loadUnaligned(fromByteOffset: e, as: UInt16.self))
+                    guard elen >= 4 else { return nil }
+                    if offset >= e && offset < e + elen { return i }
+                    e += (elen + 3) & ~3
+                    i += 1
+                }
+                return nil
+            }
+            at += (len + 3) & ~3
+        }
+        return nil
     }
 
     private func chainObject(_ name: String) -> NftChain {

@@ -32,13 +32,15 @@ public final class NFTables {
     public func apply(_ tx: Transaction) throws { try apply([tx]) }
 
     /// Sends several tables' transactions (svcnat's `ip` and `ip6` tables) as one batch: the
-    /// kernel commits them together or not at all.
-    public func apply(_ transactions: [Transaction]) throws {
+    /// kernel commits them together or not at all. With `generation`, only if the ruleset is
+    /// still at that generation: otherwise the kernel changes nothing and this throws
+    /// `GenerationChanged`.
+    public func apply(_ transactions: [Transaction], generation: UInt32? = nil) throws {
         lastBatchMessages = 0
         let txs = transactions.filter { !$0.isEmpty }
         guard !txs.isEmpty else { return }
         let begin = nextSeq()
-        var enc = BatchEncoder(firstSeq: begin, elementsPerMessage: elementsPerMessage)
+        var enc = BatchEncoder(firstSeq: begin, elementsPerMessage: elementsPerMessage, generation: generation)
         // Operation i of the batch is operation `owners[i].1` of transaction `owners[i].0`.
         var owners: [(Int, Int)] = []
         for (t, tx) in txs.enumerated() {
@@ -49,30 +51,45 @@ public final class NFTables {
                 owners.append((t, i))
             }
         }
-        let messageCount = txs.reduce(0) { $0 + $1.messageCount }
         let last = enc.lastSeq
         enc.requestAckForLastMessage()
         enc.end()
         seq = enc.lastSeq
         lastBatchMessages = Int(last &- begin)
 
-        try socket.send(enc.buffer.bytes, what: "send the transaction (\(messageCount) messages)")
+        do { try socket.send(enc.buffer.bytes, what: "send the transaction (\(lastBatchMessages) netlink messages)") } catch var e
+            as NetlinkError where e.errno == EMSGSIZE
+        {
+            e.operation +=
+                " of \(enc.buffer.length) bytes: larger than this socket may send; raise net.core.wmem_max past it "
+                + "(svcnat raises its own send buffer with CAP_NET_ADMIN, which a user namespace does not grant)"
+            throw e
+        }
         var failures: [NetlinkError] = []
-        var done = false
+        var done = false, staleGeneration = false
         func handle(_ nlh: UnsafePointer<nlmsghdr>) {
             guard nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
             let (err, s) = nlh.errorPayload
-            if s == begin {
+            if s == begin && err == ERESTART && generation != nil {
+                // The compare-and-swap failed: the kernel read nothing past BATCH_BEGIN.
+                staleGeneration = true
+                done = true
+            } else if s == begin {
                 // The batch as a whole failed (commit refused, or out of memory).
                 if err != 0 { failures.append(NetlinkError("commit the transaction", errno: err)) }
                 done = true
             } else if s == last && err == 0 {
                 done = true
             } else if err != 0 {
+                let (kernelMessage, offset) = nlh.extendedAck
                 if let (t, i) = enc.operationIndex(for: s).map({ owners[$0] }) {
-                    // For elements, only those of the refused message.
+                    // For elements, only those of the refused message, and of those the one
+                    // the kernel's error offset points into.
                     var change = txs[t].operations[i]
-                    if let r = enc.elements(for: s) {
+                    if var r = enc.elements(for: s) {
+                        if let offset, let k = enc.element(inMessage: s, atOffset: offset), r.lowerBound + k < r.upperBound {
+                            r = (r.lowerBound + k)..<(r.lowerBound + k + 1)
+                        }
                         switch change {
                         case .addElements(let set, let es) where r.upperBound <= es.count: change = .addElements(set: set, Array(es[r]))
                         case .deleteElements(let set, let es) where r.upperBound <= es.count:
@@ -80,19 +97,42 @@ public final class NFTables {
                         default: break
                         }
                     }
-                    failures.append(NetlinkError(refused: change, in: txs[t], errno: err))
+                    var failure = NetlinkError(refused: change, in: txs[t], errno: err)
+                    failure.kernelMessage = kernelMessage
+                    failures.append(failure)
                 } else {
-                    failures.append(NetlinkError("batch", errno: err))
+                    var failure = NetlinkError("batch", errno: err)
+                    failure.kernelMessage = kernelMessage
+                    failures.append(failure)
                 }
                 if s == last { done = true }
             }
         }
-        while !done { try socket.receive(handle) }
+        // A full receive buffer drops answers (ENOBUFS), the closing ack among them perhaps:
+        // then what is still queued is read, the first errors kept, and the loss said.
+        var overflowed = false
+        while !done {
+            do { try socket.receive(timeout: overflowed ? 1000 : 30_000, handle) } catch let e as NetlinkError where e.errno == ENOBUFS {
+                overflowed = true
+            } catch let e as NetlinkError where e.errno == ETIMEDOUT && overflowed {
+                break
+            }
+        }
         // The kernel queues all of a batch's answers at once: an error behind the closing ack
         // (one for the batch as a whole, say) is read, not dropped.
         socket.drain(handle)
+        if overflowed {
+            failures.append(
+                NetlinkError(
+                    "the kernel dropped some of its answers to this batch (the receive buffer was full); the errors above came first",
+                    errno: ENOBUFS))
+        }
+        if staleGeneration, let generation { throw GenerationChanged(expected: generation) }
         if !failures.isEmpty { throw BatchError(failures: failures) }
     }
+
+    /// The port id the kernel stamps on this socket's commits.
+    public var portID: UInt32 { socket.transport.portID }
 
     private func nextSeq() -> UInt32 {
         seq &+= 1
@@ -101,18 +141,15 @@ public final class NFTables {
 
     // MARK: reading
 
-    /// Reads svcnat's table back from the kernel; nil when it does not exist. Retries when the
-    /// ruleset changed in the middle of the dump.
+    /// Reads svcnat's table back from the kernel; nil when it does not exist.
+    ///
+    /// A dump the kernel marks interrupted (a commit, by anyone, landed during it) is kept when
+    /// the kernel walked only this table's objects for it (sets, elements, rules): another
+    /// table's commit cannot shift it, and a commit to this table is the caller's to see (its
+    /// change events, or the generation, before and after the read). The dumps the kernel walks
+    /// over every table of the family (chains, objects, flowtables) are done again until one
+    /// is whole.
     public func read(table: String, family: TableFamily = .ip) throws -> Ruleset? {
-        for _ in 0..<10 {
-            do { return try readOnce(table: table, family: family) } catch DumpInterrupted.interrupted { continue }
-        }
-        throw NetlinkError("read table \(table): the ruleset kept changing during the dump", errno: EINTR)
-    }
-
-    private enum DumpInterrupted: Error { case interrupted }
-
-    private func readOnce(table: String, family: TableFamily) throws -> Ruleset? {
         let nfproto = KernelNumbers.family(family)
         guard let ipFamily = IPFamily(family) else { return nil }
         guard let (comment, tableFlags) = try tableInfo(table, nfproto) else { return nil }
@@ -124,8 +161,20 @@ public final class NFTables {
         ) throws {
             try request(type, family: nfproto, flags: NLM_F_DUMP, what: what, build: build, each: each)
         }
+        /// A family-wide dump, again until the kernel says it is whole; `start` clears what an
+        /// earlier try collected.
+        func wholeDump(
+            _ type: nf_tables_msg_types, what: String, start: () -> Void,
+            build: (UnsafeMutablePointer<nlmsghdr>) -> Void, each: (UnsafePointer<nlmsghdr>) throws -> Void
+        ) throws {
+            for _ in 0..<Self.familyDumpTries {
+                start()
+                if try !request(type, family: nfproto, flags: NLM_F_DUMP, what: what, build: build, each: each) { return }
+            }
+            throw NetlinkError("\(what): the ruleset kept changing during the dump", errno: EINTR)
+        }
 
-        try dump(NFT_MSG_GETCHAIN, what: "list chains") { _ in
+        try wholeDump(NFT_MSG_GETCHAIN, what: "list chains", start: { r.chains = [] }) { _ in
         } each: { nlh in
             let c = NftChain()
             guard nftnl_chain_nlmsg_parse(nlh, c.raw) >= 0 else { return }
@@ -220,7 +269,7 @@ public final class NFTables {
         }
 
         // Objects svcnat never makes: their names, to delete them.
-        try dump(NFT_MSG_GETOBJ, what: "list objects of \(table)") { nlh in
+        try wholeDump(NFT_MSG_GETOBJ, what: "list objects of \(table)", start: { r.foreign = [] }) { nlh in
             let o = NftObject()
             nftnl_obj_set_str(o.raw, KernelNumbers.attr(NFTNL_OBJ_TABLE), table)
             nftnl_obj_nlmsg_build_payload(nlh, o.raw)
@@ -233,7 +282,8 @@ public final class NFTables {
             r.foreign.append(
                 ForeignObject(kind: .object(type: type), name: str(nftnl_obj_get_str(o.raw, KernelNumbers.attr(NFTNL_OBJ_NAME)))))
         }
-        try dump(NFT_MSG_GETFLOWTABLE, what: "list flowtables of \(table)") { _ in
+        let objects = r.foreign
+        try wholeDump(NFT_MSG_GETFLOWTABLE, what: "list flowtables of \(table)", start: { r.foreign = objects }) { _ in
         } each: { nlh in
             let f = NftFlowtable()
             guard nftnl_flowtable_nlmsg_parse(nlh, f.raw) >= 0,
@@ -294,13 +344,18 @@ public final class NFTables {
         return found
     }
 
+    /// How many times a family-wide dump is tried before the read gives up.
+    static let familyDumpTries = 50
+
     /// Sends one request and hands every answer to `each` until the kernel says it is done
-    /// (NLMSG_DONE for a dump, the ack otherwise).
+    /// (NLMSG_DONE for a dump, the ack otherwise). Returns whether the kernel marked a dump
+    /// interrupted (NLM_F_DUMP_INTR: the ruleset changed while it ran).
+    @discardableResult
     func request(
         _ type: nf_tables_msg_types, family: UInt16, flags: Int32, what: String,
         build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
         each: (UnsafePointer<nlmsghdr>) throws -> Void
-    ) throws {
+    ) throws -> Bool {
         let buffer = MessageBuffer(capacity: 0)
         let s = nextSeq()
         let nlh = nftnl_nlmsg_build_hdr(buffer.tail, KernelNumbers.msg(type), family, UInt16(flags), s)!
@@ -328,7 +383,7 @@ public final class NFTables {
                 }
             }
         }
-        if interrupted { throw DumpInterrupted.interrupted }
+        return interrupted
     }
 
     static func keyFields(_ type: UInt32) -> [KeyField] {

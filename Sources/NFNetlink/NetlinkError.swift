@@ -11,6 +11,8 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
     public var errno: Int32
     /// The refused change of a batch, with its table.
     public var refused: (family: TableFamily, table: String, change: Operation)?
+    /// What the kernel said of the refusal, when it said more than the errno (extended ack).
+    public var kernelMessage: String?
 
     public init(_ operation: String, errno: Int32) {
         self.operation = operation
@@ -47,6 +49,7 @@ public struct NetlinkError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         var s = "\(operation): \(errnoName) (errno \(errno))"
+        if let m = kernelMessage, !m.isEmpty { s += " (kernel: \(m))" }
         if errno == EPERM { s += "; svcnat needs CAP_NET_ADMIN (run it as root, or give it that capability alone)" }
         // Kernel features some kernels lack, and what svcnat can do without them.
         switch missingFeature {

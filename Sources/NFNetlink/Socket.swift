@@ -10,6 +10,13 @@ public protocol NetlinkTransport: AnyObject {
     /// Waits up to `timeout` milliseconds for one datagram, copies it into `buffer` and returns
     /// its length; nil when nothing came in time.
     func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int?
+    /// The socket's netlink port id: the kernel stamps it on the change events of this socket's
+    /// commits. 0 when there is no socket (a test double).
+    var portID: UInt32 { get }
+}
+
+extension NetlinkTransport {
+    public var portID: UInt32 { 0 }
 }
 
 /// A netfilter netlink socket. The corresponding libmnl calls are `mnl_socket_open`,
@@ -30,12 +37,15 @@ public final class NetlinkSocket: NetlinkTransport {
         var one: Int32 = 1
         // Errors without the echoed request; we match them by sequence number instead.
         _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
-        setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, bytes: 8 << 20)
+        // Errors with the offset of the refused attribute and the kernel's message, as nft asks.
+        _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_EXT_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
+        setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, bytes: Self.receiveBufferFloor)
     }
 
     deinit { mnl_socket_close(raw) }
 
     var fd: Int32 { mnl_socket_get_fd(raw) }
+    public var portID: UInt32 { mnl_socket_get_portid(raw) }
 
     /// Raises a socket buffer; the FORCE variant works past rmem_max/wmem_max with CAP_NET_ADMIN.
     func setBuffer(_ force: Int32, _ plain: Int32, bytes: Int) {
@@ -45,9 +55,34 @@ public final class NetlinkSocket: NetlinkTransport {
         }
     }
 
+    /// The receive buffer's size at least; a batch of many messages gets room for an error
+    /// for each (`send`), as nft sizes it to its command count.
+    static let receiveBufferFloor = 8 << 20
+    /// Kernel memory one queued error costs, about (its skb's truesize).
+    static let bytesPerError = 1024
+    private var receiveBuffer = NetlinkSocket.receiveBufferFloor
+
     public func send(_ datagram: UnsafeRawBufferPointer) throws {
         if datagram.count > 200_000 { setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, bytes: datagram.count + 4096) }
+        let messages = Self.messageCount(datagram)
+        let wanted = min(max(Self.receiveBufferFloor, messages * Self.bytesPerError), 1 << 30)
+        if wanted > receiveBuffer {
+            setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, bytes: wanted)
+            receiveBuffer = wanted
+        }
         try NetlinkError.check("send to netlink socket", mnl_socket_sendto(raw, datagram.baseAddress, datagram.count))
+    }
+
+    /// The netlink messages laid end to end in a datagram.
+    static func messageCount(_ datagram: UnsafeRawBufferPointer) -> Int {
+        var at = 0, n = 0
+        while at + MemoryLayout<nlmsghdr>.size <= datagram.count {
+            let len = Int(datagram.loadUnaligned(fromByteOffset: at, as: nlmsghdr.self).nlmsg_len)
+            guard len >= MemoryLayout<nlmsghdr>.size else { break }
+            n += 1
+            at += (len + 3) & ~3
+        }
+        return n
     }
 
     public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
@@ -111,4 +146,37 @@ extension UnsafePointer where Pointee == nlmsghdr {
         let err = UnsafeRawPointer(mnl_nlmsg_get_payload(self)).loadUnaligned(as: nlmsgerr.self)
         return (-err.error, err.msg.nlmsg_seq)
     }
+
+    /// An error's extended-ack attributes (NETLINK_EXT_ACK): the kernel's message, and the
+    /// offset of the refused attribute in the refused message. With NETLINK_CAP_ACK the
+    /// request is not echoed, so they follow the nlmsgerr header.
+    var extendedAck: (message: String?, offset: Int?) {
+        guard Int32(pointee.nlmsg_flags) & NLM_F_ACK_TLVS != 0 else { return (nil, nil) }
+        let total = Int(pointee.nlmsg_len)
+        let raw = UnsafeRawPointer(self)
+        var at = Int(mnl_nlmsg_size(MemoryLayout<nlmsgerr>.size))
+        if Int32(pointee.nlmsg_flags) & NLM_F_CAPPED == 0 {
+            // The whole request was echoed after the header: skip it.
+            let echoed = Int(raw.loadUnaligned(fromByteOffset: at - MemoryLayout<nlmsghdr>.size, as: nlmsghdr.self).nlmsg_len)
+            at += max(0, echoed - MemoryLayout<nlmsghdr>.size)
+        }
+        var message: String?, offset: Int?
+        while at + 4 <= total {
+            let len = Int(raw.loadUnaligned(fromByteOffset: at, as: UInt16.self))
+            let type = Int32(raw.loadUnaligned(fromByteOffset: at + 2, as: UInt16.self)) & Int32(NLA_TYPE_MASK_VALUE)
+            guard len >= 4, at + len <= total else { break }
+            let payload = UnsafeRawBufferPointer(start: raw + at + 4, count: len - 4)
+            if type == Int32(NLMSGERR_ATTR_MSG.rawValue) {
+                message = String(decoding: payload.prefix { $0 != 0 }, as: UTF8.self)
+            } else if type == Int32(NLMSGERR_ATTR_OFFS.rawValue), payload.count >= 4 {
+                offset = Int(payload.loadUnaligned(as: UInt32.self))
+            }
+            at += (len + 3) & ~3
+        }
+        return (message, offset)
+    }
 }
+
+/// An attribute's type without its nested and byte-order flags (the C header's NLA_TYPE_MASK,
+/// which Swift does not import).
+let NLA_TYPE_MASK_VALUE = ~(Int32(NLA_F_NESTED) | Int32(NLA_F_NET_BYTEORDER)) & 0xffff

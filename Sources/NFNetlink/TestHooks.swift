@@ -11,6 +11,7 @@
     final class RefusingTransport: NetlinkTransport {
         let inner: NetlinkTransport
         init(_ inner: NetlinkTransport) { self.inner = inner }
+        var portID: UInt32 { inner.portID }
 
         func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
             try inner.receive(into: buffer, timeout: timeout)
@@ -61,6 +62,7 @@
             self.inner = inner
             self.needle = Array(needle.utf8)
         }
+        var portID: UInt32 { inner.portID }
 
         func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
             try inner.receive(into: buffer, timeout: timeout)
@@ -92,14 +94,48 @@
         }
     }
 
+    /// Debug builds only: a transport that runs a shell command before svcnat's first batch
+    /// (`before`: another writer between svcnat's read and its commit) and before every later
+    /// batch of the process (`between`: a look at the kernel after batch 1 committed and
+    /// before batch 2 is sent). Each waits for its command to finish.
+    final class CommandHookTransport: NetlinkTransport {
+        let inner: NetlinkTransport
+        let before: String?, between: String?
+        private var batches = 0
+        init(_ inner: NetlinkTransport, before: String?, between: String?) {
+            self.inner = inner
+            self.before = before
+            self.between = between
+        }
+        var portID: UInt32 { inner.portID }
+
+        func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
+            try inner.receive(into: buffer, timeout: timeout)
+        }
+
+        func send(_ datagram: UnsafeRawBufferPointer) throws {
+            if datagram.count >= MemoryLayout<nlmsghdr>.size,
+                datagram.loadUnaligned(as: nlmsghdr.self).nlmsg_type == UInt16(NFNL_MSG_BATCH_BEGIN)
+            {
+                if let command = batches == 0 ? before : between { _ = system(command) }
+                batches += 1
+            }
+            try inner.send(datagram)
+        }
+    }
+
     extension NFTables {
         /// The kernel of this namespace, or, when the test harness sets SVCNAT_TEST_REFUSE_BATCHES,
         /// one that refuses every batch, or with SVCNAT_TEST_REFUSE_CONTAINING=TEXT one that refuses
-        /// the messages holding TEXT (debug builds only).
+        /// the messages holding TEXT, or with SVCNAT_TEST_BEFORE_FIRST_BATCH / _BEFORE_LATER_BATCHES
+        /// one that runs a command before batches (debug builds only).
         static func defaultTransport() throws -> NetlinkTransport {
             let socket = try NetlinkSocket()
             if getenv("SVCNAT_TEST_REFUSE_BATCHES") != nil { return RefusingTransport(socket) }
             if let needle = getenv("SVCNAT_TEST_REFUSE_CONTAINING") { return PoisoningTransport(socket, needle: String(cString: needle)) }
+            let before = getenv("SVCNAT_TEST_BEFORE_FIRST_BATCH").map { String(cString: $0) }
+            let between = getenv("SVCNAT_TEST_BEFORE_LATER_BATCHES").map { String(cString: $0) }
+            if before != nil || between != nil { return CommandHookTransport(socket, before: before, between: between) }
             return socket
         }
     }

@@ -174,11 +174,16 @@ public struct Reconciler {
         // is retried once with an error per element; one that still names none fails the sync.
         var excluded: [String: String] = [:]
         defer { kernel.preciseErrors = false }
-        for _ in 0..<Self.isolationRounds {
+        var stale = 0
+        for _ in 0..<Self.isolationRounds + Self.staleTries {
             do {
                 var result = try reconcileOnce(excluded.isEmpty ? state : state.without(services: Set(excluded.keys)), dryRun: false)
                 result.refused = excluded
                 return result
+            } catch let e as GenerationChanged {
+                // Another writer changed svcnat's tables after the read: read and plan again.
+                stale += 1
+                if stale >= Self.staleTries { throw e }
             } catch let e as BatchError {
                 var named: [String: String] = [:]
                 var unnamed = false
@@ -200,6 +205,9 @@ public struct Reconciler {
 
     /// How many times a refused sync is tried again without the Services it named.
     static let isolationRounds = 6
+    /// How many times a sync is read and planned again after another writer changed svcnat's
+    /// tables between the read and the commit.
+    static let staleTries = 5
 
     /// The Services (namespace/name) a change belongs to, read off svcnat's names: a Service
     /// port's chains and sets carry its namespace and name, and the dispatch maps' elements
@@ -229,8 +237,10 @@ public struct Reconciler {
         // Each family's UDP frontends before and after, for the stale-flow cleanup.
         var flows: [StaleFlows.Change] = []
         var counted: [ProxyState] = []
+        // Both tables as of one generation, which the batch then names (a compare-and-swap).
+        let (tables, generation) = try kernel.consistentRead(config.table)
         for (family, (proxy, lost)) in zip(IPFamily.allCases, zip(proxies, conflicts)) {
-            let current = try Self.owned(kernel.read(table: config.table, family: family.tableFamily))
+            let current = try Self.owned(tables.first { $0.family == family.tableFamily })
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else {
                 // Not needed (any more): the table goes, if there is one.
                 let tx = current.flatMap(Planner.cleanup) ?? Transaction(family: family.tableFamily, table: config.table)
@@ -254,7 +264,7 @@ public struct Reconciler {
         var deleted = 0, commits = 0
         var warning: String?
         if !dryRun {
-            commits = try kernel.apply(txs)
+            commits = try kernel.apply(txs, generation: generation)
             (deleted, warning) = Self.deleteStaleFlows(kernel, flows)
         }
         let d = clock.now - start
@@ -297,9 +307,17 @@ public struct Reconciler {
     /// families whose table was there.
     @discardableResult
     public func cleanup() throws -> [TableFamily] {
-        let txs = try kernel.readTables(config.table).map(Self.owned).compactMap(Planner.cleanup)
-        guard !txs.isEmpty else { return [] }
-        try kernel.apply(txs)
-        return txs.map(\.family)
+        for attempt in 1...Self.staleTries {
+            let (tables, generation) = try kernel.consistentRead(config.table)
+            let txs = try tables.map(Self.owned).compactMap(Planner.cleanup)
+            guard !txs.isEmpty else { return [] }
+            do {
+                try kernel.apply(txs, generation: generation)
+                return txs.map(\.family)
+            } catch is GenerationChanged where attempt < Self.staleTries {
+                continue
+            }
+        }
+        return []
     }
 }

@@ -36,7 +36,7 @@ public struct SyncOutcome: Sendable {
     public var rules: Int?
     public var elements: Int?
     /// A full sync that had to change what svcnat had written: someone else edited the table.
-    public var repairedDrift = false
+    public var repairedDrift: String?
     /// Set when this sync leaves work only a full sync can do (a family's last Service went,
     /// so its table must go).
     public var needsFullSync: String?
@@ -48,17 +48,19 @@ public struct SyncOutcome: Sendable {
 /// apply as one batch, delete stale UDP flows, keep what the next sync needs.
 ///
 /// A partial sync plans from a cached view of what svcnat last wrote (`IncrementalState`) and
-/// touches only the Services the source marked; it is trusted while the kernel's ruleset
-/// generation says nobody else committed since. Anything else (a first sync, drift, a failure,
-/// a family's table to create or remove) is a full sync that reads the tables back and repairs
+/// touches only the Services the source marked; it is trusted while the kernel's change events
+/// say nobody else touched svcnat's tables since (commits to other tables do not count), and
+/// its batch is a compare-and-swap on that. Anything else (a first sync, drift, a failure, a
+/// family's table to create or remove) is a full sync that reads the tables back and repairs
 /// them. Failures count towards the retry backoff.
 public final class Syncer {
     public var config: ProxyConfig
     public let kernel: Kernel
-    /// What svcnat last wrote, port by port, per family; valid while the kernel's generation is
-    /// `cacheGeneration`.
+    /// What svcnat last wrote, port by port, per family; valid until another writer touches
+    /// svcnat's tables.
     private var incremental: [IPFamily: IncrementalState]?
-    private var cacheGeneration: UInt32?
+    /// Another writer's change seen since the last full sync, which that sync repairs.
+    private var drifted: String?
     /// Per family, every frontend programmed and the Service holding it, as of the last sync.
     private var claims: [IPFamily: [String: String]] = [:]
     /// The claims that lost at the last full sync (a partial sync never decides a clash).
@@ -87,12 +89,22 @@ public final class Syncer {
     /// The wait before the next retry, after the failures so far.
     public var retryDelay: Double { Self.backoff(afterFailures: failures) }
 
-    /// Why the cached view can no longer be trusted, or nil while it can: someone else committed
-    /// to the ruleset since svcnat's last sync (or there is no cached view).
+    /// Why the cached view can no longer be trusted, or nil while it can: someone else changed
+    /// svcnat's tables since svcnat's last sync (or there is no cached view).
     public func drift() throws -> String? {
-        let gen = try kernel.generation()
-        guard cacheGeneration != gen else { return nil }
-        return "ruleset generation changed (\(cacheGeneration.map(String.init) ?? "unknown") -> \(gen))"
+        try noteChanges()
+        return incremental == nil ? drifted.map { "drift: \($0)" } ?? "no cached view of the kernel's tables" : nil
+    }
+
+    /// Reads the kernel's news; another writer's change drops the cached view. Returns the
+    /// generation now.
+    @discardableResult private func noteChanges() throws -> UInt32 {
+        let c = try kernel.changes(table: config.table)
+        if let why = c.foreign {
+            drifted = why
+            incremental = nil
+        }
+        return c.generation
     }
 
     /// One sync. A partial one when asked for and the cached view is still the kernel's;
@@ -100,25 +112,30 @@ public final class Syncer {
     /// counted; the error is rethrown.
     public func sync(_ source: ServiceSource, full requestedFull: Bool, reason: String) throws -> SyncOutcome {
         do {
-            let gen = try kernel.generation()
+            let gen = try noteChanges()
             let dirty = source.takeDirty()
-            var done: Committed
-            if !requestedFull, cacheGeneration == gen, let (ports, held) = partialPorts(source, dirty) {
-                done = try partialSync(ports, dirty: dirty)
-                claims = held
-            } else {
-                done = try fullSync(source.state)
-                done.result.repairedDrift = !done.result.transactions.isEmpty && reason.hasPrefix("ruleset generation changed")
+            var partial: SyncOutcome?
+            if !requestedFull, let (ports, held) = partialPorts(source, dirty) {
+                do {
+                    partial = try partialSync(ports, dirty: dirty, generation: gen)
+                    claims = held
+                } catch is GenerationChanged {
+                    // Another writer touched svcnat's tables since the cached view: a full sync.
+                    incremental = nil
+                }
             }
-            let now = try kernel.generation()
-            // Trusted only if svcnat's own commits were the only ones since `gen`.
-            cacheGeneration = now == gen &+ UInt32(done.commits) ? now : nil
+            if let partial {
+                failures = 0
+                return partial
+            }
+            var done = try fullSync(source.state)
+            done.repairedDrift = done.transactions.isEmpty ? nil : drifted
+            drifted = nil
             failures = 0
-            return done.result
+            return done
         } catch {
             failures += 1
             incremental = nil
-            cacheGeneration = nil
             throw error
         }
     }
@@ -167,13 +184,9 @@ public final class Syncer {
         return (ports, newClaims)
     }
 
-    /// A sync's outcome and the batches it committed (which the generation check needs).
-    private struct Committed {
-        var result: SyncOutcome
-        var commits: Int
-    }
-
-    private func partialSync(_ ports: [IPFamily: [String: [ServicePortState]]], dirty: Set<String>) throws -> Committed {
+    private func partialSync(_ ports: [IPFamily: [String: [ServicePortState]]], dirty: Set<String>, generation: UInt32) throws
+        -> SyncOutcome
+    {
         // Moved out, so it is the only reference and is updated in place: a copy of a 10,000-port
         // state would cost more than the change. It goes back once the kernel took the change
         // (after a failure the next sync is full anyway).
@@ -188,7 +201,7 @@ public final class Syncer {
             if let tx = states[family]?.update(now) { planned.append(tx) }
         }
         let txs = planned.filter { !$0.isEmpty }
-        let commits = try kernel.apply(txs)
+        try kernel.apply(txs, generation: generation)
         incremental = states
         let (deleted, warning) = Reconciler.deleteStaleFlows(kernel, changes)
         var merged: [String: [ServicePortState]] = [:]
@@ -201,12 +214,11 @@ public final class Syncer {
         if let gone = states.first(where: { !config.needsTable($0.key, hasServices: $0.value.serviceCount > 0) })?.key {
             result.needsFullSync = "no \(gone.rawValue) Service left"
         }
-        return Committed(result: result, commits: commits)
+        return result
     }
 
-    private func fullSync(_ state: ClusterState) throws -> Committed {
+    private func fullSync(_ state: ClusterState) throws -> SyncOutcome {
         incremental = nil
-        cacheGeneration = nil
         let r = try Reconciler(config: config, kernel: kernel).reconcile(state)
         claims = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.claims) })
         lost = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.lost) })
@@ -227,6 +239,6 @@ public final class Syncer {
             batchMessages: r.transactions.isEmpty ? 0 : kernel.lastBatchMessages,
             flowsDeleted: r.flowsDeleted, flowWarning: r.flowWarning, ports: ports, replacesAll: true,
             rules: tables.reduce(0) { $0 + $1.ruleCount }, elements: tables.reduce(0) { $0 + $1.elementCount })
-        return Committed(result: result, commits: r.commits)
+        return result
     }
 }

@@ -23,8 +23,10 @@ public struct DaemonConfig: Sendable {
     public var metricsAddress: String
     public var healthzAddress: String
     public var cleanupOnExit: Bool
-    /// How often the ruleset generation id is checked for changes made by others.
+    /// How often the kernel is asked about changes made by others when it cannot send change
+    /// events; with events, that check is only a safety net, every `eventSafetyPeriod`.
     public var driftCheckPeriod: Duration = .milliseconds(500)
+    public var eventSafetyPeriod: Duration = .seconds(10)
 
     public init(
         proxy: ProxyConfig, manifests: String, minSyncPeriod: Duration = .seconds(1), syncPeriod: Duration = .seconds(3600),
@@ -56,6 +58,7 @@ public final class Daemon: @unchecked Sendable {
     private var watcher: DirectoryWatcher?
     private var api: APISource?
     private var timers: [DispatchSourceTimer] = []
+    private var eventSource: DispatchSourceRead?
     private var signals: [DispatchSourceSignal] = []
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let endpoints: NodeEndpoints
@@ -140,7 +143,16 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         startTimer(every: config.syncPeriod) { [weak self] in self?.requestSync(full: true, reason: "sync period") }
-        startTimer(every: config.driftCheckPeriod) { [weak self] in self?.checkDrift() }
+        // Another writer's commit wakes the daemon through the change events; the timer is the
+        // safety net (and, without events, the only way to notice).
+        let eventFD = syncer.kernel.eventDescriptor
+        startTimer(every: eventFD == nil ? config.driftCheckPeriod : config.eventSafetyPeriod) { [weak self] in self?.checkDrift() }
+        if let fd = eventFD {
+            let s = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+            s.setEventHandler { [weak self] in self?.checkDrift() }
+            s.resume()
+            eventSource = s
+        }
         handle(SIGHUP) { [weak self] in
             guard let self else { return }
             if self.api == nil {
@@ -163,6 +175,7 @@ public final class Daemon: @unchecked Sendable {
     private func stop(signal: String) {
         queue.async {
             for t in self.timers { t.cancel() }
+            self.eventSource?.cancel()
             if self.config.cleanupOnExit {
                 do {
                     let removed = try Reconciler(config: self.config.proxy, kernel: self.syncer.kernel).cleanup()
@@ -232,10 +245,20 @@ public final class Daemon: @unchecked Sendable {
 
     /// Someone else committed to the ruleset: a full sync compares and repairs. While a retry
     /// waits out its backoff, the retry does that.
+    ///
+    /// The events are read every time (a readable descriptor left unread would wake the queue
+    /// again at once); a sync already waiting takes the request. If the kernel cannot be asked,
+    /// the event source rests for a second.
     private func checkDrift() {
-        guard !syncScheduled, !retryScheduled else { return }
-        guard let why = try? syncer.drift() else { return }
-        requestSync(full: true, reason: why)
+        let why: String?
+        do { why = try syncer.drift() } catch {
+            if eventSource != nil {
+                eventSource?.suspend()
+                queue.asyncAfter(deadline: .now() + 1) { [weak self] in self?.eventSource?.resume() }
+            }
+            return
+        }
+        if let why { requestSync(full: true, reason: why) }
     }
 
     func sync(full: Bool, reason: String) {
@@ -253,10 +276,9 @@ public final class Daemon: @unchecked Sendable {
             lastSyncEnd = clock.now
             record(d, outcome)
             endpoints.syncSucceeded()
-            if outcome.repairedDrift {
+            if let who = outcome.repairedDrift {
                 metrics.driftRepairs.increment()
-                log.warning(
-                    "drift: someone else changed svcnat's table \(config.proxy.table); repaired with \(outcome.changeCount) changes")
+                log.warning("drift: \(who); svcnat's table repaired with \(outcome.changeCount) changes")
             }
             if let w = outcome.flowWarning { log.warning("\(w)") }
             reportConflicts(syncer.conflicts)

@@ -15,6 +15,9 @@ final class RecordingTransport: NetlinkTransport {
     var refuse: (index: Int, errno: Int32)?
     /// Refuse only in the batch sent n-th (0-based); nil: in every batch.
     var refuseInSend: Int?
+    /// With `refuse`: the refused message is an element message, and the error's extended ack
+    /// points at its element number n (0-based), with a message, as the kernel's does.
+    var refuseElement: Int?
 
     func send(_ datagram: UnsafeRawBufferPointer) throws {
         let bytes = [UInt8](datagram)
@@ -23,12 +26,25 @@ final class RecordingTransport: NetlinkTransport {
         guard seqs.count >= 3 else { return }
         let objects = Array(seqs.dropFirst().dropLast())
         if let r = refuse, refuseInSend.map({ $0 == sent.count - 1 }) ?? true {
-            replies.append(Self.error(seq: objects[r.index], errno: r.errno))
+            var reply = Self.error(seq: objects[r.index], errno: r.errno)
+            if let k = refuseElement, let offset = Self.elementOffset(bytes, message: r.index + 1, element: k) {
+                reply = Self.withExtendedAck(reply, offset: offset, message: "element \(k)")
+            }
+            replies.append(reply)
         }
         replies.append(Self.error(seq: objects.last!, errno: 0))
     }
 
+    /// The next receive fails with ENOBUFS, and the closing ack is lost with it: a receive
+    /// buffer that overflowed.
+    var overflow = false
+
     func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int32) throws -> Int? {
+        if overflow {
+            overflow = false
+            replies.removeLast()
+            throw NetlinkError("receive from netlink socket", errno: ENOBUFS)
+        }
         guard !replies.isEmpty else { return nil }
         let r = replies.removeFirst()
         buffer.copyMemory(from: UnsafeRawBufferPointer(start: r, count: r.count))
@@ -45,6 +61,43 @@ final class RecordingTransport: NetlinkTransport {
                 at += (Int(h.nlmsg_len) + 3) & ~3
             }
         }
+        return out
+    }
+
+    /// Where element `element` of the element message `message` (its index in the datagram)
+    /// starts, counted from that message's header: header 16, nfgenmsg 4, then attributes; the
+    /// element list is attribute 3, a nest of one nest per element.
+    static func elementOffset(_ bytes: [UInt8], message: Int, element: Int) -> Int? {
+        var start = 0
+        for h in headers(bytes).prefix(message) { start += (Int(h.nlmsg_len) + 3) & ~3 }
+        let u16 = { (at: Int) in Int(bytes[at]) | Int(bytes[at + 1]) << 8 }
+        var at = start + 20
+        let end = start + Int(headers(bytes)[message].nlmsg_len)
+        while at + 4 <= end {
+            let len = u16(at), type = u16(at + 2) & 0x3fff
+            if type == 3 {
+                var e = at + 4
+                for _ in 0..<element { e += (u16(e) + 3) & ~3 }
+                return e - start
+            }
+            at += (len + 3) & ~3
+        }
+        return nil
+    }
+
+    /// The error with extended-ack attributes appended (NLM_F_ACK_TLVS): a message string (1)
+    /// and the offset (2).
+    static func withExtendedAck(_ error: [UInt8], offset: Int, message: String) -> [UInt8] {
+        func attr(_ type: UInt16, _ payload: [UInt8]) -> [UInt8] {
+            let len = UInt16(4 + payload.count)
+            var a = withUnsafeBytes(of: len) { Array($0) } + withUnsafeBytes(of: type) { Array($0) } + payload
+            while a.count % 4 != 0 { a.append(0) }
+            return a
+        }
+        var out = error + attr(1, Array(message.utf8) + [0]) + attr(2, withUnsafeBytes(of: UInt32(offset)) { Array($0) })
+        withUnsafeBytes(of: UInt32(out.count)) { out.replaceSubrange(0..<4, with: $0) }
+        let flags = UInt16(NLM_F_CAPPED | NLM_F_ACK_TLVS)
+        withUnsafeBytes(of: flags) { out.replaceSubrange(6..<8, with: $0) }
         return out
     }
 
@@ -97,6 +150,41 @@ final class RecordingTransport: NetlinkTransport {
             #expect(e.failures.count == 1)
             #expect(e.failures[0].errno == EINVAL)
             #expect(e.failures[0].operation == "add set ip svcnat cluster-ips { type ipv4_addr; }")
+        }
+    }
+
+    /// NETLINK_EXT_ACK was off, so a refused element message named its first element. The
+    /// kernel's error offset now names the element it refused, and its message rides along.
+    @Test func theKernelsErrorOffsetNamesTheRefusedElement() throws {
+        let elements = (1...5).map { SetElement(key: [.ip(IPAddress("198.18.100.\($0)")!)]) }
+        let tx = Transaction(family: .ip, table: "svcnat", operations: [.addElements(set: "cluster-ips", elements)])
+        let t = RecordingTransport()
+        t.refuse = (index: 0, errno: EEXIST)
+        t.refuseElement = 3
+        do {
+            try NFTables(transport: t, firstSeq: 1).apply(tx)
+            Issue.record("the refusal was not reported")
+        } catch let e as BatchError {
+            let failure = try #require(e.failures.first)
+            #expect(failure.refused?.change == .addElements(set: "cluster-ips", [elements[3]]))
+            #expect(failure.operation == "add element ip svcnat cluster-ips { 198.18.100.4 }")
+            #expect(failure.description.contains("(kernel: element 3)"))
+        }
+    }
+
+    /// The first ENOBUFS threw and the cause was lost. Now the rest is read, the errors that
+    /// came are kept, and the loss is said, even when the closing ack is among the lost.
+    @Test func anOverflowingReceiveBufferKeepsTheFirstErrors() throws {
+        let t = RecordingTransport()
+        t.refuse = (index: 1, errno: ENOENT)
+        t.overflow = true
+        do {
+            try NFTables(transport: t, firstSeq: 1).apply(tx)
+            Issue.record("the refusal was not reported")
+        } catch let e as BatchError {
+            #expect(e.failures.map(\.errno) == [ENOENT, ENOBUFS], "\(e)")
+            #expect(e.failures[0].operation == "add chain ip svcnat services")
+            #expect(e.description.contains("dropped some of its answers"))
         }
     }
 

@@ -133,16 +133,70 @@ import Testing
 
         // Someone deletes a svcnat chain's rules and commits.
         let victim = kernel.ruleset!.chains.first { !$0.rules.isEmpty && $0.base == nil }!.name
-        try kernel.apply(Transaction(family: .ip, table: "svcnat", operations: [.flushChain(victim)]))
+        try kernel.commitAsAnotherWriter(Transaction(family: .ip, table: "svcnat", operations: [.flushChain(victim)]), name: "nft (pid 7)")
         let why = try syncer.drift()
-        #expect(why?.hasPrefix("ruleset generation changed") == true)
+        #expect(why == "drift: nft (pid 7)")
 
         // Asked for a partial sync, the syncer does a full one: the cache is no longer the kernel's.
         let repair = try syncer.sync(source, full: false, reason: why!)
         #expect(!repair.partial)
-        #expect(repair.repairedDrift)
+        #expect(repair.repairedDrift == "nft (pid 7)")
         #expect(!kernel.ruleset!.chain(victim)!.rules.isEmpty)
         #expect(try syncer.drift() == nil)
+    }
+
+    @Test func commitsToOtherTablesLeaveTheCacheTrustedAndTheSyncPartial() throws {
+        let services = (0..<5).map { inc.service($0, ports: 1) }
+        let slices = services.enumerated().map { inc.slice($0.offset, $0.element, endpoints: [1, 2]) }
+        let source = store(services, slices)
+        let kernel = FakeKernel()
+        let syncer = Syncer(config: ProxyConfig(nodeName: "node-a"), kernel: kernel)
+        _ = try syncer.sync(source, full: true, reason: "start")
+        for _ in 0..<10 { kernel.commitElsewhere() }
+        #expect(try syncer.drift() == nil)
+        source.put("slice:\(slices[1].meta.key)", ClusterState(endpointSlices: [inc.slice(1, services[1], endpoints: [2])]))
+        // Another table's commit between the check and the batch moves the generation: the
+        // batch still goes, at the new one.
+        kernel.beforeNextApply = { kernel.commitElsewhere() }
+        let next = try syncer.sync(source, full: false, reason: "manifests changed")
+        #expect(next.partial)
+        #expect(kernel.staleRefusals == 0)
+        #expect(kernel.ruleset == (try fullTable(source, ProxyConfig(nodeName: "node-a"))))
+    }
+
+    @Test func aWriterBetweenTheReadAndTheCommitMakesTheSyncReadAndPlanAgain() throws {
+        let services = (0..<4).map { inc.service($0, ports: 1) }
+        let slices = services.enumerated().map { inc.slice($0.offset, $0.element, endpoints: [1, 2]) }
+        let source = store(services, slices)
+        let kernel = FakeKernel()
+        let config = ProxyConfig(nodeName: "node-a")
+        let syncer = Syncer(config: config, kernel: kernel)
+        _ = try syncer.sync(source, full: true, reason: "start")
+        let victim = kernel.ruleset!.chains.first { !$0.rules.isEmpty && $0.base == nil }!.name
+
+        // During a partial sync's commit: the compare-and-swap fails, and a full sync repairs.
+        source.put("slice:\(slices[1].meta.key)", ClusterState(endpointSlices: [inc.slice(1, services[1], endpoints: [2])]))
+        kernel.beforeNextApply = {
+            try kernel.commitAsAnotherWriter(Transaction(family: .ip, table: "svcnat", operations: [.flushChain(victim)]))
+        }
+        let repaired = try syncer.sync(source, full: false, reason: "manifests changed")
+        #expect(!repaired.partial && kernel.staleRefusals == 1)
+        #expect(kernel.ruleset == (try fullTable(source, config)))
+
+        // In the middle of a full sync's read: read again before planning.
+        kernel.duringNextRead = {
+            try kernel.commitAsAnotherWriter(Transaction(family: .ip, table: "svcnat", operations: [.flushChain(victim)]))
+        }
+        _ = try syncer.sync(source, full: true, reason: "sync period")
+        #expect(kernel.ruleset == (try fullTable(source, config)))
+
+        // Between a full sync's read and its commit: refused, read and planned again.
+        kernel.beforeNextApply = {
+            try kernel.commitAsAnotherWriter(Transaction(family: .ip, table: "svcnat", operations: [.flushChain(victim)]))
+        }
+        _ = try syncer.sync(source, full: true, reason: "sync period")
+        #expect(kernel.staleRefusals == 2)
+        #expect(kernel.ruleset == (try fullTable(source, config)))
     }
 
     @Test func aRefusedSyncCountsTowardsTheBackoffAndTheNextSyncIsFull() throws {
