@@ -166,17 +166,31 @@ final class Testbed {
     }
 
     /// Starts the test server in pod i (name "pod<i>"), waits until it listens.
-    func startServer(pod i: Int, port: Int) throws {
+    func startServer(pod i: Int, port: Int) throws { try startServer(in: ns("pod\(i)"), name: "pod\(i)", port: port) }
+
+    /// Makes drops observable: the client namespace takes every address of `prefix` as its own
+    /// (a local route) and answers on `port` as "sink". A packet the node should have dropped or
+    /// NATed but routed on un-NATed towards the client gets that answer, instead of a timeout
+    /// that looks like a drop. The client then answers pods through the node, and its own
+    /// packets to `prefix` stay in it.
+    func startSink(prefix: String = "198.18.100.0/24", port: Int) throws {
+        let client = ns("client")
+        try sh(client, ["ip", "route", "add", "local", prefix, "dev", "lo"])
+        try sh(client, ["ip", "route", "replace", "198.19.0.0/16", "via", "198.18.0.1"])
+        try startServer(in: client, name: "sink", port: port)
+    }
+
+    private func startServer(in namespace: String, name: String, port: Int) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        p.arguments = ["netns", "exec", ns("pod\(i)"), "python3", helper("server.py"), "pod\(i)", String(port), "600"]
+        p.arguments = ["netns", "exec", namespace, "python3", helper("server.py"), name, String(port), "600"]
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle.nullDevice
         try p.run()
         processes.append(p)
         let line = out.fileHandleForReading.availableDataUntilNewline(timeout: 10)
-        guard line.contains("ready") else { throw TestbedError("server in pod\(i) did not start") }
+        guard line.contains("ready") else { throw TestbedError("server \(name) did not start") }
     }
 
     /// A background process (the daemon, nft monitor) whose output goes to a file.

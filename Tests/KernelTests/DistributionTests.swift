@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+
+extension RootTests.DaemonTests {
+    func nodePortManifest(pods: [Int]) -> String {
+        var s = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: demo}
+            spec:
+              type: NodePort
+              clusterIP: 198.18.100.20
+              selector: {app: web}
+              ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}]
+
+            """
+        for i in pods {
+            s += """
+                ---
+                apiVersion: v1
+                kind: Pod
+                metadata: {name: web-\(i), namespace: demo, labels: {app: web}}
+                status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+
+                """
+        }
+        return s
+    }
+
+    /// Partial syncs move endpoints between the slots of the endpoint map (a removed endpoint's
+    /// slot is reused, the map shrinks and grows). The spread must stay even through every
+    /// frontend: 600 connections over 3 endpoints (200 each) by the ClusterIP and the NodePort,
+    /// chi-square below the p = 0.001 bound.
+    @Test func theSpreadStaysEvenAfterPartialSyncsMoveEndpointSlots() throws {
+        let bed = Testbed("slots")
+        defer { bed.close() }
+        try bed.servedTopology(pods: 4)
+        let n = bed.ns("node"), client = bed.ns("client")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", nodePortManifest(pods: [1, 2, 3]))
+        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0", "--cluster-cidr", "198.19.0.0/16"])
+        #expect(within(5) { ruleset(bed, n).contains("198.19.3.2") } != nil, "\(daemon.log())")
+        for pods in [[1, 3], [1, 3, 4], [3, 4], [2, 3, 4]] {
+            try write(dir + "/web.yaml", nodePortManifest(pods: pods))
+            let last = pods.last!
+            #expect(
+                try within(5) { try bed.svcnat(n, ["diff", "-f", dir + "/web.yaml", "--cluster-cidr", "198.19.0.0/16"]).code == 0 } != nil)
+            #expect(ruleset(bed, n).contains("198.19.\(last).2"))
+        }
+        #expect(daemon.log().components(separatedBy: "sync (partial").count - 1 >= 4, "\(daemon.log())")
+        for (ip, port) in [("198.18.100.20", 80), ("198.18.0.1", 30080)] {
+            let r = try bed.client(in: client, "tcp", ip, port, count: 600)
+            #expect(r.refused == 0 && r.timeouts == 0, "\(ip):\(port) \(r)")
+            #expect(Set(r.answers.keys) == ["pod2", "pod3", "pod4"], "\(ip):\(port) \(r.answers)")
+            let chi = chiSquare(["pod2", "pod3", "pod4"].map { r.answers[$0] ?? 0 })
+            #expect(chi < 13.82, "\(ip):\(port) spread \(r.answers) has chi-square \(chi)")
+        }
+    }
+}
