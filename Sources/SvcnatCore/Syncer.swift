@@ -62,7 +62,7 @@ public final class Syncer {
     /// Another writer's change seen since the last full sync, which that sync repairs.
     private var drifted: String?
     /// Per family, every frontend programmed and the Service holding it, as of the last sync.
-    private var claims: [IPFamily: [String: String]] = [:]
+    private var claims: [IPFamily: ClaimTable] = [:]
     /// The claims that lost at the last full sync (a partial sync never decides a clash).
     public private(set) var conflicts: [Conflict] = []
     /// The Services on either side of those clashes.
@@ -118,7 +118,9 @@ public final class Syncer {
             if !requestedFull, let (ports, held) = partialPorts(source, dirty) {
                 do {
                     partial = try partialSync(ports, dirty: dirty, generation: gen)
-                    claims = held
+                    for (family, services) in held {
+                        for (service, frontends) in services { claims[family, default: ClaimTable()].replace(service, with: frontends) }
+                    }
                 } catch is GenerationChanged {
                     // Another writer touched svcnat's tables since the cached view: a full sync.
                     incremental = nil
@@ -146,36 +148,42 @@ public final class Syncer {
     /// Service in a clash claims something other than before. Clashes are decided only by a
     /// full sync, so the rule is applied to the whole input the same way every time; a partial
     /// sync of a Service in a clash whose claims did not change keeps the full sync's decision.
-    /// With the ports, the claims held once the kernel takes them.
+    /// With the ports, the frontends each changed Service holds once the kernel takes them.
+    /// The work is proportional to the changed Services' frontends, not to all Services.
     private func partialPorts(
         _ source: ServiceSource, _ dirty: Set<String>
-    ) -> (ports: [IPFamily: [String: [ServicePortState]]], claims: [IPFamily: [String: String]])? {
+    ) -> (ports: [IPFamily: [String: [ServicePortState]]], claims: [IPFamily: [String: Set<String>]])? {
         let contested = self.contested
         guard let incremental, dirty.allSatisfy({ refused[$0] == nil }) else { return nil }
         var ports: [IPFamily: [String: [ServicePortState]]] = [:]
-        var newClaims = claims
+        var newClaims: [IPFamily: [String: Set<String>]] = [:]
         for family in IPFamily.allCases {
             var byService: [String: [ServicePortState]] = [:]
             for key in dirty {
                 byService[key] = source.ports(ofService: key, nodeName: config.nodeName, zone: config.zone, family: family)
             }
             if incremental[family] == nil, byService.values.contains(where: { !$0.isEmpty }) { return nil }
-            let before = claims[family] ?? [:]
+            let before = claims[family] ?? ClaimTable()
             let lost = self.lost[family] ?? [:]
-            var held = before.filter { !dirty.contains($0.value) }
+            // The changed Services' claims in this sync; the others' stay as they are.
+            var taken: [String: String] = [:]
+            var held: [String: Set<String>] = [:]
             for (key, states) in byService {
                 let wanted = Set(states.flatMap(\.claimKeys))
                 if contested.contains(key) {
-                    let had = Set(before.filter { $0.value == key }.keys).union(lost[key] ?? [])
+                    let had = before.claims(of: key).union(lost[key] ?? [])
                     guard wanted == had else { return nil }
                     let drop = lost[key] ?? []
                     byService[key] = states.map { $0.dropping(drop) }
-                    for k in wanted.subtracting(drop) { held[k] = key }
+                    held[key] = wanted.subtracting(drop)
+                    for k in wanted.subtracting(drop) { taken[k] = key }
                 } else {
                     for k in wanted {
-                        if let other = held[k], other != key { return nil }
-                        held[k] = key
+                        if let other = taken[k], other != key { return nil }
+                        if let other = before.holder[k], other != key, !dirty.contains(other) { return nil }
+                        taken[k] = key
                     }
+                    held[key] = wanted
                 }
             }
             newClaims[family] = held
@@ -220,7 +228,7 @@ public final class Syncer {
     private func fullSync(_ state: ClusterState) throws -> SyncOutcome {
         incremental = nil
         let r = try Reconciler(config: config, kernel: kernel).reconcile(state)
-        claims = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.claims) })
+        claims = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, ClaimTable($0.claims)) })
         lost = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.lost) })
         conflicts = r.conflicts
         refused = r.refused

@@ -15,7 +15,7 @@ extension Svcnat {
                 watched (Services, EndpointSlices, this node's Node), and the first sync waits until \
                 the initial lists are complete. Changes are applied within --min-sync-period. A file \
                 that fails to parse or validate is reported and its last good version stays in force. Changes \
-                others make to svcnat's table are noticed (ruleset generation id) and repaired. SIGHUP \
+                others make to svcnat's table are noticed at once (nftables change events) and repaired. SIGHUP \
                 forces a full resync; SIGTERM/SIGINT stop and leave the rules serving (or remove them \
                 with --cleanup-on-exit).
                 """)
