@@ -57,3 +57,30 @@ extension RootTests.DaemonTests {
         }
     }
 }
+
+extension RootTests.DaemonTests {
+    /// The same after partial syncs of the IPv6 slice of a dual-stack Service: its ClusterIP and
+    /// its node port on the node's IPv6 address.
+    @Test func theIPv6SpreadStaysEvenAfterPartialSyncsMoveEndpointSlots() throws {
+        let bed = Testbed("slots6")
+        defer { bed.close() }
+        try bed.servedTopology(pods: 4, ipv6: true)
+        let n = bed.ns("node"), client = bed.ns("client")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/ds.yaml", dualStackManifest(v4: [1], v6: [1, 2, 3]))
+        let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0"])
+        #expect(within(5) { ruleset(bed, n).contains("2001:db8:1:3::2") } != nil, "\(daemon.log())")
+        for pods in [[1, 3], [1, 3, 4], [3, 4], [2, 3, 4]] {
+            try write(dir + "/ds.yaml", dualStackManifest(v4: [1], v6: pods))
+            #expect(try within(5) { try bed.svcnat(n, ["diff", "-f", dir + "/ds.yaml"]).code == 0 } != nil)
+        }
+        #expect(daemon.log().components(separatedBy: "sync (partial").count - 1 >= 4, "\(daemon.log())")
+        for (ip, port) in [("2001:db8:100::30", 80), ("2001:db8::1", 30080)] {
+            let r = try bed.client(in: client, "tcp", ip, port, count: 600)
+            #expect(r.refused == 0 && r.timeouts == 0, "\(ip):\(port) \(r)")
+            #expect(Set(r.answers.keys) == ["pod2", "pod3", "pod4"], "\(ip):\(port) \(r.answers)")
+            let chi = chiSquare(["pod2", "pod3", "pod4"].map { r.answers[$0] ?? 0 })
+            #expect(chi < 13.82, "\(ip):\(port) spread \(r.answers) has chi-square \(chi)")
+        }
+    }
+}
