@@ -152,10 +152,7 @@ public final class Conntrack {
                 guard h.pointee.nlmsg_seq == mySeq else { return }
                 switch Int32(h.pointee.nlmsg_type) {
                 case NLMSG_DONE:
-                    if Int(h.pointee.nlmsg_len) >= MemoryLayout<nlmsghdr>.size + 4 {
-                        let code = UnsafeRawPointer(h).loadUnaligned(fromByteOffset: MemoryLayout<nlmsghdr>.size, as: Int32.self)
-                        if code < 0 { throw NetlinkError("list conntrack entries", errno: -code) }
-                    }
+                    if let e = h.doneError { throw NetlinkError("list conntrack entries", errno: e) }
                     done = true
                 case NLMSG_ERROR:
                     let (err, _) = h.errorPayload

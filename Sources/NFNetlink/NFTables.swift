@@ -369,11 +369,7 @@ public final class NFTables {
                 if Int32(h.pointee.nlmsg_flags) & NLM_F_DUMP_INTR != 0 { interrupted = true }
                 switch Int32(h.pointee.nlmsg_type) {
                 case NLMSG_DONE:
-                    // A dump can end in an error: NLMSG_DONE then carries a negative errno.
-                    if Int(h.pointee.nlmsg_len) >= MemoryLayout<nlmsghdr>.size + 4 {
-                        let code = UnsafeRawPointer(h).loadUnaligned(fromByteOffset: MemoryLayout<nlmsghdr>.size, as: Int32.self)
-                        if code < 0 { throw NetlinkError(what, errno: -code) }
-                    }
+                    if let e = h.doneError { throw NetlinkError(what, errno: e) }
                     done = true
                 case NLMSG_ERROR:
                     let (err, _) = h.errorPayload

@@ -60,15 +60,15 @@ public final class NetlinkSocket: NetlinkTransport {
     static let receiveBufferFloor = 8 << 20
     /// Kernel memory one queued error costs, about (its skb's truesize).
     static let bytesPerError = 1024
-    private var receiveBuffer = NetlinkSocket.receiveBufferFloor
+    private var receiveBufferBytes = NetlinkSocket.receiveBufferFloor
 
     public func send(_ datagram: UnsafeRawBufferPointer) throws {
         if datagram.count > 200_000 { setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, bytes: datagram.count + 4096) }
         let messages = Self.messageCount(datagram)
         let wanted = min(max(Self.receiveBufferFloor, messages * Self.bytesPerError), 1 << 30)
-        if wanted > receiveBuffer {
+        if wanted > receiveBufferBytes {
             setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, bytes: wanted)
-            receiveBuffer = wanted
+            receiveBufferBytes = wanted
         }
         try NetlinkError.check("send to netlink socket", mnl_socket_sendto(raw, datagram.baseAddress, datagram.count))
     }
@@ -145,6 +145,14 @@ extension UnsafePointer where Pointee == nlmsghdr {
         guard Int(pointee.nlmsg_len) >= Int(mnl_nlmsg_size(MemoryLayout<nlmsgerr>.size)) else { return (EPROTO, pointee.nlmsg_seq) }
         let err = UnsafeRawPointer(mnl_nlmsg_get_payload(self)).loadUnaligned(as: nlmsgerr.self)
         return (-err.error, err.msg.nlmsg_seq)
+    }
+
+    /// The errno a dump's NLMSG_DONE carries when the dump ended in an error; nil for a
+    /// dump that completed.
+    var doneError: Int32? {
+        guard Int(pointee.nlmsg_len) >= MemoryLayout<nlmsghdr>.size + 4 else { return nil }
+        let code = UnsafeRawPointer(self).loadUnaligned(fromByteOffset: MemoryLayout<nlmsghdr>.size, as: Int32.self)
+        return code < 0 ? -code : nil
     }
 
     /// An error's extended-ack attributes (NETLINK_EXT_ACK): the kernel's message, and the

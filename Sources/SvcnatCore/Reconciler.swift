@@ -307,7 +307,8 @@ public struct Reconciler {
     /// families whose table was there.
     @discardableResult
     public func cleanup() throws -> [TableFamily] {
-        for attempt in 1...Self.staleTries {
+        var attempt = 1
+        while true {
             let (tables, generation) = try kernel.consistentRead(config.table)
             let txs = try tables.map(Self.owned).compactMap(Planner.cleanup)
             guard !txs.isEmpty else { return [] }
@@ -315,9 +316,8 @@ public struct Reconciler {
                 try kernel.apply(txs, generation: generation)
                 return txs.map(\.family)
             } catch is GenerationChanged where attempt < Self.staleTries {
-                continue
+                attempt += 1  // read and plan again
             }
         }
-        return []
     }
 }

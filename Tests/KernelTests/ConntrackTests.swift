@@ -82,17 +82,7 @@ extension RootTests.ConntrackTests {
               ports: [{name: dns, protocol: UDP, port: 53, targetPort: 8080}]
 
             """
-        for i in 1...3 {
-            let labels = webPods.contains(i) ? "{app: web, tier: backend}" : "{tier: backend}"
-            s += """
-                ---
-                apiVersion: v1
-                kind: Pod
-                metadata: {name: pod-\(i), namespace: demo, labels: \(labels)}
-                status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
-
-                """
-        }
+        for i in 1...3 { s += readyPod("pod-\(i)", i, labels: webPods.contains(i) ? "{app: web, tier: backend}" : "{tier: backend}") }
         return s
     }
 

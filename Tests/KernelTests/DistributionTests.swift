@@ -14,17 +14,20 @@ extension RootTests.DaemonTests {
               ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}]
 
             """
-        for i in pods {
-            s += """
-                ---
-                apiVersion: v1
-                kind: Pod
-                metadata: {name: web-\(i), namespace: demo, labels: {app: web}}
-                status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
-
-                """
-        }
+        for i in pods { s += readyPod("web-\(i)", i, labels: "{app: web}") }
         return s
+    }
+
+    /// 600 TCP connections from the client to each frontend reach exactly pods 2, 3 and 4,
+    /// with a chi-square below the p = 0.001 bound for 2 degrees of freedom.
+    func expectEvenSpreadOverPods234(_ bed: Testbed, _ frontends: [(String, Int)]) throws {
+        for (ip, port) in frontends {
+            let r = try bed.client(in: bed.ns("client"), "tcp", ip, port, count: 600)
+            #expect(r.refused == 0 && r.timeouts == 0, "\(ip):\(port) \(r)")
+            #expect(Set(r.answers.keys) == ["pod2", "pod3", "pod4"], "\(ip):\(port) \(r.answers)")
+            let chi = chiSquare(["pod2", "pod3", "pod4"].map { r.answers[$0] ?? 0 })
+            #expect(chi < 13.82, "\(ip):\(port) spread \(r.answers) has chi-square \(chi)")
+        }
     }
 
     /// Partial syncs move endpoints between the slots of the endpoint map (a removed endpoint's
@@ -35,7 +38,7 @@ extension RootTests.DaemonTests {
         let bed = Testbed("slots")
         defer { bed.close() }
         try bed.servedTopology(pods: 4)
-        let n = bed.ns("node"), client = bed.ns("client")
+        let n = bed.ns("node")
         let dir = try bed.makeDirectory()
         try write(dir + "/web.yaml", nodePortManifest(pods: [1, 2, 3]))
         let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0", "--cluster-cidr", "198.19.0.0/16"])
@@ -48,13 +51,7 @@ extension RootTests.DaemonTests {
             #expect(ruleset(bed, n).contains("198.19.\(last).2"))
         }
         #expect(daemon.log().components(separatedBy: "sync (partial").count - 1 >= 4, "\(daemon.log())")
-        for (ip, port) in [("198.18.100.20", 80), ("198.18.0.1", 30080)] {
-            let r = try bed.client(in: client, "tcp", ip, port, count: 600)
-            #expect(r.refused == 0 && r.timeouts == 0, "\(ip):\(port) \(r)")
-            #expect(Set(r.answers.keys) == ["pod2", "pod3", "pod4"], "\(ip):\(port) \(r.answers)")
-            let chi = chiSquare(["pod2", "pod3", "pod4"].map { r.answers[$0] ?? 0 })
-            #expect(chi < 13.82, "\(ip):\(port) spread \(r.answers) has chi-square \(chi)")
-        }
+        try expectEvenSpreadOverPods234(bed, [("198.18.100.20", 80), ("198.18.0.1", 30080)])
     }
 }
 
@@ -65,7 +62,7 @@ extension RootTests.DaemonTests {
         let bed = Testbed("slots6")
         defer { bed.close() }
         try bed.servedTopology(pods: 4, ipv6: true)
-        let n = bed.ns("node"), client = bed.ns("client")
+        let n = bed.ns("node")
         let dir = try bed.makeDirectory()
         try write(dir + "/ds.yaml", dualStackManifest(v4: [1], v6: [1, 2, 3]))
         let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0"])
@@ -75,12 +72,6 @@ extension RootTests.DaemonTests {
             #expect(try within(5) { try bed.svcnat(n, ["diff", "-f", dir + "/ds.yaml"]).code == 0 } != nil)
         }
         #expect(daemon.log().components(separatedBy: "sync (partial").count - 1 >= 4, "\(daemon.log())")
-        for (ip, port) in [("2001:db8:100::30", 80), ("2001:db8::1", 30080)] {
-            let r = try bed.client(in: client, "tcp", ip, port, count: 600)
-            #expect(r.refused == 0 && r.timeouts == 0, "\(ip):\(port) \(r)")
-            #expect(Set(r.answers.keys) == ["pod2", "pod3", "pod4"], "\(ip):\(port) \(r.answers)")
-            let chi = chiSquare(["pod2", "pod3", "pod4"].map { r.answers[$0] ?? 0 })
-            #expect(chi < 13.82, "\(ip):\(port) spread \(r.answers) has chi-square \(chi)")
-        }
+        try expectEvenSpreadOverPods234(bed, [("2001:db8:100::30", 80), ("2001:db8::1", 30080)])
     }
 }
