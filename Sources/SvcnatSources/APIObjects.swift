@@ -1,8 +1,7 @@
 import NFTModel
 import SvcnatModel
-import Yams
 
-/// Kubernetes API responses (JSON, which the YAML parser reads as it is) into model values:
+/// Kubernetes API responses (JSON, read by `JSONReader` without YAML) into model values:
 /// lists with their resourceVersion, and watch events. Objects are decoded and validated exactly
 /// as manifests are; one that fails is reported and left out, as a bad file is.
 public enum APIObjects {
@@ -56,39 +55,53 @@ public enum APIObjects {
     }
 
     static func parse(_ text: String) throws -> Value {
+        var reader = JSONReader(Array(text.utf8))
         do {
-            let parser = try Parser(yaml: text, resolver: .basic)
-            guard let node = try parser.nextRoot() else { throw DecodeError(description: "empty response") }
-            var budget = Value.Budget(forInputBytes: text.utf8.count)
-            return try Value.convert(node, &budget)
-        } catch let e as DecodeError { throw e } catch let e as Value.TooLarge {
-            throw DecodeError(description: "the response \(e.description)")
-        } catch {
-            throw DecodeError(description: "not valid JSON: \(ManifestDecoder.yamlMessage(error))")
+            guard let v = try reader.single() else { throw DecodeError(description: "empty response") }
+            return v
+        } catch let e as DecodeError { throw e } catch {
+            throw DecodeError(description: "not valid JSON: \(error)")
         }
     }
 
     /// A list response (`ServiceList`, `EndpointSliceList`, `NodeList`); `kind` and
-    /// `apiVersion` are its items' (list items carry neither).
+    /// `apiVersion` are its items' (list items carry neither). Each item is decoded as the
+    /// reader reaches it: the page never exists as one tree.
     public static func list(_ text: String, kind: String, apiVersion: String, source: String) throws -> List {
-        let v = try parse(text)
-        let ctx = Field.Context(file: source)
-        let f = Field(node: v, path: "", context: ctx)
+        var out = List(resourceVersion: "")
+        func take(_ item: Value) {
+            let (o, errors) = object(item, kind: kind, apiVersion: apiVersion, source: source)
+            if let o {
+                out.objects.append(o)
+            } else {
+                let f = Field(node: item, context: Field.Context(file: source))
+                if let name = f["metadata"]["name"].string {
+                    let ns = f["metadata"]["namespace"].string ?? ""
+                    out.failedKeys.append(ns.isEmpty ? name : "\(ns)/\(name)")
+                }
+            }
+            out.errors += errors
+        }
+        var reader = JSONReader(Array(text.utf8))
+        let top: Value
+        do {
+            guard let doc = try reader.next(items: take) else { throw DecodeError(description: "empty response") }
+            top = doc.value
+            // A server that leaves out the list's kind: its items were read whole.
+            if !doc.streamed {
+                for item in Field(node: top, context: Field.Context(file: source))["items"].list { take(item.node!) }
+            }
+            guard try reader.next(items: { _ in }) == nil else { throw DecodeError(description: "unexpected text after the list") }
+        } catch let e as DecodeError { throw e } catch {
+            throw DecodeError(description: "not valid JSON: \(error)")
+        }
+        let f = Field(node: top, context: Field.Context(file: source))
         guard let rv = f["metadata"]["resourceVersion"].string else {
             throw DecodeError(description: "\(source): list without metadata.resourceVersion")
         }
         let token = f["metadata"]["continue"].string
-        var out = List(resourceVersion: rv, objects: [], errors: [], continueToken: token?.isEmpty == false ? token : nil)
-        for item in f["items"].list {
-            let (o, errors) = object(item.node!, kind: kind, apiVersion: apiVersion, source: source)
-            if let o {
-                out.objects.append(o)
-            } else if let name = item["metadata"]["name"].string {
-                let ns = item["metadata"]["namespace"].string ?? ""
-                out.failedKeys.append(ns.isEmpty ? name : "\(ns)/\(name)")
-            }
-            out.errors += errors
-        }
+        out.resourceVersion = rv
+        out.continueToken = token?.isEmpty == false ? token : nil
         return out
     }
 
@@ -96,7 +109,7 @@ public enum APIObjects {
     public static func event(_ line: String, kind: String, apiVersion: String, source: String) throws -> (Event?, [InputError]) {
         let v = try parse(line)
         let ctx = Field.Context(file: source)
-        let f = Field(node: v, path: "", context: ctx)
+        let f = Field(node: v, context: ctx)
         guard let type = f["type"].string, let obj = f["object"].node else {
             throw DecodeError(description: "\(source): a watch event without type or object")
         }
@@ -117,7 +130,7 @@ public enum APIObjects {
 
     static func object(_ v: Value, kind: String, apiVersion: String, source: String) -> (Object?, [InputError]) {
         let ctx = Field.Context(file: source)
-        let f = Field(node: v, path: "", context: ctx)
+        let f = Field(node: v, context: ctx)
         let m = f["metadata"]
         // A watch or list is of one kind: an object that says it is another is not taken for it.
         if case .scalar(let own, _)? = f["kind"].node, own != kind {

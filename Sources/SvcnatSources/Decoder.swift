@@ -23,6 +23,22 @@ public struct ManifestDecoder {
     ]
 
     public mutating func decode(_ text: String, file: String) {
+        let bytes = Array(text.utf8)
+        guard JSONReader.looksLikeJSON(bytes, file: file) else {
+            if let why = decodeYAML(text, file: file) { errors.append(InputError(file: file, message: why)) }
+            return
+        }
+        guard let jsonError = decodeJSON(bytes, file: file) else { return }
+        // Text that opens like JSON but is not, in a file not named .json, may be YAML (JSON
+        // documents between `---` lines): YAML reads it, and if YAML fails too the JSON error
+        // is the one reported.
+        if file.lowercased().hasSuffix(".json") || decodeYAML(text, file: file) != nil {
+            errors.append(InputError(file: file, message: "not valid JSON: \(jsonError)"))
+        }
+    }
+
+    /// YAML through Yams; why the file is refused as a whole, or nil.
+    mutating func decodeYAML(_ text: String, file: String) -> String? {
         var nodes: [Value] = []
         // One budget for the file: its documents together may not expand beyond it.
         var budget = Value.Budget(forInputBytes: text.utf8.count)
@@ -39,17 +55,68 @@ public struct ManifestDecoder {
                 nodes.append(try Value.convert(node, &budget))
             }
         } catch let e as Value.TooLarge {
-            errors.append(InputError(file: file, message: e.description))
-            return
+            return e.description
         } catch {
-            errors.append(InputError(file: file, message: "not valid YAML or JSON: \(Self.yamlMessage(error))"))
-            return
+            return "not valid YAML or JSON: \(Self.yamlMessage(error))"
         }
         for (i, node) in nodes.enumerated() {
             let ctx = Field.Context(file: file)
-            decodeObject(Field(node: node, path: "", context: ctx), document: nodes.count > 1 ? i : nil)
+            decodeObject(Field(node: node, context: ctx), document: nodes.count > 1 ? i : nil)
             errors += ctx.errors
         }
+        return nil
+    }
+
+    /// JSON without YAML: a list's items are decoded as the reader reaches them, so the whole
+    /// document never exists as one tree. A syntax error refuses the whole file, as YAML's does:
+    /// what its items had added is taken back, and the syntax error is returned.
+    mutating func decodeJSON(_ bytes: [UInt8], file: String) -> JSONReader.SyntaxError? {
+        let mark = Checkpoint(self)
+        var reader = JSONReader(bytes)
+        var documents: [Value] = []
+        do {
+            while let doc = try reader.next(items: { item in
+                let ctx = Field.Context(file: file)
+                decodeObject(Field(node: item, context: ctx), document: nil)
+                errors += ctx.errors
+            }) {
+                if !doc.streamed { documents.append(doc.value) }
+            }
+        } catch {
+            rollback(to: mark, file: file)
+            return error as? JSONReader.SyntaxError ?? JSONReader.SyntaxError(line: 0, column: 0, message: "\(error)")
+        }
+        for (i, value) in documents.enumerated() {
+            let ctx = Field.Context(file: file)
+            decodeObject(Field(node: value, context: ctx), document: documents.count > 1 ? i : nil)
+            errors += ctx.errors
+        }
+        return nil
+    }
+
+    /// How much the decoder held at a point, to take a refused file's objects back.
+    struct Checkpoint {
+        var services, slices, endpoints, pods, ingresses, warnings, errors: Int
+        init(_ d: ManifestDecoder) {
+            services = d.state.services.count
+            slices = d.state.endpointSlices.count
+            endpoints = d.state.endpoints.count
+            pods = d.state.pods.count
+            ingresses = d.state.ingresses.count
+            warnings = d.warnings.count
+            errors = d.errors.count
+        }
+    }
+
+    mutating func rollback(to c: Checkpoint, file: String) {
+        state.services.removeLast(state.services.count - c.services)
+        state.endpointSlices.removeLast(state.endpointSlices.count - c.slices)
+        state.endpoints.removeLast(state.endpoints.count - c.endpoints)
+        state.pods.removeLast(state.pods.count - c.pods)
+        state.ingresses.removeLast(state.ingresses.count - c.ingresses)
+        warnings.removeLast(warnings.count - c.warnings)
+        errors.removeLast(errors.count - c.errors)
+        seen = seen.filter { $0.value != file }
     }
 
     /// Decodes one object given as a parsed value, with `kind` and `apiVersion` filled in when
@@ -57,12 +124,12 @@ public struct ManifestDecoder {
     mutating func decode(object v: Value, kind: String, apiVersion: String, file: String) {
         var v = v
         if case .mapping(var m) = v {
-            if m["kind"] == nil { m["kind"] = .scalar(kind, plain: false) }
-            if m["apiVersion"] == nil { m["apiVersion"] = .scalar(apiVersion, plain: false) }
+            if v[key: "kind"] == nil { m.append(("kind", .scalar(kind, plain: false))) }
+            if v[key: "apiVersion"] == nil { m.append(("apiVersion", .scalar(apiVersion, plain: false))) }
             v = .mapping(m)
         }
         let ctx = Field.Context(file: file)
-        decodeObject(Field(node: v, path: "", context: ctx), document: nil)
+        decodeObject(Field(node: v, context: ctx), document: nil)
         errors += ctx.errors
     }
 
@@ -74,7 +141,8 @@ public struct ManifestDecoder {
     mutating func decodeObject(_ f: Field, document: Int?) {
         guard f.isPresent else { return }  // an empty document
         guard f.isMapping else {
-            f.context.fail(document.map { "document \($0 + 1)" } ?? "", "expected a Kubernetes object (a mapping with apiVersion and kind)")
+            f.context.fail(
+                at: document.map { "document \($0 + 1)" } ?? "", "expected a Kubernetes object (a mapping with apiVersion and kind)")
             return
         }
         let kind = f["kind"].string ?? ""
@@ -101,7 +169,7 @@ public struct ManifestDecoder {
         guard let meta = objectMeta(f, kind: kind) else { return }
         let id = "\(kind) \(meta.key)"
         if let other = seen[id] {
-            f.context.fail("metadata.name", "defined twice (also in \(other))")
+            f.context.fail(at: "metadata.name", "defined twice (also in \(other))")
             return
         }
         seen[id] = f.context.file

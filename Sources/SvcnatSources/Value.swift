@@ -9,7 +9,9 @@ indirect enum Value {
     /// A scalar and whether it was written plain (unquoted), which decides if it may be read as
     /// a number, a boolean or null.
     case scalar(String, plain: Bool)
-    case mapping([String: Value])
+    /// Keys in their order; a key written twice reads as its last value, as Go's decoder does.
+    /// Kubernetes mappings are small, and a scan of a few short keys is cheaper than hashing.
+    case mapping([(key: String, value: Value)])
     case sequence([Value])
 
     /// How much a document may expand to: aliases let a few hundred bytes of YAML stand for
@@ -42,10 +44,10 @@ indirect enum Value {
             guard budget.scalarBytes >= 0 else { throw TooLarge() }
             return .scalar(s.string, plain: s.style == .plain || s.style == .any)
         case .mapping(let m):
-            var d: [String: Value] = [:]
+            var d: [(key: String, value: Value)] = []
             d.reserveCapacity(m.count)
             for (k, v) in m {
-                if case .scalar(let ks) = k { d[ks.string] = try convert(v, &budget) }
+                if case .scalar(let ks) = k { d.append((ks.string, try convert(v, &budget))) }
             }
             return .mapping(d)
         case .sequence(let seq):
@@ -53,6 +55,13 @@ indirect enum Value {
         case .alias:
             return .scalar("", plain: true)
         }
+    }
+
+    /// The value of `key` in a mapping (its last, if written twice).
+    subscript(key key: String) -> Value? {
+        guard case .mapping(let m) = self else { return nil }
+        for member in m.reversed() where member.key == key { return member.value }
+        return nil
     }
 
     /// A top-level scalar field of a mapping node, read without converting the document (so a
@@ -69,12 +78,36 @@ indirect enum Value {
     }
 }
 
+/// Where a field is in its object, rendered only for an error ("spec.ports[1].port").
+indirect enum FieldPath: CustomStringConvertible {
+    case root
+    case key(FieldPath, String)
+    case index(FieldPath, Int)
+
+    var isRoot: Bool { if case .root = self { true } else { false } }
+
+    var description: String {
+        switch self {
+        case .root: ""
+        case .key(.root, let k): k
+        case .key(let p, let k): "\(p).\(k)"
+        case .index(let p, let i): "\(p)[\(i)]"
+        }
+    }
+}
+
 /// Field access over a YAML/JSON value that remembers where it is, so every failure names the
 /// object and the field path.
 struct Field {
     let node: Value?
-    let path: String
+    let path: FieldPath
     let context: Context
+
+    init(node: Value?, path: FieldPath = .root, context: Context) {
+        self.node = node
+        self.path = path
+        self.context = context
+    }
 
     final class Context {
         let file: String
@@ -82,15 +115,18 @@ struct Field {
         var errors: [InputError] = []
         init(file: String) { self.file = file }
 
-        func fail(_ path: String, _ message: String) {
-            errors.append(InputError(file: file, object: object, field: path.isEmpty ? nil : path, message: message))
+        func fail(_ path: FieldPath, _ message: String) {
+            errors.append(InputError(file: file, object: object, field: path.isRoot ? nil : path.description, message: message))
+        }
+
+        /// A failure at a place that is not a field ("document 2").
+        func fail(at place: String, _ message: String) {
+            errors.append(InputError(file: file, object: object, field: place.isEmpty ? nil : place, message: message))
         }
     }
 
     func child(_ key: String) -> Field {
-        let p = path.isEmpty ? key : "\(path).\(key)"
-        guard case .mapping(let m)? = node else { return Field(node: nil, path: p, context: context) }
-        return Field(node: m[key], path: p, context: context)
+        Field(node: node?[key: key], path: .key(path, key), context: context)
     }
 
     subscript(_ key: String) -> Field { child(key) }
@@ -156,7 +192,7 @@ struct Field {
     var list: [Field] {
         guard !isNull, let node else { return [] }
         guard case .sequence(let seq) = node else { context.fail(path, "expected a list, found \(describe(node))"); return [] }
-        return seq.enumerated().map { Field(node: $1, path: "\(path)[\($0)]", context: context) }
+        return seq.enumerated().map { Field(node: $1, path: .index(path, $0), context: context) }
     }
 
     var stringMap: [String: String] {
