@@ -19,8 +19,34 @@ public final class ObjectStore {
     private var pods = Index<Pod>()
     private var ingresses = Index<Ingress>()
     private var slicesByService: [String: Set<String>] = [:]  // ns/service -> slice keys
-    private var podsByNamespace: [String: Set<String>] = [:]
-    private var servicesByNamespace: [String: Set<String>] = [:]
+    /// Pods by each of their labels, and selector Services by one pair of their selector
+    /// (its least key): a Pod matches a selector only if it has every pair, so a Pod's change
+    /// concerns only the Services indexed under one of its own labels, and a Service's Pods are
+    /// among those under its indexed pair. A Pod change costs what it touches, not the
+    /// namespace's size.
+    private var podsByLabel: [LabelKey: Set<String>] = [:]
+    private var servicesBySelector: [LabelKey: Set<String>] = [:]
+
+    struct LabelKey: Hashable {
+        var namespace: String
+        var key: String
+        var value: String
+    }
+
+    /// The pair a Service is indexed under; nil when its selector selects no Pod.
+    static func indexPair(_ svc: Service) -> LabelKey? {
+        guard let sel = svc.selector, let k = sel.keys.min() else { return nil }
+        return LabelKey(namespace: svc.meta.namespace, key: k, value: sel[k]!)
+    }
+
+    /// The selector Services a Pod (with these labels) can back.
+    private func services(for pod: Pod) -> Set<String> {
+        var out = Set<String>()
+        for (k, v) in pod.meta.labels {
+            out.formUnion(servicesBySelector[LabelKey(namespace: pod.meta.namespace, key: k, value: v)] ?? [])
+        }
+        return out
+    }
     /// Services (ns/name) whose ports may have changed since `takeDirty()`.
     private var dirty = Set<String>()
 
@@ -148,17 +174,22 @@ public final class ObjectStore {
             for svc in s.services { dirty.insert(svc.meta.key) }
             for sl in s.endpointSlices { dirty.insert("\(sl.meta.namespace)/\(sl.serviceName)") }
             for e in s.endpoints { dirty.insert(e.meta.key) }
-            // A pod can back any selector Service of its namespace.
-            for p in s.pods { dirty.formUnion(servicesByNamespace[p.meta.namespace] ?? []) }
+            for p in s.pods { dirty.formUnion(services(for: p)) }
         }
-        for svc in old?.services ?? [] { services.set(svc.meta.key, file: file, nil) }
+        for svc in old?.services ?? [] {
+            services.set(svc.meta.key, file: file, nil)
+            if let pair = Self.indexPair(svc) { servicesBySelector[pair]?.remove(svc.meta.key) }
+        }
         for sl in old?.endpointSlices ?? [] { slices.set(sl.meta.key, file: file, nil) }
         for e in old?.endpoints ?? [] { endpoints.set(e.meta.key, file: file, nil) }
-        for p in old?.pods ?? [] { pods.set(p.meta.key, file: file, nil) }
+        for p in old?.pods ?? [] {
+            pods.set(p.meta.key, file: file, nil)
+            for (k, v) in p.meta.labels { podsByLabel[LabelKey(namespace: p.meta.namespace, key: k, value: v)]?.remove(p.meta.key) }
+        }
         for i in old?.ingresses ?? [] { ingresses.set(i.meta.key, file: file, nil) }
         for svc in new?.services ?? [] {
             services.set(svc.meta.key, file: file, svc)
-            servicesByNamespace[svc.meta.namespace, default: []].insert(svc.meta.key)
+            if let pair = Self.indexPair(svc) { servicesBySelector[pair, default: []].insert(svc.meta.key) }
         }
         for sl in new?.endpointSlices ?? [] {
             slices.set(sl.meta.key, file: file, sl)
@@ -167,10 +198,18 @@ public final class ObjectStore {
         for e in new?.endpoints ?? [] { endpoints.set(e.meta.key, file: file, e) }
         for p in new?.pods ?? [] {
             pods.set(p.meta.key, file: file, p)
-            podsByNamespace[p.meta.namespace, default: []].insert(p.meta.key)
+            for (k, v) in p.meta.labels { podsByLabel[LabelKey(namespace: p.meta.namespace, key: k, value: v), default: []].insert(p.meta.key) }
         }
         for i in new?.ingresses ?? [] { ingresses.set(i.meta.key, file: file, i) }
-        for p in new?.pods ?? [] { dirty.formUnion(servicesByNamespace[p.meta.namespace] ?? []) }
+        for p in new?.pods ?? [] { dirty.formUnion(services(for: p)) }
+        // An object another file also holds stays indexed by the version now in force.
+        for svc in old?.services ?? [] {
+            if let w = services.winner(svc.meta.key), let pair = Self.indexPair(w) { servicesBySelector[pair, default: []].insert(w.meta.key) }
+        }
+        for p in old?.pods ?? [] {
+            guard let w = pods.winner(p.meta.key) else { continue }
+            for (k, v) in w.meta.labels { podsByLabel[LabelKey(namespace: w.meta.namespace, key: k, value: v), default: []].insert(w.meta.key) }
+        }
     }
 
     /// Everything, for a full sync.
@@ -191,7 +230,7 @@ public final class ObjectStore {
         guard let svc = services.winner(key) else { return [] }
         let sliceKeys = slicesByService[key] ?? []
         let svcSlices = sliceKeys.sorted().compactMap { slices.winner($0) }.filter { "\($0.meta.namespace)/\($0.serviceName)" == key }
-        let podKeys = svc.selector == nil ? [] : (podsByNamespace[svc.meta.namespace] ?? [])
+        let podKeys = Self.indexPair(svc).flatMap { podsByLabel[$0] } ?? []
         return ProxyState.ports(
             of: svc, slices: svcSlices.isEmpty ? nil : svcSlices, endpoints: endpoints.winner(key),
             pods: podKeys.sorted().compactMap { pods.winner($0) }, nodeName: nodeName, zone: zone, family: family)
