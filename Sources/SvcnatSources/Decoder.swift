@@ -37,8 +37,36 @@ public struct ManifestDecoder {
         }
     }
 
-    /// YAML through Yams; why the file is refused as a whole, or nil.
+    /// YAML: the fast reader where it takes the file, else Yams; why the file is refused as a
+    /// whole, or nil.
     mutating func decodeYAML(_ text: String, file: String) -> String? {
+        var reader = YAMLReader(Array(text.utf8))
+        if let docs = reader.read() {
+            let kept = docs.filter { !skipsUnknownKind($0, file: file) }
+            for (i, node) in kept.enumerated() {
+                let ctx = Field.Context(file: file)
+                decodeObject(Field(node: node, context: ctx), document: kept.count > 1 ? i : nil)
+                errors += ctx.errors
+            }
+            return nil
+        }
+        return decodeWithYams(text, file: file)
+    }
+
+    /// A document of a kind svcnat does not read is warned about and skipped, as Yams' path
+    /// skips it before expanding its aliases.
+    mutating func skipsUnknownKind(_ v: Value, file: String) -> Bool {
+        guard case .scalar(let kind, _)? = v[key: "kind"], Self.known[kind] == nil, !kind.hasSuffix("List") else { return false }
+        func meta(_ k: String) -> String? { if case .scalar(let s, _)? = v[key: "metadata"]?[key: k] { s } else { nil } }
+        warnings.append(
+            Warning(
+                text:
+                    "\(file): \(kind) \(meta("namespace") ?? "default")/\(meta("name") ?? ""): kind \(kind) is not used by svcnat; skipped")
+        )
+        return true
+    }
+
+    mutating func decodeWithYams(_ text: String, file: String) -> String? {
         var nodes: [Value] = []
         // One budget for the file: its documents together may not expand beyond it.
         var budget = Value.Budget(forInputBytes: text.utf8.count)

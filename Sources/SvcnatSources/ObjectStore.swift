@@ -198,17 +198,23 @@ public final class ObjectStore {
         for e in new?.endpoints ?? [] { endpoints.set(e.meta.key, file: file, e) }
         for p in new?.pods ?? [] {
             pods.set(p.meta.key, file: file, p)
-            for (k, v) in p.meta.labels { podsByLabel[LabelKey(namespace: p.meta.namespace, key: k, value: v), default: []].insert(p.meta.key) }
+            for (k, v) in p.meta.labels {
+                podsByLabel[LabelKey(namespace: p.meta.namespace, key: k, value: v), default: []].insert(p.meta.key)
+            }
         }
         for i in new?.ingresses ?? [] { ingresses.set(i.meta.key, file: file, i) }
         for p in new?.pods ?? [] { dirty.formUnion(services(for: p)) }
         // An object another file also holds stays indexed by the version now in force.
         for svc in old?.services ?? [] {
-            if let w = services.winner(svc.meta.key), let pair = Self.indexPair(w) { servicesBySelector[pair, default: []].insert(w.meta.key) }
+            if let w = services.winner(svc.meta.key), let pair = Self.indexPair(w) {
+                servicesBySelector[pair, default: []].insert(w.meta.key)
+            }
         }
         for p in old?.pods ?? [] {
             guard let w = pods.winner(p.meta.key) else { continue }
-            for (k, v) in w.meta.labels { podsByLabel[LabelKey(namespace: w.meta.namespace, key: k, value: v), default: []].insert(w.meta.key) }
+            for (k, v) in w.meta.labels {
+                podsByLabel[LabelKey(namespace: w.meta.namespace, key: k, value: v), default: []].insert(w.meta.key)
+            }
         }
     }
 
