@@ -56,6 +56,18 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
         }
     }
 
+    /// A String's own overload: the generic one is not specialized across modules, and
+    /// decoding parses an address per endpoint.
+    public init?(_ text: String) {
+        if text.utf8.contains(UInt8(ascii: ":")) {
+            guard let (h, l) = Self.parse6(Array(text.utf8)) else { return nil }
+            self.init(v6: h, l)
+        } else {
+            guard let v = Self.parse4(text.utf8) else { return nil }
+            self.init(v)
+        }
+    }
+
     public init?(_ text: some StringProtocol) {
         if text.utf8.contains(UInt8(ascii: ":")) {
             guard let (h, l) = Self.parse6(Array(text.utf8)) else { return nil }

@@ -88,6 +88,10 @@ public struct SyncResult: Sendable {
     /// Services left out because the kernel refused them, with the kernel's error.
     public var refused: [String: String] = [:]
 
+    /// Where the sync's time went, in order: translate (proxy state and rules), read (the
+    /// kernel's tables), plan (the difference), send (encoding and the kernel's commit).
+    public var phases: [(name: String, seconds: Double)] = []
+
     public func family(_ f: IPFamily) -> FamilySync? { families.first { $0.family == f } }
     /// The IPv4 table, which svcnat always keeps.
     public var desired: Ruleset { family(.v4)!.desired! }
@@ -101,9 +105,12 @@ public struct SyncResult: Sendable {
             : "\(transactions.messageCount) changes applied in one transaction"
                 + (commits > 1 ? " (unreachable endpoint-map entries removed in a second)" : "")
         if flowsDeleted > 0 { changes += ", \(flowsDeleted) stale UDP flows deleted" }
+        let split =
+            phases.isEmpty
+            ? "" : " (" + phases.map { "\($0.name) \(String(format: "%.1f", $0.seconds * 1000))" }.joined(separator: ", ") + ")"
         return
             "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in "
-            + "\(String(format: "%.1f", seconds * 1000)) ms"
+            + "\(String(format: "%.1f", seconds * 1000)) ms\(split)"
     }
 }
 
@@ -134,10 +141,20 @@ public struct Reconciler {
 
     /// Pure: each family's wanted table, IPv4 first; IPv6 only when it has work to do.
     public static func desiredTables(_ state: ClusterState, config: ProxyConfig) throws -> [DesiredTable] {
-        try zip(IPFamily.allCases, proxyStates(state, config: config).proxies).compactMap { family, proxy in
+        try desiredTablesAndConflicts(state, config: config).tables
+    }
+
+    /// The wanted tables and the claims that lost, from one translation (a dry run prints the
+    /// one and warns of the other).
+    public static func desiredTablesAndConflicts(_ state: ClusterState, config: ProxyConfig) throws -> (
+        tables: [DesiredTable], conflicts: [Conflict]
+    ) {
+        let (proxies, conflicts) = proxyStates(state, config: config)
+        let tables = zip(IPFamily.allCases, proxies).compactMap { family, proxy -> DesiredTable? in
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else { return nil }
             return DesiredTable(family: family, proxy: proxy, ruleset: Translator(config.translator(for: family)).ruleset(for: proxy))
         }
+        return (tables, merge(conflicts))
     }
 
     /// What the proxy must do for this cluster state, with every frontend two Services claim
@@ -232,13 +249,27 @@ public struct Reconciler {
         let clock = ContinuousClock()
         let start = clock.now
         // Every family's input is checked before anything is read or sent.
+        var mark = start
+        var phases: [(name: String, seconds: Double)] = []
+        func lap(_ name: String) {
+            let now = clock.now
+            let d = now - mark
+            mark = now
+            if let i = phases.firstIndex(where: { $0.name == name }) {
+                phases[i].seconds += Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+            } else {
+                phases.append((name, Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18))
+            }
+        }
         let (proxies, conflicts) = Self.proxyStates(state, config: config)
+        lap("translate")
         var families: [FamilySync] = []
         // Each family's UDP frontends before and after, for the stale-flow cleanup.
         var flows: [StaleFlows.Change] = []
         var counted: [ProxyState] = []
         // Both tables as of one generation, which the batch then names (a compare-and-swap).
         let (tables, generation) = try kernel.consistentRead(config.table)
+        lap("read")
         for (family, (proxy, lost)) in zip(IPFamily.allCases, zip(proxies, conflicts)) {
             let current = try Self.owned(tables.first { $0.family == family.tableFamily })
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else {
@@ -252,10 +283,13 @@ public struct Reconciler {
             let translator = Translator(config.translator(for: family))
             let fragments = translator.fragments(for: proxy, previous: current)
             let desired = translator.assemble(fragments)
+            lap("translate")
+            let transaction = Planner.plan(from: current, to: desired)
+            lap("plan")
             families.append(
                 FamilySync(
                     family: family, desired: desired, fragments: fragments,
-                    transaction: Planner.plan(from: current, to: desired), claims: proxy.claimedFrontends,
+                    transaction: transaction, claims: proxy.claimedFrontends,
                     lost: Dictionary(lost.map { ($0.loser.serviceKey, [$0.frontend]) }, uniquingKeysWith: +)
                         .mapValues(Set.init)))
             if !dryRun { flows.append(.init(before: StaleFlows.udpFrontends(current), after: StaleFlows.udpFrontends(desired))) }
@@ -265,7 +299,9 @@ public struct Reconciler {
         var warning: String?
         if !dryRun {
             commits = try kernel.apply(txs, generation: generation)
+            lap("send")
             (deleted, warning) = Self.deleteStaleFlows(kernel, flows)
+            if !flows.isEmpty { lap("conntrack") }
         }
         let d = clock.now - start
         let used = counted
@@ -279,6 +315,7 @@ public struct Reconciler {
         result.commits = commits
         result.flowWarning = warning
         result.conflicts = Self.merge(conflicts)
+        result.phases = phases
         return result
     }
 

@@ -1,10 +1,13 @@
+import Dispatch
+import Foundation
 import NFTModel
 import SvcnatModel
+import Synchronization
 import Yams
 
 /// Turns manifest text into model objects, validating what svcnat relies on the way the API
 /// server would, and naming the file, object and field of every problem.
-public struct ManifestDecoder {
+public struct ManifestDecoder: Sendable {
     public private(set) var state = ClusterState()
     public private(set) var warnings: [Warning] = []
     public private(set) var errors: [InputError] = []
@@ -121,6 +124,58 @@ public struct ManifestDecoder {
             errors += ctx.errors
         }
         return nil
+    }
+
+    /// Takes in what another decoder read from later files, as if this one had read them: an
+    /// object this one already has is refused there as "defined twice", as it would have been.
+    mutating func merge(_ other: ManifestDecoder) {
+        warnings += other.warnings
+        errors += other.errors
+        func take<T>(_ items: [T], _ kind: String, _ meta: (T) -> ObjectMeta, into list: WritableKeyPath<ClusterState, [T]>) {
+            for item in items {
+                let key = meta(item).key
+                let id = "\(kind) \(key)"
+                let file = other.seen[id] ?? ""
+                if let first = seen[id] {
+                    errors.append(
+                        InputError(file: file, object: id, field: "metadata.name", message: "defined twice (also in \(first))"))
+                    continue
+                }
+                seen[id] = file
+                state[keyPath: list].append(item)
+            }
+        }
+        take(other.state.services, "Service", \.meta, into: \.services)
+        take(other.state.endpointSlices, "EndpointSlice", \.meta, into: \.endpointSlices)
+        take(other.state.endpoints, "Endpoints", \.meta, into: \.endpoints)
+        take(other.state.pods, "Pod", \.meta, into: \.pods)
+        take(other.state.ingresses, "Ingress", \.meta, into: \.ingresses)
+    }
+
+    /// Each text on a decoder of its own, on all cores (files are independent until their
+    /// objects meet), in the order given.
+    public static func decodeEach(_ inputs: [(file: String, text: String)]) -> [ManifestDecoder] {
+        let workers = min(ProcessInfo.processInfo.activeProcessorCount, inputs.count / 32)
+        @Sendable func one(_ i: Int) -> ManifestDecoder {
+            var d = ManifestDecoder()
+            d.decode(inputs[i].text, file: inputs[i].file)
+            return d
+        }
+        guard workers > 1 else { return inputs.indices.map(one) }
+        let results = Results(count: inputs.count)
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            var mine: [(Int, ManifestDecoder)] = []
+            for i in stride(from: w, to: inputs.count, by: workers) { mine.append((i, one(i))) }
+            results.put(mine)
+        }
+        return results.all
+    }
+
+    private final class Results: Sendable {
+        let slots: Mutex<[ManifestDecoder?]>
+        init(count: Int) { slots = Mutex(Array(repeating: nil, count: count)) }
+        func put(_ done: [(Int, ManifestDecoder)]) { slots.withLock { for (i, d) in done { $0[i] = d } } }
+        var all: [ManifestDecoder] { slots.withLock { $0.map { $0! } } }
     }
 
     /// How much the decoder held at a point, to take a refused file's objects back.

@@ -14,7 +14,7 @@ public enum ManifestSource {
     public static func load(
         _ paths: [String], stdin: () -> String? = { readStandardInput() }, maxInput: Int = maxInputSize
     ) throws -> Result {
-        var decoder = ManifestDecoder()
+        var inputs: [(file: String, text: String)] = []
         var errors: [InputError] = []
         var files: [String] = []
         var skipped: [(path: String, why: String)] = []
@@ -26,7 +26,7 @@ public enum ManifestSource {
                     errors.append(InputError(file: "<stdin>", message: "is not UTF-8 text of at most \(maxFileSize >> 20) MB"))
                     continue
                 }
-                decoder.decode(text, file: "<stdin>")
+                inputs.append(("<stdin>", text))
                 continue
             }
             var isDir: ObjCBool = false
@@ -46,13 +46,15 @@ public enum ManifestSource {
                                 file: file, message: "the input passes \(maxInput) bytes in all; svcnat reads at most that much"))
                         break
                     }
-                    decoder.decode(text, file: file)
+                    inputs.append((file, text))
                 case .failed(let why):
                     errors.append(InputError(file: file, message: why))
                 }
                 if total > maxInput { break }
             }
         }
+        var decoder = ManifestDecoder()
+        for d in ManifestDecoder.decodeEach(inputs) { decoder.merge(d) }
         for s in skipped { decoder.warn(file: s.path, "skipped: \(s.why)") }
         errors += decoder.errors
         if !errors.isEmpty { throw InputErrors(errors: errors) }
@@ -65,10 +67,10 @@ public enum ManifestSource {
     public static func manifestFiles(in dir: String, skipped: inout [(path: String, why: String)]) -> [String] {
         guard let e = FileManager.default.enumerator(atPath: dir) else { return [] }
         var out: [String] = []
+        let base = dir.hasSuffix("/") ? dir : dir + "/"
         while let rel = e.nextObject() as? String {
-            let ext = (rel as NSString).pathExtension.lowercased()
-            guard ["yaml", "yml", "json"].contains(ext) else { continue }
-            let full = (dir as NSString).appendingPathComponent(rel)
+            guard isManifestName(rel) else { continue }
+            let full = base + rel
             var st = stat()
             guard stat(full, &st) == 0 else { continue }
             switch st.st_mode & S_IFMT {
@@ -78,6 +80,16 @@ public enum ManifestSource {
             }
         }
         return out.sorted()
+    }
+
+    /// Named `*.yaml`, `*.yml` or `*.json`, in any case (without NSString's path methods, which
+    /// cost 3% of reading a 10,000-file folder).
+    public static func isManifestName(_ name: String) -> Bool {
+        guard let dot = name.utf8.lastIndex(of: UInt8(ascii: ".")) else { return false }
+        let ext = name.utf8[name.utf8.index(after: dot)...]
+        guard ext.count <= 4, !ext.contains(UInt8(ascii: "/")) else { return false }
+        let lower = String(decoding: ext.map { $0 | 0x20 }, as: UTF8.self)
+        return lower == "yaml" || lower == "yml" || lower == "json"
     }
 
     public static func manifestFiles(in dir: String) -> [String] {

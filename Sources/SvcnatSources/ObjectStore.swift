@@ -63,7 +63,7 @@ public final class ObjectStore {
     public init(root: String) { self.root = root.isEmpty ? "" : (root as NSString).standardizingPath }
 
     static func isManifest(_ path: String) -> Bool {
-        ["yaml", "yml", "json"].contains((path as NSString).pathExtension.lowercased())
+        ManifestSource.isManifestName(path)
     }
 
     /// Reads every manifest under the root.
@@ -92,7 +92,17 @@ public final class ObjectStore {
 
     private func load(_ paths: [String]) -> Bool {
         var changed = false
-        for path in Set(paths.map { ($0 as NSString).standardizingPath }).sorted() {
+        let ordered = Set(paths.map { ($0 as NSString).standardizingPath }).sorted()
+        // Many files at once (a folder at start): decoded on all cores first, then taken in
+        // order. A file that cannot be read is read again below, for its error.
+        var decoded: [String: ManifestDecoder] = [:]
+        let batch = ordered.filter(Self.isManifest)
+        if batch.count >= 64 {
+            var inputs: [(file: String, text: String)] = []
+            for path in batch { if case .text(let t) = ManifestSource.readText(path) { inputs.append((path, t)) } }
+            for (input, d) in zip(inputs, ManifestDecoder.decodeEach(inputs)) { decoded[input.file] = d }
+        }
+        for path in ordered {
             var isDir: ObjCBool = false
             let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
             if exists && isDir.boolValue {
@@ -109,16 +119,18 @@ public final class ObjectStore {
             }
             guard Self.isManifest(path) else { continue }
             clashing.remove(path)
-            let text: String
-            switch ManifestSource.readText(path) {
-            case .text(let t): text = t
-            case .failed(let why):
-                rejected[path] = [InputError(file: path, message: why)]
-                changed = true
-                continue
-            }
             var decoder = ManifestDecoder()
-            decoder.decode(text, file: path)
+            if let d = decoded.removeValue(forKey: path) {
+                decoder = d
+            } else {
+                switch ManifestSource.readText(path) {
+                case .text(let text): decoder.decode(text, file: path)
+                case .failed(let why):
+                    rejected[path] = [InputError(file: path, message: why)]
+                    changed = true
+                    continue
+                }
+            }
             warnings += decoder.warnings
             let clashes = duplicates(of: decoder.state, outside: path)
             if decoder.errors.isEmpty && clashes.isEmpty {

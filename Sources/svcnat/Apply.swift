@@ -34,11 +34,14 @@ extension Svcnat {
         }
 
         func run() throws {
+            let clock = ContinuousClock()
+            let started = clock.now
             let state = try load(filename)
+            let read = clock.now - started
             let config = options.config
             if dryRun {
-                let tables = try Reconciler.desiredTables(state, config: config)
-                warn(Reconciler.conflicts(state, config: config))
+                let (tables, conflicts) = try Reconciler.desiredTablesAndConflicts(state, config: config)
+                warn(conflicts)
                 switch format {
                 case .nft: print(tables.map(\.ruleset.nftText).joined(), terminator: "")
                 case .iptables:
@@ -59,7 +62,8 @@ extension Svcnat {
             if options.verbose { print(result.transactions.nftText, terminator: "") }
             if let w = result.flowWarning { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
             warn(result.conflicts)
-            print(result.summary)
+            let readMS = Double(read.components.seconds) * 1000 + Double(read.components.attoseconds) / 1e15
+            print(result.summary + "; manifests read in \(String(format: "%.1f", readMS)) ms")
             // The rest is programmed; the Services the kernel refused make the exit 1.
             for (key, why) in result.refused.sorted(by: { $0.key < $1.key }) {
                 FileHandle.standardError.write("svcnat: error: Service \(key) was left out: \(why)\n")

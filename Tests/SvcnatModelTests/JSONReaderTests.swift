@@ -183,3 +183,48 @@ import Yams
         }
     }
 }
+
+/// Files decoded on several cores and merged in order give what one decoder reading them in
+/// order gives.
+@Suite struct ParallelDecoding {
+    @Test func aFolderDecodedInParallelMatchesOneDecoderInOrder() throws {
+        let dir = NSTemporaryDirectory() + "svcnat-parallel-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var inOrder = ManifestDecoder()
+        for i in 0..<200 {
+            // File 150 (JSON) defines file 20's Service again; file 77 is broken; some are JSON.
+            let n = i == 150 ? 20 : i
+            let text =
+                i == 77
+                ? "kind: [unclosed\n"
+                : i % 3 == 0
+                    ? #"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s\#(n)"}, "spec": {"clusterIP": "198.18.100.\#(n % 250 + 1)", "ports": [{"port": \#(80 + i)}]}}"#
+                    : "apiVersion: v1\nkind: Service\nmetadata: {name: s\(n)}\nspec: {clusterIP: 198.18.101.\(n % 250 + 1), ports: [{port: \(80 + i)}]}\n"
+            let path = dir + "/f\(String(format: "%03d", i)).\(i % 3 == 0 ? "json" : "yaml")"
+            try text.write(toFile: path, atomically: false, encoding: .utf8)
+            inOrder.decode(text, file: path)
+        }
+        do {
+            _ = try ManifestSource.load([dir])
+            Issue.record("the broken and the duplicate file were taken")
+        } catch let e as InputErrors {
+            #expect(Set(e.errors.map(\.description)) == Set(inOrder.errors.map(\.description)))
+            #expect(
+                e.errors.contains {
+                    $0.description.contains("f150.json: Service default/s20: metadata.name: defined twice (also in \(dir)/f020.yaml)")
+                }, "\(e)")
+        }
+        var merged = ManifestDecoder()
+        let inputs = try (0..<200).filter { $0 != 77 }.map { i in
+            let path = dir + "/f\(String(format: "%03d", i)).\(i % 3 == 0 ? "json" : "yaml")"
+            return (file: path, text: try String(contentsOfFile: path, encoding: .utf8))
+        }
+        for d in ManifestDecoder.decodeEach(inputs) { merged.merge(d) }
+        var serial = ManifestDecoder()
+        for input in inputs { serial.decode(input.text, file: input.file) }
+        #expect(merged.state == serial.state)
+        #expect(merged.state.services.count == 198)
+    }
+}
