@@ -99,31 +99,53 @@ public struct ManifestDecoder: Sendable {
         return nil
     }
 
-    /// JSON without YAML: a list's items are decoded as the reader reaches them, so the whole
-    /// document never exists as one tree. A syntax error refuses the whole file, as YAML's does:
-    /// what its items had added is taken back, and the syntax error is returned.
+    /// JSON without YAML: a list's items are located first, then built and decoded one by one
+    /// (on all cores), so the whole document never exists as one tree. A syntax error refuses
+    /// the whole file, as YAML's does: nothing of it is taken in, and the error is returned.
     mutating func decodeJSON(_ bytes: [UInt8], file: String) -> JSONReader.SyntaxError? {
-        let mark = Checkpoint(self)
         var reader = JSONReader(bytes)
         var documents: [Value] = []
+        var parts: [ManifestDecoder] = []
         do {
-            while let doc = try reader.next(items: { item in
-                let ctx = Field.Context(file: file)
-                decodeObject(Field(node: item, context: ctx), document: nil)
-                errors += ctx.errors
-            }) {
-                if !doc.streamed { documents.append(doc.value) }
+            while let (doc, items) = try reader.nextLocatingItems() {
+                if doc.streamed { parts += try Self.decodeItems(bytes, at: items, file: file) } else { documents.append(doc.value) }
             }
         } catch {
-            rollback(to: mark, file: file)
             return error as? JSONReader.SyntaxError ?? JSONReader.SyntaxError(line: 0, column: 0, message: "\(error)")
         }
+        for part in parts { merge(part) }
         for (i, value) in documents.enumerated() {
             let ctx = Field.Context(file: file)
             decodeObject(Field(node: value, context: ctx), document: documents.count > 1 ? i : nil)
             errors += ctx.errors
         }
         return nil
+    }
+
+    /// A list's items (at these offsets, already checked for syntax), built and decoded in
+    /// contiguous runs on all cores; the runs come back in order.
+    static func decodeItems(_ bytes: [UInt8], at offsets: [Int], file: String) throws -> [ManifestDecoder] {
+        let workers = min(ProcessInfo.processInfo.activeProcessorCount, offsets.count / 256)
+        @Sendable func run(_ range: Range<Int>) -> Result<ManifestDecoder, Error> {
+            var d = ManifestDecoder()
+            for k in range {
+                let value: Value
+                do { value = try JSONReader.item(bytes, at: offsets[k]) } catch { return .failure(error) }
+                let ctx = Field.Context(file: file)
+                d.decodeObject(Field(node: value, context: ctx), document: nil)
+                d.errors += ctx.errors
+            }
+            return .success(d)
+        }
+        guard workers > 1 else { return [try run(0..<offsets.count).get()] }
+        let per = (offsets.count + workers - 1) / workers
+        let runs = (0..<workers).map { w in w * per..<min(offsets.count, (w + 1) * per) }
+        let results = Mutex<[Int: Result<ManifestDecoder, Error>]>([:])
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            let r = run(runs[w])
+            results.withLock { $0[w] = r }
+        }
+        return try results.withLock { done in try (0..<workers).map { try done[$0]!.get() } }
     }
 
     /// Takes in what another decoder read from later files, as if this one had read them: an
@@ -176,31 +198,6 @@ public struct ManifestDecoder: Sendable {
         init(count: Int) { slots = Mutex(Array(repeating: nil, count: count)) }
         func put(_ done: [(Int, ManifestDecoder)]) { slots.withLock { for (i, d) in done { $0[i] = d } } }
         var all: [ManifestDecoder] { slots.withLock { $0.map { $0! } } }
-    }
-
-    /// How much the decoder held at a point, to take a refused file's objects back.
-    struct Checkpoint {
-        var services, slices, endpoints, pods, ingresses, warnings, errors: Int
-        init(_ d: ManifestDecoder) {
-            services = d.state.services.count
-            slices = d.state.endpointSlices.count
-            endpoints = d.state.endpoints.count
-            pods = d.state.pods.count
-            ingresses = d.state.ingresses.count
-            warnings = d.warnings.count
-            errors = d.errors.count
-        }
-    }
-
-    mutating func rollback(to c: Checkpoint, file: String) {
-        state.services.removeLast(state.services.count - c.services)
-        state.endpointSlices.removeLast(state.endpointSlices.count - c.slices)
-        state.endpoints.removeLast(state.endpoints.count - c.endpoints)
-        state.pods.removeLast(state.pods.count - c.pods)
-        state.ingresses.removeLast(state.ingresses.count - c.ingresses)
-        warnings.removeLast(warnings.count - c.warnings)
-        errors.removeLast(errors.count - c.errors)
-        seen = seen.filter { $0.value != file }
     }
 
     /// Decodes one object given as a parsed value, with `kind` and `apiVersion` filled in when

@@ -95,6 +95,54 @@ struct JSONReader {
         return Document(value: .mapping(m), streamed: true)
     }
 
+    /// Like `next`, but a list's items are only checked and located: their offsets come back
+    /// (in order) for `item(_:at:)`, so that several threads can build and decode them.
+    mutating func nextLocatingItems() throws -> (document: Document, items: [Int])? {
+        skipSpace()
+        guard i < b.count else { return nil }
+        guard b[i] == UInt8(ascii: "{") else { return (Document(value: try value(), streamed: false), []) }
+        try enter()
+        var m: [(key: String, value: Value)] = []
+        var itemsAt: Int?
+        var offsets: [Int] = []
+        var key = try firstMember()
+        while let k = key {
+            if k == "items", b[i] == UInt8(ascii: "[") {
+                itemsAt = i
+                try enter()
+                var more = try firstElement()
+                while more {
+                    skipSpace()
+                    offsets.append(i)
+                    try skipValue()
+                    more = try nextElement()
+                }
+                depth -= 1
+            } else {
+                m.append((k, try value(in: k)))
+            }
+            key = try nextMember()
+        }
+        depth -= 1
+        guard let at = itemsAt else { return (Document(value: .mapping(m), streamed: false), []) }
+        if case .scalar(let kind, _)? = Value.mapping(m)[key: "kind"], kind.hasSuffix("List") {
+            return (Document(value: .mapping(m), streamed: true), offsets)
+        }
+        let end = i
+        i = at
+        defer { i = end }
+        m.append(("items", try value()))
+        return (Document(value: .mapping(m), streamed: false), [])
+    }
+
+    /// The list item at `offset` of `bytes` (an offset `nextLocatingItems` gave).
+    static func item(_ bytes: [UInt8], at offset: Int) throws -> Value {
+        var r = JSONReader(bytes)
+        r.i = offset
+        r.depth = 2
+        return try r.value()
+    }
+
     /// The whole input as one value (an API response or a watch line); only whitespace may
     /// follow it.
     mutating func single() throws -> Value? {
