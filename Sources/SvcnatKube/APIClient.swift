@@ -172,7 +172,7 @@ public final class APIClient: Sendable {
             let page: APIObjects.List
             do {
                 page = try APIObjects.list(
-                    String(buffer: body), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
+                    Array(body.readableBytesView), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
             } catch {
                 throw APIError("\(r.name): \(error)")
             }
@@ -230,10 +230,10 @@ public final class APIClient: Sendable {
             for try await chunk in response.body {
                 pending += chunk.readableBytesView
                 while let nl = pending[scanned...].firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = String(decoding: pending[..<nl], as: UTF8.self)
+                    let line = Array(pending[..<nl])
                     pending.removeSubrange(...nl)
                     scanned = 0
-                    if line.allSatisfy(\.isWhitespace) { continue }
+                    if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
                     let (event, errors) = try APIObjects.event(
                         line, kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
                     try onEvent(event, errors)

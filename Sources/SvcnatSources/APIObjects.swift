@@ -54,8 +54,8 @@ public enum APIObjects {
         public var description: String
     }
 
-    static func parse(_ text: String) throws -> Value {
-        var reader = JSONReader(Array(text.utf8))
+    static func parse(_ bytes: [UInt8]) throws -> Value {
+        var reader = JSONReader(bytes)
         do {
             guard let v = try reader.single() else { throw DecodeError(description: "empty response") }
             return v
@@ -68,6 +68,11 @@ public enum APIObjects {
     /// `apiVersion` are its items' (list items carry neither). Each item is decoded as the
     /// reader reaches it: the page never exists as one tree.
     public static func list(_ text: String, kind: String, apiVersion: String, source: String) throws -> List {
+        try list(Array(text.utf8), kind: kind, apiVersion: apiVersion, source: source)
+    }
+
+    /// The same, from the response's bytes as they came (no String in between).
+    public static func list(_ bytes: [UInt8], kind: String, apiVersion: String, source: String) throws -> List {
         var out = List(resourceVersion: "")
         func take(_ item: Value) {
             let (o, errors) = object(item, kind: kind, apiVersion: apiVersion, source: source)
@@ -82,7 +87,7 @@ public enum APIObjects {
             }
             out.errors += errors
         }
-        var reader = JSONReader(Array(text.utf8))
+        var reader = JSONReader(bytes)
         let top: Value
         do {
             guard let doc = try reader.next(items: take) else { throw DecodeError(description: "empty response") }
@@ -107,6 +112,10 @@ public enum APIObjects {
 
     /// One line of a watch stream.
     public static func event(_ line: String, kind: String, apiVersion: String, source: String) throws -> (Event?, [InputError]) {
+        try event(Array(line.utf8), kind: kind, apiVersion: apiVersion, source: source)
+    }
+
+    public static func event(_ line: [UInt8], kind: String, apiVersion: String, source: String) throws -> (Event?, [InputError]) {
         let v = try parse(line)
         let ctx = Field.Context(file: source)
         let f = Field(node: v, context: ctx)

@@ -14,7 +14,7 @@ struct Svcnat: ParsableCommand {
             (default "svcnat") and keeps the kernel in step with them, one atomic batch per change.
             Exit codes: 0 success, 1 runtime failure (kernel refused, no permission), 2 invalid input or usage.
             """,
-        subcommands: [Apply.self, Diff.self, Show.self, Cleanup.self, Run.self, ExplainCommand.self]
+        subcommands: [Apply.self, Diff.self, Show.self, Cleanup.self, Run.self, ExplainCommand.self, BenchDecode.self]
     )
 }
 
