@@ -112,9 +112,18 @@ public final class ObjectStore {
                 continue
             }
             if !exists {
-                for g in files.keys.filter({ $0 == path || $0.hasPrefix(path + "/") }) { replace(file: g, with: nil); changed = true }
-                for g in rejected.keys.filter({ $0 == path || $0.hasPrefix(path + "/") }) { rejected[g] = nil; changed = true }
-                clashing = clashing.filter { !($0 == path || $0.hasPrefix(path + "/")) }
+                // A file gone costs its own entries; only a folder gone (one that held files
+                // once) is looked for among them all. An editor's temporary file that comes and
+                // goes beside 50,000 others cost a scan of them all on every save.
+                if files[path] != nil { replace(file: path, with: nil); changed = true }
+                if rejected.removeValue(forKey: path) != nil { changed = true }
+                clashing.remove(path)
+                if folders.contains(path) {
+                    let prefix = path + "/"
+                    for g in files.keys where g.hasPrefix(prefix) { replace(file: g, with: nil); changed = true }
+                    for g in rejected.keys where g.hasPrefix(prefix) { rejected[g] = nil; changed = true }
+                    clashing = clashing.filter { !$0.hasPrefix(prefix) }
+                }
                 continue
             }
             guard Self.isManifest(path) else { continue }
@@ -127,6 +136,7 @@ public final class ObjectStore {
                 case .text(let text): decoder.decode(text, file: path)
                 case .failed(let why):
                     rejected[path] = [InputError(file: path, message: why)]
+                    noteFolders(of: path)
                     changed = true
                     continue
                 }
@@ -139,6 +149,7 @@ public final class ObjectStore {
             } else {
                 if rejected[path] != decoder.errors + clashes { changed = true }
                 rejected[path] = decoder.errors + clashes
+                noteFolders(of: path)
                 if decoder.errors.isEmpty { clashing.insert(path) }
             }
         }
@@ -178,9 +189,22 @@ public final class ObjectStore {
         return out
     }
 
+    /// Every folder that has held a file of the store (never forgotten: a stale one costs a
+    /// scan when a path of that name is deleted, nothing more).
+    private var folders = Set<String>()
+
+    private func noteFolders(of file: String) {
+        var dir = file
+        while let slash = dir.utf8.lastIndex(of: UInt8(ascii: "/")), slash != dir.utf8.startIndex {
+            dir = String(dir[..<slash])
+            guard folders.insert(dir).inserted else { return }
+        }
+    }
+
     /// Swaps one file's objects in the indexes and marks the Services they touch.
     private func replace(file: String, with new: ClusterState?) {
         let old = files[file]
+        if old == nil, new != nil { noteFolders(of: file) }
         files[file] = new
         for s in [old, new].compactMap({ $0 }) {
             for svc in s.services { dirty.insert(svc.meta.key) }

@@ -148,4 +148,27 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         #expect(store.state.services.map { $0.clusterIP?.description } == ["198.18.100.2"])
         #expect(store.rejected.isEmpty)
     }
+
+    /// A deleted folder takes its files (good and rejected) along; a deleted temporary file
+    /// beside them changes nothing.
+    @Test func aDeletedFolderTakesItsFilesAndATemporaryFileNothing() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svcnat-folders-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir + "/team/sub", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let svc = { (name: String, ip: String) in
+            "apiVersion: v1\nkind: Service\nmetadata: {name: \(name)}\nspec: {clusterIP: \(ip), ports: [{port: 80}]}\n"
+        }
+        try svc("top", "198.18.100.1").write(toFile: dir + "/top.yaml", atomically: true, encoding: .utf8)
+        try svc("deep", "198.18.100.2").write(toFile: dir + "/team/sub/deep.yaml", atomically: true, encoding: .utf8)
+        try "kind: [broken\n".write(toFile: dir + "/team/broken.yaml", atomically: true, encoding: .utf8)
+        let store = ObjectStore(root: dir)
+        store.loadAll()
+        #expect(store.state.services.map(\.meta.name) == ["deep", "top"])
+        #expect(store.rejected.keys.sorted() == [dir + "/team/broken.yaml"])
+        #expect(!store.reload([dir + "/top.yaml.swp"]))
+        try FileManager.default.removeItem(atPath: dir + "/team")
+        #expect(store.reload([dir + "/team"]))
+        #expect(store.state.services.map(\.meta.name) == ["top"])
+        #expect(store.rejected.isEmpty)
+    }
 }
