@@ -28,22 +28,22 @@ public struct ManifestDecoder: Sendable {
     public mutating func decode(_ text: String, file: String) {
         let bytes = Array(text.utf8)
         guard JSONReader.looksLikeJSON(bytes, file: file) else {
-            if let why = decodeYAML(text, file: file) { errors.append(InputError(file: file, message: why)) }
+            if let why = decodeYAML(text, bytes, file: file) { errors.append(InputError(file: file, message: why)) }
             return
         }
         guard let jsonError = decodeJSON(bytes, file: file) else { return }
         // Text that opens like JSON but is not, in a file not named .json, may be YAML (JSON
         // documents between `---` lines): YAML reads it, and if YAML fails too the JSON error
         // is the one reported.
-        if file.lowercased().hasSuffix(".json") || decodeYAML(text, file: file) != nil {
+        if file.lowercased().hasSuffix(".json") || decodeYAML(text, bytes, file: file) != nil {
             errors.append(InputError(file: file, message: "not valid JSON: \(jsonError)"))
         }
     }
 
     /// YAML: the fast reader where it takes the file, else Yams; why the file is refused as a
     /// whole, or nil.
-    mutating func decodeYAML(_ text: String, file: String) -> String? {
-        var reader = YAMLReader(Array(text.utf8))
+    mutating func decodeYAML(_ text: String, _ bytes: [UInt8], file: String) -> String? {
+        var reader = YAMLReader(bytes)
         if let docs = reader.read() {
             let kept = docs.filter { !skipsUnknownKind($0, file: file) }
             for (i, node) in kept.enumerated() {

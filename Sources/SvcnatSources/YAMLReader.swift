@@ -128,7 +128,7 @@ struct YAMLReader {
         // A scalar or flow collection alone on its line(s).
         var c = line.content
         let v = try inlineValue(&c, line: line)
-        try expectLineEnd(c, line)
+        try expectLineEnd(c)
         at += 1
         try noContinuation(beyond: parentIndent)
         return v
@@ -189,7 +189,7 @@ struct YAMLReader {
                 value = try nested(under: indent, sequenceAllowedAtSameIndent: true)
             } else {
                 value = try inlineValue(&c, line: line)
-                try expectLineEnd(c, line)
+                try expectLineEnd(c)
                 at += 1
                 try noContinuation(beyond: indent)
             }
@@ -304,14 +304,13 @@ struct YAMLReader {
 
     /// Only spaces and a comment may follow a value on its line (`c` is in the line the value
     /// ended on).
-    private func expectLineEnd(_ c: Int, _ l: Line) throws {
+    private func expectLineEnd(_ c: Int) throws {
         let end = lines[at].end
         var k = c
         while k < end, b[k] == 0x20 || b[k] == 0x09 { k += 1 }
         guard k == end || (b[k] == UInt8(ascii: "#") && (k == 0 || b[k - 1] == 0x20 || b[k - 1] == 0x09)) else {
             throw Unsupported()
         }
-        _ = l
     }
 
     // MARK: - Scalars
