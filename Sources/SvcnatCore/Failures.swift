@@ -27,3 +27,25 @@ public struct ForeignTable: CommandFailure {
             + "svcnat leaves it alone: choose another --table"
     }
 }
+
+/// `apply` of input that holds no manifest at all (an empty folder, only other files, empty
+/// standard input): applying it would remove every Service, which is refused unless asked for.
+public struct NothingToApply: CommandFailure {
+    public var paths: [String]
+    /// Services svcnat's tables hold now, when the kernel was read (not in a dry run).
+    public var servicesNow: Int?
+    public var exitCode: Int32 { 2 }
+    public init(paths: [String], servicesNow: Int?) {
+        self.paths = paths
+        self.servicesNow = servicesNow
+    }
+    public var description: String {
+        let inputs = paths.map { $0 == "-" ? "standard input" : $0 }.joined(separator: ", ")
+        let now =
+            servicesNow.map { "svcnat's tables hold \($0) Services now, and applying nothing would remove them all" }
+            ?? "applying nothing would remove every Service svcnat programs"
+        return
+            "no manifest in \(inputs) (no *.yaml, *.yml or *.json file, or empty standard input); \(now). "
+            + "Give --allow-empty to mean that, or use svcnat cleanup to remove svcnat's tables"
+    }
+}

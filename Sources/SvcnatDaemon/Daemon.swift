@@ -1,6 +1,7 @@
 import Dispatch
 import Glibc
 import Foundation
+import Synchronization
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -23,6 +24,9 @@ public struct DaemonConfig: Sendable {
     public var metricsAddress: String
     public var healthzAddress: String
     public var cleanupOnExit: Bool
+    /// Whether a manifest folder that holds no manifest file may remove every Service; without
+    /// it the rules in force stay until the folder holds one again.
+    public var allowEmpty = false
     /// How often the kernel is asked about changes made by others when it cannot send change
     /// events; with events, that check is only a safety net, every `eventSafetyPeriod`.
     public var driftCheckPeriod: Duration = .milliseconds(500)
@@ -72,6 +76,12 @@ public final class Daemon: @unchecked Sendable {
     /// The refused Services already logged, with their errors.
     private var reportedRefused: [String: String] = [:]
     private var pendingFull = false
+    /// Set while syncs are held because the folder holds no manifest file (and read by /healthz).
+    private let heldEmpty = HeldReason()
+
+    final class HeldReason: Sendable {
+        let reason = Mutex<String?>(nil)
+    }
     private var pendingReason = "start"
     private let clock = ContinuousClock()
     /// Whether the source has given a complete view (at once for a folder; after the first
@@ -109,6 +119,9 @@ public final class Daemon: @unchecked Sendable {
             ) { [weak self] full, reason in self?.requestSync(full: full, reason: reason) }
             self.api = api
             endpoints.sourceProblems = { api.problems }
+        } else {
+            let held = heldEmpty
+            endpoints.sourceProblems = { held.reason.withLock { $0 }.map { ["manifests": $0] } ?? [:] }
         }
         try endpoints.listen()
         let source = config.api.map { "the API server \($0.server) (\($0.origin))" } ?? "manifests \(config.manifests)"
@@ -262,6 +275,28 @@ public final class Daemon: @unchecked Sendable {
     }
 
     func sync(full: Bool, reason: String) {
+        var full = full
+        // A folder emptied (or empty at start) would remove every Service: the rules in force
+        // stay, and the log and /healthz say why, until the folder holds a manifest again (or
+        // --allow-empty says that emptiness is meant).
+        if config.api == nil, !config.allowEmpty, store.holdsNoFiles {
+            let why =
+                "\(config.manifests) holds no manifest file (*.yaml, *.yml, *.json); the rules in force stay, "
+                + "and --allow-empty would let an empty folder remove them"
+            if heldEmpty.reason.withLock({ old in
+                defer { old = why }; return old == nil
+            }) {
+                log.warning("sync held: \(why)")
+            }
+            lastSyncEnd = clock.now
+            return
+        }
+        if heldEmpty.reason.withLock({ old in
+            defer { old = nil }; return old != nil
+        }) {
+            log.info("the folder holds manifests again: syncing in full")
+            full = true
+        }
         let start = clock.now
         var proxy = config.proxy
         if proxy.zone == nil { proxy.zone = api?.nodeZone }

@@ -8,6 +8,10 @@ public enum ManifestSource {
         public var state: ClusterState
         public var warnings: [Warning]
         public var files: [String]
+        /// Whether the input held a manifest at all: a manifest file (empty or not), or standard
+        /// input with something in it. An empty folder, a folder of other files or empty
+        /// standard input hold none, and applying that would remove every Service.
+        public var holdsManifests: Bool
     }
 
     /// Loads every path; throws `InputErrors` listing every problem found, or returns the state.
@@ -19,6 +23,7 @@ public enum ManifestSource {
         var files: [String] = []
         var skipped: [(path: String, why: String)] = []
         var total = 0
+        var holdsManifests = false
         for path in paths {
             if path == "-" {
                 files.append("-")
@@ -26,6 +31,7 @@ public enum ManifestSource {
                     errors.append(InputError(file: "<stdin>", message: "is not UTF-8 text of at most \(maxFileSize >> 20) MB"))
                     continue
                 }
+                if text.contains(where: { !$0.isWhitespace }) { holdsManifests = true }
                 inputs.append(("<stdin>", text))
                 continue
             }
@@ -35,6 +41,7 @@ public enum ManifestSource {
                 continue
             }
             let list = isDir.boolValue ? manifestFiles(in: path, skipped: &skipped) : [path]
+            if !list.isEmpty { holdsManifests = true }
             for file in list {
                 files.append(file)
                 switch readText(file) {
@@ -58,7 +65,7 @@ public enum ManifestSource {
         for s in skipped { decoder.warn(file: s.path, "skipped: \(s.why)") }
         errors += decoder.errors
         if !errors.isEmpty { throw InputErrors(errors: errors) }
-        return Result(state: decoder.state, warnings: decoder.warnings, files: files)
+        return Result(state: decoder.state, warnings: decoder.warnings, files: files, holdsManifests: holdsManifests)
     }
 
     /// The manifest files under `dir`, sorted. Only regular files (or links to them) count: a

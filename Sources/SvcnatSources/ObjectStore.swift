@@ -60,6 +60,9 @@ public final class ObjectStore {
         var winners: [T] { byKey.keys.sorted().compactMap(winner) }
     }
 
+    /// No file at all, good or rejected: a folder that holds no manifest file.
+    public var holdsNoFiles: Bool { files.isEmpty && rejected.isEmpty }
+
     public init(root: String) { self.root = root.isEmpty ? "" : (root as NSString).standardizingPath }
 
     static func isManifest(_ path: String) -> Bool {

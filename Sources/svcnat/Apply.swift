@@ -26,6 +26,12 @@ extension Svcnat {
         )
         var format: OutputFormat = .nft
 
+        @Flag(
+            help: ArgumentHelp(
+                "Apply input that holds no manifest (an empty folder, no *.yaml/*.yml/*.json file, empty standard input), "
+                    + "which removes every Service; refused without it."))
+        var allowEmpty = false
+
         @OptionGroup var options: CommonOptions
 
         func validate() throws {
@@ -36,8 +42,16 @@ extension Svcnat {
         func run() throws {
             let clock = ContinuousClock()
             let started = clock.now
-            let state = try load(filename)
+            let input = try loadInput(filename)
+            let state = input.state
             let read = clock.now - started
+            if !input.holdsManifests && !allowEmpty {
+                var now: Int?
+                if !dryRun, let tables = try? NetlinkKernel().readTables(options.table) {
+                    now = Set(tables.flatMap { $0.serviceViews.map { $0.name.split(separator: ":").first ?? "" } }).count
+                }
+                throw NothingToApply(paths: filename, servicesNow: now)
+            }
             let config = options.config
             if dryRun {
                 let (tables, conflicts) = try Reconciler.desiredTablesAndConflicts(state, config: config)

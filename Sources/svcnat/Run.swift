@@ -44,6 +44,12 @@ extension Svcnat {
         @Flag(help: "Remove svcnat's table when stopping.")
         var cleanupOnExit = false
 
+        @Flag(
+            help: ArgumentHelp(
+                "Let a --manifests folder that holds no manifest file remove every Service; without it the rules in force "
+                    + "stay, and the log and /healthz say so."))
+        var allowEmpty = false
+
         @OptionGroup var options: CommonOptions
 
         func validate() throws {
@@ -84,6 +90,7 @@ extension Svcnat {
                 metricsAddress: metricsBindAddress, healthzAddress: healthzBindAddress,
                 cleanupOnExit: cleanupOnExit)
             config.api = api
+            config.allowEmpty = allowEmpty
             let code = try Daemon(config: config, logger: logger).run()
             if code != 0 { throw ExitCode(code) }
         }

@@ -35,10 +35,12 @@ func warn(_ conflicts: [Conflict]) {
     for c in conflicts { FileHandle.standardError.write("svcnat: warning: conflict: \(c)\n") }
 }
 
-func load(_ paths: [String]) throws -> ClusterState {
+func load(_ paths: [String]) throws -> ClusterState { try loadInput(paths).state }
+
+func loadInput(_ paths: [String]) throws -> ManifestSource.Result {
     let result = try ManifestSource.load(paths)
     for w in result.warnings { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
-    return result.state
+    return result
 }
 
 @main

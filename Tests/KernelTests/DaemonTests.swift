@@ -74,6 +74,49 @@ extension RootTests {
             #expect(daemon.log().contains("sync (partial, manifests changed)"))
         }
 
+        /// An empty folder never wipes the table by accident: `apply` refuses it (exit 2) and the
+        /// daemon holds its syncs, both leaving the kernel byte-identical, until the folder holds
+        /// manifests again; `--allow-empty` is the way to mean it.
+        @Test func anEmptyFolderOrStandardInputLeavesTheRulesAsTheyWere() throws {
+            let bed = Testbed("dempty")
+            defer { bed.close() }
+            let (n, dir, daemon) = try webDaemon(bed, pods: [1, 2])
+            let before = try bed.sh(n, ["nft", "list", "ruleset"])
+            let empty = try bed.makeDirectory()
+            try "not a manifest\n".write(toFile: empty + "/notes.txt", atomically: true, encoding: .utf8)
+            for (args, stdin) in [(["apply", "-f", empty], nil), (["apply", "-f", "-"], ""), (["apply", "-f", "-"], "\n  \n")] {
+                let r = try bed.svcnat(n, args, stdin: stdin)
+                #expect(r.code == 2, "\(args) \(r.out) \(r.err)")
+                let input = args.last == "-" ? "standard input" : empty
+                #expect(
+                    r.err.contains(
+                        "no manifest in \(input) (no *.yaml, *.yml or *.json file, or empty standard input); svcnat's tables hold 1 "
+                            + "Services now, and applying nothing would remove them all. Give --allow-empty"), "\(r.err)")
+                #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == before)
+            }
+            // The daemon's folder is emptied: it holds its syncs and says so.
+            try FileManager.default.removeItem(atPath: dir + "/web.yaml")
+            #expect(within(5) { daemon.log().contains("sync held: \(dir) holds no manifest file") } != nil, "\(daemon.log())")
+            Thread.sleep(forTimeInterval: 0.5)
+            #expect(try bed.sh(n, ["nft", "list", "ruleset"]) == before)
+            let (status, body) = try http(bed, n, "http://127.0.0.1:10256/healthz")
+            #expect(status == 503 && body.contains("source stale: manifests: \(dir) holds no manifest file"), "\(body)")
+            // Manifests again: applied in full.
+            try write(dir + "/api.yaml", serviceManifest(name: "api", ip: "198.18.100.21", pods: [3]))
+            #expect(
+                within(5) {
+                    let r = ruleset(bed, n); return r.contains("svc-demo/api/tcp/http") && !r.contains("svc-demo/web/tcp/http")
+                } != nil, "\(daemon.log())")
+            #expect(daemon.log().contains("the folder holds manifests again: syncing in full"))
+            #expect(try within(3) { try http(bed, n, "http://127.0.0.1:10256/healthz").0 == 200 } != nil)
+            // --allow-empty means it (with the daemon stopped, which would repair its table).
+            daemon.signal(SIGTERM)
+            #expect(daemon.waitExit(seconds: 10) == 0)
+            let wiped = try bed.svcnat(n, ["apply", "-f", empty, "--allow-empty"])
+            #expect(wiped.code == 0, "\(wiped.err)")
+            #expect(!ruleset(bed, n).contains("svc-demo/"))
+        }
+
         @Test func badFileKeepsLastGoodStateAndShowsInHealthAndMetrics() throws {
             let bed = Testbed("dbad")
             defer { bed.close() }

@@ -1,4 +1,5 @@
 import Foundation
+import SvcnatCore
 import SvcnatModel
 import Testing
 import Yams
@@ -226,5 +227,31 @@ import Yams
         for input in inputs { serial.decode(input.text, file: input.file) }
         #expect(merged.state == serial.state)
         #expect(merged.state.services.count == 198)
+    }
+}
+
+/// Input that holds no manifest is told apart from input that holds no Service.
+@Suite struct EmptyInput {
+    @Test func noManifestIsToldApartFromNoServices() throws {
+        let dir = NSTemporaryDirectory() + "svcnat-empty-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try !ManifestSource.load([dir]).holdsManifests)
+        try "notes\n".write(toFile: dir + "/notes.txt", atomically: true, encoding: .utf8)
+        #expect(try !ManifestSource.load([dir]).holdsManifests)
+        #expect(try !ManifestSource.load(["-"], stdin: { "" }).holdsManifests)
+        #expect(try !ManifestSource.load(["-"], stdin: { " \n  \n" }).holdsManifests)
+        // A manifest file with no Service in it is a choice, and counts.
+        try "".write(toFile: dir + "/empty.yaml", atomically: true, encoding: .utf8)
+        let r = try ManifestSource.load([dir])
+        #expect(r.holdsManifests && r.state.services.isEmpty)
+        #expect(try ManifestSource.load(["-"], stdin: { "# only a comment\n" }).holdsManifests)
+        #expect(
+            NothingToApply(paths: ["/srv/m", "-"], servicesNow: 3).description
+                == "no manifest in /srv/m, standard input (no *.yaml, *.yml or *.json file, or empty standard input); svcnat's "
+                + "tables hold 3 Services now, and applying nothing would remove them all. Give --allow-empty to mean that, or "
+                + "use svcnat cleanup to remove svcnat's tables")
+        #expect(NothingToApply(paths: ["-"], servicesNow: nil).exitCode == 2)
     }
 }
