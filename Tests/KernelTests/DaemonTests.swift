@@ -239,7 +239,9 @@ extension RootTests {
             try write(dir + "/edge.yaml", LocalPolicyTests().manifest(pods: [(2, "node-b")]))
             #expect(try within(3) { try http(bed, n, "http://127.0.0.1:32000/").0 == 503 } != nil)
             #expect(try http(bed, n, "http://127.0.0.1:32000/").1.contains("\"localEndpoints\": 0"))
-            // The Service goes: so does its health check server.
+            // The Service goes: so does its health check server. (A folder left with no manifest
+            // file at all would hold the rules; a file with no Service in it is a choice.)
+            try write(dir + "/empty.yaml", "# no Service here\n")
             try FileManager.default.removeItem(atPath: dir + "/edge.yaml")
             #expect(try within(3) { try http(bed, n, "http://127.0.0.1:32000/").0 == 0 } != nil)
         }
