@@ -24,6 +24,7 @@ public enum ManifestSource {
         var skipped: [(path: String, why: String)] = []
         var total = 0
         var holdsManifests = false
+        var read = Set<String>()
         for path in paths {
             if path == "-" {
                 files.append("-")
@@ -43,6 +44,9 @@ public enum ManifestSource {
             let list = isDir.boolValue ? manifestFiles(in: path, skipped: &skipped) : [path]
             if !list.isEmpty { holdsManifests = true }
             for file in list {
+                // One file reached twice (`-f X -f X`, a folder and a file in it, two links to
+                // it) is read once.
+                guard read.insert((file as NSString).resolvingSymlinksInPath).inserted else { continue }
                 files.append(file)
                 switch readText(file) {
                 case .text(let text):
@@ -76,6 +80,13 @@ public enum ManifestSource {
         var out: [String] = []
         let base = dir.hasSuffix("/") ? dir : dir + "/"
         while let rel = e.nextObject() as? String {
+            // Dot-entries are not read: `.git`, editors' swap files, and the `..data` and
+            // `..2026_...` folders of a ConfigMap or projected volume, whose files are read
+            // through the visible links beside them (one view of each).
+            if isDotEntry(rel) {
+                e.skipDescendants()
+                continue
+            }
             guard isManifestName(rel) else { continue }
             let full = base + rel
             var st = stat()
@@ -87,6 +98,12 @@ public enum ManifestSource {
             }
         }
         return out.sorted()
+    }
+
+    /// Whether the last component of `rel` starts with a dot.
+    static func isDotEntry(_ rel: String) -> Bool {
+        let name = rel.utf8.lastIndex(of: UInt8(ascii: "/")).map { rel.utf8[rel.utf8.index(after: $0)...] } ?? rel.utf8[...]
+        return name.first == UInt8(ascii: ".")
     }
 
     /// Named `*.yaml`, `*.yml` or `*.json`, in any case (without NSString's path methods, which

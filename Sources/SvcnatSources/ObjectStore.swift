@@ -60,6 +60,23 @@ public final class ObjectStore {
         var winners: [T] { byKey.keys.sorted().compactMap(winner) }
     }
 
+    /// `path` with its folder's links resolved and the last component kept as it is.
+    static func canonical(_ path: String) -> String {
+        let (dir, name) = split((path as NSString).expandingTildeInPath)
+        guard !dir.isEmpty, !name.isEmpty, name != ".", name != ".." else { return (path as NSString).standardizingPath }
+        let d = (dir as NSString).standardizingPath
+        return d == "/" ? "/" + name : d + "/" + name
+    }
+
+    /// A path's folder and last component ("/" for a file at the top; "" for a bare name).
+    static func split(_ path: String) -> (String, String) {
+        var p = path
+        while p.count > 1, p.hasSuffix("/") { p.removeLast() }
+        guard let slash = p.lastIndex(of: "/") else { return ("", p) }
+        let dir = slash == p.startIndex ? "/" : String(p[..<slash])
+        return (dir, String(p[p.index(after: slash)...]))
+    }
+
     /// No file at all, good or rejected: a folder that holds no manifest file.
     public var holdsNoFiles: Bool { files.isEmpty && rejected.isEmpty }
 
@@ -95,7 +112,22 @@ public final class ObjectStore {
 
     private func load(_ paths: [String]) -> Bool {
         var changed = false
-        let ordered = Set(paths.map { ($0 as NSString).standardizingPath }).sorted()
+        // A path's folder is resolved, the path itself is not: a ConfigMap's visible link is
+        // its own key, not the `..2026_...` file it points to now.
+        var wanted = Set<String>()
+        for path in paths.map(Self.canonical) {
+            let (dir, name) = Self.split(path)
+            if name == "..data" {
+                // The kubelet re-pointed a ConfigMap's `..data`: every visible file of that
+                // folder may have changed at once; they are read again in one go.
+                wanted.insert(dir)
+            } else if !root.isEmpty, path.hasPrefix(root + "/"), path.dropFirst(root.count).contains("/.") {
+                continue  // inside a dot-entry: not read
+            } else {
+                wanted.insert(path)
+            }
+        }
+        let ordered = wanted.sorted()
         // Many files at once (a folder at start): decoded on all cores first, then taken in
         // order. A file that cannot be read is read again below, for its error.
         var decoded: [String: ManifestDecoder] = [:]

@@ -117,6 +117,45 @@ extension RootTests {
             #expect(!ruleset(bed, n).contains("svc-demo/"))
         }
 
+        /// `run --manifests` on a folder as the kubelet mounts a ConfigMap: each object is read
+        /// once through its link, and the kubelet's update (a new `..2026_...` folder, `..data`
+        /// re-pointed by rename, a link for the new key, the old folder removed) is applied.
+        @Test func aConfigMapMountedFolderIsFollowedThroughItsDataLink() throws {
+            let bed = Testbed("dcm")
+            defer { bed.close() }
+            let n = try bed.addNamespace("node")
+            let dir = try bed.makeDirectory()
+            let fm = FileManager.default
+            try fm.createDirectory(atPath: dir + "/..2026_12_02_a", withIntermediateDirectories: true)
+            try serviceManifest(name: "web", pods: [1, 2]).write(
+                toFile: dir + "/..2026_12_02_a/web.yaml", atomically: true, encoding: .utf8)
+            try fm.createSymbolicLink(atPath: dir + "/..data", withDestinationPath: "..2026_12_02_a")
+            try fm.createSymbolicLink(atPath: dir + "/web.yaml", withDestinationPath: "..data/web.yaml")
+            let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "100ms"])
+            #expect(within(5) { ruleset(bed, n).contains("198.19.2.2") } != nil, "\(daemon.log())")
+            #expect(try bed.svcnat(n, ["apply", "-f", dir, "--dry-run"]).code == 0)
+
+            try fm.createDirectory(atPath: dir + "/..2026_12_02_b", withIntermediateDirectories: true)
+            try serviceManifest(name: "web", pods: [1, 3]).write(
+                toFile: dir + "/..2026_12_02_b/web.yaml", atomically: true, encoding: .utf8)
+            try serviceManifest(name: "api", ip: "198.18.100.21", pods: [4]).write(
+                toFile: dir + "/..2026_12_02_b/api.yaml", atomically: true, encoding: .utf8)
+            try fm.createSymbolicLink(atPath: dir + "/..data_tmp", withDestinationPath: "..2026_12_02_b")
+            #expect(rename(dir + "/..data_tmp", dir + "/..data") == 0)
+            #expect(
+                within(5) {
+                    let r = ruleset(bed, n); return r.contains("198.19.3.2") && !r.contains("198.19.2.2")
+                } != nil, "\(daemon.log())")
+            try fm.createSymbolicLink(atPath: dir + "/api.yaml", withDestinationPath: "..data/api.yaml")
+            try fm.removeItem(atPath: dir + "/..2026_12_02_a")
+            #expect(within(5) { ruleset(bed, n).contains("svc-demo/api/tcp/http") } != nil, "\(daemon.log())")
+            #expect(!daemon.log().contains("defined twice"), "\(daemon.log())")
+            #expect(try http(bed, n, "http://127.0.0.1:10256/healthz").0 == 200)
+            // What the daemon converged to is what a one-shot apply of the mount wants.
+            let diff = try bed.svcnat(n, ["diff", "-f", dir])
+            #expect(diff.code == 0, "\(diff.out)")
+        }
+
         @Test func badFileKeepsLastGoodStateAndShowsInHealthAndMetrics() throws {
             let bed = Testbed("dbad")
             defer { bed.close() }

@@ -149,6 +149,51 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         #expect(store.rejected.isEmpty)
     }
 
+    /// A folder as the kubelet mounts a ConfigMap: visible links into `..data`, which points at
+    /// a `..2026_...` folder. Each object is read once, through its link; re-pointing `..data`
+    /// swaps every file at once; dot-entries are never read.
+    @Test func aConfigMapMountIsReadOnceAndSwappedWhole() throws {
+        let fm = FileManager.default
+        let dir = fm.temporaryDirectory.appendingPathComponent("svcnat-configmap-\(getpid())").path
+        try? fm.removeItem(atPath: dir)
+        defer { try? fm.removeItem(atPath: dir) }
+        let svc = { (name: String, ip: String) in
+            "apiVersion: v1\nkind: Service\nmetadata: {name: \(name)}\nspec: {clusterIP: \(ip), ports: [{port: 80}]}\n"
+        }
+        try fm.createDirectory(atPath: dir + "/..2026_12_02_a", withIntermediateDirectories: true)
+        try svc("web", "198.18.100.1").write(toFile: dir + "/..2026_12_02_a/web.yaml", atomically: true, encoding: .utf8)
+        try fm.createSymbolicLink(atPath: dir + "/..data", withDestinationPath: "..2026_12_02_a")
+        try fm.createSymbolicLink(atPath: dir + "/web.yaml", withDestinationPath: "..data/web.yaml")
+        try "kind: [not yaml\n".write(toFile: dir + "/.web.yaml.swp", atomically: true, encoding: .utf8)
+
+        // apply: once, also when the folder and its file are both named, or a file twice.
+        for paths in [[dir], [dir, dir + "/web.yaml"], [dir + "/web.yaml", dir + "/web.yaml"]] {
+            let r = try ManifestSource.load(paths)
+            #expect(r.state.services.map { $0.clusterIP?.description } == ["198.18.100.1"], "\(paths)")
+        }
+        let store = ObjectStore(root: dir)
+        store.loadAll()
+        #expect(store.state.services.map { $0.clusterIP?.description } == ["198.18.100.1"])
+        #expect(store.rejected.isEmpty)
+
+        // The kubelet's update: a new timestamped folder, `..data` re-pointed by rename, then a
+        // link for the new key, then the old folder removed.
+        try fm.createDirectory(atPath: dir + "/..2026_12_02_b", withIntermediateDirectories: true)
+        try svc("web", "198.18.100.2").write(toFile: dir + "/..2026_12_02_b/web.yaml", atomically: true, encoding: .utf8)
+        try svc("api", "198.18.100.3").write(toFile: dir + "/..2026_12_02_b/api.yaml", atomically: true, encoding: .utf8)
+        #expect(!store.reload([dir + "/..2026_12_02_b", dir + "/..2026_12_02_b/web.yaml"]))
+        try fm.createSymbolicLink(atPath: dir + "/..data_tmp", withDestinationPath: "..2026_12_02_b")
+        #expect(rename(dir + "/..data_tmp", dir + "/..data") == 0)
+        #expect(store.reload([dir + "/..data"]))
+        #expect(store.state.services.map { $0.clusterIP?.description } == ["198.18.100.2"])
+        try fm.createSymbolicLink(atPath: dir + "/api.yaml", withDestinationPath: "..data/api.yaml")
+        #expect(store.reload([dir + "/api.yaml"]))
+        try fm.removeItem(atPath: dir + "/..2026_12_02_a")
+        #expect(!store.reload([dir + "/..2026_12_02_a"]))
+        #expect(store.state.services.map(\.meta.name) == ["api", "web"])
+        #expect(store.rejected.isEmpty)
+    }
+
     /// A deleted folder takes its files (good and rejected) along; a deleted temporary file
     /// beside them changes nothing.
     @Test func aDeletedFolderTakesItsFilesAndATemporaryFileNothing() throws {
