@@ -68,15 +68,8 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
         }
     }
 
-    public init?(_ text: some StringProtocol) {
-        if text.utf8.contains(UInt8(ascii: ":")) {
-            guard let (h, l) = Self.parse6(Array(text.utf8)) else { return nil }
-            self.init(v6: h, l)
-        } else {
-            guard let v = Self.parse4(text.utf8) else { return nil }
-            self.init(v)
-        }
-    }
+    /// Any other text (a Substring) goes through the String one.
+    public init?(_ text: some StringProtocol) { self.init(String(text)) }
 
     private static func parse4(_ text: some Collection<UInt8>) -> UInt32? {
         var value: UInt32 = 0, octet: UInt32 = 0, digits = 0, dots = 0, leadingZero = false

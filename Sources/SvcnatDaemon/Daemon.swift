@@ -283,17 +283,21 @@ public final class Daemon: @unchecked Sendable {
             let why =
                 "\(config.manifests) holds no manifest file (*.yaml, *.yml, *.json); the rules in force stay, "
                 + "and --allow-empty would let an empty folder remove them"
-            if heldEmpty.reason.withLock({ old in
-                defer { old = why }; return old == nil
-            }) {
+            let wasHeld = heldEmpty.reason.withLock { held in
+                defer { held = why }
+                return held != nil
+            }
+            if !wasHeld {
                 log.warning("sync held: \(why)")
             }
             lastSyncEnd = clock.now
             return
         }
-        if heldEmpty.reason.withLock({ old in
-            defer { old = nil }; return old != nil
-        }) {
+        let wasHeld = heldEmpty.reason.withLock { held in
+            defer { held = nil }
+            return held != nil
+        }
+        if wasHeld {
             log.info("the folder holds manifests again: syncing in full")
             full = true
         }

@@ -65,8 +65,8 @@ public enum APIObjects {
     }
 
     /// A list response (`ServiceList`, `EndpointSliceList`, `NodeList`); `kind` and
-    /// `apiVersion` are its items' (list items carry neither). Each item is decoded as the
-    /// reader reaches it: the page never exists as one tree.
+    /// `apiVersion` are its items' (list items carry neither). The items are located, then
+    /// each is built and decoded alone: the page never exists as one tree.
     public static func list(_ text: String, kind: String, apiVersion: String, source: String) throws -> List {
         try list(Array(text.utf8), kind: kind, apiVersion: apiVersion, source: source)
     }
@@ -90,13 +90,14 @@ public enum APIObjects {
         var reader = JSONReader(bytes)
         let top: Value
         do {
-            guard let doc = try reader.next(items: take) else { throw DecodeError(description: "empty response") }
+            guard let (doc, items) = try reader.nextLocatingItems() else { throw DecodeError(description: "empty response") }
             top = doc.value
+            for offset in items { take(try JSONReader.item(bytes, at: offset)) }
             // A server that leaves out the list's kind: its items were read whole.
             if !doc.streamed {
                 for item in Field(node: top, context: Field.Context(file: source))["items"].list { take(item.node!) }
             }
-            guard try reader.next(items: { _ in }) == nil else { throw DecodeError(description: "unexpected text after the list") }
+            guard try reader.nextLocatingItems() == nil else { throw DecodeError(description: "unexpected text after the list") }
         } catch let e as DecodeError { throw e } catch {
             throw DecodeError(description: "not valid JSON: \(error)")
         }

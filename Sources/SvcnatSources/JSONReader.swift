@@ -1,7 +1,7 @@
 /// JSON text read straight into `Value`s, without YAML and without a tree of the whole document.
 ///
-/// The elements of a list's `items` are handed over one at a time as they are read, so a
-/// 10,000-Service `kind: List` never exists as one tree. Values that svcnat never reads
+/// The elements of a list's `items` are located in one checking pass and then built one at a
+/// time, so a 10,000-Service `kind: List` never exists as one tree. Values that svcnat never reads
 /// (`metadata.managedFields` and `metadata.annotations`) are scanned for syntax and not built.
 /// The input is a byte array, read with checked indexing: no pointers.
 struct JSONReader {
@@ -22,8 +22,8 @@ struct JSONReader {
         var description: String { "line \(line), column \(column): \(message)" }
     }
 
-    /// One top-level value. `streamed` says that its `items` went to the handler one by one
-    /// and are not in `value`.
+    /// One top-level value. `streamed` says that it is a list whose `items` are not in `value`
+    /// but located by offset.
     struct Document {
         var value: Value
         var streamed: Bool
@@ -52,51 +52,11 @@ struct JSONReader {
 
     /// The next top-level value, or nil at the end of the input. Several values one after the
     /// other (a JSON stream, as `kubectl get -o json` of several objects writes) are read one by
-    /// one. An object whose `kind` is `List` or ends in `List` has its `items` elements handed to
-    /// `item` as they are read, in order, and not kept.
-    mutating func next(items item: (Value) throws -> Void) throws -> Document? {
-        skipSpace()
-        guard i < b.count else { return nil }
-        guard b[i] == UInt8(ascii: "{") else { return Document(value: try value(), streamed: false) }
-        // The top-level object: `items` may come before `kind` (kubectl writes keys in order),
-        // so its place is noted and it is scanned; once `kind` is known it is read again,
-        // streamed for a list and built otherwise.
-        try enter()
-        var m: [(key: String, value: Value)] = []
-        var itemsAt: Int?
-        var key = try firstMember()
-        while let k = key {
-            if k == "items", b[i] == UInt8(ascii: "[") {
-                itemsAt = i
-                try skipValue()
-            } else {
-                m.append((k, try value(in: k)))
-            }
-            key = try nextMember()
-        }
-        depth -= 1
-        guard let at = itemsAt else { return Document(value: .mapping(m), streamed: false) }
-        var kind = ""
-        if case .scalar(let k, _)? = Value.mapping(m)[key: "kind"] { kind = k }
-        let end = i
-        i = at
-        defer { i = end }
-        guard kind.hasSuffix("List") else {
-            m.append(("items", try value()))
-            return Document(value: .mapping(m), streamed: false)
-        }
-        try enter()
-        var more = try firstElement()
-        while more {
-            try item(try value())
-            more = try nextElement()
-        }
-        depth -= 1
-        return Document(value: .mapping(m), streamed: true)
-    }
-
-    /// Like `next`, but a list's items are only checked and located: their offsets come back
-    /// (in order) for `item(_:at:)`, so that several threads can build and decode them.
+    /// one. An object whose `kind` is `List` or ends in `List` has its `items` only checked and
+    /// located: their offsets come back (in order) for `item(_:at:)`, so that each can be built
+    /// and decoded on its own (on several threads), and the whole list never exists as one tree.
+    /// `items` may come before `kind` (kubectl writes keys in order), so they are located first
+    /// and built afterwards for an object that turns out not to be a list.
     mutating func nextLocatingItems() throws -> (document: Document, items: [Int])? {
         skipSpace()
         guard i < b.count else { return nil }

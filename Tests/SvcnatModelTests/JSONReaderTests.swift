@@ -34,6 +34,17 @@ import Yams
         }
     }
 
+    /// The reader refuses `text` with an error that contains `want`.
+    static func expectRefused(_ text: String, saying want: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        var r = JSONReader(Array(text.utf8))
+        do {
+            _ = try r.single()
+            Issue.record("accepted \(text)", sourceLocation: sourceLocation)
+        } catch {
+            #expect("\(error)".contains(want), "\(error)", sourceLocation: sourceLocation)
+        }
+    }
+
     @Test(arguments: [
         #"{"a": "plain", "b": "tab\there \"quoted\" back\\slash \/ \b\f\n\r", "c": "\u00e9\u4e2d\ud83d\ude00 é😀"}"#,
         #"[0, -1, 3.25, 1e3, -2.5E-2, 8080, true, false, null, "", [], {}]"#,
@@ -57,13 +68,7 @@ import Yams
         )
     ])
     func trailingCommasAreRefusedAsGoRefusesThem(text: String, want: String) throws {
-        var r = JSONReader(Array(text.utf8))
-        do {
-            _ = try r.single()
-            Issue.record("accepted \(text)")
-        } catch {
-            #expect("\(error)".contains(want), "\(error)")
-        }
+        Self.expectRefused(text, saying: want)
     }
 
     @Test(arguments: [
@@ -81,13 +86,7 @@ import Yams
     func syntaxErrorsNameLineAndColumn(text: String, want: String) throws {
         // Foundation refuses each of them too.
         #expect(throws: (any Error).self) { try Self.foundation(text) }
-        var r = JSONReader(Array(text.utf8))
-        do {
-            _ = try r.single()
-            Issue.record("accepted \(text)")
-        } catch {
-            #expect("\(error)".contains(want), "\(error)")
-        }
+        Self.expectRefused(text, saying: want)
     }
 
     @Test func deepNestingIsRefusedNotAStackOverflow() {
