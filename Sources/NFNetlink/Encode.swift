@@ -116,6 +116,11 @@ struct BatchEncoder {
         case .addRule(let chain, let rule):
             let r = ruleObject(chain: chain)
             for e in rule.exprs { nftnl_rule_add_expr(r.raw, ExprCodec.make(e)) }
+            if let comment = rule.comment {
+                ElementCodec.userData(comment: comment, type: NFTNL_UDATA_RULE_COMMENT.rawValue).withUnsafeBytes {
+                    _ = nftnl_rule_set_data(r.raw, KernelNumbers.attr(NFTNL_RULE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count))
+                }
+            }
             let h = header(NFT_MSG_NEWRULE, flags: NLM_F_CREATE | NLM_F_APPEND)
             nftnl_rule_nlmsg_build_payload(h, r.raw)
             buffer.commit(h)

@@ -311,7 +311,15 @@ public final class NFTables {
                 nftnl_expr_iter_destroy(it)
             }
             let handle = nftnl_rule_get_u64(rule.raw, KernelNumbers.attr(NFTNL_RULE_HANDLE.rawValue))
-            rulesByChain[chain, default: []].append(Rule(exprs: exprs, family: ipFamily, handle: handle))
+            var comment: String?
+            var len: UInt32 = 0
+            if nftnl_rule_is_set(rule.raw, KernelNumbers.attr(NFTNL_RULE_USERDATA.rawValue)),
+                let p = nftnl_rule_get_data(rule.raw, KernelNumbers.attr(NFTNL_RULE_USERDATA.rawValue), &len)
+            {
+                comment = ElementCodec.comment(
+                    fromUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))), type: NFTNL_UDATA_RULE_COMMENT.rawValue)
+            }
+            rulesByChain[chain, default: []].append(Rule(exprs: exprs, family: ipFamily, handle: handle, comment: comment))
         }
         for i in r.chains.indices { r.chains[i].rules = rulesByChain[r.chains[i].name] ?? [] }
         return r

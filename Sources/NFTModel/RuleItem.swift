@@ -54,24 +54,32 @@ public struct Rule: Hashable, Sendable {
     public var items: [RuleItem]
     /// The kernel's handle, for rules read back from the kernel; never part of a comparison.
     public var handle: UInt64?
+    /// The rule's comment (its userdata, as nft writes it).
+    public var comment: String?
 
-    public init(_ items: [RuleItem], handle: UInt64? = nil) {
+    public init(_ items: [RuleItem], handle: UInt64? = nil, comment: String? = nil) {
         self.items = items
         self.handle = handle
+        self.comment = comment
     }
 
-    public init(exprs: [Expr], family: IPFamily, handle: UInt64? = nil) {
+    public init(exprs: [Expr], family: IPFamily, handle: UInt64? = nil, comment: String? = nil) {
         self.items = RuleItem.parse(exprs, family: family)
         self.handle = handle
+        self.comment = comment
     }
 
     public var exprs: [Expr] { items.flatMap(\.exprs) }
 
-    public static func == (a: Rule, b: Rule) -> Bool { a.items == b.items }
+    public static func == (a: Rule, b: Rule) -> Bool { a.items == b.items && a.comment == b.comment }
     public func hash(into h: inout Hasher) { h.combine(items) }
 
     /// The rule in nft syntax, as `nft list ruleset` prints it (and `nft -f` reads it).
-    public var nftText: String { items.map(\.nftText).joined(separator: " ") }
+    public var nftText: String {
+        let text = items.map(\.nftText).joined(separator: " ")
+        guard let comment else { return text }
+        return text + " comment \"\(comment)\""
+    }
 
     /// Chains this rule jumps or goes to.
     public var chainTargets: [String] {

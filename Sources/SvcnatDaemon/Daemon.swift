@@ -27,6 +27,8 @@ public struct DaemonConfig: Sendable {
     /// Whether a manifest folder that holds no manifest file may remove every Service; without
     /// it the rules in force stay until the folder holds one again.
     public var allowEmpty = false
+    /// `--allocate` (manifests mode): addresses and node ports for Services that lack them.
+    public var allocation: Allocation.Settings?
     /// How often the kernel is asked about changes made by others when it cannot send change
     /// events; with events, that check is only a safety net, every `eventSafetyPeriod`.
     public var driftCheckPeriod: Duration = .milliseconds(500)
@@ -102,6 +104,14 @@ public final class Daemon: @unchecked Sendable {
             http: HTTPServer(group: group), metrics: metrics, metricsAddress: config.metricsAddress,
             healthzAddress: config.healthzAddress, sourceName: source,
             staleAfter: Double(config.syncPeriod.components.seconds) * 2 + 60)
+        if config.api == nil {
+            store.allocation = config.allocation
+            store.reviews = true
+            // What the tables hold as allocated stays allocated across a restart.
+            if config.allocation != nil, let tables = try? syncer.kernel.readTables(config.proxy.table) {
+                store.heldAtStart = Allocation.Held(tables: tables)
+            }
+        }
     }
 
     /// Starts everything and blocks until SIGTERM or SIGINT; returns the exit code.
@@ -143,7 +153,7 @@ public final class Daemon: @unchecked Sendable {
                     case .paths(let paths):
                         if self.store.reload(paths) {
                             self.reportInput()
-                            self.requestSync(full: false, reason: "manifests changed")
+                            self.requestSync(full: false, reason: "manifests changed: \(self.named(paths))")
                         }
                     case .everything(let reason):
                         self.rereadManifests(reason)
@@ -233,7 +243,12 @@ public final class Daemon: @unchecked Sendable {
         // Nothing is programmed from a half-known source (the API before its first lists).
         guard sourceReady else { return }
         pendingFull = pendingFull || full
-        pendingReason = reason
+        // Requests that join one sync are all named in its log line.
+        if !syncScheduled && !retryScheduled {
+            pendingReason = reason
+        } else if !pendingReason.contains(reason) {
+            pendingReason += "; " + reason
+        }
         metrics.lastQueuedTimestamp.record(Date().timeIntervalSince1970)
         // After a failure the retry is already scheduled; requests join it, keeping the backoff.
         guard !syncScheduled, !retryScheduled else { return }
@@ -393,14 +408,41 @@ public final class Daemon: @unchecked Sendable {
         endpoints.setSkipped(conflicts.map(\.description))
     }
 
-    /// Logs rejected files and warnings after the store changed.
+    /// The files of a change, relative to the folder: at most three, then how many more.
+    func named(_ paths: [String]) -> String {
+        let root = config.manifests.hasSuffix("/") ? config.manifests : config.manifests + "/"
+        // Editors' and writers' temporary files (dot-entries, other extensions) are not named.
+        let names = Set(
+            paths.map { $0.hasPrefix(root) ? String($0.dropFirst(root.count)) : $0 }.filter { p in
+                let last = p.split(separator: "/").last ?? ""
+                return !last.hasPrefix(".") && (ManifestSource.isManifestName(p) || !last.contains("."))
+            }
+        ).sorted()
+        guard !names.isEmpty else { return "files of \(config.manifests)" }
+        return names.prefix(3).joined(separator: ", ") + (names.count > 3 ? " and \(names.count - 3) more" : "")
+    }
+
+    /// The rejections already logged, by file: a file's errors are logged once per change.
+    private var reportedRejected: [String: [InputError]] = [:]
+
+    /// Logs rejected files (each once per change of its errors), warnings, what the manifests
+    /// leave Services without, and what was skipped, after the store changed.
     private func reportInput() {
-        for w in store.takeWarnings() { log.warning("\(w)") }
+        for w in store.takeWarnings() + store.takeReview() { log.warning("\(w)") }
+        let skipped = store.takeSkipped()
+        for line in SkippedObject.summary(skipped, verbose: false) { log.info("\(line)") }
+        for line in SkippedObject.summary(skipped, verbose: true) { log.debug("\(line)") }
         var summary: [String: String] = [:]
         for (file, errors) in store.rejected.sorted(by: { $0.key < $1.key }) {
             summary[file] = errors.map(\.description).joined(separator: "; ")
-            for e in errors { log.error("rejected input (its last good version stays in force): \(e)") }
+            guard reportedRejected[file] != errors else { continue }
+            // "Last good" only where there is one.
+            let state =
+                store.hasGoodVersion(file)
+                ? "its last good version stays in force" : "it has no good version, so nothing of it is programmed"
+            for e in errors { log.error("rejected input (\(state)): \(e)") }
         }
+        reportedRejected = store.rejected
         metrics.rejectedFiles.record(summary.count)
         endpoints.setRejected(summary)
     }

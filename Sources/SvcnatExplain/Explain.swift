@@ -74,7 +74,8 @@ public enum Explain {
                 + "-> \(Names.rejectChain): TCP reset, ICMP port unreachable)\n"
             return s
         }
-        s += "├─ \(Names.serviceIPs) / \(Names.serviceNodePorts) -> goto \(chainName)\n"
+        // The map elements that really send each frontend on, as the kernel holds them.
+        for line in dispatch(v, in: r) { s += "├─ \(line)\n" }
         let ext = Names.externalChain(chainName)
         if let e = r.chain(ext) {
             s += "├─ external frontends (external IPs, load-balancer IPs, node ports) -> \(ext):\n"
@@ -94,6 +95,68 @@ public enum Explain {
 }
 
 extension Explain {
+    /// Where each frontend of the view is sent: `service-ips: 198.18.128.10:80 -> goto svc-...`
+    /// for a ClusterIP, `... -> goto ext-...` for external and load-balancer IPs,
+    /// `service-nodeports: node port 30080 -> goto ext-...`, read off the maps' elements.
+    public static func dispatch(_ v: ServiceView, in r: Ruleset) -> [String] {
+        var out: [String] = []
+        for (key, text) in zip(v.frontendKeys, v.frontends) {
+            let (map, elementKey): (String, [KeyValue]) =
+                key.ip.map { (Names.serviceIPs, [.ip($0), .proto(v.proto), .port(key.port)]) }
+                ?? (Names.serviceNodePorts, [.proto(v.proto), .port(key.port)])
+            guard let e = r.set(map)?.elements.first(where: { $0.key == elementKey }), let verdict = e.verdict else { continue }
+            out.append("\(map): \(text) -> \(verdict)")
+        }
+        return out
+    }
+
+    /// What happens to a connection that matches no Service port, as the rules decide it: a
+    /// ClusterIP on a port its Service lacks is rejected, an address of a Service CIDR that
+    /// no Service has is dropped, anything else is not svcnat's.
+    public static func unmatched(_ q: Query, in tables: [Ruleset]) -> String? {
+        guard case .address(let ip, let port, let proto) = q else { return nil }
+        for r in tables {
+            guard let family = IPFamily(r.family), family == ip.family else { continue }
+            if r.set(Names.clusterIPs)?.elements.contains(where: { $0.key == [.ip(ip)] }) == true {
+                let owners = Set(
+                    r.serviceViews.filter { $0.frontendKeys.contains { $0.ip == ip } }.map { $0.name.split(separator: ":")[0] })
+                let whose = owners.isEmpty ? "a Service's ClusterIP" : "the ClusterIP of Service \(owners.sorted().joined(separator: ", "))"
+                return "\(ip) is \(whose), which has no port \(port)/\(proto.rawValue): new connections are rejected "
+                    + "(\(Names.clusterIPsCheck): ip daddr @\(Names.clusterIPs) goto \(Names.rejectChain): TCP reset, ICMP port unreachable)"
+            }
+            for rule in r.chain(Names.clusterIPsCheck)?.rules ?? [] {
+                guard rule.items.contains(.verdict(.drop)) else { continue }
+                for case .ipMatch(.daddr, .eq, let prefix) in rule.items where prefix.contains(ip) {
+                    return "\(ip) is in the Service CIDR \(prefix), and no Service has it: packets to it are dropped "
+                        + "(\(Names.clusterIPsCheck): \(rule.nftText))"
+                }
+            }
+        }
+        return nil
+    }
+
+    /// What to say of a Service (namespace/name) that has no rules: why, when its manifest is
+    /// at hand (headless, ExternalName, no cluster IP), with how DNS serves it.
+    public static func noRules(for service: Service?, namespace: String, name: String) -> String {
+        guard let s = service else {
+            return "no Service \(namespace)/\(name) in svcnat's tables. A headless Service (clusterIP: None) or one of type ExternalName "
+                + "has no rules: DNS serves it (the addresses of its ready pods, or a CNAME to its externalName); "
+                + "give -f with its manifest to check"
+        }
+        if s.type == .externalName {
+            return "Service \(s.meta.key) is of type ExternalName: no proxy programs it; DNS answers its name with a CNAME to its "
+                + "spec.externalName, and clients connect there"
+        }
+        if s.isHeadless {
+            return "Service \(s.meta.key) is headless (clusterIP: None): no proxy programs it; DNS answers its name with the addresses "
+                + "of its ready pods, and clients connect to them directly"
+        }
+        if s.clusterIPs.isEmpty {
+            return "Service \(s.meta.key) has no clusterIP in its manifest, so it has no rules (give it one, or apply with --allocate)"
+        }
+        return "Service \(s.meta.key) is in the manifests but not in svcnat's tables: apply them (svcnat diff -f shows what would change)"
+    }
+
     /// The addresses a walk for this Service port starts at: the queried frontend, or each of
     /// the port's frontends (node ports at `nodeAddress`, when there is one).
     public static func destinations(_ q: Query, _ v: ServiceView, nodeAddress: IPAddress?) -> [(IPAddress, UInt16)] {

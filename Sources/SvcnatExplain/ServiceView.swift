@@ -51,7 +51,7 @@ extension Ruleset {
             return t.hasPrefix("ext-") ? Names.serviceChainPrefix + t.dropFirst(4) : t
         }
         func add(_ e: SetElement, chain: String?) {
-            let frontend: String, proto: TransportProtocol, key: StaleFlows.Frontend
+            var frontend: String, proto: TransportProtocol, key: StaleFlows.Frontend
             if e.key.count == 3, case .ip(let ip) = e.key[0], case .proto(let p) = e.key[1], case .port(let port) = e.key[2] {
                 frontend = ip.withPort(port)
                 proto = p
@@ -64,7 +64,11 @@ extension Ruleset {
                 return
             }
             if let wanted, wanted != proto { return }
-            let name = e.comment ?? chain ?? e.keyText
+            var name = e.comment ?? chain ?? e.keyText
+            if name.hasSuffix(Names.allocatedMark) {
+                name.removeLast(Names.allocatedMark.count)
+                frontend += " (allocated)"
+            }
             let id = "\(name) \(proto)"
             var v = views[id] ?? ServiceView(name: name, proto: proto, frontends: [], chain: nil, endpoints: [])
             v.frontends.append(frontend)

@@ -122,7 +122,13 @@ public final class APISource: @unchecked Sendable {
         case .relisting(let reason):
             log.warning("source: \(r.name): \(reason); listing again")
         case .failed(let message, let retry):
-            log.error("source: \(message); the last good rules stay in force; retrying in \(String(format: "%.1f", retry)) s")
+            // "Last good" only once there were rules from this source: before the first
+            // complete lists, nothing has been programmed from it.
+            let state =
+                isReady
+                ? "the last good rules stay in force"
+                : "nothing is programmed from the API until its first lists complete (the rules in force, if any, stay)"
+            log.error("source: \(message); \(state); retrying in \(String(format: "%.1f", retry)) s")
             lock.withLock { staleness[r.name] = message }
             Self.count("svcnat_source_errors_total", r.name)
             Self.up(r.name, false)

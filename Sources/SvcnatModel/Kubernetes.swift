@@ -40,6 +40,8 @@ public struct ServicePort: Hashable, Sendable {
     public var port: UInt16
     public var targetPort: IntOrString
     public var nodePort: UInt16?
+    /// Whether `nodePort` was allocated by svcnat (`--allocate`), not given.
+    public var nodePortAllocated = false
     public init(
         name: String = "", proto: TransportProtocol = .tcp, port: UInt16, targetPort: IntOrString? = nil,
         nodePort: UInt16? = nil
@@ -79,6 +81,23 @@ public struct Service: Hashable, Sendable {
     /// `sessionAffinityConfig.clientIP.timeoutSeconds` (10800 by default) when sessionAffinity
     /// is ClientIP.
     public var affinityTimeout: UInt32?
+    /// `spec.ipFamilies` and `spec.ipFamilyPolicy` (SingleStack when not given): the families
+    /// an allocated Service gets addresses of.
+    public var ipFamilies: [IPFamily] = []
+    public var ipFamilyPolicy = "SingleStack"
+    /// `spec.allocateLoadBalancerNodePorts` (true when not given): a LoadBalancer Service
+    /// without it has node ports only where given.
+    public var allocateLoadBalancerNodePorts = true
+    /// Whether the cluster IPs and the health check node port were allocated by svcnat
+    /// (`--allocate`), not given.
+    public var clusterIPsAllocated = false
+    public var healthCheckNodePortAllocated = false
+
+    /// The Service has no cluster IP of its own although it should: not headless, not
+    /// ExternalName.
+    public var lacksClusterIP: Bool { clusterIPs.isEmpty && !isHeadless && type != .externalName }
+    /// Whether its ports get node ports (NodePort, and LoadBalancer unless it declines them).
+    public var wantsNodePorts: Bool { type == .nodePort || type == .loadBalancer && allocateLoadBalancerNodePorts }
 
     public init(
         meta: ObjectMeta, type: ServiceType = .clusterIP, clusterIP: IPAddress?, isHeadless: Bool = false,

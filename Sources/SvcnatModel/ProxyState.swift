@@ -62,6 +62,10 @@ public struct ServicePortState: Hashable, Sendable {
     public var nodePort: UInt16? = nil
     /// Sources allowed to reach the load-balancer IPs (all when empty).
     public var sourceRanges: [IPPrefix] = []
+    /// Whether svcnat allocated the cluster IP or the node port (`--allocate`): their map
+    /// elements say so in their comments, so `show` can tell.
+    public var clusterIPAllocated = false
+    public var nodePortAllocated = false
 
     public init(
         name: ServicePortName, frontends: [Frontend], endpoints: [EndpointAddress], nodePort: UInt16? = nil,
@@ -174,6 +178,8 @@ public struct ProxyState: Hashable, Sendable {
             state.internalLocal = svc.internalTrafficPolicyLocal
             state.healthCheckNodePort = svc.healthCheckNodePort
             state.affinityTimeout = svc.affinityTimeout
+            state.clusterIPAllocated = svc.clusterIPsAllocated
+            state.nodePortAllocated = hasNodePort && port.nodePortAllocated
             return state
         }
     }

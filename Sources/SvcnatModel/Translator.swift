@@ -76,6 +76,10 @@ public enum Names {
     public static let firewallCheck = "firewall-check"
     public static let clusterIPsCheck = "cluster-ips-check"
     public static let rejectChain = "reject-chain"
+    /// Ends the comment of a map element whose address or node port svcnat allocated.
+    public static let allocatedMark = " (allocated)"
+    /// The flags the table was applied with (`AppliedFlags`).
+    public static let flags = "applied-flags"
     public static let serviceChainPrefix = "svc-"
     public static let endpointMapPrefix = "endpoints-"
     public static let endpointShards = 256
@@ -173,14 +177,15 @@ public struct Translator: Sendable {
         var f = PortFragment(name: sp.name, key: chain)
         // Kept for what the daemon needs after a change: UDP flows to clean, health checks.
         if sp.name.proto == .udp || sp.healthCheckNodePort != nil { f.state = sp }
-        func add(_ set: String, _ key: [KeyValue], _ verdict: Verdict) {
-            f.elements[set, default: []].append(SetElement(key: key, verdict: verdict, comment: comment))
+        func add(_ set: String, _ key: [KeyValue], _ verdict: Verdict, allocated: Bool = false) {
+            let c = allocated ? Names.comment(sp.name.description + Names.allocatedMark) : comment
+            f.elements[set, default: []].append(SetElement(key: key, verdict: verdict, comment: c))
         }
         let reject = Verdict.goto(Names.rejectChain)
         if let c = sp.clusterIP {
             add(
                 served ? Names.serviceIPs : Names.noEndpointServices, [.ip(c.ip), .proto(proto), .port(c.port)],
-                served ? .goto(chain) : reject)
+                served ? .goto(chain) : reject, allocated: sp.clusterIPAllocated)
             f.shared[Names.clusterIPs, default: []].append(SetElement(key: [.ip(c.ip)]))
         }
         for e in sp.externalFrontends {
@@ -192,7 +197,9 @@ public struct Translator: Sendable {
             }
         }
         if let np = sp.nodePort {
-            add(served ? Names.serviceNodePorts : Names.noEndpointNodePorts, [.proto(proto), .port(np)], served ? .goto(ext) : reject)
+            add(
+                served ? Names.serviceNodePorts : Names.noEndpointNodePorts, [.proto(proto), .port(np)], served ? .goto(ext) : reject,
+                allocated: sp.nodePortAllocated)
         }
         if !sp.sourceRanges.isEmpty && sp.externalFrontends.contains(where: { $0.kind == .loadBalancer }) {
             f.chains.append(
@@ -397,7 +404,8 @@ public struct Translator: Sendable {
                     Rule([.markIsClear(config.masqueradeMark), .verdict(.return)]),
                     Rule([.markSetXor(config.masqueradeMark)]),
                     Rule([.masquerade(fullyRandom: true)])
-                ])
+                ]),
+            AppliedFlags(config).chain
         ]
     }
 }

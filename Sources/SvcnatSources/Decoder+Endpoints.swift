@@ -103,10 +103,17 @@ extension ManifestDecoder {
 
     // MARK: Ingress
 
-    func ingress(_ f: Field, _ meta: ObjectMeta, beta: Bool) -> Ingress? {
+    mutating func ingress(_ f: Field, _ meta: ObjectMeta, beta: Bool) -> Ingress? {
         let before = f.context.errors.count
+        var resourceBackends: [Field] = []
         func backend(_ b: Field) -> Ingress.Backend? {
             guard b.isPresent else { return nil }
+            // A backend that is a resource (an object of another API, such as a storage
+            // bucket) is the ingress controller's business: svcnat routes only to Services.
+            if b["resource"].isPresent {
+                resourceBackends.append(b)
+                return nil
+            }
             if beta {
                 guard let name = b["serviceName"].string else { b["serviceName"].fail("missing"); return nil }
                 guard let port = b["servicePort"].intOrString else { b["servicePort"].fail("missing"); return nil }
@@ -130,6 +137,14 @@ extension ManifestDecoder {
             }
         }
         let def = backend(f["spec"][beta ? "backend" : "defaultBackend"])
+        for b in resourceBackends {
+            let r = b["resource"]
+            let what = [r["kind"].string, r["name"].string].compactMap { $0 }.joined(separator: " ")
+            warn(
+                b,
+                "\(b.path): a resource backend (\(what.isEmpty ? "not a Service" : what)) is not a Service, and svcnat routes only to Services; skipped"
+            )
+        }
         guard f.context.errors.count == before else { return nil }
         return Ingress(meta: meta, paths: paths, defaultBackend: def)
     }

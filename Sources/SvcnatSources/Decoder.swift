@@ -11,7 +11,11 @@ public struct ManifestDecoder: Sendable {
     public private(set) var state = ClusterState()
     public private(set) var warnings: [Warning] = []
     public private(set) var errors: [InputError] = []
+    /// Objects not programmed: of kinds svcnat does not read, or for another proxy.
+    public private(set) var skipped: [SkippedObject] = []
     private var seen: [String: String] = [:]  // "Kind ns/name" -> file
+    /// The file of each object taken in ("Service ns/name" -> file).
+    public var origins: [String: String] { seen }
 
     public init() {}
 
@@ -61,12 +65,23 @@ public struct ManifestDecoder: Sendable {
     mutating func skipsUnknownKind(_ v: Value, file: String) -> Bool {
         guard case .scalar(let kind, _)? = v[key: "kind"], Self.known[kind] == nil, !kind.hasSuffix("List") else { return false }
         func meta(_ k: String) -> String? { if case .scalar(let s, _)? = v[key: "metadata"]?[key: k] { s } else { nil } }
-        warnings.append(
-            Warning(
-                text:
-                    "\(file): \(kind) \(meta("namespace") ?? "default")/\(meta("name") ?? ""): kind \(kind) is not used by svcnat; skipped")
-        )
+        skip(kind: kind, namespace: meta("namespace"), name: meta("name") ?? "", file: file)
         return true
+    }
+
+    /// An object of a kind svcnat does not read: counted for the summary, or, when the kind
+    /// looks like a slip for one svcnat reads, warned about with the suggestion.
+    mutating func skip(kind: String, namespace: String?, name: String, file: String) {
+        if let k = Kinds.suggestion(for: kind, among: Self.known.keys) {
+            warnings.append(
+                Warning(
+                    text:
+                        "\(file): \(kind) \(namespace ?? "default")/\(name): kind \(kind) is not one svcnat reads; did you mean \(k)? skipped"
+                ))
+            return
+        }
+        let ns = Kinds.clusterScoped.contains(kind) ? nil : namespace ?? "default"
+        skipped.append(SkippedObject(file: file, kind: kind, namespace: ns, name: name))
     }
 
     mutating func decodeWithYams(_ text: String, file: String) -> String? {
@@ -80,8 +95,9 @@ public struct ManifestDecoder: Sendable {
             while let node = try parser.nextRoot() {
                 // A kind svcnat skips is skipped before its aliases are expanded.
                 if let kind = Value.peek(node, "kind"), Self.known[kind] == nil, !kind.hasSuffix("List") {
-                    let name = Value.peek(node, "metadata", "name") ?? "", ns = Value.peek(node, "metadata", "namespace") ?? "default"
-                    warnings.append(Warning(text: "\(file): \(kind) \(ns)/\(name): kind \(kind) is not used by svcnat; skipped"))
+                    skip(
+                        kind: kind, namespace: Value.peek(node, "metadata", "namespace"), name: Value.peek(node, "metadata", "name") ?? "",
+                        file: file)
                     continue
                 }
                 nodes.append(try Value.convert(node, &budget))
@@ -153,6 +169,7 @@ public struct ManifestDecoder: Sendable {
     mutating func merge(_ other: ManifestDecoder) {
         warnings += other.warnings
         errors += other.errors
+        skipped += other.skipped
         func take<T>(_ items: [T], _ kind: String, _ meta: (T) -> ObjectMeta, into list: WritableKeyPath<ClusterState, [T]>) {
             for item in items {
                 let key = meta(item).key
@@ -239,7 +256,7 @@ public struct ManifestDecoder: Sendable {
         if apiVersion.isEmpty { f["apiVersion"].fail("missing"); return }
 
         guard let versions = Self.known[kind] else {
-            warnings.append(Warning(text: "\(f.context.file): \(kind) \(namespace)/\(name): kind \(kind) is not used by svcnat; skipped"))
+            skip(kind: kind, namespace: f["metadata"]["namespace"].string, name: name, file: f.context.file)
             return
         }
         guard versions.contains(apiVersion) else {
@@ -248,6 +265,29 @@ public struct ManifestDecoder: Sendable {
             return
         }
         guard let meta = objectMeta(f, kind: kind) else { return }
+        if let node = f.node {
+            for path in Schema.of(kind: kind, apiVersion: apiVersion).unknownFields(of: node) {
+                warn(f, "unknown field \"\(path)\"")
+            }
+        }
+        // Labels by which API mode's watch leaves objects out (kube-proxy's selector) leave them
+        // out here too: a `kubectl get -o yaml` export programs only what this proxy serves.
+        if kind == "Service" || kind == "EndpointSlice" {
+            if let proxy = meta.labels[Self.proxyNameLabel] {
+                skipped.append(
+                    SkippedObject(
+                        file: f.context.file, kind: kind, namespace: meta.namespace, name: meta.name,
+                        reason: "labelled \(Self.proxyNameLabel)=\(proxy): another proxy serves it"))
+                return
+            }
+            if meta.labels[Self.headlessLabel] != nil {
+                skipped.append(
+                    SkippedObject(
+                        file: f.context.file, kind: kind, namespace: meta.namespace, name: meta.name,
+                        reason: "labelled \(Self.headlessLabel): headless, which no proxy programs"))
+                return
+            }
+        }
         let id = "\(kind) \(meta.key)"
         if let other = seen[id] {
             f.context.fail(at: "metadata.name", "defined twice (also in \(other))")
@@ -263,6 +303,9 @@ public struct ManifestDecoder: Sendable {
         default: break
         }
     }
+
+    static let proxyNameLabel = "service.kubernetes.io/service-proxy-name"
+    static let headlessLabel = "service.kubernetes.io/headless"
 
     mutating func warn(_ f: Field, _ text: String) {
         warnings.append(Warning(text: "\(f.context.file): \(f.context.object ?? "object"): \(text)"))
@@ -371,11 +414,21 @@ public struct ManifestDecoder: Sendable {
             if let v = spec["clusterIP"].string, let primary = IPAddress(v), let first = clusterIPs.first, primary != first {
                 spec["clusterIPs"].fail("clusterIPs[0] must equal spec.clusterIP (\(v))")
             }
-        } else {
-            warn(
-                spec["clusterIP"],
-                "spec.clusterIP is not set (the API server allocates it; a manifest for svcnat must carry it); the Service gets no rules")
         }
+        // Without a cluster IP the Service gets rules only with --allocate (ManifestReview
+        // says so otherwise); these say which families it gets.
+        var families: [IPFamily] = []
+        for f in spec["ipFamilies"].list {
+            guard let t = f.string else { continue }
+            guard let family = IPFamily(rawValue: t) else { f.fail("\"\(t)\" is not IPv4 or IPv6"); continue }
+            if families.contains(family) { f.fail("\(t) is listed twice") }
+            families.append(family)
+        }
+        let familyPolicy = spec["ipFamilyPolicy"].string ?? "SingleStack"
+        if !["SingleStack", "PreferDualStack", "RequireDualStack"].contains(familyPolicy) {
+            spec["ipFamilyPolicy"].fail("\"\(familyPolicy)\" is not SingleStack, PreferDualStack or RequireDualStack")
+        }
+        let allocateNodePorts = spec["allocateLoadBalancerNodePorts"].bool ?? true
         if type == .clusterIP || type == .externalName || headless {
             for (i, p) in ports.enumerated() where p.nodePort != nil {
                 spec["ports"].child("[\(i)]").child("nodePort").fail("only Services of type NodePort or LoadBalancer have node ports")
@@ -423,6 +476,9 @@ public struct ManifestDecoder: Sendable {
         service.internalTrafficPolicyLocal = itp == "Local"
         service.healthCheckNodePort = healthCheckNodePort
         service.affinityTimeout = affinityTimeout
+        service.ipFamilies = families
+        service.ipFamilyPolicy = familyPolicy
+        service.allocateLoadBalancerNodePorts = allocateNodePorts
         return service
     }
 

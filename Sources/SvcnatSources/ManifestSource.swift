@@ -12,6 +12,34 @@ public enum ManifestSource {
         /// input with something in it. An empty folder, a folder of other files or empty
         /// standard input hold none, and applying that would remove every Service.
         public var holdsManifests: Bool
+        /// Objects not programmed (other kinds, other proxies), for the summary.
+        public var skipped: [SkippedObject] = []
+        /// The file of each object ("Service ns/name" -> file).
+        public var origins: [String: String] = [:]
+
+        /// The input as it is programmed: with `allocation`, addresses and node ports filled in
+        /// where the manifests lack them (what Services hold in the kernel now, `held`, is kept);
+        /// and what there is to warn about.
+        public func prepared(allocation: Allocation.Settings?, keeping held: Allocation.Held = .init()) -> (
+            state: ClusterState, allocated: Allocation.Result?, warnings: [Warning]
+        ) {
+            var state = self.state
+            var allocated: Allocation.Result?
+            var warnings: [Warning] = []
+            if let allocation {
+                let result = Allocation.assign(state.services, allocation, keeping: held)
+                state.services = result.applied(to: state.services)
+                for key in result.given.keys.sorted() {
+                    for p in result.given[key]!.problems {
+                        warnings.append(
+                            Warning(text: "\(origins["Service \(key)"] ?? ""): Service \(key): \(p); the Service gets no rules for it"))
+                    }
+                }
+                allocated = result
+            }
+            warnings += ManifestReview.warnings(state, origins: origins, allocating: allocation != nil)
+            return (state, allocated, warnings)
+        }
     }
 
     /// Loads every path; throws `InputErrors` listing every problem found, or returns the state.
@@ -69,7 +97,9 @@ public enum ManifestSource {
         for s in skipped { decoder.warn(file: s.path, "skipped: \(s.why)") }
         errors += decoder.errors
         if !errors.isEmpty { throw InputErrors(errors: errors) }
-        return Result(state: decoder.state, warnings: decoder.warnings, files: files, holdsManifests: holdsManifests)
+        return Result(
+            state: decoder.state, warnings: decoder.warnings, files: files, holdsManifests: holdsManifests, skipped: decoder.skipped,
+            origins: decoder.origins)
     }
 
     /// The manifest files under `dir`, sorted. Only regular files (or links to them) count: a

@@ -11,6 +11,23 @@ public final class ObjectStore {
     private var files: [String: ClusterState] = [:]
     public private(set) var rejected: [String: [InputError]] = [:]
     public private(set) var warnings: [Warning] = []
+    /// Objects skipped by the files read since `takeSkipped()` (other kinds, other proxies).
+    private var skipped: [SkippedObject] = []
+    /// `--allocate`: addresses and node ports for Services that lack them (manifests mode).
+    public var allocation: Allocation.Settings? {
+        didSet { allocationStale = true }
+    }
+    private var allocated = Allocation.Result()
+    private var allocationStale = false
+    /// What svcnat's tables held as allocated when the daemon started: kept, so a restart
+    /// moves no address.
+    public var heldAtStart = Allocation.Held() {
+        didSet { allocationStale = true }
+    }
+    /// Services changed since `takeReview()`, to say what their manifests leave them without
+    /// (kept only when `reviews`: manifests mode).
+    private var unreviewed = Set<String>()
+    public var reviews = false
 
     // kind+key -> file -> object; the winner is the smallest file path.
     private var services = Index<Service>()
@@ -177,6 +194,7 @@ public final class ObjectStore {
                 }
             }
             warnings += decoder.warnings
+            skipped += decoder.skipped
             let clashes = duplicates(of: decoder.state, outside: path)
             if decoder.errors.isEmpty && clashes.isEmpty {
                 if files[path] != decoder.state { replace(file: path, with: decoder.state); changed = true }
@@ -241,6 +259,7 @@ public final class ObjectStore {
         let old = files[file]
         if old == nil, new != nil { noteFolders(of: file) }
         files[file] = new
+        if !(old?.services.isEmpty ?? true) || !(new?.services.isEmpty ?? true) { allocationStale = true }
         for s in [old, new].compactMap({ $0 }) {
             for svc in s.services { dirty.insert(svc.meta.key) }
             for sl in s.endpointSlices { dirty.insert("\(sl.meta.namespace)/\(sl.serviceName)") }
@@ -291,20 +310,85 @@ public final class ObjectStore {
 
     /// Everything, for a full sync.
     public var state: ClusterState {
-        ClusterState(
-            services: services.winners, endpointSlices: slices.winners, endpoints: endpoints.winners,
+        refreshAllocation()
+        return ClusterState(
+            services: allocated.applied(to: services.winners), endpointSlices: slices.winners, endpoints: endpoints.winners,
             pods: pods.winners, ingresses: ingresses.winners)
     }
 
     /// The Services marked since the last call, and forgets them.
     public func takeDirty() -> Set<String> {
+        refreshAllocation()
+        if reviews { unreviewed.formUnion(dirty) }
         defer { dirty = [] }
         return dirty
     }
 
+    /// A Service as it is programmed: with what was allocated to it.
+    private func service(_ key: String) -> Service? {
+        guard let svc = services.winner(key) else { return nil }
+        return allocated.given[key].map { Allocation.apply($0, to: svc) } ?? svc
+    }
+
+    /// Allocates again after Services changed: the rule is over all Services (a new one can
+    /// take a place another would have probed next), and the Services whose allocation moved
+    /// are marked. It costs a hash per Service, only when Services changed.
+    private func refreshAllocation() {
+        guard allocationStale else { return }
+        allocationStale = false
+        // What was given before stays given: adding a Service moves no other's address.
+        let winners = services.winners
+        var held = Allocation.Held(allocated, winners)
+        held.clusterIPs.merge(heldAtStart.clusterIPs) { mine, _ in mine }
+        held.nodePorts.merge(heldAtStart.nodePorts) { mine, _ in mine }
+        let next = allocation.map { Allocation.assign(winners, $0, keeping: held) } ?? Allocation.Result()
+        for key in Set(next.given.keys).union(allocated.given.keys) where next.given[key] != allocated.given[key] {
+            dirty.insert(key)
+        }
+        allocated = next
+    }
+
+    /// What the manifests leave the Services changed since the last call without (no address,
+    /// no node port, no Pod, a named port no Pod has), and what could not be allocated; forgets
+    /// them.
+    public func takeReview() -> [Warning] {
+        refreshAllocation()
+        if reviews { unreviewed.formUnion(dirty) }
+        defer { unreviewed = [] }
+        var out: [Warning] = []
+        for key in unreviewed.sorted() {
+            guard let svc = service(key), let file = services.byKey[key]?.keys.min() else { continue }
+            for p in allocated.given[key]?.problems ?? [] {
+                out.append(Warning(text: "\(file): Service \(key): \(p); the Service gets no rules for it"))
+            }
+            var selected: [Pod] = []
+            if let sel = svc.selector, let pair = Self.indexPair(svc) {
+                selected = (podsByLabel[pair] ?? []).sorted().compactMap { pods.winner($0) }.filter { p in
+                    sel.allSatisfy { p.meta.labels[$0.key] == $0.value }
+                }
+            }
+            let hasEndpointObjects =
+                (slicesByService[key] ?? []).contains { slices.winner($0)?.serviceName == svc.meta.name } || endpoints.winner(key) != nil
+            out += ManifestReview.warnings(
+                for: svc, file: file, hasEndpointObjects: hasEndpointObjects, pods: selected, allocating: allocation != nil)
+        }
+        return out
+    }
+
+    /// The objects skipped by the files read since the last call; forgets them.
+    public func takeSkipped() -> [SkippedObject] {
+        defer { skipped = [] }
+        return skipped
+    }
+
+    /// Whether the file has a version in force (it was good once), for what is said when it is
+    /// rejected.
+    public func hasGoodVersion(_ path: String) -> Bool { files[path] != nil }
+
     /// One Service's ports as they are now (empty when the Service is gone or gets no rules).
     public func ports(ofService key: String, nodeName: String?, zone: String? = nil, family: IPFamily = .v4) -> [ServicePortState] {
-        guard let svc = services.winner(key) else { return [] }
+        refreshAllocation()
+        guard let svc = service(key) else { return [] }
         let sliceKeys = slicesByService[key] ?? []
         let svcSlices = sliceKeys.sorted().compactMap { slices.winner($0) }.filter { "\($0.meta.namespace)/\($0.serviceName)" == key }
         let podKeys = Self.indexPair(svc).flatMap { podsByLabel[$0] } ?? []

@@ -42,8 +42,7 @@ extension Svcnat {
         func run() throws {
             let clock = ContinuousClock()
             let started = clock.now
-            let input = try loadInput(filename)
-            let state = input.state
+            let (input, state) = try load(filename, options)
             let read = clock.now - started
             if !input.holdsManifests && !allowEmpty {
                 var now: Int?

@@ -6,11 +6,11 @@ extension Svcnat {
         static let configuration = CommandConfiguration(
             abstract: "Remove svcnat's tables (ip and ip6) and nothing else.")
 
-        @OptionGroup var options: CommonOptions
+        @OptionGroup var options: TableOptions
 
         func run() throws {
             let kernel = try NetlinkKernel()
-            let removed = try Reconciler(config: options.config, kernel: kernel).cleanup()
+            let removed = try Reconciler(config: ProxyConfig(table: options.table), kernel: kernel).cleanup()
             print(
                 removed.isEmpty
                     ? "svcnat: no table ip or ip6 \(options.table); nothing to remove"

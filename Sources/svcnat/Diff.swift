@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SvcnatCore
+import SvcnatModel
 
 extension Svcnat {
     struct Diff: ParsableCommand {
@@ -19,9 +20,12 @@ extension Svcnat {
 
         func run() throws {
             do {
-                let state = try load(filename)
+                let state = try load(filename, options).state
                 let kernel = try NetlinkKernel()
-                let result = try Reconciler(config: options.config, kernel: kernel).reconcile(state, dryRun: true)
+                // Flags not given are the table's own, so a diff without them is not a rewrite.
+                let (config, notes) = options.config(remembered: rememberedFlags(try kernel.readTables(options.table)))
+                for n in notes { FileHandle.standardError.write("svcnat: note: \(n)\n") }
+                let result = try Reconciler(config: config, kernel: kernel).reconcile(state, dryRun: true)
                 warn(result.conflicts)
                 print(result.transactions.nftText, terminator: "")
                 if !result.transactions.isEmpty { throw ExitCode(1) }

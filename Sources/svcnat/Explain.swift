@@ -25,7 +25,9 @@ extension Svcnat {
         @Option(help: "An Ingress host and path (HOST/PATH); needs -f with the Ingress objects.")
         var ingress: String?
 
-        @Option(name: .shortAndLong, help: "Manifests holding the Ingress objects (with --ingress). Repeatable.")
+        @Option(
+            name: .shortAndLong,
+            help: "Manifests: the Ingress objects (with --ingress), or the Service asked for (why it has no rules). Repeatable.")
         var filename: [String] = []
 
         @Option(
@@ -37,9 +39,9 @@ extension Svcnat {
         var source: String?
 
         @Option(help: "nft (a readable tree) or json.")
-        var format: OutputFormat = .nft
+        var format: ViewFormat = .nft
 
-        @OptionGroup var options: CommonOptions
+        @OptionGroup var options: TableOptions
 
         func validate() throws {
             switch (destination, ingress) {
@@ -53,16 +55,16 @@ extension Svcnat {
                 if filename.isEmpty { throw ValidationError("--ingress needs -f with the manifests that hold the Ingress objects") }
             }
             if let s = source, IPAddress(s) == nil { throw ValidationError("--source \"\(s)\" is not an IP address") }
-            if format == .iptables || format == .ip6tables { throw ValidationError("explain prints nft or json") }
         }
 
         func run() throws {
             let query: Explain.Query
             var start = Explainer.Report()
+            let manifests = filename.isEmpty ? nil : try load(filename, allocation: nil, verbose: false).state
             if let ingress {
                 let slash = ingress.firstIndex(of: "/") ?? ingress.endIndex
                 let host = String(ingress[..<slash]), path = slash == ingress.endIndex ? "/" : String(ingress[slash...])
-                guard let found = Explainer.ingress(host: host, path: path, in: try load(filename).ingresses) else {
+                guard let found = Explainer.ingress(host: host, path: path, in: manifests?.ingresses ?? []) else {
                     FileHandle.standardError.write("svcnat: no Ingress rule (and no default backend) matches host \(host) path \(path)\n")
                     throw ExitCode(1)
                 }
@@ -80,8 +82,16 @@ extension Svcnat {
                 query, tables: tables, local: try localIPAddresses(), source: source.flatMap(IPAddress.init),
                 into: start)
             if !report.matched {
-                FileHandle.standardError.write(
-                    "svcnat: \(destination ?? ingress!) matches no Service svcnat programs; such a connection is not NATed\n")
+                // What the rules really do with it: refused, dropped, or not svcnat's at all.
+                let why: String
+                if let rule = Explain.unmatched(query, in: tables) {
+                    why = rule
+                } else if case .service(let ns, let name, _) = query {
+                    why = Explain.noRules(for: manifests?.services.first { $0.meta.key == "\(ns)/\(name)" }, namespace: ns, name: name)
+                } else {
+                    why = "\(destination ?? ingress!) matches no Service svcnat programs; such a connection is not NATed"
+                }
+                FileHandle.standardError.write("svcnat: \(why)\n")
                 throw ExitCode(1)
             }
             if format == .json { print(JSON.array(report.json).text()) } else { print(report.text, terminator: "") }

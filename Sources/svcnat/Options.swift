@@ -4,10 +4,20 @@ import SvcnatCore
 import NFTModel
 import SvcnatModel
 
-/// Flags every subcommand shares; names follow kube-proxy where it has them.
-struct CommonOptions: ParsableArguments {
-    @Option(help: "The nftables table svcnat owns (family ip).")
+/// The table a command works on: every subcommand has it.
+struct TableOptions: ParsableArguments {
+    @Option(help: "The nftables table svcnat owns (families ip and ip6).")
     var table = "svcnat"
+
+    func validate() throws {
+        if let why = CommonOptions.tableNameProblem(table) { throw ValidationError("--table \"\(table)\": \(why)") }
+    }
+}
+
+/// The flags that shape the rules (apply, diff, run); names follow kube-proxy where it has them.
+struct CommonOptions: ParsableArguments {
+    @OptionGroup var tableOptions: TableOptions
+    var table: String { tableOptions.table }
 
     @Option(help: "The node this runs on (default: the hostname); decides which endpoints are local.")
     var nodeName: String?
@@ -34,16 +44,25 @@ struct CommonOptions: ParsableArguments {
     @Option(
         help:
             ArgumentHelp(
-                "How a Service chain picks an endpoint: map (one rule, endpoints as elements of shared maps) or cascade (one rule per "
-                    + "endpoint, probability 1/(n-i)).")
+                "How a Service chain picks an endpoint: map (one rule, endpoints as elements of shared maps; the default) or cascade "
+                    + "(one rule per endpoint, probability 1/(n-i)).")
     )
-    var endpointSelection: EndpointSelection = .map
+    var endpointSelection: EndpointSelection?
 
-    @Flag(name: [.short, .long], help: "Print the transaction sent to the kernel.")
+    @Flag(
+        help: ArgumentHelp(
+            "Manifests mode: give a Service without clusterIP an address from the first --service-cidr of its family, and a "
+                + "NodePort or LoadBalancer port without nodePort one from --service-node-port-range; stable (README: From plain "
+                + "manifests)."))
+    var allocate = false
+
+    @Option(help: "With --allocate: the node ports to allocate from, as the API server's flag (FIRST-LAST).")
+    var serviceNodePortRange = "30000-32767"
+
+    @Flag(name: [.short, .long], help: "Print the transaction sent to the kernel, and list every object skipped.")
     var verbose = false
 
     func validate() throws {
-        if let why = Self.tableNameProblem(table) { throw ValidationError("--table \"\(table)\": \(why)") }
         for c in clusterCIDR where IPPrefix(c) == nil {
             throw ValidationError("--cluster-cidr \"\(c)\" is not a CIDR such as 198.19.0.0/16 or 2001:db8:1::/48")
         }
@@ -56,6 +75,28 @@ struct CommonOptions: ParsableArguments {
         for c in serviceCIDR where IPPrefix(c) == nil {
             throw ValidationError("--service-cidr \"\(c)\" is not a CIDR")
         }
+        guard let range = Self.portRange(serviceNodePortRange) else {
+            throw ValidationError("--service-node-port-range \"\(serviceNodePortRange)\" is not FIRST-LAST, such as 30000-32767")
+        }
+        _ = range
+        if allocate {
+            if serviceCIDR.isEmpty { throw ValidationError("--allocate needs --service-cidr: the range to allocate cluster IPs from") }
+            for c in serviceCIDR.compactMap({ IPPrefix($0) }) where Allocation.usable(c).count == 0 {
+                throw ValidationError("--service-cidr \(c) is too small to allocate from")
+            }
+        }
+    }
+
+    static func portRange(_ s: String) -> ClosedRange<UInt16>? {
+        let parts = s.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let a = UInt16(parts[0]), let b = UInt16(parts[1]), a >= 1, a <= b else { return nil }
+        return a...b
+    }
+
+    /// The allocation to make (`--allocate`), or nil.
+    var allocation: Allocation.Settings? {
+        guard allocate, let range = Self.portRange(serviceNodePortRange) else { return nil }
+        return Allocation.Settings(serviceCIDRs: serviceCIDR.compactMap { IPPrefix($0) }, nodePorts: range)
     }
 
     static func tableNameProblem(_ s: String) -> String? {
@@ -71,10 +112,38 @@ struct CommonOptions: ParsableArguments {
     var config: ProxyConfig {
         var c = ProxyConfig(
             table: table, clusterCIDRs: clusterCIDR.compactMap { IPPrefix($0) }, masqueradeAll: masqueradeAll,
-            nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection,
+            nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection ?? .map,
             nodePortAddresses: nodePortAddresses.compactMap { IPPrefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPPrefix($0) })
         c.zone = nodeZone
         return c
+    }
+
+    /// The configuration with what was not given taken from the flags the table remembers
+    /// (`remembered`), and a sentence for each flag given now that differs from them.
+    func config(remembered: AppliedFlags?) -> (ProxyConfig, notes: [String]) {
+        var c = config
+        guard let r = remembered else { return (c, []) }
+        var notes: [String] = []
+        func take<T: Equatable>(_ flag: String, given: Bool, _ now: WritableKeyPath<ProxyConfig, T>, _ then: T, _ text: (T) -> String) {
+            if !given {
+                c[keyPath: now] = then
+            } else if c[keyPath: now] != then {
+                notes.append("the table was applied with \(text(then)); this uses \(text(c[keyPath: now])) as given")
+            }
+        }
+        func cidrs(_ flag: String) -> ([IPPrefix]) -> String {
+            { $0.isEmpty ? "no \(flag)" : $0.map { "\(flag) \($0)" }.joined(separator: " ") }
+        }
+        take("cluster-cidr", given: !clusterCIDR.isEmpty, \.clusterCIDRs, r.clusterCIDRs, cidrs("--cluster-cidr"))
+        take(
+            "nodeport-addresses", given: !nodePortAddresses.isEmpty, \.nodePortAddresses, r.nodePortAddresses, cidrs("--nodeport-addresses")
+        )
+        take("service-cidr", given: !serviceCIDR.isEmpty, \.serviceCIDRs, r.serviceCIDRs, cidrs("--service-cidr"))
+        take("masquerade-all", given: masqueradeAll, \.masqueradeAll, r.masqueradeAll) { $0 ? "--masquerade-all" : "no --masquerade-all" }
+        take("endpoint-selection", given: endpointSelection != nil, \.endpointSelection, r.endpointSelection) {
+            "--endpoint-selection \($0.rawValue)"
+        }
+        return (c, notes)
     }
 }
 
@@ -82,4 +151,9 @@ extension EndpointSelection: ExpressibleByArgument {}
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case nft, iptables, ip6tables, json
+}
+
+/// What show and explain print: the kernel's view, in nft or JSON.
+enum ViewFormat: String, ExpressibleByArgument, CaseIterable {
+    case nft, json
 }

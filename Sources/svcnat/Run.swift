@@ -74,10 +74,13 @@ extension Svcnat {
                 } else if manifests == nil {
                     api = try KubeConfig.inCluster()
                     if api == nil {
-                        throw ValidationError(
-                            "no source: give --manifests DIR or --kubeconfig FILE (or run in a pod, where the in-cluster service "
-                                + "account is used)"
-                        )
+                        FileHandle.standardError.write(
+                            "svcnat run: no source. Give one of:\n"
+                                + "  --manifests DIR      a folder of manifests, watched\n"
+                                + "  --kubeconfig FILE    the Kubernetes API, with that kubeconfig (--context NAME to pick one)\n"
+                                + "  (in a pod)           the in-cluster service account, when neither is given\n"
+                                + "See svcnat run --help.\n")
+                        throw ExitCode(2)
                     }
                 }
             } catch let e as KubeConfigError {
@@ -91,6 +94,10 @@ extension Svcnat {
                 cleanupOnExit: cleanupOnExit)
             config.api = api
             config.allowEmpty = allowEmpty
+            if options.allocate && api != nil {
+                throw ValidationError("--allocate is for --manifests: the API server allocates addresses and node ports itself")
+            }
+            config.allocation = options.allocation
             let code = try Daemon(config: config, logger: logger).run()
             if code != 0 { throw ExitCode(code) }
         }

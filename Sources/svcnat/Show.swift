@@ -10,13 +10,9 @@ extension Svcnat {
             abstract: "Print what svcnat owns in the kernel, read back over netlink: services, frontends, endpoints, and the rules.")
 
         @Option(help: "nft (services as comments, then the table in nft syntax) or json.")
-        var format: OutputFormat = .nft
+        var format: ViewFormat = .nft
 
-        @OptionGroup var options: CommonOptions
-
-        func validate() throws {
-            if format == .iptables || format == .ip6tables { throw ValidationError("show prints nft or json") }
-        }
+        @OptionGroup var options: TableOptions
 
         func run() throws {
             let kernel = try NetlinkKernel()
@@ -26,6 +22,7 @@ extension Svcnat {
                 return
             }
             if tables.isEmpty { print("# svcnat: no table ip or ip6 \(options.table) in this network namespace") }
+            if let flags = rememberedFlags(tables) { print("# applied with: \(flags.words.joined(separator: " "))") }
             for ruleset in tables {
                 for v in ruleset.serviceViews { print(v.text.split(separator: "\n").map { "# " + $0 }.joined(separator: "\n")) }
                 print(ruleset.nftText, terminator: "")

@@ -35,13 +35,30 @@ func warn(_ conflicts: [Conflict]) {
     for c in conflicts { FileHandle.standardError.write("svcnat: warning: conflict: \(c)\n") }
 }
 
-func load(_ paths: [String]) throws -> ClusterState { try loadInput(paths).state }
-
-func loadInput(_ paths: [String]) throws -> ManifestSource.Result {
-    let result = try ManifestSource.load(paths)
-    for w in result.warnings { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
-    return result
+/// The manifests' state as it is programmed (allocated where asked), with the input's
+/// warnings, what was skipped and what was allocated said on standard error.
+func load(_ paths: [String], _ options: CommonOptions) throws -> (input: ManifestSource.Result, state: ClusterState) {
+    // What Services hold as allocated in svcnat's tables now stays theirs, so an apply that
+    // adds a Service moves no other's address. A read that cannot be made (no root, as a dry
+    // run may be) leaves the rule alone to decide.
+    var held = Allocation.Held()
+    if options.allocate, let tables = try? NetlinkKernel().readTables(options.table) { held = Allocation.Held(tables: tables) }
+    return try load(paths, allocation: options.allocation, keeping: held, verbose: options.verbose)
 }
+
+func load(_ paths: [String], allocation: Allocation.Settings?, keeping held: Allocation.Held = .init(), verbose: Bool) throws -> (
+    input: ManifestSource.Result, state: ClusterState
+) {
+    let input = try ManifestSource.load(paths)
+    let (state, allocated, review) = input.prepared(allocation: allocation, keeping: held)
+    for w in input.warnings + review { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
+    for line in SkippedObject.summary(input.skipped, verbose: verbose) { FileHandle.standardError.write("svcnat: \(line)\n") }
+    for line in allocated?.lines ?? [] { FileHandle.standardError.write("svcnat: \(line)\n") }
+    return (input, state)
+}
+
+/// The flags the tables in the kernel were applied with, if they say.
+func rememberedFlags(_ tables: [Ruleset]) -> AppliedFlags? { tables.lazy.compactMap { AppliedFlags($0) }.first }
 
 @main
 enum Main {

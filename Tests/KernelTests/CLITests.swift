@@ -62,3 +62,76 @@ import Testing
         print(isRoot ? "kernel tier: \(count) tests run as root" : "kernel tier: \(count) tests skipped (\(rootOnly))")
     }
 }
+
+/// Manifests mode as a user meets it on the command line: the warnings, the allocation, the
+/// help of each subcommand, each with its exact words and exit code.
+@Suite struct ManifestsModeCLI {
+    let plain = URL(fileURLWithPath: examples).deletingLastPathComponent().appendingPathComponent("examples-plain").path
+    func svcnat(_ args: [String], stdin: String? = nil) throws -> CommandResult {
+        try run((isRoot ? ["unshare", "--net", "--", svcnatPath] : [svcnatPath]) + args, stdin: stdin)
+    }
+
+    @Test func plainManifestsSayWhyTheyProgramNothingWithoutAllocate() throws {
+        let r = try svcnat(["apply", "-f", plain, "--dry-run", "--cluster-cidr", "198.19.0.0/16"])
+        #expect(r.code == 0, "\(r.err)")
+        let lines = r.err.split(separator: "\n").map(String.init)
+        #expect(
+            lines == [
+                "svcnat: warning: \(plain)/app.yaml: Service shop/web: spec.clusterIP is not set (the API server allocates it; give "
+                    + "it, or --allocate with --service-cidr); the Service gets no rules",
+                "svcnat: warning: \(plain)/app.yaml: Service shop/web-public: spec.clusterIP is not set (the API server allocates it; "
+                    + "give it, or --allocate with --service-cidr); the Service gets no rules",
+                "svcnat: skipped 3 objects of 3 kinds not used by svcnat; -v lists them"
+            ])
+        let v = try svcnat(["apply", "-f", plain, "--dry-run", "-v"])
+        #expect(
+            v.err.contains("svcnat: \(plain)/app.yaml: Deployment shop/web: kind Deployment is not used by svcnat; skipped"), "\(v.err)")
+        #expect(!r.out.contains("198.18.100."))
+    }
+
+    @Test func allocationIsTheSameOnEveryRunAndSaysWhatItGave() throws {
+        let args = ["apply", "-f", plain, "--dry-run", "--allocate", "--service-cidr", "198.18.100.0/24", "--cluster-cidr", "198.19.0.0/16"]
+        let a = try svcnat(args), b = try svcnat(args)
+        #expect(a.code == 0 && b.code == 0, "\(a.err)")
+        #expect(a.out == b.out && a.err == b.err)
+        let allocated = a.err.split(separator: "\n").filter { $0.hasSuffix(" allocated") }
+        #expect(allocated.count == 3, "\(a.err)")
+        for line in allocated {
+            let words = line.split(separator: " ")
+            let value = String(words[words.count - 2])
+            // Each allocation is in the rules, marked as allocated.
+            #expect(a.out.contains(value.contains(".") ? "\(value) . tcp . 80 comment" : "tcp . \(value) comment"), "\(line)")
+        }
+        #expect(a.out.contains("comment \"shop/web:http (allocated)\""))
+        let refused = try svcnat(["apply", "-f", plain, "--dry-run", "--allocate"])
+        #expect(refused.code == 2 && refused.err.contains("--allocate needs --service-cidr: the range to allocate cluster IPs from"))
+        let badRange = try svcnat([
+            "apply", "-f", plain, "--dry-run", "--allocate", "--service-cidr", "198.18.100.0/24", "--service-node-port-range", "5-1"
+        ])
+        #expect(badRange.code == 2 && badRange.err.contains("--service-node-port-range \"5-1\" is not FIRST-LAST"))
+    }
+
+    @Test func eachSubcommandListsOnlyTheFlagsAndFormatsItUses() throws {
+        let show = try svcnat(["show", "--help"]), explain = try svcnat(["explain", "--help"]), cleanup = try svcnat(["cleanup", "--help"])
+        for h in [show, explain, cleanup] {
+            #expect(h.code == 0)
+            for flag in ["--cluster-cidr", "--masquerade-all", "--endpoint-selection", "--nodeport-addresses", "--allocate"] {
+                #expect(!h.out.contains(flag), "\(flag) in \(h.out)")
+            }
+            #expect(h.out.contains("--table"))
+        }
+        for h in [show, explain] { #expect(!h.out.contains("iptables") && h.out.contains("nft") && h.out.contains("json"), "\(h.out)") }
+        let wrong = try svcnat(["show", "--format", "iptables"])
+        #expect(wrong.code == 2 && wrong.err.contains("iptables"), "\(wrong.err)")
+        let apply = try svcnat(["apply", "--help"])
+        #expect(apply.out.contains("--cluster-cidr") && apply.out.contains("--allocate") && apply.out.contains("ip6tables"))
+    }
+
+    @Test func runWithoutASourceNamesTheThree() throws {
+        let r = try run((isRoot ? ["unshare", "--net", "--", svcnatPath] : [svcnatPath]) + ["run"], env: ["KUBERNETES_SERVICE_HOST": ""])
+        #expect(r.code == 2)
+        #expect(
+            r.err.contains("--manifests DIR") && r.err.contains("--kubeconfig FILE") && r.err.contains("in-cluster service account"),
+            "\(r.err)")
+    }
+}

@@ -71,7 +71,8 @@ extension RootTests {
             // change (endpoint map slots depend on history, so compare through svcnat's planner).
             let diff = try bed.svcnat(n, ["diff", "-f", dir])
             #expect(diff.code == 0, "\(diff.out)")
-            #expect(daemon.log().contains("sync (partial, manifests changed)"))
+            // Each sync line names the files that made it.
+            #expect(daemon.log().contains("sync (partial, manifests changed: api.yaml)"), "\(daemon.log())")
         }
 
         /// An empty folder never wipes the table by accident: `apply` refuses it (exit 2) and the
@@ -170,9 +171,19 @@ extension RootTests {
             #expect(status == 200)
             #expect(body.contains("web.yaml") && body.contains("Service demo/web: spec.ports[0].port"))
             #expect(try http(bed, n, "http://127.0.0.1:10249/metrics").1.contains("svcnat_rejected_input_files 1"))
-            #expect(daemon.log().contains("rejected input"))
+            #expect(daemon.log().contains("rejected input (its last good version stays in force): \(dir)/web.yaml"), "\(daemon.log())")
             usleep(300_000)
             #expect(ruleset(bed, n) == good)
+            // Another file's change does not log the same rejection again; a file that was never
+            // good is not said to have a last good version.
+            try write(dir + "/new.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: new}\nspec: {ports: [{port: 0}]}\n")
+            #expect(
+                within(3) {
+                    daemon.log().contains("rejected input (it has no good version, so nothing of it is programmed): \(dir)/new.yaml")
+                } != nil, "\(daemon.log())")
+            #expect(
+                daemon.log().components(separatedBy: "rejected input (its last good version stays in force)").count == 2, "\(daemon.log())")
+            try FileManager.default.removeItem(atPath: dir + "/new.yaml")
 
             // Fixed: applied, and the rejection clears.
             try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1, 3]))

@@ -136,7 +136,7 @@ import Yams
             #"{"apiVersion": "v1", "items": [{"kind": "Service"}], "kind": "ConfigMap", "metadata": {"name": "c"}}"#, file: "c.json")
         #expect(d.errors.isEmpty)
         #expect(d.state.services.isEmpty)
-        #expect(d.warnings.map(\.text) == ["c.json: ConfigMap default/c: kind ConfigMap is not used by svcnat; skipped"])
+        #expect(d.skipped.map(\.description) == ["c.json: ConfigMap default/c: kind ConfigMap is not used by svcnat; skipped"])
     }
 
     @Test func yamlFlowStyleAndJSONBetweenDashesStayYAML() {
