@@ -7,6 +7,7 @@ extension Svcnat {
             abstract: "Remove svcnat's tables (ip and ip6) and nothing else.")
 
         @OptionGroup var options: TableOptions
+        @OptionGroup var unlisted: UnlistedRuleFlags
 
         func run() throws {
             let kernel = try NetlinkKernel()

@@ -42,6 +42,7 @@ extension Svcnat {
         var format: ViewFormat = .nft
 
         @OptionGroup var options: TableOptions
+        @OptionGroup var unlisted: UnlistedRuleFlags
 
         func validate() throws {
             switch (destination, ingress) {

@@ -157,3 +157,17 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 enum ViewFormat: String, ExpressibleByArgument, CaseIterable {
     case nft, json
 }
+
+/// The rule flags, taken but not listed by the subcommands that read the kernel's tables
+/// as they are (show, explain, cleanup): DESIGN.md's contract gives every subcommand the
+/// common flags, so scripts that pass them keep working, while `--help` lists only what acts.
+struct UnlistedRuleFlags: ParsableArguments {
+    @Option(help: .hidden) var nodeName: String?
+    @Option(help: .hidden) var nodeZone: String?
+    @Option(name: .customLong("cluster-cidr"), help: .hidden) var clusterCIDR: [String] = []
+    @Option(name: .customLong("nodeport-addresses"), help: .hidden) var nodePortAddresses: [String] = []
+    @Option(name: .customLong("service-cidr"), help: .hidden) var serviceCIDR: [String] = []
+    @Flag(help: .hidden) var masqueradeAll = false
+    @Option(help: .hidden) var endpointSelection: EndpointSelection?
+    @Flag(name: [.short, .long], help: .hidden) var verbose = false
+}

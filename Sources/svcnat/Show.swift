@@ -13,6 +13,7 @@ extension Svcnat {
         var format: ViewFormat = .nft
 
         @OptionGroup var options: TableOptions
+        @OptionGroup var unlisted: UnlistedRuleFlags
 
         func run() throws {
             let kernel = try NetlinkKernel()

@@ -123,6 +123,9 @@ import Testing
         for h in [show, explain] { #expect(!h.out.contains("iptables") && h.out.contains("nft") && h.out.contains("json"), "\(h.out)") }
         let wrong = try svcnat(["show", "--format", "iptables"])
         #expect(wrong.code == 2 && wrong.err.contains("iptables"), "\(wrong.err)")
+        // DESIGN.md's common flags are still taken there (scripts pass them), only not listed.
+        let scripted = try svcnat(["cleanup", "--node-name", "n", "--cluster-cidr", "198.19.0.0/16", "-v", "--table", "svcnat"])
+        #expect(scripted.code != 2, "\(scripted.err)")
         let apply = try svcnat(["apply", "--help"])
         #expect(apply.out.contains("--cluster-cidr") && apply.out.contains("--allocate") && apply.out.contains("ip6tables"))
     }

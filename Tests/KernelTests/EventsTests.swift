@@ -19,7 +19,7 @@ extension RootTests.DaemonTests {
         #expect(writer.waitExit(seconds: 15) == 0, "\(writer.log())")
         usleep(700_000)
         let log = daemon.log()
-        #expect(log.contains("sync (partial, manifests changed)"), "\(log)")
+        #expect(log.contains("sync (partial, manifests changed: web.yaml)"), "\(log)")
         #expect(log.components(separatedBy: "sync (full").count - 1 == 1, "only the first sync is full: \(log)")
         #expect(!log.contains("drift"), "\(log)")
     }
