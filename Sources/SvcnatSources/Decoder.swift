@@ -17,7 +17,10 @@ public struct ManifestDecoder: Sendable {
     /// The file of each object taken in ("Service ns/name" -> file).
     public var origins: [String: String] { seen }
 
-    public init() {}
+    /// Whether fields the kinds do not have are warned about (manifests; not API objects).
+    let checksFields: Bool
+
+    public init(checksFields: Bool = true) { self.checksFields = checksFields }
 
     /// A warning about a file as a whole.
     mutating func warn(file: String, _ text: String) { warnings.append(Warning(text: "\(file): \(text)")) }
@@ -265,7 +268,7 @@ public struct ManifestDecoder: Sendable {
             return
         }
         guard let meta = objectMeta(f, kind: kind) else { return }
-        if let node = f.node {
+        if checksFields, let node = f.node {
             for path in Schema.of(kind: kind, apiVersion: apiVersion).unknownFields(of: node) {
                 warn(f, "unknown field \"\(path)\"")
             }

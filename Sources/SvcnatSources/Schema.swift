@@ -119,22 +119,30 @@ indirect enum Schema: Sendable {
     }
 
     /// The paths of `value`'s fields that this schema does not know, in document order.
-    func unknownFields(of value: Value, at path: FieldPath = .root) -> [FieldPath] {
+    func unknownFields(of value: Value) -> [FieldPath] {
+        var out: [FieldPath] = []
+        collectUnknown(value, .root, &out)
+        return out
+    }
+
+    /// Walks without building anything for a known field (100,000 endpoints are checked in a
+    /// 10,000-Service list): the path is made only for an unknown one.
+    private func collectUnknown(_ value: Value, _ path: @autoclosure () -> FieldPath, _ out: inout [FieldPath]) {
         switch (self, value) {
         case (.object(let known), .mapping(let members)):
-            var out: [FieldPath] = []
             for (k, v) in members {
                 guard let inner = known[k] else {
-                    out.append(.key(path, k))
+                    out.append(.key(path(), k))
                     continue
                 }
-                out += inner.unknownFields(of: v, at: .key(path, k))
+                if case .any = inner { continue }
+                inner.collectUnknown(v, .key(path(), k), &out)
             }
-            return out
         case (.list(let item), .sequence(let items)):
-            return items.enumerated().flatMap { item.unknownFields(of: $1, at: .index(path, $0)) }
+            if case .any = item { return }
+            for (i, v) in items.enumerated() { item.collectUnknown(v, .index(path(), i), &out) }
         default:
-            return []
+            return
         }
     }
 }
