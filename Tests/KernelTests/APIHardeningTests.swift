@@ -93,3 +93,19 @@ extension RootTests.APISourceTests {
         #expect(log.contains("boom\\u{d}\\u{a}FAKE"), "\(log)")
     }
 }
+
+extension RootTests.APISourceTests {
+    /// With the API unreachable from the start, nothing was ever programmed from it: the log
+    /// says so, not that "the last good rules stay in force".
+    @Test func anUnreachableAPIAtStartIsNotSaidToHaveGoodRules() throws {
+        let a = try api("apinever")
+        defer { a.bed.close() }
+        a.server.signal(SIGKILL)
+        _ = a.server.waitExit(seconds: 5)
+        let daemon = try a.bed.startDaemon(a.node, ["--kubeconfig", try a.kubeconfig(), "--min-sync-period", "0", "--node-name", "node-a"])
+        #expect(
+            d.within(10) { daemon.log().contains("nothing is programmed from the API until its first lists complete") } != nil,
+            "\(daemon.log())")
+        #expect(!daemon.log().contains("the last good rules stay in force"), "\(daemon.log())")
+    }
+}
