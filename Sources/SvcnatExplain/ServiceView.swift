@@ -108,8 +108,16 @@ extension Ruleset {
     func endpoints(of c: Chain, _ index: Index) -> [(EndpointAddress, String)] {
         for r in c.rules {
             for case .dnatFromMap(let n, let base, let map, _) in r.items {
+                // Each endpoint's share is read off the map: the keys of base..<base+n it holds,
+                // out of n (a key held twice, or not at all, shows, rather than 1/n assumed).
                 let data = index.endpointData[map] ?? [:]
-                return (0..<n).compactMap { i in data[base + i].map { ($0, "1/\(n)") } }
+                var order: [EndpointAddress] = [], count: [EndpointAddress: UInt32] = [:]
+                for i in 0..<n {
+                    guard let ep = data[base + i] else { continue }
+                    if count[ep] == nil { order.append(ep) }
+                    count[ep, default: 0] += 1
+                }
+                return order.map { ($0, Self.fraction(count[$0]!, n)) }
             }
         }
         // Session affinity: the endpoints are in the chains the random choice goes to.
@@ -125,6 +133,14 @@ extension Ruleset {
             return eps.map { ($0, "1/\(eps.count)") }
         }
         return Self.cascade(c.rules)
+    }
+
+    /// k/n in lowest terms ("1/3", "2/3", "1/1").
+    static func fraction(_ k: UInt32, _ n: UInt32) -> String {
+        var a = k, b = n
+        while b != 0 { (a, b) = (b, a % b) }
+        let g = max(a, 1)
+        return "\(k / g)/\(n / g)"
     }
 
     /// Reads the probability cascade: rule i of n carries `numgen random mod (n-i) == 0`; the

@@ -57,6 +57,32 @@ import Testing
         #expect(walked > 30)
     }
 
+    /// The map shape's shares are read off the map, not assumed to be 1/n: with one endpoint's
+    /// element overwritten by another's and one removed, `show` says 2/3 and nothing for the
+    /// missing one, as the walk (and the kernel) would draw them.
+    @Test func mapSharesAreReadOffTheMapNotAssumed() throws {
+        var r = try fixture(.map)
+        let view = try #require(r.serviceViews.first { $0.name == "codereview/codereviewapi:codereviewapip" })
+        #expect(view.endpoints.map(\.1) == ["1/3", "1/3", "1/3"])
+        let chain = try #require(r.chain(view.chain!))
+        guard
+            case .dnatFromMap(_, let base, let map, _)? = chain.rules.flatMap(\.items).first(where: {
+                if case .dnatFromMap = $0 { true } else { false }
+            })
+        else { Issue.record("no map rule in \(chain)"); return }
+        let i = try #require(r.sets.firstIndex { $0.name == map })
+        let firstData = try #require(r.sets[i].elements.first { $0.key == [.integer(base)] }?.data)
+        for j in r.sets[i].elements.indices where r.sets[i].elements[j].key == [.integer(base + 1)] {
+            r.sets[i].elements[j].data = firstData
+        }
+        let damaged = try #require(r.serviceViews.first { $0.name == view.name })
+        #expect(damaged.endpoints.map(\.1) == ["2/3", "1/3"], "\(damaged.endpoints)")
+        r.sets[i].elements.removeAll { $0.key == [.integer(base + 2)] }
+        #expect(try #require(r.serviceViews.first { $0.name == view.name }).endpoints.map(\.1) == ["2/3"])
+        let walked = endpoints(walk(r, from: "198.18.0.77", to: "198.18.100.10", 80))
+        #expect(Array(walked.values) == ["2/3"], "\(walked)")
+    }
+
     @Test func sourceRangesMasqueradeAndHairpin() throws {
         let r = try fixture(.map)
         // default/shop: load balancer 198.18.200.6 open to 198.18.0.0/24 only; always masqueraded.
