@@ -75,10 +75,9 @@ struct CommonOptions: ParsableArguments {
         for c in serviceCIDR where IPPrefix(c) == nil {
             throw ValidationError("--service-cidr \"\(c)\" is not a CIDR")
         }
-        guard let range = Self.portRange(serviceNodePortRange) else {
+        guard Self.portRange(serviceNodePortRange) != nil else {
             throw ValidationError("--service-node-port-range \"\(serviceNodePortRange)\" is not FIRST-LAST, such as 30000-32767")
         }
-        _ = range
         if allocate {
             if serviceCIDR.isEmpty { throw ValidationError("--allocate needs --service-cidr: the range to allocate cluster IPs from") }
             for c in serviceCIDR.compactMap({ IPPrefix($0) }) where Allocation.usable(c).count == 0 {
@@ -124,7 +123,7 @@ struct CommonOptions: ParsableArguments {
         var c = config
         guard let r = remembered else { return (c, []) }
         var notes: [String] = []
-        func take<T: Equatable>(_ flag: String, given: Bool, _ now: WritableKeyPath<ProxyConfig, T>, _ then: T, _ text: (T) -> String) {
+        func take<T: Equatable>(given: Bool, _ now: WritableKeyPath<ProxyConfig, T>, _ then: T, _ text: (T) -> String) {
             if !given {
                 c[keyPath: now] = then
             } else if c[keyPath: now] != then {
@@ -134,13 +133,13 @@ struct CommonOptions: ParsableArguments {
         func cidrs(_ flag: String) -> ([IPPrefix]) -> String {
             { $0.isEmpty ? "no \(flag)" : $0.map { "\(flag) \($0)" }.joined(separator: " ") }
         }
-        take("cluster-cidr", given: !clusterCIDR.isEmpty, \.clusterCIDRs, r.clusterCIDRs, cidrs("--cluster-cidr"))
+        take(given: !clusterCIDR.isEmpty, \.clusterCIDRs, r.clusterCIDRs, cidrs("--cluster-cidr"))
         take(
-            "nodeport-addresses", given: !nodePortAddresses.isEmpty, \.nodePortAddresses, r.nodePortAddresses, cidrs("--nodeport-addresses")
+            given: !nodePortAddresses.isEmpty, \.nodePortAddresses, r.nodePortAddresses, cidrs("--nodeport-addresses")
         )
-        take("service-cidr", given: !serviceCIDR.isEmpty, \.serviceCIDRs, r.serviceCIDRs, cidrs("--service-cidr"))
-        take("masquerade-all", given: masqueradeAll, \.masqueradeAll, r.masqueradeAll) { $0 ? "--masquerade-all" : "no --masquerade-all" }
-        take("endpoint-selection", given: endpointSelection != nil, \.endpointSelection, r.endpointSelection) {
+        take(given: !serviceCIDR.isEmpty, \.serviceCIDRs, r.serviceCIDRs, cidrs("--service-cidr"))
+        take(given: masqueradeAll, \.masqueradeAll, r.masqueradeAll) { $0 ? "--masquerade-all" : "no --masquerade-all" }
+        take(given: endpointSelection != nil, \.endpointSelection, r.endpointSelection) {
             "--endpoint-selection \($0.rawValue)"
         }
         return (c, notes)
