@@ -46,9 +46,27 @@ final class NodeEndpoints: @unchecked Sendable {
         self.staleAfter = staleAfter
     }
 
+    /// Listens on both addresses; "" serves nothing there (kube-proxy's way to turn one off). A
+    /// bind that fails names its flag and its address.
     func listen() throws {
-        try http.listen(metricsAddress) { [weak self] r in self?.serveMetrics(r.path) ?? (.serviceUnavailable, "text/plain", "") }
-        try http.listen(healthzAddress) { [weak self] r in self?.serveHealth(r) ?? (.serviceUnavailable, "text/plain", "") }
+        func bind(_ flag: String, _ address: String, _ handler: @escaping HTTPServer.Handler) throws {
+            guard !address.isEmpty else { return }
+            do { try http.listen(address, handler: handler) } catch {
+                throw HTTPServerError(message: "\(flag) \(address): cannot listen there: \(Self.reason(error))")
+            }
+        }
+        try bind("--metrics-bind-address", metricsAddress) { [weak self] r in
+            self?.serveMetrics(r.path) ?? (.serviceUnavailable, "text/plain", "")
+        }
+        try bind("--healthz-bind-address", healthzAddress) { [weak self] r in
+            self?.serveHealth(r) ?? (.serviceUnavailable, "text/plain", "")
+        }
+    }
+
+    /// "Address already in use" rather than NIO's call and errno dump.
+    static func reason(_ error: Error) -> String {
+        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)) }
+        return "\(error)"
     }
 
     func syncSucceeded() {

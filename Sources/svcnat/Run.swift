@@ -29,16 +29,22 @@ extension Svcnat {
         @Option(help: "The kubeconfig context to use (default: its current-context).")
         var context: String?
 
+        @Option(help: "The API server's address, as kube-proxy's flag: overrides the kubeconfig's server (or, alone, is the source).")
+        var master: String?
+
+        @Flag(help: "kube-proxy's --cleanup: remove svcnat's tables and exit (svcnat cleanup).")
+        var cleanup = false
+
         @Option(help: "The shortest time between syncs, e.g. 1s, 500ms, 0 (at once).")
         var minSyncPeriod = "1s"
 
         @Option(help: "How often a full resync compares everything with the kernel, e.g. 1h, 30s.")
         var syncPeriod = "1h"
 
-        @Option(help: "Where /metrics is served (HOST:PORT).")
+        @Option(help: "Where /metrics is served (HOST:PORT, an IP alone for port 10249, or \"\" for nowhere).")
         var metricsBindAddress = "127.0.0.1:10249"
 
-        @Option(help: "Where /healthz and /livez are served (HOST:PORT).")
+        @Option(help: "Where /healthz and /livez are served (HOST:PORT, an IP alone for port 10256, or \"\" for nowhere).")
         var healthzBindAddress = "0.0.0.0:10256"
 
         @Flag(help: "Remove svcnat's table when stopping.")
@@ -53,7 +59,12 @@ extension Svcnat {
         @OptionGroup var options: CommonOptions
 
         func validate() throws {
-            if manifests != nil && kubeconfig != nil { throw ValidationError("give --manifests or --kubeconfig, not both") }
+            if manifests != nil && (kubeconfig != nil || master != nil) {
+                throw ValidationError("give --manifests or --kubeconfig/--master, not both")
+            }
+            if let m = master, URL(string: m)?.scheme.map({ ["http", "https"].contains($0) }) != true {
+                throw ValidationError("--master \"\(m)\" is not a URL such as https://198.18.0.1:6443")
+            }
             if context != nil && kubeconfig == nil { throw ValidationError("--context needs --kubeconfig") }
             guard (try? parseDuration(minSyncPeriod)) != nil else {
                 throw ValidationError("--min-sync-period \"\(minSyncPeriod)\" is not a duration such as 1s or 500ms, at most 168h")
@@ -67,10 +78,22 @@ extension Svcnat {
             LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
             var logger = Logger(label: "svcnat")
             logger.logLevel = options.verbose ? .debug : .info
+            if cleanup {
+                let removed = try Reconciler(config: ProxyConfig(table: options.table), kernel: try NetlinkKernel()).cleanup()
+                print(
+                    removed.isEmpty
+                        ? "svcnat: no table ip or ip6 \(options.table); nothing to remove"
+                        : "svcnat: removed " + removed.map { "table \($0.rawValue) \(options.table)" }.joined(separator: " and "))
+                return
+            }
             var api: APIConfig?
             do {
                 if let kubeconfig {
                     api = try KubeConfig.load(path: kubeconfig, context: context)
+                    if let master { api?.server = master }
+                } else if let master {
+                    // kube-proxy's --master alone: that server, no credentials.
+                    api = APIConfig(server: master, origin: "--master")
                 } else if manifests == nil {
                     api = try KubeConfig.inCluster()
                     if api == nil {

@@ -14,9 +14,13 @@ struct Svcnat: ParsableCommand {
             (default "svcnat") and keeps the kernel in step with them, one atomic batch per change.
             Exit codes: 0 success, 1 runtime failure (kernel refused, no permission), 2 invalid input or usage.
             """,
+        version: svcnatVersion,
         subcommands: [Apply.self, Diff.self, Show.self, Cleanup.self, Run.self, ExplainCommand.self, BenchDecode.self]
     )
 }
+
+/// What `svcnat --version` prints.
+let svcnatVersion = "svcnat 0.1.0 (nftables over netlink; kube-proxy's flags and KubeProxyConfiguration v1alpha1)"
 
 /// Reports an error that carries its exit code, one line per problem, and exits with it.
 enum Failure {
@@ -64,7 +68,19 @@ func rememberedFlags(_ tables: [Ruleset]) -> AppliedFlags? { tables.lazy.compact
 enum Main {
     static func main() {
         do {
-            var command = try Svcnat.parseAsRoot()
+            // kube-proxy's spellings (and its --config file) become svcnat's flags first.
+            let normalized: KubeProxyCompat.Rewritten
+            do {
+                normalized = try KubeProxyCompat.normalize(Array(CommandLine.arguments.dropFirst())) { path in
+                    guard case .text(let t) = ManifestSource.readText(path) else { throw InputError(file: path, message: "cannot be read") }
+                    return t
+                }
+            } catch let e as KubeProxyCompat.Refusal {
+                FileHandle.standardError.write("svcnat: error: \(e)\n")
+                Foundation.exit(2)
+            }
+            for w in normalized.warnings { FileHandle.standardError.write("svcnat: warning: \(w)\n") }
+            var command = try Svcnat.parseAsRoot(normalized.args)
             try command.run()
         } catch {
             if let failure = error as? CommandFailure { Failure.exit(failure) }

@@ -109,3 +109,61 @@ extension RootTests.APISourceTests {
         #expect(!daemon.log().contains("the last good rules stay in force"), "\(daemon.log())")
     }
 }
+
+extension RootTests.APISourceTests {
+    /// The DaemonSet's way (deploy/daemonset.yaml, kubeadm's pattern): kube-proxy's ConfigMap
+    /// mounted, `run --config=.../config.conf --hostname-override=...`, whose kubeconfig names
+    /// the control-plane endpoint with the service account's token file. The server is reachable
+    /// only there, while KUBERNETES_SERVICE_HOST names a ClusterIP nobody programs: it syncs.
+    @Test func theDaemonSetsConfigMapReachesTheControlPlaneWithoutAProxy() throws {
+        let a = try api("apiconfigmap")
+        defer { a.bed.close() }
+        try a.ctl("put", service("web", ip: "198.18.100.20"))
+        try a.ctl("put", slice("web-a", of: "web", pods: [1]))
+        let mount = a.certs + "/kube-proxy"
+        try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
+        try "t0ken".write(toFile: a.certs + "/token", atomically: true, encoding: .utf8)
+        // kubeconfig.conf as kubeadm's template writes it, pointed at this test bed's files.
+        try """
+        apiVersion: v1
+        kind: Config
+        clusters:
+        - cluster:
+            certificate-authority: \(a.certs)/ca.crt
+            server: https://127.0.0.1:6443
+          name: default
+        contexts:
+        - context:
+            cluster: default
+            namespace: default
+            user: default
+          name: default
+        current-context: default
+        users:
+        - name: default
+          user:
+            tokenFile: \(a.certs)/token
+        """.write(toFile: mount + "/kubeconfig.conf", atomically: true, encoding: .utf8)
+        let kubeadm = try String(
+            contentsOfFile: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("SvcnatModelTests/Fixtures/kubeadm-kube-proxy.conf").path, encoding: .utf8)
+        try kubeadm.replacingOccurrences(of: "/var/lib/kube-proxy/kubeconfig.conf", with: mount + "/kubeconfig.conf")
+            .write(toFile: mount + "/config.conf", atomically: true, encoding: .utf8)
+        // The DaemonSet's own command line, its mount path and NODE_NAME filled in.
+        let ds = try String(
+            contentsOfFile: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("deploy/daemonset.yaml").path, encoding: .utf8)
+        let lines = ds.split(separator: "\n").map(String.init)
+        let start = try #require(lines.firstIndex { $0.hasSuffix("command:") })
+        let command = lines[(start + 1)...].prefix { $0.trimmingCharacters(in: .whitespaces).hasPrefix("- ") }.map {
+            $0.trimmingCharacters(in: .whitespaces).dropFirst(2).replacingOccurrences(of: "/var/lib/kube-proxy", with: mount)
+                .replacingOccurrences(of: "$(NODE_NAME)", with: "node-a")
+        }
+        #expect(command.first == "/usr/local/bin/svcnat" && command.contains("run"), "\(command)")
+        let daemon = try a.bed.startProcessWithEnv(
+            a.node, [svcnatPath] + command.dropFirst() + ["--min-sync-period", "0"],
+            env: ["KUBERNETES_SERVICE_HOST": "198.18.100.1", "KUBERNETES_SERVICE_PORT": "443"])
+        #expect(try follows(a, ["pod1"], within: 10), "\(daemon.log())")
+        #expect(daemon.log().contains("the API server https://127.0.0.1:6443"), "\(daemon.log())")
+    }
+}

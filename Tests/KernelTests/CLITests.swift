@@ -16,6 +16,18 @@ import Testing
         #expect(r.out.contains("Exit codes: 0 success, 1 runtime failure"))
     }
 
+    @Test func kubeProxysSpellingsAreTakenOnTheCommandLine() throws {
+        let version = try svcnat(["--version"])
+        #expect(version.code == 0 && version.out.hasPrefix("svcnat "), "\(version.out)\(version.err)")
+        let mode = try svcnat(["run", "--proxy-mode", "ipvs"])
+        #expect(mode.code == 2 && mode.err.contains("--proxy-mode ipvs: svcnat programs nftables only"), "\(mode.err)")
+        let dry = try svcnat(["apply", "-f", examples, "--dry-run", "--cluster-cidr=198.19.0.0/16,2001:db8:1::/48", "--v=2"])
+        let repeated = try svcnat([
+            "apply", "-f", examples, "--dry-run", "--cluster-cidr", "198.19.0.0/16", "--cluster-cidr", "2001:db8:1::/48"
+        ])
+        #expect(dry.code == 0 && dry.out == repeated.out, "\(dry.err)")
+    }
+
     /// The example's dry run is the nft text the golden netlink test feeds to nft: pinned here.
     @Test func exampleDryRunIsUnchanged() throws {
         let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+
+extension RootTests.DaemonTests {
+    /// kube-proxy's way of running: `--config` with a KubeProxyConfiguration as kubeadm writes
+    /// it, and kube-proxy's flag spellings, give the same rules as svcnat's own flags; a bind
+    /// address "" serves nothing there; a bind that fails names its flag and address.
+    @Test func kubeProxysConfigAndFlagsGiveTheSameRulesAsSvcnats() throws {
+        let bed = Testbed("kpconf")
+        defer { bed.close() }
+        let a = try bed.addNamespace("nodea"), b = try bed.addNamespace("nodeb")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", nodePortManifest(pods: [1, 2, 3]))
+        let kubeadm = try String(
+            contentsOfFile: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("SvcnatModelTests/Fixtures/kubeadm-kube-proxy.conf").path, encoding: .utf8)
+        // kubeadm's file, with this cluster's settings and no kubeconfig (the source here is a folder).
+        let config =
+            kubeadm
+            .replacingOccurrences(of: "  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf\n", with: "  kubeconfig: \"\"\n")
+            .replacingOccurrences(of: "clusterCIDR: 198.19.0.0/16", with: "clusterCIDR: 198.19.0.0/16,2001:db8:1::/48")
+            .replacingOccurrences(of: "nodePortAddresses: null", with: "nodePortAddresses: [198.18.0.0/24]")
+            .replacingOccurrences(
+                of: "nftables:\n  masqueradeAll: false", with: "nftables:\n  masqueradeAll: true")
+        let file = dir + "/../kube-proxy-config-\(bed.id).conf"
+        try config.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let viaConfig = try bed.startDaemon(
+            a, ["--manifests", dir, "--config=\(file)", "--hostname-override=node-a", "--v=2", "--proxy-mode=nftables"])
+        let viaFlags = try bed.startDaemon(
+            b,
+            [
+                "--manifests", dir, "--cluster-cidr", "198.19.0.0/16", "--cluster-cidr", "2001:db8:1::/48", "--nodeport-addresses",
+                "198.18.0.0/24", "--masquerade-all", "--node-name", "node-a", "--metrics-bind-address", ""
+            ])
+        #expect(within(5) { ruleset(bed, a).contains("198.19.3.2") } != nil, "\(viaConfig.log())")
+        #expect(within(5) { ruleset(bed, b).contains("198.19.3.2") } != nil, "\(viaFlags.log())")
+        #expect(ruleset(bed, a) == ruleset(bed, b))
+        #expect(ruleset(bed, a).contains("return comment \"--masquerade-all\""))
+        // "" serves no metrics; the health server still answers.
+        #expect(try http(bed, b, "http://127.0.0.1:10249/metrics").0 == 0)
+        #expect(try http(bed, b, "http://127.0.0.1:10256/livez").0 == 200)
+        // A second daemon where the ports are taken: the error names the flag and the address.
+        let second = try bed.startDaemon(a, ["--manifests", dir, "--metrics-bind-address", "127.0.0.1"])
+        #expect(second.waitExit(seconds: 10) != nil)
+        #expect(
+            second.log().contains("--metrics-bind-address 127.0.0.1:10249: cannot listen there: Address already in use"), "\(second.log())")
+    }
+}
