@@ -103,6 +103,17 @@ public final class APISource: @unchecked Sendable {
         if changed { requestSync(false, "\(r.name) changed") }
     }
 
+    /// In a pod, KUBERNETES_SERVICE_HOST is the `kubernetes` Service's ClusterIP, which only a
+    /// Service proxy programs: without kube-proxy, svcnat cannot reach it before its own first
+    /// sync. Said while no list has completed.
+    var inClusterHint: String {
+        guard !isReady, client.config.origin == KubeConfig.inClusterOrigin else { return "" }
+        return "; note: in a pod the API server is reached at KUBERNETES_SERVICE_HOST, the kubernetes Service's ClusterIP, "
+            + "which only a Service proxy programs: without kube-proxy nothing does until svcnat has synced, so give the "
+            + "control-plane endpoint instead (--config with kubeadm's kube-proxy ConfigMap, whose kubeconfig.conf names it, "
+            + "--kubeconfig, or --master)"
+    }
+
     private func note(_ status: Reflector.Status, of r: Resource) {
         switch status {
         case .listed(let n, let rv):
@@ -128,7 +139,7 @@ public final class APISource: @unchecked Sendable {
                 isReady
                 ? "the last good rules stay in force"
                 : "nothing is programmed from the API until its first lists complete (the rules in force, if any, stay)"
-            log.error("source: \(message); \(state); retrying in \(String(format: "%.1f", retry)) s")
+            log.error("source: \(message); \(state); retrying in \(String(format: "%.1f", retry)) s\(inClusterHint)")
             lock.withLock { staleness[r.name] = message }
             Self.count("svcnat_source_errors_total", r.name)
             Self.up(r.name, false)

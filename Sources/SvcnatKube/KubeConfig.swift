@@ -106,6 +106,8 @@ public enum KubeConfig {
         return config
     }
 
+    public static let inClusterOrigin = "in-cluster service account"
+
     /// The in-cluster configuration of a pod: KUBERNETES_SERVICE_HOST/PORT and the service
     /// account's token and CA. nil when not in a pod.
     public static func inCluster(
@@ -114,7 +116,7 @@ public enum KubeConfig {
     ) throws -> APIConfig? {
         guard let host = environment["KUBERNETES_SERVICE_HOST"], let port = environment["KUBERNETES_SERVICE_PORT"] else { return nil }
         let hostPart = host.contains(":") ? "[\(host)]" : host
-        var config = APIConfig(server: "https://\(hostPart):\(port)", origin: "in-cluster service account")
+        var config = APIConfig(server: "https://\(hostPart):\(port)", origin: inClusterOrigin)
         config.tokenFile = accountDir + "/token"
         guard let ca = FileManager.default.contents(atPath: accountDir + "/ca.crt") else {
             throw KubeConfigError("in-cluster: cannot read \(accountDir)/ca.crt")
