@@ -65,6 +65,9 @@ public enum KubeProxyCompat {
                 if let why = modeProblem(mode) { throw Refusal(description: "--proxy-mode \(mode): \(why)") }
             case "--config":
                 let file = try value(name, inline: inline)
+                guard args.first == "run" else {
+                    throw Refusal(description: "--config \(file): a KubeProxyConfiguration is for svcnat run (the node agent)")
+                }
                 let text: String
                 do { text = try readFile(file) } catch { throw Refusal(description: "--config \(file): cannot be read: \(error)") }
                 let r = try flags(fromConfig: text, file: file)

@@ -249,7 +249,7 @@ extension RootTests {
                 return daemon.log()
             }
             // A wrong token: 401, named as such, and nothing programmed.
-            let wrong = try attempt(try a.kubeconfig(token: "wrong"), until: "401")
+            let wrong = try attempt(try a.kubeconfig(token: "wrong"), until: "401 Unauthorized")
             #expect(wrong.contains("refused svcnat's credentials (401 Unauthorized"), "\(wrong)")
             #expect(!d.ruleset(a.bed, a.node).contains("svcnat"))
             // A client certificate instead of a token.

@@ -83,5 +83,7 @@ import Testing
         #expect(throws: KubeProxyCompat.Refusal.self) {
             try normalize(["run", "--config", "k.conf"], files: ["k.conf": "kind: ConfigMap\n"])
         }
+        // A KubeProxyConfiguration is for the node agent.
+        #expect(throws: KubeProxyCompat.Refusal.self) { try normalize(["apply", "--config", "k.conf"], files: ["k.conf": text]) }
     }
 }
