@@ -136,7 +136,7 @@ public final class Daemon: @unchecked Sendable {
         try endpoints.listen()
         let source = config.api.map { "the API server \($0.server) (\($0.origin))" } ?? "manifests \(config.manifests)"
         log.info(
-            "svcnat run: \(source), table ip \(config.proxy.table), metrics on \(config.metricsAddress), health on \(config.healthzAddress)"
+            "svcnat run: \(source), table ip \(config.proxy.table), \(config.metricsAddress.isEmpty ? "no metrics server" : "metrics on \(config.metricsAddress)"), \(config.healthzAddress.isEmpty ? "no health server" : "health on \(config.healthzAddress)")"
         )
 
         if let api {

@@ -24,7 +24,7 @@ public enum KubeProxyCompat {
         "--cluster-cidr", "--nodeport-addresses", "--service-cidr", "--node-name", "--node-zone", "--table", "--manifests",
         "--kubeconfig", "--context", "--master", "--min-sync-period", "--sync-period", "--metrics-bind-address",
         "--healthz-bind-address", "--endpoint-selection", "--service-node-port-range", "--config", "--proxy-mode",
-        "--hostname-override", "--v", "-f", "--filename", "--format", "--source", "--ingress"
+        "--hostname-override", "--v", "--logging-format", "-f", "--filename", "--format", "--source", "--ingress"
     ]
 
     /// The arguments with kube-proxy's spellings turned into svcnat's:

@@ -5,6 +5,8 @@ import SvcnatCore
 import SvcnatDaemon
 import SvcnatKube
 
+extension SvcnatLogHandler.Format: ExpressibleByArgument {}
+
 extension Svcnat {
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -47,6 +49,9 @@ extension Svcnat {
         @Option(help: "Where /healthz and /livez are served (HOST:PORT, an IP alone for port 10256, or \"\" for nowhere).")
         var healthzBindAddress = "0.0.0.0:10256"
 
+        @Option(help: "Log lines as text (UTC timestamps with milliseconds) or json (one object per line), as kube-proxy's flag.")
+        var loggingFormat: SvcnatLogHandler.Format = .text
+
         @Flag(help: "Remove svcnat's table when stopping.")
         var cleanupOnExit = false
 
@@ -75,7 +80,8 @@ extension Svcnat {
         }
 
         func run() throws {
-            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+            let format = loggingFormat
+            LoggingSystem.bootstrap { SvcnatLogHandler(label: $0, format: format) }
             var logger = Logger(label: "svcnat")
             logger.logLevel = options.verbose ? .debug : .info
             if cleanup {

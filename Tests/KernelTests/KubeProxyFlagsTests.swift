@@ -47,3 +47,31 @@ extension RootTests.DaemonTests {
             second.log().contains("--metrics-bind-address 127.0.0.1:10249: cannot listen there: Address already in use"), "\(second.log())")
     }
 }
+
+extension RootTests.DaemonTests {
+    /// Log lines carry milliseconds, and `--logging-format json` (kube-proxy's flag) writes one
+    /// JSON object per line, read back here by Foundation's JSON parser.
+    @Test func logLinesHaveMillisecondsAndJSONIsOneObjectPerLine() throws {
+        let bed = Testbed("logfmt")
+        defer { bed.close() }
+        let n = try bed.addNamespace("node")
+        let dir = try bed.makeDirectory()
+        try write(dir + "/web.yaml", serviceManifest(name: "web", pods: [1]))
+        let text = try bed.startDaemon(n, ["--manifests", dir, "--metrics-bind-address", "", "--healthz-bind-address", ""])
+        #expect(within(5) { text.log().contains("sync (") } != nil, "\(text.log())")
+        let first = String(text.log().split(separator: "\n")[0])
+        #expect(first.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info svcnat: "#, options: .regularExpression) != nil, "\(first)")
+        text.signal(SIGTERM)
+        _ = text.waitExit(seconds: 5)
+
+        let json = try bed.startDaemon(n, ["--manifests", dir, "--logging-format=json", "--metrics-bind-address", ""])
+        #expect(within(5) { json.log().contains("sync (") } != nil, "\(json.log())")
+        let lines = json.log().split(separator: "\n")
+        #expect(lines.count >= 2)
+        for line in lines {
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(o?["ts"] is Double && o?["level"] as? String != nil && o?["msg"] as? String != nil, "\(line)")
+        }
+        #expect(lines.contains { $0.contains(#""msg":"sync (full, start)"#) }, "\(json.log())")
+    }
+}
