@@ -294,6 +294,14 @@ enum ElementCodec {
         return [UInt8(type), UInt8(value.count)] + value
     }
 
+    /// The comment of an object's user data as libnftnl's getter gives it (nil when the
+    /// object has none): tables, rules and set elements alike.
+    static func comment(type: UInt32, _ get: (inout UInt32) -> UnsafeRawPointer?) -> String? {
+        var len: UInt32 = 0
+        guard let p = get(&len) else { return nil }
+        return comment(fromUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))), type: type)
+    }
+
     static func comment(fromUserData bytes: [UInt8], type wanted: UInt32 = NFTNL_UDATA_SET_ELEM_COMMENT.rawValue) -> String? {
         var i = 0
         while i + 2 <= bytes.count {

@@ -311,13 +311,8 @@ public final class NFTables {
                 nftnl_expr_iter_destroy(it)
             }
             let handle = nftnl_rule_get_u64(rule.raw, KernelNumbers.attr(NFTNL_RULE_HANDLE.rawValue))
-            var comment: String?
-            var len: UInt32 = 0
-            if nftnl_rule_is_set(rule.raw, KernelNumbers.attr(NFTNL_RULE_USERDATA.rawValue)),
-                let p = nftnl_rule_get_data(rule.raw, KernelNumbers.attr(NFTNL_RULE_USERDATA.rawValue), &len)
-            {
-                comment = ElementCodec.comment(
-                    fromUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))), type: NFTNL_UDATA_RULE_COMMENT.rawValue)
+            let comment = ElementCodec.comment(type: NFTNL_UDATA_RULE_COMMENT.rawValue) {
+                nftnl_rule_get_data(rule.raw, KernelNumbers.attr(NFTNL_RULE_USERDATA.rawValue), &$0)
             }
             rulesByChain[chain, default: []].append(Rule(exprs: exprs, family: ipFamily, handle: handle, comment: comment))
         }
@@ -336,13 +331,8 @@ public final class NFTables {
             } each: { nlh in
                 let t = NftTable()
                 guard nftnl_table_nlmsg_parse(nlh, t.raw) >= 0 else { found = (nil, 0); return }
-                var comment: String?
-                var len: UInt32 = 0
-                if nftnl_table_is_set(t.raw, KernelNumbers.attr(NFTNL_TABLE_USERDATA.rawValue)),
-                    let p = nftnl_table_get_data(t.raw, KernelNumbers.attr(NFTNL_TABLE_USERDATA.rawValue), &len)
-                {
-                    comment = ElementCodec.comment(
-                        fromUserData: Array(UnsafeRawBufferPointer(start: p, count: Int(len))), type: NFTNL_UDATA_TABLE_COMMENT.rawValue)
+                let comment = ElementCodec.comment(type: NFTNL_UDATA_TABLE_COMMENT.rawValue) {
+                    nftnl_table_get_data(t.raw, KernelNumbers.attr(NFTNL_TABLE_USERDATA.rawValue), &$0)
                 }
                 found = (comment, nftnl_table_get_u32(t.raw, KernelNumbers.attr(NFTNL_TABLE_FLAGS.rawValue)))
             }
@@ -418,10 +408,8 @@ public final class NFTables {
         if let data, let p = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_DATA), &len) {
             e.data = SetElement.decodeKey(Array(UnsafeRawBufferPointer(start: p, count: Int(len))), fields: data)
         }
-        if nftnl_set_elem_is_set(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA)),
-            let u = nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), &len)
-        {
-            e.comment = ElementCodec.comment(fromUserData: Array(UnsafeRawBufferPointer(start: u, count: Int(len))))
+        e.comment = ElementCodec.comment(type: NFTNL_UDATA_SET_ELEM_COMMENT.rawValue) {
+            nftnl_set_elem_get(el, KernelNumbers.attr(NFTNL_SET_ELEM_USERDATA), &$0)
         }
         return e
     }

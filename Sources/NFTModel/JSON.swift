@@ -27,7 +27,8 @@ public indirect enum JSON: Hashable, Sendable {
         }
     }
 
-    static func escape(_ s: String) -> String {
+    /// `s` as a JSON string literal, quotes included.
+    public static func escape(_ s: String) -> String {
         var out = "\""
         for u in s.unicodeScalars {
             switch u {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NFTModel
 import Synchronization
 
 /// The daemon's log lines on standard error, as kube-proxy's `--logging-format` offers them:
@@ -55,7 +56,7 @@ public struct SvcnatLogHandler: LogHandler {
         case .json:
             var fields: [(String, String)] = [("level", level.rawValue), ("msg", message), ("source", source)]
             fields += metadata.sorted { $0.key < $1.key }.map { ($0.key, "\($0.value)") }
-            let body = fields.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",")
+            let body = fields.map { "\(JSON.escape($0.0)):\(JSON.escape($0.1))" }.joined(separator: ",")
             return "{\"ts\":\(ms / 1000).\(String(format: "%03d", ms % 1000)),\(body)}\n"
         }
     }
@@ -68,21 +69,5 @@ public struct SvcnatLogHandler: LogHandler {
         return String(
             format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday), Int(tm.tm_hour),
             Int(tm.tm_min), Int(tm.tm_sec), Int(ms % 1000))
-    }
-
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
     }
 }

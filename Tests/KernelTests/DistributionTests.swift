@@ -2,7 +2,9 @@ import Foundation
 import Testing
 
 extension RootTests.DaemonTests {
-    func nodePortManifest(pods: [Int]) -> String {
+    /// NodePort Service demo/web on pods 198.19.<i>.2; `extra` goes into its spec, `node` names
+    /// each pod's node.
+    func nodePortManifest(pods: [Int], extra: String = "", node: (Int) -> String? = { _ in nil }) -> String {
         var s = """
             apiVersion: v1
             kind: Service
@@ -12,9 +14,10 @@ extension RootTests.DaemonTests {
               clusterIP: 198.18.100.20
               selector: {app: web}
               ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}]
+              \(extra)
 
             """
-        for i in pods { s += readyPod("web-\(i)", i, labels: "{app: web}") }
+        for i in pods { s += readyPod("web-\(i)", i, labels: "{app: web}", node: node(i)) }
         return s
     }
 
@@ -80,30 +83,7 @@ extension RootTests.DaemonTests {
     /// Pods 1 to 5 behind one NodePort Service; pods 2, 3 and 4 are on this node (node-a), 1
     /// and 5 elsewhere. `extra` goes into the Service's spec.
     func localManifest(pods: [Int], extra: String) -> String {
-        var s = """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: web, namespace: demo}
-            spec:
-              type: NodePort
-              clusterIP: 198.18.100.20
-              selector: {app: web}
-              ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}]
-              \(extra)
-
-            """
-        for i in pods {
-            s += """
-                ---
-                apiVersion: v1
-                kind: Pod
-                metadata: {name: web-\(i), namespace: demo, labels: {app: web}}
-                spec: {nodeName: \([2, 3, 4].contains(i) ? "node-a" : "node-b")}
-                status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
-
-                """
-        }
-        return s
+        nodePortManifest(pods: pods, extra: extra) { [2, 3, 4].contains($0) ? "node-a" : "node-b" }
     }
 
     /// Partial syncs that move endpoint slots, then the Service's spread measured.

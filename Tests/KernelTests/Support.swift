@@ -333,13 +333,13 @@ func chiSquare(_ counts: [Int]) -> Double {
 
 /// A Service with ClusterIP `ip`, TCP and UDP port 80 -> 8080 on pods 198.19.<i>.2.
 /// A ready Pod at 198.19.<i>.2 in namespace demo, as one more YAML document.
-func readyPod(_ name: String, _ i: Int, labels: String) -> String {
+func readyPod(_ name: String, _ i: Int, labels: String, node: String? = nil) -> String {
     """
     ---
     apiVersion: v1
     kind: Pod
     metadata: {name: \(name), namespace: demo, labels: \(labels)}
-    status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+    \(node.map { "spec: {nodeName: \($0)}\n" } ?? "")status: {podIP: 198.19.\(i).2, phase: Running, conditions: [{type: Ready, status: "True"}]}
 
     """
 }
