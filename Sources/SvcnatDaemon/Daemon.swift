@@ -129,6 +129,7 @@ public final class Daemon: @unchecked Sendable {
             ) { [weak self] full, reason in self?.requestSync(full: full, reason: reason) }
             self.api = api
             endpoints.sourceProblems = { api.problems }
+            endpoints.nodeEligible = { api.nodeEligible }
         } else {
             let held = heldEmpty
             endpoints.sourceProblems = { held.reason.withLock { $0 }.map { ["manifests": $0] } ?? [:] }
@@ -250,6 +251,8 @@ public final class Daemon: @unchecked Sendable {
             pendingReason += "; " + reason
         }
         metrics.lastQueuedTimestamp.record(Date().timeIntervalSince1970)
+        metrics.serviceChangesPending.record(store.pendingServiceChanges.count)
+        metrics.endpointChangesPending.record(store.pendingEndpointChanges.count)
         // After a failure the retry is already scheduled; requests join it, keeping the backoff.
         guard !syncScheduled, !retryScheduled else { return }
         syncScheduled = true
@@ -329,6 +332,7 @@ public final class Daemon: @unchecked Sendable {
             let d = clock.now - start
             lastSyncEnd = clock.now
             record(d, outcome)
+            recordProgrammed(outcome)
             endpoints.syncSucceeded()
             if let who = outcome.repairedDrift {
                 metrics.driftRepairs.increment()
@@ -371,6 +375,33 @@ public final class Daemon: @unchecked Sendable {
         metrics.changes.increment(by: o.changeCount)
         if let r = o.rules { metrics.rules.record(r) }
         if let e = o.elements { metrics.elements.record(e) }
+    }
+
+    /// Per Service, its ports with a Local traffic policy and no endpoint on this node
+    /// (internal, external), as of the syncs so far.
+    private var noLocalEndpoints: [String: (internal: Int, external: Int)] = [:]
+
+    /// kube-proxy's change metrics after a sync programmed the changes: how many Services and
+    /// endpoint objects changed, the latency from each EndpointSlice's trigger time to now,
+    /// and the Services left without a local endpoint.
+    private func recordProgrammed(_ o: SyncOutcome) {
+        let changes = store.takeChanges()
+        metrics.serviceChanges.increment(by: changes.services)
+        metrics.endpointChanges.increment(by: changes.endpoints)
+        metrics.serviceChangesPending.record(0)
+        metrics.endpointChangesPending.record(0)
+        let now = Date().timeIntervalSince1970
+        for t in changes.triggerTimes where t <= now {
+            metrics.networkProgramming.recordNanoseconds(Int64((now - t) * 1e9))
+        }
+        if o.replacesAll { noLocalEndpoints = [:] }
+        for (key, ports) in o.ports {
+            let none = ports.filter { $0.localEndpointCount == 0 }
+            let counts = (none.filter(\.internalLocal).count, none.filter(\.externalLocal).count)
+            noLocalEndpoints[key] = counts == (0, 0) ? nil : counts
+        }
+        metrics.noLocalEndpoints("internal", noLocalEndpoints.values.reduce(0) { $0 + $1.internal })
+        metrics.noLocalEndpoints("external", noLocalEndpoints.values.reduce(0) { $0 + $1.external })
     }
 
     /// Reads the whole manifest folder again and syncs in full: after SIGHUP, lost inotify

@@ -22,6 +22,9 @@ final class NodeEndpoints: @unchecked Sendable {
     /// The collections the source cannot see now, with why (the API source sets it before
     /// `listen`; a folder has none).
     var sourceProblems: @Sendable () -> [String: String] = { [:] }
+    /// kube-proxy's `nodeEligible`: false while this node's Node is being deleted.
+    var nodeEligible: @Sendable () -> Bool = { true }
+    private let started = Date()
 
     private let lock = NSLock()
     private var lastSuccess: Date?
@@ -121,7 +124,15 @@ final class NodeEndpoints: @unchecked Sendable {
         return (s.local > 0 ? .ok : .serviceUnavailable, "application/json", body)
     }
 
+    static func rfc3339(_ d: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: d)
+    }
+
+    /// /metrics, and kube-proxy's /proxyMode (which says "nftables").
     private func serveMetrics(_ path: String) -> Response {
+        if path == "/proxyMode" { return (.ok, "text/plain", "nftables") }
         guard path == "/metrics" else { return (.notFound, "text/plain", "not found\n") }
         return (.ok, "text/plain; version=0.0.4", metrics.exposition())
     }
@@ -145,6 +156,8 @@ final class NodeEndpoints: @unchecked Sendable {
                 reason =
                     "source stale: "
                     + problems.sorted { $0.key < $1.key }.map { details ? "\($0.key): \($0.value)" : $0.key }.joined(separator: "; ")
+            } else if !nodeEligible() {
+                reason = "this node is being deleted (nodeEligible false)"
             } else if let error {
                 reason = details ? "last sync failed: \(error)" : "last sync failed"
             } else if let success {
@@ -155,7 +168,11 @@ final class NodeEndpoints: @unchecked Sendable {
             var fields: [(String, JSON)] = [
                 ("status", .string(reason == nil ? "ok" : "unhealthy")),
                 ("reason", reason.map { .string($0) } ?? .null),
-                ("lastSuccessfulSync", success.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null)
+                ("lastSuccessfulSync", success.map { .string(Self.rfc3339($0)) } ?? .null),
+                // kube-proxy's own fields, for tools that read them.
+                ("lastUpdated", .string(Self.rfc3339(success ?? started))),
+                ("currentTime", .string(Self.rfc3339(Date()))),
+                ("nodeEligible", .bool(nodeEligible()))
             ]
             if details {
                 let files = rejected.sorted { $0.key < $1.key }.map {

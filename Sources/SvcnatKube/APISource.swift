@@ -46,6 +46,9 @@ public final class APISource: @unchecked Sendable {
 
     /// Collections that are not (or no longer) listed and watched, with why (any thread).
     public var problems: [String: String] { lock.withLock { staleness } }
+    /// Whether this node may take traffic (`NodeInfo.eligible`); read from any thread.
+    public var nodeEligible: Bool { lock.withLock { eligible } }
+    private var eligible = true
 
     /// Starts the reflectors (on the queue).
     public func start() {
@@ -94,6 +97,11 @@ public final class APISource: @unchecked Sendable {
         case .deleted(let o):
             changed = store.put(prefix + o.key, nil)
             Self.count("svcnat_source_events_total", r.name)
+        }
+        if r.kind == "Node", let node = objects.first?.node, node.eligible != nodeEligible {
+            log.warning(
+                "node \(node.name) is \(node.eligible ? "eligible again" : "being deleted"): /healthz says nodeEligible \(node.eligible)")
+            lock.withLock { eligible = node.eligible }
         }
         if r.kind == "Node", let node = objects.first?.node, node.zone != nodeZone {
             log.info("node \(node.name): zone \(node.zone ?? "none"), addresses \(node.addresses.joined(separator: ", "))")

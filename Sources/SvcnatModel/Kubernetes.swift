@@ -10,13 +10,70 @@ public struct ObjectMeta: Hashable, Sendable {
     /// RFC 3339, as the API server writes it (`2026-11-27T09:00:00Z`); nil in most manifests.
     /// The older of two Services claiming one frontend keeps it.
     public var creationTimestamp: String?
-    public init(namespace: String, name: String, labels: [String: String] = [:], creationTimestamp: String? = nil) {
+    /// An EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time`, in seconds since
+    /// 1970: when the change it carries began (a Pod or Service edit), for kube-proxy's
+    /// network programming latency.
+    public var lastChangeTriggerTime: Double?
+    public static let triggerTimeAnnotation = "endpoints.kubernetes.io/last-change-trigger-time"
+    public init(
+        namespace: String, name: String, labels: [String: String] = [:], creationTimestamp: String? = nil,
+        lastChangeTriggerTime: Double? = nil
+    ) {
         self.namespace = namespace
         self.name = name
         self.labels = labels
         self.creationTimestamp = creationTimestamp
+        self.lastChangeTriggerTime = lastChangeTriggerTime
     }
     public var key: String { "\(namespace)/\(name)" }
+
+    /// Seconds since 1970 of an RFC 3339 time as the API server writes it
+    /// (`2026-12-03T05:14:08Z`, `2026-12-03T05:14:08.123456789Z`, or with a `+hh:mm` offset);
+    /// nil for anything else.
+    public static func seconds(rfc3339 text: String) -> Double? {
+        let u = Array(text.utf8)
+        func digits(_ at: Int, _ n: Int) -> Int? {
+            guard at + n <= u.count else { return nil }
+            var v = 0
+            for c in u[at..<(at + n)] {
+                guard c >= 48, c <= 57 else { return nil }
+                v = v * 10 + Int(c - 48)
+            }
+            return v
+        }
+        guard u.count >= 20, u[4] == 45, u[7] == 45, u[10] == 84 || u[10] == 116, u[13] == 58, u[16] == 58,
+            let y = digits(0, 4), let mo = digits(5, 2), let d = digits(8, 2), let h = digits(11, 2), let mi = digits(14, 2),
+            let s = digits(17, 2), (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, s < 61
+        else { return nil }
+        var k = 19
+        var fraction = 0.0
+        if u[k] == 46 {
+            var scale = 0.1
+            k += 1
+            while k < u.count, u[k] >= 48, u[k] <= 57 {
+                fraction += Double(u[k] - 48) * scale
+                scale /= 10
+                k += 1
+            }
+        }
+        guard k < u.count else { return nil }
+        var offset = 0
+        if u[k] == 90 || u[k] == 122 {
+            guard k + 1 == u.count else { return nil }
+        } else if u[k] == 43 || u[k] == 45, k + 6 == u.count, u[k + 3] == 58, let oh = digits(k + 1, 2), let om = digits(k + 4, 2) {
+            offset = (oh * 3600 + om * 60) * (u[k] == 43 ? 1 : -1)
+        } else {
+            return nil
+        }
+        // Days from 1970-01-01 of the civil date (the proleptic Gregorian calendar).
+        let yy = mo <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146097 + doe - 719468
+        return Double(days * 86400 + h * 3600 + mi * 60 + s - offset) + fraction
+    }
 }
 
 public enum IntOrString: Hashable, Sendable, CustomStringConvertible {

@@ -19,6 +19,10 @@ public enum APIObjects {
         public var name: String
         public var zone: String?
         public var addresses: [String]
+        /// false while the Node is being deleted (a deletionTimestamp) or the cluster
+        /// autoscaler is removing it (its ToBeDeletedByClusterAutoscaler taint): kube-proxy's
+        /// `nodeEligible`, which load balancers' health checks read to drain the node.
+        public var eligible = true
     }
 
     public struct List: Sendable {
@@ -161,6 +165,8 @@ public enum APIObjects {
             let zone = labels["topology.kubernetes.io/zone"] ?? labels["failure-domain.beta.kubernetes.io/zone"]
             let addresses = f["status"]["addresses"].list.compactMap { $0["address"].string }
             o.node = NodeInfo(name: name, zone: zone, addresses: addresses)
+            let tainted = f["spec"]["taints"].list.contains { $0["key"].string == "ToBeDeletedByClusterAutoscaler" }
+            o.node?.eligible = !m["deletionTimestamp"].isPresent && !tainted
             return (o, ctx.errors)
         }
         // The server's objects may carry fields of a newer API: nobody misspelt them.

@@ -331,7 +331,12 @@ public struct ManifestDecoder: Sendable {
             m["namespace"].fail("\"\(namespace)\" is not a valid namespace: \(why)"); ok = false
         }
         let labels = m["labels"].stringMap
-        return ok ? ObjectMeta(namespace: namespace, name: name, labels: labels, creationTimestamp: m["creationTimestamp"].string) : nil
+        // Read where it has a meaning (EndpointSlices); its absence or a bad value is no error.
+        let trigger = kind == "EndpointSlice" ? m["annotations"][ObjectMeta.triggerTimeAnnotation].string.flatMap(ObjectMeta.seconds) : nil
+        return ok
+            ? ObjectMeta(
+                namespace: namespace, name: name, labels: labels, creationTimestamp: m["creationTimestamp"].string,
+                lastChangeTriggerTime: trigger) : nil
     }
 
     // MARK: Service

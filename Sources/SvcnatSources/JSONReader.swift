@@ -1,3 +1,5 @@
+import SvcnatModel
+
 /// JSON text read straight into `Value`s, without YAML and without a tree of the whole document.
 ///
 /// The elements of a list's `items` are located in one checking pass and then built one at a
@@ -13,7 +15,10 @@ struct JSONReader {
     static let maxDepth = 200
 
     /// Object keys under `metadata` that svcnat never reads: skipped, not built.
-    static let unreadInMetadata: Set<String> = ["managedFields", "annotations"]
+    static let unreadInMetadata: Set<String> = ["managedFields"]
+    /// The one annotation svcnat reads (an EndpointSlice's, for the network programming
+    /// latency); the others are skipped, not built.
+    static let keptAnnotation = ObjectMeta.triggerTimeAnnotation
 
     struct SyntaxError: Error, CustomStringConvertible {
         var line: Int
@@ -128,6 +133,8 @@ struct JSONReader {
             while let k = next {
                 if metadata, Self.unreadInMetadata.contains(k) {
                     try skipValue()
+                } else if metadata, k == "annotations" {
+                    m.append((k, try keptAnnotations()))
                 } else {
                     m.append((k, try value(in: k)))
                 }
@@ -150,6 +157,22 @@ struct JSONReader {
         default:
             return .scalar(try literal(), plain: true)
         }
+    }
+
+    /// `metadata.annotations` with only `keptAnnotation` built (when it is there); anything but
+    /// an object is skipped and read as an empty mapping.
+    private mutating func keptAnnotations() throws -> Value {
+        skipSpace()
+        guard i < b.count, b[i] == UInt8(ascii: "{") else { try skipValue(); return .mapping([]) }
+        try enter()
+        var kept: [(key: String, value: Value)] = []
+        var next = try firstMember()
+        while let k = next {
+            if k == Self.keptAnnotation { kept.append((k, try value())) } else { try skipValue() }
+            next = try nextMember()
+        }
+        depth -= 1
+        return .mapping(kept)
     }
 
     /// The same grammar as `value`, building nothing.

@@ -254,9 +254,56 @@ public final class ObjectStore {
         }
     }
 
+    /// Services, and endpoint objects (EndpointSlices, Endpoints, Pods), changed since
+    /// `takeChanges()`; and the trigger times the changed EndpointSlices carry. For kube-proxy's
+    /// `sync_proxy_rules_{service,endpoint}_changes_*` and network programming latency.
+    public private(set) var pendingServiceChanges = Set<String>()
+    public private(set) var pendingEndpointChanges = Set<String>()
+    private var pendingTriggerTimes: [Double] = []
+
+    /// What changed since the last call (after a sync that programmed it).
+    public func takeChanges() -> (services: Int, endpoints: Int, triggerTimes: [Double]) {
+        defer {
+            pendingServiceChanges = []
+            pendingEndpointChanges = []
+            pendingTriggerTimes = []
+        }
+        return (pendingServiceChanges.count, pendingEndpointChanges.count, pendingTriggerTimes)
+    }
+
+    /// The keys of `kind` objects that differ between a file's old and new objects.
+    private func noteChanges<T: Equatable>(_ kind: String, _ old: [T]?, _ new: [T]?, key: (T) -> String, into set: inout Set<String>)
+        -> [(old: T?, new: T)]
+    {
+        guard !(old?.isEmpty ?? true) || !(new?.isEmpty ?? true) else { return [] }
+        var before: [String: T] = [:]
+        for o in old ?? [] { before[key(o)] = o }
+        var changed: [(old: T?, new: T)] = []
+        for n in new ?? [] {
+            let k = key(n)
+            let o = before.removeValue(forKey: k)
+            if o != n {
+                set.insert(kind + " " + k)
+                changed.append((o, n))
+            }
+        }
+        for k in before.keys { set.insert(kind + " " + k) }
+        return changed
+    }
+
     /// Swaps one file's objects in the indexes and marks the Services they touch.
     private func replace(file: String, with new: ClusterState?) {
         let old = files[file]
+        _ = noteChanges("Service", old?.services, new?.services, key: \.meta.key, into: &pendingServiceChanges)
+        for (o, n) in noteChanges("EndpointSlice", old?.endpointSlices, new?.endpointSlices, key: \.meta.key, into: &pendingEndpointChanges)
+        {
+            // Bounded while syncs fail: the earliest times are the ones that count.
+            if let t = n.meta.lastChangeTriggerTime, t != o?.meta.lastChangeTriggerTime, pendingTriggerTimes.count < 10_000 {
+                pendingTriggerTimes.append(t)
+            }
+        }
+        _ = noteChanges("Endpoints", old?.endpoints, new?.endpoints, key: \.meta.key, into: &pendingEndpointChanges)
+        _ = noteChanges("Pod", old?.pods, new?.pods, key: \.meta.key, into: &pendingEndpointChanges)
         if old == nil, new != nil { noteFolders(of: file) }
         files[file] = new
         if !(old?.services.isEmpty ?? true) || !(new?.services.isEmpty ?? true) { allocationStale = true }

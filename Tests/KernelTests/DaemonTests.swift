@@ -274,6 +274,99 @@ extension RootTests {
             #expect(daemon.log().contains("sync (partial"))
         }
 
+        /// kube-proxy's metrics and health fields: every metric family has `# HELP` and
+        /// `# TYPE`; an EndpointSlice's last-change-trigger-time gives the network programming
+        /// latency; changes are counted and none stays pending; a Local Service without a local
+        /// endpoint is counted; process metrics; /proxyMode; /healthz's kube-proxy fields.
+        @Test func kubeProxysMetricsAndHealthFields() throws {
+            let bed = Testbed("dkpm")
+            defer { bed.close() }
+            let n = try bed.addNamespace("node")
+            let dir = try bed.makeDirectory()
+            // Each change began seconds before its file is written.
+            let f = ISO8601DateFormatter()
+            func slice(_ pods: [Int], trigger: Date) -> String {
+                """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: api, namespace: demo}
+                spec:
+                  type: NodePort
+                  clusterIP: 198.18.100.40
+                  externalTrafficPolicy: Local
+                  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30040}]
+                ---
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata:
+                  name: api-1
+                  namespace: demo
+                  labels: {kubernetes.io/service-name: api}
+                  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "\(f.string(from: trigger))"}
+                addressType: IPv4
+                endpoints: [\(pods.map { "{addresses: [198.19.\($0).2], nodeName: node-b}" }.joined(separator: ", "))]
+                ports: [{name: http, protocol: TCP, port: 8080}]
+
+                """
+            }
+            try write(dir + "/api.yaml", slice([1], trigger: Date().addingTimeInterval(-5)))
+            let daemon = try bed.startDaemon(n, ["--manifests", dir, "--min-sync-period", "0", "--node-name", "node-a"])
+            #expect(within(5) { ruleset(bed, n).contains("198.19.1.2") } != nil, "\(daemon.log())")
+            try write(dir + "/api.yaml", slice([1, 2], trigger: Date().addingTimeInterval(-3)))
+            #expect(within(5) { ruleset(bed, n).contains("198.19.2.2") } != nil, "\(daemon.log())")
+            usleep(200_000)
+
+            let (status, m) = try http(bed, n, "http://127.0.0.1:10249/metrics")
+            #expect(status == 200)
+            let lines = m.split(separator: "\n").map(String.init)
+            func value(_ prefix: String) -> Double? {
+                lines.first { $0.hasPrefix(prefix + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+            }
+            // Every family: HELP, then TYPE, once each; every sample belongs to a declared family.
+            var helped = Set<String>(), typed = Set<String>()
+            for (i, line) in lines.enumerated() where line.hasPrefix("# TYPE ") {
+                let name = String(line.split(separator: " ")[2])
+                typed.insert(name)
+                if i > 0, lines[i - 1].hasPrefix("# HELP \(name) "), lines[i - 1].count > "# HELP \(name) ".count { helped.insert(name) }
+            }
+            #expect(typed == helped && typed.count >= 20, "\(typed.subtracting(helped))")
+            for sample in lines where !sample.hasPrefix("#") && !sample.isEmpty {
+                let name = String(sample.prefix { $0 != " " && $0 != "{" })
+                let family = ["_bucket", "_sum", "_count"].reduce(name) { n, s in
+                    typed.contains(n) ? n : (n.hasSuffix(s) ? String(n.dropLast(s.count)) : n)
+                }
+                #expect(typed.contains(family), "\(sample) has no # TYPE")
+            }
+            // Two slice versions, 5 s and 3 s after their trigger times (give or take the sync
+            // and the times' whole seconds).
+            #expect(value("kubeproxy_network_programming_duration_seconds_count") == 2, "\(m)")
+            let sum = value("kubeproxy_network_programming_duration_seconds_sum") ?? 0
+            #expect(sum >= 7 && sum < 12, "\(sum)")
+            #expect((value("kubeproxy_sync_proxy_rules_endpoint_changes_total") ?? 0) >= 2)
+            #expect((value("kubeproxy_sync_proxy_rules_service_changes_total") ?? 0) >= 1)
+            #expect(value("kubeproxy_sync_proxy_rules_endpoint_changes_pending") == 0)
+            #expect(value("kubeproxy_sync_proxy_rules_service_changes_pending") == 0)
+            // externalTrafficPolicy Local, both endpoints on node-b: this node has none.
+            #expect(value("kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"}") == 1, "\(m)")
+            #expect(value("kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"}") == 0)
+            #expect((value("process_resident_memory_bytes") ?? 0) > 1_000_000)
+            #expect((value("process_open_fds") ?? 0) > 3)
+            let start = value("process_start_time_seconds") ?? 0
+            #expect(abs(start - Date().timeIntervalSince1970) < 60)
+            let (ps, mode) = try http(bed, n, "http://127.0.0.1:10249/proxyMode")
+            #expect(ps == 200 && mode.trimmingCharacters(in: .whitespacesAndNewlines) == "nftables", "\(mode)")
+
+            let (hs, hb) = try http(bed, n, "http://127.0.0.1:10256/healthz")
+            #expect(hs == 200, "\(hb)")
+            let health = try JSONSerialization.jsonObject(with: Data(hb.utf8)) as? [String: Any]
+            #expect(health?["nodeEligible"] as? Bool == true, "\(hb)")
+            let rfc = ISO8601DateFormatter()
+            rfc.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            let updated = (health?["lastUpdated"] as? String).flatMap(rfc.date(from:))
+            let now = (health?["currentTime"] as? String).flatMap(rfc.date(from:))
+            #expect(updated != nil && now != nil && now! >= updated! && now!.timeIntervalSince(updated!) < 10, "\(hb)")
+        }
+
         @Test func healthCheckNodePortFollowsLocalEndpoints() throws {
             let bed = Testbed("dhc")
             defer { bed.close() }

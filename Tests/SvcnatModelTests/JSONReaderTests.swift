@@ -157,8 +157,14 @@ import Yams
             Array(
                 #"{"metadata": {"name": "a", "annotations": {"x": "y"}, "managedFields": [{"f": {}}]}, "spec": {"annotations": 1}}"#.utf8))
         let v = try #require(try r.single())
-        #expect(v[key: "metadata"]?[key: "annotations"] == nil)
+        // Of the annotations, only the trigger time is built.
+        #expect(v[key: "metadata"]?[key: "annotations"]?[key: "x"] == nil)
         #expect(v[key: "metadata"]?[key: "managedFields"] == nil)
+        var kept = JSONReader(
+            Array(#"{"metadata": {"annotations": {"x": "y", "endpoints.kubernetes.io/last-change-trigger-time": "t"}}}"#.utf8))
+        let k = try #require(try kept.single())
+        #expect(k[key: "metadata"]?[key: "annotations"]?[key: "x"] == nil)
+        #expect(k[key: "metadata"]?[key: "annotations"]?[key: "endpoints.kubernetes.io/last-change-trigger-time"] != nil)
         #expect(v[key: "metadata"]?[key: "name"] != nil)
         #expect(v[key: "spec"]?[key: "annotations"] != nil)
         // Skipped values are still checked for syntax.
