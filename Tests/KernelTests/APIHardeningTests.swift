@@ -166,4 +166,64 @@ extension RootTests.APISourceTests {
         #expect(try follows(a, ["pod1"], within: 10), "\(daemon.log())")
         #expect(daemon.log().contains("the API server https://127.0.0.1:6443"), "\(daemon.log())")
     }
+
+    /// In a pod whose only API address is the `kubernetes` Service's ClusterIP (in-cluster
+    /// config: KUBERNETES_SERVICE_HOST and the service account's files), with no proxy
+    /// programming that ClusterIP: the log says why the API cannot be reached and what to give.
+    /// The service account's folder is made in a private mount namespace (a tmpfs over /run),
+    /// so nothing of it reaches the machine's own files.
+    @Test func inAPodBehindAnUnprogrammedClusterIPTheLogSaysWhy() throws {
+        let a = try api("apiincluster")
+        defer { a.bed.close() }
+        let account = "/run/secrets/kubernetes.io/serviceaccount"
+        let script = """
+            mount -t tmpfs tmpfs /run && mkdir -p \(account) && cp \(a.certs)/ca.crt \(account)/ca.crt \\
+            && printf t0ken > \(account)/token && printf kube-system > \(account)/namespace \\
+            && exec \(svcnatPath) run --min-sync-period 0 --node-name node-a
+            """
+        let daemon = try a.bed.startProcessWithEnv(
+            a.node, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            env: ["KUBERNETES_SERVICE_HOST": "198.18.100.1", "KUBERNETES_SERVICE_PORT": "443"])
+        defer { daemon.signal(SIGTERM) }
+        let said = d.within(25) { daemon.log().contains("KUBERNETES_SERVICE_HOST, the kubernetes Service's ClusterIP") }
+        #expect(said != nil, "\(daemon.log())")
+        let log = daemon.log()
+        #expect(log.contains("in-cluster service account") && log.contains("https://198.18.100.1:443"), "\(log)")
+        #expect(log.contains("--kubeconfig, or --master"), "\(log)")
+        // Nothing was programmed from a source it never listed.
+        #expect(!d.ruleset(a.bed, a.node).contains("svcnat"))
+    }
+
+    /// kube-proxy's nodeEligible: while this node's Node is being deleted (a deletionTimestamp),
+    /// /healthz answers 503 with nodeEligible false, so load balancers drain it; the rules keep
+    /// serving. When the Node is back to normal, 200 again.
+    @Test func aNodeBeingDeletedIsNotEligible() throws {
+        let a = try api("apieligible")
+        defer { a.bed.close() }
+        func node(deleting: Bool) -> String {
+            #"{"kind": "Node", "apiVersion": "v1", "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}"#
+                + (deleting ? #", "deletionTimestamp": "2026-12-03T06:00:00Z", "finalizers": ["example.test/hold"]"# : "")
+                + #"}, "spec": {}, "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.1"}]}}"#
+        }
+        try a.ctl("put", service("web", ip: "198.18.100.20"))
+        try a.ctl("put", slice("web-a", of: "web", pods: [1]))
+        try a.ctl("put", node(deleting: false))
+        let daemon = try a.bed.startDaemon(
+            a.node, ["--kubeconfig", try a.kubeconfig(), "--min-sync-period", "0", "--node-name", "node-a"])
+        #expect(try follows(a, ["pod1"], within: 10), "\(daemon.log())")
+        func health() throws -> (Int, [String: Any]) {
+            let (status, body) = try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz")
+            return (status, (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]) ?? [:])
+        }
+        #expect(try d.within(5) { try health().0 == 200 } != nil, "\(daemon.log())")
+        #expect(try health().1["nodeEligible"] as? Bool == true)
+        try a.ctl("put", node(deleting: true))
+        #expect(try d.within(5) { try health().0 == 503 } != nil, "\(daemon.log())")
+        let (_, body) = try health()
+        #expect(body["nodeEligible"] as? Bool == false && (body["reason"] as? String ?? "").contains("being deleted"), "\(body)")
+        #expect(try answers(a) == ["pod1"])
+        try a.ctl("put", node(deleting: false))
+        #expect(try d.within(5) { try health().0 == 200 } != nil, "\(daemon.log())")
+        #expect(daemon.log().contains("node node-a is being deleted"), "\(daemon.log())")
+    }
 }
