@@ -95,7 +95,7 @@ final class NodeEndpoints: @unchecked Sendable {
         for (key, ports) in services {
             if let old = healthPortOfService.removeValue(forKey: key) { table[old] = nil }
             guard let first = ports.first(where: { $0.healthCheckNodePort != nil }), let port = first.healthCheckNodePort else { continue }
-            let local = ports.filter { $0.healthCheckNodePort == port }.map(\.localEndpointCount).max() ?? 0
+            let local = ports.filter { $0.healthCheckNodePort == port }.map(\.localReadyCount).max() ?? 0
             table[port] = (first.name.namespace, first.name.name, local)
             healthPortOfService[key] = port
         }

@@ -53,6 +53,13 @@ public struct ServicePortState: Hashable, Sendable {
     public var endpoints: [EndpointAddress]
     /// How many of `endpoints` (the first ones) are on this node.
     public var localEndpointCount = 0
+    /// Where the endpoints of Cluster-policy traffic start: 0, or `localEndpointCount` when the
+    /// local ones are this node's serving-and-terminating endpoints, which only Local-policy
+    /// traffic uses (kube-proxy's fallback per node) while other nodes have ready ones.
+    public var clusterStart = 0
+    /// This node's ready endpoints, which the health check node port counts: a node whose
+    /// endpoints are all terminating answers 503 there, so load balancers drain it.
+    public var localReadyCount = 0
     public var externalLocal = false
     public var internalLocal = false
     public var healthCheckNodePort: UInt16?
@@ -141,8 +148,20 @@ public struct ProxyState: Hashable, Sendable {
         return svc.ports.map { port in
             let spn = ServicePortName(namespace: svc.meta.namespace, name: svc.meta.name, port: port.name, proto: port.proto)
             var eps: [(EndpointAddress, node: String?)]
+            // kube-proxy's fallback for Local policies, per node: with no ready endpoint here,
+            // this node's serving-and-terminating ones serve Local traffic, even while other
+            // nodes have ready endpoints for Cluster traffic.
+            var localFallback: [EndpointAddress] = []
+            var anyReady = true
             if let slices {
-                eps = Self.endpoints(from: slices, for: port)
+                let (ready, terminating) = Self.classified(from: slices, for: port)
+                eps = ready.isEmpty ? terminating : ready
+                anyReady = !ready.isEmpty
+                if svc.externalTrafficPolicyLocal || svc.internalTrafficPolicyLocal, let nodeName, anyReady,
+                    !ready.contains(where: { $0.node == nodeName })
+                {
+                    localFallback = terminating.filter { $0.node == nodeName }.map(\.0)
+                }
                 // Topology hints, as kube-proxy uses them: only when every endpoint has zone
                 // hints and some are for this node's zone; then only those serve.
                 if let zone {
@@ -169,11 +188,14 @@ public struct ProxyState: Hashable, Sendable {
                 all.insert(ep)
                 if let nodeName, node == nodeName { local.insert(ep) }
             }
+            let fallback = Set(localFallback).subtracting(all).sorted()
             var state = ServicePortState(
-                name: spn, frontends: frontends, endpoints: local.sorted() + all.subtracting(local).sorted(),
+                name: spn, frontends: frontends, endpoints: fallback + local.sorted() + all.subtracting(local).sorted(),
                 nodePort: hasNodePort ? port.nodePort : nil,
                 sourceRanges: svc.type == .loadBalancer ? ranges : [])
-            state.localEndpointCount = local.count
+            state.localEndpointCount = fallback.isEmpty ? local.count : fallback.count
+            state.clusterStart = fallback.count
+            state.localReadyCount = anyReady ? local.count : 0
             state.externalLocal = svc.externalTrafficPolicyLocal && (hasNodePort || !frontends.dropFirst().isEmpty)
             state.internalLocal = svc.internalTrafficPolicyLocal
             state.healthCheckNodePort = svc.healthCheckNodePort
@@ -202,6 +224,14 @@ public struct ProxyState: Hashable, Sendable {
     }
 
     static func endpoints(from slices: [EndpointSlice], for port: ServicePort) -> [(EndpointAddress, node: String?)] {
+        let (ready, terminating) = classified(from: slices, for: port)
+        return ready.isEmpty ? terminating : ready
+    }
+
+    /// The ready endpoints, and the serving-and-terminating ones.
+    static func classified(from slices: [EndpointSlice], for port: ServicePort)
+        -> (ready: [(EndpointAddress, node: String?)], terminating: [(EndpointAddress, node: String?)])
+    {
         var ready: [(EndpointAddress, node: String?)] = [], terminating: [(EndpointAddress, node: String?)] = []
         for slice in slices {
             guard let p = slice.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { continue }
@@ -215,7 +245,7 @@ public struct ProxyState: Hashable, Sendable {
                 }
             }
         }
-        return ready.isEmpty ? terminating : ready
+        return (ready, terminating)
     }
 
     static func endpoints(from e: Endpoints, for port: ServicePort) -> [(EndpointAddress, node: String?)] {

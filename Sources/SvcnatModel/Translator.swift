@@ -225,11 +225,13 @@ public struct Translator: Sendable {
         }
         // Endpoint choice over all endpoints, or over this node's (the first localEndpointCount
         // of the same slot); with no local endpoint, traffic for "local only" is dropped.
+        // Cluster traffic skips local endpoints that serve only Local traffic (`clusterStart`).
         func choose(local: Bool, when prefix: [RuleItem] = []) -> [Rule] {
-            let n = local ? sp.localEndpointCount : sp.endpoints.count
-            guard n > 0 else { return [Rule(prefix + [.verdict(.drop)])] }
-            if sp.affinityTimeout != nil { return affinitySelection(chain, Array(sp.endpoints.prefix(n)), when: prefix) }
-            return selection(sp.name.proto, Array(sp.endpoints.prefix(n)), slot: mapSlot, when: prefix)
+            let range = local ? 0..<sp.localEndpointCount : sp.clusterStart..<sp.endpoints.count
+            guard !range.isEmpty else { return [Rule(prefix + [.verdict(.drop)])] }
+            let eps = Array(sp.endpoints[range])
+            if sp.affinityTimeout != nil { return affinitySelection(chain, eps, when: prefix) }
+            return selection(sp.name.proto, eps, slot: mapSlot.map { ($0.map, $0.base + UInt32(range.lowerBound)) }, when: prefix)
         }
         if let timeout = sp.affinityTimeout {
             // ClientIP affinity, as kube-proxy does it: per endpoint, a chain that remembers the

@@ -84,6 +84,39 @@ extension RootTests {
             #expect(try bed.client(in: pod2, "tcp", "198.18.200.9", 80, count: 5).answers == ["pod2": 5])
         }
 
+        /// kube-proxy's TestTerminatingEndpointsTrafficPolicyLocal, "only terminating endpoints
+        /// exist" on this node: pod1 (node-a, this node) is serving and terminating, pod2
+        /// (node-b) is ready. Outside clients, through the node port and the load-balancer IP,
+        /// reach pod1, this node's terminating endpoint, with their own source; a pod through the
+        /// ClusterIP (Cluster policy) reaches pod2, the ready one, only.
+        @Test func localTrafficFallsBackToThisNodesTerminatingEndpoints() throws {
+            let bed = Testbed("etpterm")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 2)
+            let node = bed.ns("node"), client = bed.ns("client"), pod2 = bed.ns("pod2")
+            let text =
+                manifest(pods: []).replacingOccurrences(of: "  selector: {app: edge}\n", with: "") + """
+                    ---
+                    apiVersion: discovery.k8s.io/v1
+                    kind: EndpointSlice
+                    metadata: {name: edge-1, namespace: demo, labels: {kubernetes.io/service-name: edge}}
+                    addressType: IPv4
+                    ports: [{name: http, protocol: TCP, port: 8080}]
+                    endpoints:
+                      - {addresses: [198.19.1.2], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+                      - {addresses: [198.19.2.2], nodeName: node-b, conditions: {ready: true, serving: true, terminating: false}}
+
+                    """
+            let r = try bed.svcnat(node, ["apply", "-f", try bed.writeManifest(text)] + args)
+            #expect(r.code == 0, "\(r.err)")
+            for (ip, port) in [("198.18.0.1", 30090), ("198.18.200.9", 80)] {
+                let got = try bed.client(in: client, "tcp", ip, port, count: 20)
+                #expect(got.answers == ["pod1": 20] && got.sources == ["198.18.0.2": 20], "\(ip):\(port): \(got)")
+            }
+            let fromPod = try bed.client(in: pod2, "tcp", "198.18.100.60", 80, count: 20)
+            #expect(fromPod.answers == ["pod2": 20], "\(fromPod)")
+        }
+
         @Test func internalLocalUsesOnlyThisNodesEndpoints() throws {
             let bed = Testbed("itp")
             defer { bed.close() }
