@@ -368,7 +368,9 @@ public struct Translator: Sendable {
         let nat = { (hook: Hook, prio: Int32) in BaseChain(type: .nat, hook: hook, priority: prio) }
         return [
             Chain(name: "filter-prerouting", base: filter(.prerouting, -110), rules: [check(Names.firewallCheck)]),
-            Chain(name: "filter-input", base: filter(.input, -110), rules: [check(Names.nodePortsCheck)]),
+            // Delivered to this host: node ports, and Service addresses that are the node's own
+            // (an external IP that is a node address) without endpoints are refused, as kube-proxy does.
+            Chain(name: "filter-input", base: filter(.input, -110), rules: [check(Names.nodePortsCheck), check(Names.endpointsCheck)]),
             Chain(
                 name: "filter-forward", base: filter(.forward, -110),
                 rules: [check(Names.endpointsCheck), check(Names.clusterIPsCheck)]),

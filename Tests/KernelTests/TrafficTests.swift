@@ -98,6 +98,33 @@ extension RootTests {
             }
         }
 
+        /// An external IP that is the node's own address, on a Service without endpoints: the
+        /// client is refused (kube-proxy's service-endpoints-check in filter-input), not handed
+        /// to the program that listens on that port of the host ("host" here). With an endpoint,
+        /// the Service answers there.
+        @Test func externalIPOnTheNodeWithoutEndpointsIsRefused() throws {
+            let bed = Testbed("extnode")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 1)
+            let node = bed.ns("node"), client = bed.ns("client")
+            let host = try bed.startProcess(node, ["python3", helper("server.py"), "host", "8081", "60"])
+            #expect(DaemonTests().within(5) { host.log().contains("ready") } != nil)
+            func manifest(_ pods: [Int]) -> String {
+                serviceManifest(pods: pods).replacingOccurrences(
+                    of: "  clusterIP: 198.18.100.20\n", with: "  clusterIP: 198.18.100.20\n  externalIPs: [198.18.0.1]\n"
+                ).replacingOccurrences(of: "port: 80, targetPort: web", with: "port: 8081, targetPort: web")
+            }
+            // Before svcnat, the host's program answers there: the check below can tell.
+            let before = try bed.client(in: client, "tcp", "198.18.0.1", 8081, count: 3)
+            #expect(before.answers == ["host": 3], "\(before)")
+            #expect(try bed.svcnat(node, ["apply", "-f", try bed.writeManifest(manifest([]))] + cidr).code == 0)
+            let none = try bed.client(in: client, "tcp", "198.18.0.1", 8081, count: 10)
+            #expect(none.refused == 10 && none.answers.isEmpty && none.seconds < 2, "\(none)")
+            #expect(try bed.svcnat(node, ["apply", "-f", try bed.writeManifest(manifest([1]))] + cidr).code == 0)
+            let served = try bed.client(in: client, "tcp", "198.18.0.1", 8081, count: 10)
+            #expect(served.answers == ["pod1": 10], "\(served)")
+        }
+
         @Test func noEndpointsRefusesAtOnce() throws {
             let bed = Testbed("noeps")
             defer { bed.close() }

@@ -109,3 +109,32 @@ import Testing
         #expect(flow(r, from: Self.external, to: Self.lb) == ("REJECT", false))
     }
 }
+
+/// From kube-proxy's TestNoEndpointsReject's intent, for an external IP that is one of the
+/// node's own addresses (issue 11's second disagreement): a Service without endpoints refuses
+/// connections to it, where the packet would otherwise be delivered to whatever listens on the
+/// host. The kernel test (TrafficTests) runs a listener on the node to make the difference seen.
+@Suite struct ExternalIPOnTheNodeWithoutEndpoints {
+    @Test func isRefusedNotDeliveredToTheHost() throws {
+        var d = ManifestDecoder()
+        d.decode(
+            """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: empty, namespace: demo}
+            spec:
+              clusterIP: 198.18.100.71
+              externalIPs: [198.18.0.1]
+              ports: [{name: http, protocol: TCP, port: 8081, targetPort: 8080}]
+            """, file: "empty.yaml")
+        #expect(d.errors.isEmpty)
+        let r = try Reconciler.desired(d.state, config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!])).1
+        let o = PacketWalk.walk(
+            .init(source: ip("198.18.0.2"), destination: ip("198.18.0.1"), port: 8081, proto: .tcp), in: r, local: [ip("198.18.0.1")])
+        #expect(o.map(\.fate) == [.rejected(.tcpReset)], "\(o)")
+        // Another port of the node is not the Service's: delivered as it is.
+        let other = PacketWalk.walk(
+            .init(source: ip("198.18.0.2"), destination: ip("198.18.0.1"), port: 22, proto: .tcp), in: r, local: [ip("198.18.0.1")])
+        #expect(other.map(\.fate) == [.accepted(nil)], "\(other)")
+    }
+}
