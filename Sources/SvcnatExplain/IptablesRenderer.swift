@@ -8,7 +8,14 @@ import SvcnatModel
 /// ip6tables (`ip6tables-save` form), as kube-proxy programs each family with its own tool.
 public struct IptablesRenderer: Sendable {
     public var config: TranslatorConfig
-    public init(_ config: TranslatorConfig) { self.config = config }
+    /// kube-proxy's `KUBE-FORWARD` INVALID drop, which it installs unless the node's
+    /// nf_conntrack_tcp_be_liberal is set (`--conntrack-tcp-be-liberal`). svcnat's own nft
+    /// rules never drop INVALID packets, as kube-proxy's nftables mode does not.
+    public var dropsInvalid: Bool
+    public init(_ config: TranslatorConfig, dropsInvalid: Bool = true) {
+        self.config = config
+        self.dropsInvalid = dropsInvalid
+    }
 
     public func render(_ state: ProxyState) -> String {
         let family = config.family, v4 = family == .v4
@@ -129,6 +136,7 @@ public struct IptablesRenderer: Sendable {
             -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
             -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
             -A OUTPUT -j KUBE-FIREWALL
+            \(dropsInvalid ? "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n" : "")\
             -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark \(mark)/\(mark) -j ACCEPT
             -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
             """

@@ -16,3 +16,25 @@ public struct HostError: Error, CustomStringConvertible, Sendable {
 
 /// Returns freed heap pages to the kernel (glibc's `malloc_trim`), after a large sync.
 public func releaseFreeMemory() { _ = malloc_trim(0) }
+
+/// `net.netfilter.nf_conntrack_tcp_be_liberal` of this network namespace: with it set,
+/// conntrack marks only out-of-window RSTs INVALID, so kube-proxy's INVALID-drop is not needed
+/// (kube-proxy's `--conntrack-tcp-be-liberal` sets it; its iptables mode installs the drop
+/// only while it is unset).
+public enum TCPBeLiberal {
+    public static let path = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal"
+
+    /// Whether it is set; false when conntrack is not loaded (the file is absent).
+    public static func isSet() -> Bool {
+        guard let f = fopen(path, "r") else { return false }
+        defer { fclose(f) }
+        return fgetc(f) == Int32(UInt8(ascii: "1"))
+    }
+
+    /// Sets it to 1.
+    public static func set() throws {
+        guard let f = fopen(path, "w") else { throw HostError("open \(path)", errno: errno) }
+        defer { fclose(f) }
+        guard fputs("1\n", f) >= 0, fflush(f) == 0 else { throw HostError("write 1 to \(path)", errno: errno) }
+    }
+}

@@ -171,6 +171,8 @@ public enum KubeProxyCompat {
                 if !args.contains("--min-sync-period") { args += ["--min-sync-period", str(v)!] }
             case "nftables.syncPeriod", "iptables.syncPeriod":
                 if !args.contains("--sync-period") { args += ["--sync-period", str(v)!] }
+            case "conntrack.tcpBeLiberal":
+                if v as? Bool == true { args.append("--conntrack-tcp-be-liberal") }
             case "nftables.masqueradeBit", "iptables.masqueradeBit":
                 if str(v) != "14" { unsupported(path, v) }
             default:

@@ -4,6 +4,7 @@ import SvcnatCore
 import NFTModel
 import SvcnatModel
 import SvcnatExplain
+import SvcnatHost
 
 extension Svcnat {
     struct Apply: ParsableCommand {
@@ -39,6 +40,10 @@ extension Svcnat {
             if format != .nft && !dryRun { throw ValidationError("--format applies to --dry-run") }
         }
 
+        /// kube-proxy's iptables mode drops INVALID packets unless the node's
+        /// nf_conntrack_tcp_be_liberal is set; the rendering decides the same way.
+        var dropsInvalid: Bool { !(options.conntrackTcpBeLiberal || TCPBeLiberal.isSet()) }
+
         func run() throws {
             let clock = ContinuousClock()
             let started = clock.now
@@ -58,17 +63,22 @@ extension Svcnat {
                 switch format {
                 case .nft: print(tables.map(\.ruleset.nftText).joined(), terminator: "")
                 case .iptables:
-                    print(IptablesRenderer(config.translator).render(tables[0].proxy), terminator: "")
+                    print(IptablesRenderer(config.translator, dropsInvalid: dropsInvalid).render(tables[0].proxy), terminator: "")
                     if let v6 = tables.first(where: { $0.family == .v6 }), !v6.proxy.servicePorts.isEmpty {
                         FileHandle.standardError.write(
                             "svcnat: IPv6 Services are not in this output (iptables-restore loads IPv4); --format ip6tables prints them\n")
                     }
                 case .ip6tables:
                     let proxy = tables.first { $0.family == .v6 }?.proxy ?? ProxyState(servicePorts: [])
-                    print(IptablesRenderer(config.translator(for: .v6)).render(proxy), terminator: "")
+                    print(IptablesRenderer(config.translator(for: .v6), dropsInvalid: dropsInvalid).render(proxy), terminator: "")
                 case .json: print(tables.map(\.ruleset).json.text())
                 }
                 return
+            }
+            if options.conntrackTcpBeLiberal {
+                do { try TCPBeLiberal.set() } catch {
+                    FileHandle.standardError.write("svcnat: warning: --conntrack-tcp-be-liberal: \(error)\n")
+                }
             }
             let kernel = try NetlinkKernel()
             let result = try Reconciler(config: config, kernel: kernel).reconcile(state)

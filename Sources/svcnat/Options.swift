@@ -62,6 +62,12 @@ struct CommonOptions: ParsableArguments {
     @Flag(name: [.short, .long], help: "Print the transaction sent to the kernel, and list every object skipped.")
     var verbose = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "kube-proxy's: set net.netfilter.nf_conntrack_tcp_be_liberal=1 in this network namespace (run and apply), and leave "
+                + "kube-proxy's INVALID drop out of --format iptables (which includes it unless the sysctl is set)."))
+    var conntrackTcpBeLiberal = false
+
     func validate() throws {
         for c in clusterCIDR where IPPrefix(c) == nil {
             throw ValidationError("--cluster-cidr \"\(c)\" is not a CIDR such as 198.19.0.0/16 or 2001:db8:1::/48")

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import SvcnatCore
 import SvcnatDaemon
+import SvcnatHost
 import SvcnatKube
 
 extension SvcnatLogHandler.Format: ExpressibleByArgument {}
@@ -127,6 +128,7 @@ extension Svcnat {
                 throw ValidationError("--allocate is for --manifests: the API server allocates addresses and node ports itself")
             }
             config.allocation = options.allocation
+            if options.conntrackTcpBeLiberal { setTCPBeLiberal(logger) }
             let code = try Daemon(config: config, logger: logger).run()
             if code != 0 { throw ExitCode(code) }
         }
@@ -174,4 +176,15 @@ private func parseAnyDuration(_ s: String) throws -> Duration {
     }
     try flush()
     return total
+}
+
+/// kube-proxy's `--conntrack-tcp-be-liberal`: set at start; a node where it cannot be set
+/// (a read-only /proc/sys) keeps running, and the log says so.
+func setTCPBeLiberal(_ logger: Logger) {
+    do {
+        try TCPBeLiberal.set()
+        logger.info("--conntrack-tcp-be-liberal: \(TCPBeLiberal.path) set to 1")
+    } catch {
+        logger.error("--conntrack-tcp-be-liberal: \(error); conntrack stays strict about TCP windows")
+    }
 }

@@ -74,4 +74,38 @@ extension RootTests.DaemonTests {
         }
         #expect(lines.contains { $0.contains(#""msg":"sync (full, start)"#) }, "\(json.log())")
     }
+
+    /// kube-proxy's --conntrack-tcp-be-liberal: `apply` and `run` set
+    /// nf_conntrack_tcp_be_liberal in their own network namespace only; kube-proxy's INVALID
+    /// drop is in --format iptables exactly while the namespace's sysctl is unset.
+    @Test func conntrackTcpBeLiberalSetsItsNamespacesSysctlAndDecidesTheInvalidDrop() throws {
+        let bed = Testbed("liberal")
+        defer { bed.close() }
+        let sysctl = ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"]
+        let rootBefore = try run(sysctl).out
+        let a = try bed.addNamespace("a"), b = try bed.addNamespace("b"), c = try bed.addNamespace("c")
+        let flags = ["--cluster-cidr", "198.19.0.0/16"]
+        func invalidDrop(_ ns: String, _ extra: [String] = []) throws -> Bool {
+            let r = try bed.svcnat(ns, ["apply", "--dry-run", "--format", "iptables", "-f", examples] + flags + extra)
+            #expect(r.code == 0, "\(r.err)")
+            return r.out.contains("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP")
+        }
+        #expect(try bed.sh(a, sysctl).hasPrefix("0"))
+        #expect(try invalidDrop(a))
+        #expect(try !invalidDrop(a, ["--conntrack-tcp-be-liberal"]))
+        let applied = try bed.svcnat(a, ["apply", "-f", examples, "--conntrack-tcp-be-liberal"] + flags)
+        #expect(applied.code == 0, "\(applied.err)")
+        #expect(try bed.sh(a, sysctl).hasPrefix("1"))
+        // Now that the namespace is liberal, the rendering leaves the drop out by itself.
+        #expect(try !invalidDrop(a))
+        #expect(try invalidDrop(b) && bed.sh(b, sysctl).hasPrefix("0"))
+        let dir = try bed.makeDirectory()
+        try FileManager.default.copyItem(atPath: examples + "/codereview.yaml", toPath: dir + "/codereview.yaml")
+        let daemon = try bed.startDaemon(c, ["--manifests", dir, "--conntrack-tcp-be-liberal", "--metrics-bind-address", ""] + flags)
+        #expect(RootTests.DaemonTests().within(5) { daemon.log().contains("sync (full") } != nil, "\(daemon.log())")
+        #expect(daemon.log().contains("nf_conntrack_tcp_be_liberal set to 1"), "\(daemon.log())")
+        #expect(try bed.sh(c, sysctl).hasPrefix("1"))
+        // The machine's own namespace is untouched.
+        #expect(try run(sysctl).out == rootBefore)
+    }
 }

@@ -73,11 +73,11 @@ import Testing
         #expect(
             s.args == [
                 "run", "--masquerade-all", "--min-sync-period", "2s", "--kubeconfig", "/var/lib/kube-proxy/kubeconfig.conf",
+                "--conntrack-tcp-be-liberal",
                 "--metrics-bind-address", "0.0.0.0:10249", "--nodeport-addresses", "198.18.0.0/24", "--cluster-cidr", "198.19.0.0/17"
             ])
         #expect(
             s.warnings == [
-                "--config k.conf: conntrack.tcpBeLiberal (true) is not supported by svcnat; ignored",
                 "--config k.conf: mode ipvs: svcnat programs nftables only (in its own table); give --proxy-mode nftables or leave it out; the mode is ignored"
             ])
         #expect(throws: KubeProxyCompat.Refusal.self) {
