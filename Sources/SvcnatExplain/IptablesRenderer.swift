@@ -35,75 +35,129 @@ public struct IptablesRenderer: Sendable {
             let match = { (ip: IPAddress, port: UInt16, comment: String) in
                 "-d \(ip)\(host) -p \(proto) -m comment --comment \(q(comment)) -m \(proto) --dport \(port)"
             }
-            if sp.endpoints.isEmpty {
-                // kube-proxy rejects in the filter table: ClusterIPs in KUBE-SERVICES, the
-                // externally visible frontends in KUBE-EXTERNAL-SERVICES.
-                for f in sp.frontends {
-                    let chain = f.kind == .clusterIP ? "KUBE-SERVICES" : "KUBE-EXTERNAL-SERVICES"
-                    filterRules.append(
-                        "-A \(chain) \(match(f.ip, f.port, "\(spn) has no endpoints")) -j REJECT --reject-with \(portUnreachable)")
-                }
-                if let np = sp.nodePort {
-                    filterRules.append(
-                        "-A KUBE-EXTERNAL-SERVICES -p \(proto) -m comment --comment \(q("\(spn) has no endpoints")) -m addrtype "
-                            + "--dst-type LOCAL -m \(proto) --dport \(np) -j REJECT --reject-with \(portUnreachable)"
-                    )
-                }
-                continue
-            }
-            natChains.insert(svcChain)
+            // kube-proxy's policy chains: KUBE-SVC- picks among the cluster endpoints, KUBE-SVL-
+            // among this node's; ClusterIP traffic goes to the internal policy's chain, external
+            // traffic (through KUBE-EXT-) to the external policy's. Endpoints in the order of
+            // their strings, as kube-proxy sorts them.
+            let svlChain = KubeProxyNames.localChain(spn)
+            let byString = { (a: EndpointAddress, b: EndpointAddress) in a.description < b.description }
+            let cluster = Array(sp.endpoints[sp.clusterStart...]).sorted(by: byString)
+            let local = Array(sp.endpoints.prefix(sp.localEndpointCount)).sorted(by: byString)
             let external = !sp.externalFrontends.isEmpty || sp.nodePort != nil
-            if external {
+            let usesClusterChain = !cluster.isEmpty && (!sp.internalLocal || external)
+            let usesLocalChain = !local.isEmpty && (sp.internalLocal || (sp.externalLocal && external))
+            let internalChain = sp.internalLocal ? svlChain : svcChain
+            let externalPolicyChain = sp.externalLocal ? svlChain : svcChain
+            let hasEndpoints = !sp.endpoints.isEmpty
+            let hasInternal = sp.internalLocal ? !local.isEmpty : !cluster.isEmpty
+            let hasExternal = sp.externalLocal ? !local.isEmpty : !cluster.isEmpty
+            let usesExternalChain = hasEndpoints && external
+            // Where a policy has no endpoint: REJECT when the Service has none at all, DROP when
+            // only this node lacks them (kube-proxy's "has no local endpoints").
+            let filterTarget = { (has: Bool) -> (String, String)? in
+                if !hasEndpoints { return ("\(spn) has no endpoints", "REJECT --reject-with \(portUnreachable)") }
+                return has ? nil : ("\(spn) has no local endpoints", "DROP")
+            }
+            if let hc = sp.healthCheckNodePort {
+                filterRules.append(
+                    "-A KUBE-NODEPORTS -p \(proto) -m comment --comment \(q("\(spn) health check node port")) -m \(proto) --dport \(hc) -j ACCEPT"
+                )
+            }
+            if usesClusterChain { natChains.insert(svcChain) }
+            if usesLocalChain { natChains.insert(svlChain) }
+            if usesExternalChain {
                 natChains.insert(extChain)
-                natRules.append(
-                    "-A \(extChain) -m comment --comment \(q("masquerade traffic for \(spn) external destinations")) -j KUBE-MARK-MASQ")
-                natRules.append("-A \(extChain) -j \(svcChain)")
+                if !sp.externalLocal {
+                    natRules.append(
+                        "-A \(extChain) -m comment --comment \(q("masquerade traffic for \(spn) external destinations")) -j KUBE-MARK-MASQ")
+                } else {
+                    // Pods and the node itself reach every endpoint; the node masqueraded.
+                    for c in clusterCIDRs {
+                        natRules.append(
+                            "-A \(extChain) -s \(c) -m comment --comment \(q("pod traffic for \(spn) external destinations")) -j \(svcChain)"
+                        )
+                    }
+                    natRules.append(
+                        "-A \(extChain) -m comment --comment \(q("masquerade LOCAL traffic for \(spn) external destinations")) "
+                            + "-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ")
+                    natRules.append(
+                        "-A \(extChain) -m comment --comment \(q("route LOCAL traffic for \(spn) external destinations")) "
+                            + "-m addrtype --src-type LOCAL -j \(svcChain)")
+                }
+                if hasExternal { natRules.append("-A \(extChain) -j \(externalPolicyChain)") }
             }
             for f in sp.frontends {
                 switch f.kind {
                 case .clusterIP:
-                    natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) cluster IP")) -j \(svcChain)")
-                    let masq = config.masqueradeAll ? [""] : clusterCIDRs.map { "! -s \($0) " }
-                    for m in masq {
-                        natRules.append("-A \(svcChain) \(m)\(match(f.ip, f.port, "\(spn) cluster IP")) -j KUBE-MARK-MASQ")
-                    }
-                case .externalIP:
-                    natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) external IP")) -j \(extChain)")
-                case .loadBalancer:
-                    if sp.sourceRanges.isEmpty {
-                        natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) loadbalancer IP")) -j \(extChain)")
-                    } else {
-                        // Allowed sources go on; the rest are not DNATed and the filter table drops them.
-                        natChains.insert(fwChain)
-                        natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) loadbalancer IP")) -j \(fwChain)")
-                        for r in sp.sourceRanges {
-                            natRules.append("-A \(fwChain) -s \(r) -m comment --comment \(q("\(spn) loadbalancer IP")) -j \(extChain)")
+                    if hasInternal {
+                        natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) cluster IP")) -j \(internalChain)")
+                        let masq = config.masqueradeAll ? [""] : clusterCIDRs.map { "! -s \($0) " }
+                        for m in masq {
+                            natRules.append("-A \(internalChain) \(m)\(match(f.ip, f.port, "\(spn) cluster IP")) -j KUBE-MARK-MASQ")
                         }
-                        filterRules.append(
-                            "-A KUBE-PROXY-FIREWALL \(match(f.ip, f.port, "\(spn) traffic not accepted by \(fwChain)")) -j DROP")
+                    } else if let (comment, target) = filterTarget(hasInternal) {
+                        filterRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, comment)) -j \(target)")
+                    }
+                case .externalIP, .loadBalancer:
+                    let isLB = f.kind == .loadBalancer
+                    if usesExternalChain {
+                        let what = isLB ? "loadbalancer IP" : "external IP"
+                        if isLB && !sp.sourceRanges.isEmpty {
+                            // Allowed sources go on; the rest are not DNATed and the filter table drops them.
+                            natChains.insert(fwChain)
+                            natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) \(what)")) -j \(fwChain)")
+                            for r in sp.sourceRanges {
+                                natRules.append("-A \(fwChain) -s \(r) -m comment --comment \(q("\(spn) \(what)")) -j \(extChain)")
+                            }
+                            natRules.append(
+                                "-A \(fwChain) -m comment --comment \(q("other traffic to \(spn) will be dropped by KUBE-PROXY-FIREWALL"))")
+                            filterRules.append(
+                                "-A KUBE-PROXY-FIREWALL \(match(f.ip, f.port, "\(spn) traffic not accepted by \(fwChain)")) -j DROP")
+                        } else {
+                            natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) \(what)")) -j \(extChain)")
+                        }
+                    }
+                    if let (comment, target) = filterTarget(hasExternal) {
+                        filterRules.append("-A KUBE-EXTERNAL-SERVICES \(match(f.ip, f.port, comment)) -j \(target)")
                     }
                 }
             }
             if let np = sp.nodePort {
-                natRules.append(
-                    "-A KUBE-NODEPORTS -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) --dport \(np) -j \(extChain)")
-            }
-            let n = sp.endpoints.count
-            if let t = sp.affinityTimeout {
-                // kube-proxy's ClientIP affinity: the recent match remembers each client per endpoint.
-                for ep in sp.endpoints {
-                    let sep = KubeProxyNames.endpointChain(spn, ep)
+                if usesExternalChain {
                     natRules.append(
-                        "-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)")) -m recent --rcheck --seconds \(t) --reap "
-                            + "--name \(sep) --mask \(hostMask) --rsource -j \(sep)"
-                    )
+                        "-A KUBE-NODEPORTS -p \(proto) -m comment --comment \(q(spn.description)) -m \(proto) --dport \(np) -j \(extChain)")
+                }
+                if let (comment, target) = filterTarget(hasExternal) {
+                    filterRules.append(
+                        "-A KUBE-EXTERNAL-SERVICES -p \(proto) -m comment --comment \(q(comment)) -m addrtype --dst-type LOCAL "
+                            + "-m \(proto) --dport \(np) -j \(target)")
                 }
             }
-            for (i, ep) in sp.endpoints.enumerated() {
+            // Each policy chain's choice among its endpoints, then the endpoint chains.
+            for (chain, eps, used) in [(svcChain, cluster, usesClusterChain), (svlChain, local, usesLocalChain)] where used {
+                let n = eps.count
+                if let t = sp.affinityTimeout {
+                    // kube-proxy's ClientIP affinity: the recent match remembers each client per endpoint.
+                    for ep in eps {
+                        let sep = KubeProxyNames.endpointChain(spn, ep)
+                        natRules.append(
+                            "-A \(chain) -m comment --comment \(q("\(spn) -> \(ep)")) -m recent --rcheck --seconds \(t) --reap "
+                                + "--name \(sep) --mask \(hostMask) --rsource -j \(sep)"
+                        )
+                    }
+                }
+                for (i, ep) in eps.enumerated() {
+                    let prob = i < n - 1 ? " -m statistic --mode random --probability \(Self.storedProbability(n - i))" : ""
+                    natRules.append(
+                        "-A \(chain) -m comment --comment \(q("\(spn) -> \(ep)"))\(prob) -j \(KubeProxyNames.endpointChain(spn, ep))")
+                }
+            }
+            var reachable: [EndpointAddress] = []
+            if usesClusterChain { reachable += cluster }
+            if usesLocalChain { reachable += local }
+            for ep in Set(reachable).sorted(by: byString) {
                 let sep = KubeProxyNames.endpointChain(spn, ep)
                 natChains.insert(sep)
-                let prob = i < n - 1 ? " -m statistic --mode random --probability \(Self.storedProbability(n - i))" : ""
-                natRules.append("-A \(svcChain) -m comment --comment \(q("\(spn) -> \(ep)"))\(prob) -j \(sep)")
                 natRules.append("-A \(sep) -s \(ep.ip)\(host) -m comment --comment \(q(spn.description)) -j KUBE-MARK-MASQ")
                 let recent = sp.affinityTimeout == nil ? "" : " -m recent --set --name \(sep) --mask \(hostMask) --rsource"
                 natRules.append(

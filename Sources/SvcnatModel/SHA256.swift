@@ -77,6 +77,11 @@ public enum KubeProxyNames {
         "KUBE-SVC-" + hash(spn.description + spn.proto.lowercased)
     }
 
+    /// The Local policy's chain (this node's endpoints).
+    public static func localChain(_ spn: ServicePortName) -> String {
+        "KUBE-SVL-" + hash(spn.description + spn.proto.lowercased)
+    }
+
     public static func externalChain(_ spn: ServicePortName) -> String {
         "KUBE-EXT-" + hash(spn.description + spn.proto.lowercased)
     }

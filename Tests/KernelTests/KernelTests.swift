@@ -217,17 +217,32 @@ extension RootTests {
                 s.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
                     .map { $0.hasPrefix(":") ? String($0.split(separator: " ").prefix(2).joined(separator: " ")) : $0 }
             }
+            // Local traffic policies too (KUBE-SVL- chains, the LOCAL short-circuits, the health
+            // check ACCEPT), with one endpoint on this node and one elsewhere, and one with none here.
+            let local = try bed.writeManifest(
+                RootTests.LocalPolicyTests().manifest(pods: [(1, "node-a"), (2, "node-b")], etp: "Local", itp: "Local")
+                    + "---\n"
+                    + RootTests.LocalPolicyTests().manifest(pods: [(3, "node-b")]).replacingOccurrences(of: "name: edge", with: "name: far")
+                    .replacingOccurrences(of: "app: edge", with: "app: far").replacingOccurrences(
+                        of: "198.18.100.60", with: "198.18.100.61"
+                    )
+                    .replacingOccurrences(of: "30090", with: "30091").replacingOccurrences(of: "32000", with: "32001")
+                    .replacingOccurrences(of: "198.18.200.9", with: "198.18.200.10"))
             // IPv4 with iptables, IPv6 with ip6tables, as kube-proxy programs each family.
             for (format, tool) in [("iptables", "iptables"), ("ip6tables", "ip6tables")] {
                 let dry = try run([
-                    "unshare", "--net", "--", svcnatPath, "apply", "-f", examples, "-f", fixtures, "-f", dualStack, "--dry-run", "--format",
-                    format,
+                    "unshare", "--net", "--", svcnatPath, "apply", "-f", examples, "-f", fixtures, "-f", dualStack, "-f", local,
+                    "--dry-run",
+                    "--format", format, "--node-name", "node-a",
                     "--cluster-cidr", "198.19.0.0/16", "--cluster-cidr", "2001:db8:1::/48"
                 ])
                 #expect(dry.code == 0, "\(dry.err)")
                 try bed.sh(n, ["\(tool)-restore"], stdin: dry.out)
                 let saved = try bed.sh(n, ["\(tool)-save"])
                 #expect(lines(saved) == lines(dry.out), "\(format)")
+                if format == "iptables" {
+                    #expect(dry.out.contains("-j KUBE-SVL-") && dry.out.contains("has no local endpoints"), "\(dry.out)")
+                }
                 if format == "ip6tables" {
                     #expect(
                         dry.out.contains("-A KUBE-SERVICES -d 2001:db8:100::31/128 -p tcp")
