@@ -125,4 +125,73 @@ import Testing
         // The comparison can fail: one rule's argument changed is one difference.
         #expect(Self.differences(want, got.replacingOccurrences(of: "--dport 3003", with: "--dport 3004")).count == 1)
     }
+
+    // MARK: - packet flows
+
+    /// One of kube-proxy's packetFlowTest rows.
+    struct Flow: CustomStringConvertible {
+        var name: String, source: String, destination: String, port: UInt16, output: String, masq: Bool
+        var description: String { name }
+    }
+
+    static func flows(_ name: String) throws -> [Flow] {
+        try String(contentsOfFile: dir + "/\(name).flows", encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }.map {
+            let f = $0.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            return Flow(name: f[0], source: f[1], destination: f[2], port: UInt16(f[3])!, output: f[4], masq: f[5] == "true")
+        }
+    }
+
+    /// kube-proxy's fake node addresses (its testNodeIPs, IPv4).
+    static let nodeIPs = Set(["192.168.0.2", "192.168.1.2", "192.168.99.11"].map { IPAddress($0)! })
+
+    /// What svcnat's ruleset does with a flow, as kube-proxy's tests write it: the endpoints
+    /// reached ("a:80, b:80", sorted) or DROP / REJECT, and whether it is masqueraded.
+    static func walk(_ r: Ruleset, _ f: Flow) -> (String, Bool) {
+        let o = PacketWalk.walk(
+            .init(source: IPAddress(f.source)!, destination: IPAddress(f.destination)!, port: f.port, proto: .tcp), in: r, local: nodeIPs)
+        var eps = Set<String>()
+        for x in o {
+            switch x.fate {
+            case .accepted(let ep?): eps.insert(ep.description)
+            case .dropped: return ("DROP", false)
+            case .rejected: return ("REJECT", false)
+            case .accepted(nil): return ("not NATed", false)
+            case .unknownRule(let r): return ("walk stopped at \(r)", false)
+            }
+        }
+        return (eps.sorted().joined(separator: ", "), o.contains { $0.masqueraded })
+    }
+
+    /// kube-proxy's four cases: with and without its local traffic detector (svcnat's
+    /// --cluster-cidr), with and without --masquerade-all; each changes the named flows.
+    @Test(arguments: ["base", "no LocalTrafficDetector", "masqueradeAll", "masqueradeAll, no LocalTrafficDetector"])
+    func testInternalExternalMasquerade(_ variant: String) throws {
+        let detector = !variant.contains("no LocalTrafficDetector"), masqAll = variant.hasPrefix("masqueradeAll")
+        let config = ProxyConfig(
+            clusterCIDRs: detector ? [IPPrefix("10.0.0.0/8")!] : [], masqueradeAll: masqAll, nodeName: "test-node")
+        let input = try ManifestSource.load([Self.dir + "/TestInternalExternalMasquerade.yaml"])
+        let r = try Reconciler.desired(input.state, config: config).1
+        var flows = try Self.flows("TestInternalExternalMasquerade")
+        #expect(flows.count == 27)
+        for i in flows.indices {
+            let n = flows[i].name
+            if !detector {
+                // No detector: ClusterIP traffic is taken for pod traffic, and there is no
+                // short-circuit for pods to external destinations of eTP:Local Services.
+                if n.hasPrefix("node to ClusterIP") || n.hasPrefix("external to ClusterIP") {
+                    flows[i].masq = masqAll ? flows[i].masq : false
+                }
+                if n == "pod to NodePort with eTP:Local" || n == "pod to LB with eTP:Local" { flows[i].output = "10.180.0.2:80" }
+            }
+            if masqAll, n.hasPrefix("pod to ClusterIP") { flows[i].masq = true }
+        }
+        var disagree: [String] = []
+        for f in flows {
+            let (output, masq) = Self.walk(r, f)
+            if output != f.output || masq != f.masq {
+                disagree.append("\(f.name): kube-proxy \(f.output), masq \(f.masq); svcnat \(output), masq \(masq)")
+            }
+        }
+        #expect(disagree.isEmpty, "\(variant):\n\(disagree.joined(separator: "\n"))")
+    }
 }

@@ -15,7 +15,7 @@ import Testing
 @Suite struct TerminatingEndpointsTrafficPolicyLocal {
     enum E { case ready, servingTerminating, terminating }
 
-    func state(_ eps: [(Int, E, String)]) -> ClusterState {
+    func state(_ eps: [(Int, E, String)], policy: String = "Local") -> ClusterState {
         let endpoints = eps.map { n, e, node in
             let c =
                 switch e {
@@ -32,8 +32,8 @@ import Testing
             spec:
               type: LoadBalancer
               clusterIP: 198.18.100.70
-              externalTrafficPolicy: Local
-              healthCheckNodePort: 30000
+              externalTrafficPolicy: \(policy)
+            \(policy == "Local" ? "  healthCheckNodePort: 30000" : "")
               ports: [{name: "", protocol: TCP, port: 80, targetPort: 80, nodePort: 30070}]
             status: {loadBalancer: {ingress: [{ip: 198.18.200.7}]}}
             ---
@@ -50,8 +50,11 @@ import Testing
         return d.state
     }
 
-    func ruleset(_ eps: [(Int, E, String)]) throws -> Ruleset {
-        try Reconciler.desired(state(eps), config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], nodeName: "node-a")).1
+    func ruleset(_ eps: [(Int, E, String)], policy: String = "Local") throws -> Ruleset {
+        try Reconciler.desired(
+            state(eps, policy: policy), config: ProxyConfig(clusterCIDRs: [IPPrefix("198.19.0.0/16")!], nodeName: "node-a")
+        )
+        .1
     }
 
     /// kube-proxy's flow output: endpoints ("198.19.0.1:80, ...") or DROP/REJECT, and masq.
@@ -107,6 +110,47 @@ import Testing
         let r = try ruleset([(5, .terminating, "node-a"), (5, .terminating, "node-b")])
         #expect(flow(r, from: Self.pod, to: Self.clusterIP) == ("REJECT", false))
         #expect(flow(r, from: Self.external, to: Self.lb) == ("REJECT", false))
+    }
+}
+
+/// kube-proxy's `TestTerminatingEndpointsTrafficPolicyCluster`, its four cases, with the same
+/// Service under externalTrafficPolicy Cluster and the same address mapping.
+@Suite struct TerminatingEndpointsTrafficPolicyCluster {
+    typealias L = TerminatingEndpointsTrafficPolicyLocal
+    let l = L()
+
+    @Test func readyEndpointsExist() throws {
+        let r = try l.ruleset(
+            [
+                (1, .ready, "node-a"), (2, .ready, "node-a"), (3, .servingTerminating, "node-b"), (4, .terminating, "node-b"),
+                (5, .ready, "node-b")
+            ],
+            policy: "Cluster")
+        #expect(l.flow(r, from: L.pod, to: L.clusterIP) == ("198.19.0.1:80, 198.19.0.2:80, 198.19.0.5:80", false))
+        #expect(l.flow(r, from: L.external, to: L.lb) == ("198.19.0.1:80, 198.19.0.2:80, 198.19.0.5:80", true))
+    }
+
+    @Test func onlyTerminatingEndpointsExist() throws {
+        let r = try l.ruleset(
+            [
+                (2, .servingTerminating, "node-a"), (3, .servingTerminating, "node-a"), (4, .terminating, "node-b"),
+                (5, .servingTerminating, "node-b")
+            ],
+            policy: "Cluster")
+        #expect(l.flow(r, from: L.pod, to: L.clusterIP) == ("198.19.0.2:80, 198.19.0.3:80, 198.19.0.5:80", false))
+        #expect(l.flow(r, from: L.external, to: L.lb) == ("198.19.0.2:80, 198.19.0.3:80, 198.19.0.5:80", true))
+    }
+
+    @Test func terminatingEndpointsOnARemoteNode() throws {
+        let r = try l.ruleset([(5, .servingTerminating, "node-b")], policy: "Cluster")
+        #expect(l.flow(r, from: L.pod, to: L.clusterIP) == ("198.19.0.5:80", false))
+        #expect(l.flow(r, from: L.external, to: L.lb) == ("198.19.0.5:80", true))
+    }
+
+    @Test func noUsableEndpointsOnAnyNode() throws {
+        let r = try l.ruleset([(5, .terminating, "node-a"), (5, .terminating, "node-b")], policy: "Cluster")
+        #expect(l.flow(r, from: L.pod, to: L.clusterIP) == ("REJECT", false))
+        #expect(l.flow(r, from: L.external, to: L.lb) == ("REJECT", false))
     }
 }
 
