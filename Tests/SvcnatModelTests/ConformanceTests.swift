@@ -231,4 +231,11 @@ import Testing
                 "same node to LB1, SNATted to LB1 (implicitly allowed)", "same node to LB2, SNATted to LB2 (implicitly allowed)"
             ], "\(d)")
     }
+
+    @Test(arguments: ["TestExternalTrafficPolicyLocal", "TestExternalTrafficPolicyCluster"])
+    func externalTrafficPolicy(_ name: String) throws {
+        let d = try Self.disagreements(name, ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node"))
+        #expect(try Self.flows(name).count == 7)
+        #expect(d.isEmpty, "\(d)")
+    }
 }
