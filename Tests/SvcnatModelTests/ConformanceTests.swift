@@ -238,4 +238,45 @@ import Testing
         #expect(try Self.flows(name).count == 7)
         #expect(d.isEmpty, "\(d)")
     }
+
+    /// kube-proxy's TestInternalTrafficPolicy: its four cases (policy, endpoints with their nodes,
+    /// the one flow from a pod to the ClusterIP), then the same after the slice is deleted.
+    @Test(arguments: [
+        ("Cluster", [("10.0.1.1", "test-node"), ("10.0.1.2", "node1"), ("10.0.1.3", "node2")], "10.0.1.1:80, 10.0.1.2:80, 10.0.1.3:80"),
+        ("Local", [("10.0.1.1", "test-node"), ("10.0.1.2", "node1"), ("10.0.1.3", "node2")], "10.0.1.1:80"),
+        ("Local", [("10.0.1.1", "test-node"), ("10.0.1.2", "test-node"), ("10.0.1.3", "node2")], "10.0.1.1:80, 10.0.1.2:80"),
+        ("Local", [("10.0.1.1", "node0"), ("10.0.1.2", "node1"), ("10.0.1.3", "node2")], "DROP")
+    ])
+    func testInternalTrafficPolicy(_ policy: String, _ endpoints: [(String, String)], _ output: String) throws {
+        let service = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: svc1, namespace: ns1}
+            spec:
+              clusterIP: 172.30.1.1
+              internalTrafficPolicy: \(policy)
+              selector: {foo: bar}
+              ports: [{name: "", port: 80, protocol: TCP}]
+
+            """
+        let slice = """
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
+            addressType: IPv4
+            ports: [{name: "", port: 80, protocol: TCP}]
+            endpoints: [\(endpoints.map { "{addresses: [\($0.0)], conditions: {ready: true}, nodeName: \($0.1)}" }.joined(separator: ", "))]
+
+            """
+        let config = ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node")
+        let flow = Flow(name: "pod to ClusterIP", source: "10.0.0.2", destination: "172.30.1.1", port: 80, output: output, masq: false)
+        for (text, want) in [(service + slice, output), (service, "REJECT")] {
+            var d = ManifestDecoder()
+            d.decode(text, file: "svc1.yaml")
+            #expect(d.errors.isEmpty, "\(d.errors)")
+            let r = try Reconciler.desired(d.state, config: config).1
+            #expect(Self.walk(r, flow) == (want, false))
+        }
+    }
 }
