@@ -16,6 +16,9 @@ public struct ProxyConfig: Sendable {
     public var serviceCIDRs: [IPPrefix]
     /// This node's zone, for topology hints.
     public var zone: String?
+    /// The node's own addresses (`TranslatorConfig.nodeIPs`); the CLI and the daemon read them
+    /// from the network namespace.
+    public var nodeIPs: Set<IPAddress> = []
 
     public init(
         table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false, nodeName: String? = nil,
@@ -40,9 +43,11 @@ public struct ProxyConfig: Sendable {
     }
 
     public func translator(for family: IPFamily) -> TranslatorConfig {
-        TranslatorConfig(
+        var t = TranslatorConfig(
             table: table, clusterCIDRs: clusterCIDRs, masqueradeAll: masqueradeAll, endpointSelection: endpointSelection,
             nodePortAddresses: nodePortAddresses, serviceCIDRs: serviceCIDRs, family: family)
+        t.nodeIPs = nodeIPs.filter { $0.family == family }.sorted()
+        return t
     }
 }
 

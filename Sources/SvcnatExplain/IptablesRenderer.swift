@@ -109,6 +109,9 @@ public struct IptablesRenderer: Sendable {
                             for r in sp.sourceRanges {
                                 natRules.append("-A \(fwChain) -s \(r) -m comment --comment \(q("\(spn) \(what)")) -j \(extChain)")
                             }
+                            for ip in Translator(config).lbSourcesAllowedFromNode(sp) {
+                                natRules.append("-A \(fwChain) -s \(ip)\(host) -m comment --comment \(q("\(spn) \(what)")) -j \(extChain)")
+                            }
                             natRules.append(
                                 "-A \(fwChain) -m comment --comment \(q("other traffic to \(spn) will be dropped by KUBE-PROXY-FIREWALL"))")
                             filterRules.append(

@@ -29,6 +29,10 @@ public struct TranslatorConfig: Hashable, Sendable {
     /// The family this table serves (`ip svcnat` or `ip6 svcnat`). The prefixes above may be of
     /// both families; each table uses its own.
     public var family: IPFamily
+    /// The node's own addresses (not loopback). A Service whose loadBalancerSourceRanges hold
+    /// one of them also admits its load-balancer IPs as sources, as kube-proxy does for its
+    /// node IP: a VIP-like load balancer's address on the node reaches it from itself.
+    public var nodeIPs: [IPAddress] = []
 
     public init(
         table: String = "svcnat", clusterCIDRs: [IPPrefix] = [], masqueradeAll: Bool = false,
@@ -206,6 +210,9 @@ public struct Translator: Sendable {
                 Chain(
                     name: fw,
                     rules: sp.sourceRanges.map { Rule([.ipMatch(.saddr, .eq, $0), .verdict(.return)]) }
+                        + lbSourcesAllowedFromNode(sp).map {
+                            Rule([.ipMatch(.saddr, .eq, IPPrefix(address: $0, length: family.bits)), .verdict(.return)])
+                        }
                         + [Rule([.verdict(.drop)])]))
         }
         guard served else { return f }
@@ -267,6 +274,12 @@ public struct Translator: Sendable {
             f.chains.append(Chain(name: ext, rules: rules))
         }
         return f
+    }
+
+    /// The load-balancer IPs admitted as sources because a source range holds a node IP.
+    public func lbSourcesAllowedFromNode(_ sp: ServicePortState) -> [IPAddress] {
+        guard sp.sourceRanges.contains(where: { r in config.nodeIPs.contains { r.contains($0) } }) else { return [] }
+        return sp.externalFrontends.filter { $0.kind == .loadBalancer }.map(\.ip)
     }
 
     var setDefinitions: [NamedSet] {

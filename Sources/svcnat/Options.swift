@@ -3,6 +3,7 @@ import Foundation
 import SvcnatCore
 import NFTModel
 import SvcnatModel
+import SvcnatHost
 
 /// The table a command works on: every subcommand has it.
 struct TableOptions: ParsableArguments {
@@ -120,6 +121,9 @@ struct CommonOptions: ParsableArguments {
             nodeName: nodeName ?? ProcessInfo.processInfo.hostName, endpointSelection: endpointSelection ?? .map,
             nodePortAddresses: nodePortAddresses.compactMap { IPPrefix($0) }, serviceCIDRs: serviceCIDR.compactMap { IPPrefix($0) })
         c.zone = nodeZone
+        // This network namespace's own addresses: the node IPs that decide whether
+        // loadBalancerSourceRanges admit a Service's LB IPs as sources (kube-proxy's nodeIP).
+        c.nodeIPs = Set(((try? localIPAddresses()) ?? []).filter { !$0.isLoopback })
         return c
     }
 
