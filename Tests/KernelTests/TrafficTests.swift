@@ -125,6 +125,26 @@ extension RootTests {
             #expect(served.answers == ["pod1": 10], "\(served)")
         }
 
+        /// kube-proxy's TestLoadBalancer, "same node to LB, SNATted to LB (implicitly allowed)":
+        /// loadBalancerSourceRanges hold the node's address, and a VIP-like load balancer has put
+        /// its IP on the node itself; a connection from the node to the LB IP with that IP as
+        /// its source is served, as kube-proxy serves it (without the rule it is dropped).
+        @Test func lbIPAsSourceIsAdmittedWhenTheRangesHoldTheNode() throws {
+            let bed = Testbed("lbself")
+            defer { bed.close() }
+            try bed.servedTopology(pods: 1)
+            let node = bed.ns("node")
+            try bed.sh(node, ["ip", "addr", "add", "198.18.200.9/32", "dev", "lo"])
+            let text = RootTests.LocalPolicyTests().manifest(pods: [(1, "node-a")], etp: "Cluster").replacingOccurrences(
+                of: "  clusterIP: 198.18.100.60\n", with: "  clusterIP: 198.18.100.60\n  loadBalancerSourceRanges: [198.18.0.0/24]\n")
+            let r = try bed.svcnat(node, ["apply", "-f", try bed.writeManifest(text), "--node-name", "node-a"] + cidr)
+            #expect(r.code == 0, "\(r.err)")
+            let fromVIP = try bed.client(in: node, "tcp", "198.18.200.9", 80, count: 5, from: "198.18.200.9")
+            #expect(fromVIP.answers == ["pod1": 5], "\(fromVIP)")
+            let fromNode = try bed.client(in: node, "tcp", "198.18.200.9", 80, count: 5, from: "198.18.0.1")
+            #expect(fromNode.answers == ["pod1": 5], "\(fromNode)")
+        }
+
         @Test func noEndpointsRefusesAtOnce() throws {
             let bed = Testbed("noeps")
             defer { bed.close() }
