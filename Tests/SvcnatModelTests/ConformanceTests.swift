@@ -235,10 +235,12 @@ import Testing
             ])
     }
 
-    @Test(arguments: ["TestExternalTrafficPolicyLocal", "TestExternalTrafficPolicyCluster"])
-    func externalTrafficPolicy(_ name: String) throws {
+    @Test(arguments: [
+        ("TestExternalTrafficPolicyLocal", 7), ("TestExternalTrafficPolicyCluster", 7), ("TestNoEndpointsReject", 6)
+    ])
+    func flowTable(_ name: String, _ count: Int) throws {
         let d = try Self.disagreements(name, ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node"))
-        #expect(try Self.flows(name).count == 7)
+        #expect(try Self.flows(name).count == count)
         #expect(d.isEmpty, "\(d)")
     }
 
