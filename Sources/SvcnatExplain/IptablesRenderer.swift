@@ -104,16 +104,20 @@ public struct IptablesRenderer: Sendable {
                         let what = isLB ? "loadbalancer IP" : "external IP"
                         if isLB && !sp.sourceRanges.isEmpty {
                             // Allowed sources go on; the rest are not DNATed and the filter table drops them.
-                            natChains.insert(fwChain)
                             natRules.append("-A KUBE-SERVICES \(match(f.ip, f.port, "\(spn) \(what)")) -j \(fwChain)")
-                            for r in sp.sourceRanges {
-                                natRules.append("-A \(fwChain) -s \(r) -m comment --comment \(q("\(spn) \(what)")) -j \(extChain)")
+                            // The firewall chain once per Service port, however many LB IPs jump to it.
+                            if natChains.insert(fwChain).inserted {
+                                for r in sp.sourceRanges {
+                                    natRules.append("-A \(fwChain) -s \(r) -m comment --comment \(q("\(spn) \(what)")) -j \(extChain)")
+                                }
+                                for ip in Translator(config).lbSourcesAllowedFromNode(sp) {
+                                    natRules.append(
+                                        "-A \(fwChain) -s \(ip)\(host) -m comment --comment \(q("\(spn) \(what)")) -j \(extChain)")
+                                }
+                                natRules.append(
+                                    "-A \(fwChain) -m comment --comment \(q("other traffic to \(spn) will be dropped by KUBE-PROXY-FIREWALL"))"
+                                )
                             }
-                            for ip in Translator(config).lbSourcesAllowedFromNode(sp) {
-                                natRules.append("-A \(fwChain) -s \(ip)\(host) -m comment --comment \(q("\(spn) \(what)")) -j \(extChain)")
-                            }
-                            natRules.append(
-                                "-A \(fwChain) -m comment --comment \(q("other traffic to \(spn) will be dropped by KUBE-PROXY-FIREWALL"))")
                             filterRules.append(
                                 "-A KUBE-PROXY-FIREWALL \(match(f.ip, f.port, "\(spn) traffic not accepted by \(fwChain)")) -j DROP")
                         } else {

@@ -228,6 +228,10 @@ import Testing
         config.nodeIPs = Set(Self.nodeIPs)
         let d = try Self.disagreements("TestLoadBalancer", config)
         #expect(d.isEmpty, "\(d)")
+        // The iptables view: one firewall chain for both LB IPs, as kube-proxy writes it (two
+        // ranges, the two LB IPs as sources, the closing comment rule).
+        let fw = Self.dump(try Self.rendered("TestLoadBalancer", config)).rules["nat/KUBE-FW-XPGD46QRK7WJZT7O"]
+        #expect(fw?.count == 5, "\(fw ?? [])")
         config.nodeIPs = []
         #expect(
             Set(try Self.disagreements("TestLoadBalancer", config).keys) == [
