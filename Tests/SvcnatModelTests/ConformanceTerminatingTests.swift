@@ -12,7 +12,7 @@ import Testing
 /// 10.0.1.N -> 198.19.0.N, the pod source 10.0.0.2 -> 198.19.9.2, the external client ->
 /// 198.18.0.77. Flows are walked through svcnat's real ruleset; the kernel test
 /// (LocalPolicyTests) sends real packets for the case svcnat used to get wrong.
-@Suite struct TerminatingEndpointsTrafficPolicyLocal {
+@Suite struct ConformanceTerminatingEndpointsTrafficPolicyLocal {
     enum E { case ready, servingTerminating, terminating }
 
     func state(_ eps: [(Int, E, String)], policy: String = "Local") -> ClusterState {
@@ -115,8 +115,8 @@ import Testing
 
 /// kube-proxy's `TestTerminatingEndpointsTrafficPolicyCluster`, its four cases, with the same
 /// Service under externalTrafficPolicy Cluster and the same address mapping.
-@Suite struct TerminatingEndpointsTrafficPolicyCluster {
-    typealias L = TerminatingEndpointsTrafficPolicyLocal
+@Suite struct ConformanceTerminatingEndpointsTrafficPolicyCluster {
+    typealias L = ConformanceTerminatingEndpointsTrafficPolicyLocal
     let l = L()
 
     @Test func readyEndpointsExist() throws {
@@ -158,7 +158,7 @@ import Testing
 /// node's own addresses (issue 11's second disagreement): a Service without endpoints refuses
 /// connections to it, where the packet would otherwise be delivered to whatever listens on the
 /// host. The kernel test (TrafficTests) runs a listener on the node to make the difference seen.
-@Suite struct ExternalIPOnTheNodeWithoutEndpoints {
+@Suite struct ConformanceExternalIPOnTheNodeWithoutEndpoints {
     @Test func isRefusedNotDeliveredToTheHost() throws {
         var d = ManifestDecoder()
         d.decode(
