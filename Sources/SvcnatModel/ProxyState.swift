@@ -188,7 +188,8 @@ public struct ProxyState: Hashable, Sendable {
                 all.insert(ep)
                 if let nodeName, node == nodeName { local.insert(ep) }
             }
-            let fallback = Set(localFallback).subtracting(all).sorted()
+            // Serving-and-terminating, so never among `all` (ready) here.
+            let fallback = Set(localFallback).sorted()
             var state = ServicePortState(
                 name: spn, frontends: frontends, endpoints: fallback + local.sorted() + all.subtracting(local).sorted(),
                 nodePort: hasNodePort ? port.nodePort : nil,

@@ -46,13 +46,12 @@ extension Svcnat {
 /// `iptables-legacy-save` and changed with `iptables-legacy-restore --noflush`. Absent tools,
 /// or no legacy table loaded, mean nothing to do.
 struct LegacyIptables {
-    let save: String
-    let restore: String
+    /// iptables or ip6tables.
+    let family: String
+    var save: String { "\(family)-legacy-save" }
+    var restore: String { "\(family)-legacy-restore" }
 
-    init(_ family: String) {
-        save = "\(family)-legacy-save"
-        restore = "\(family)-legacy-restore"
-    }
+    init(_ family: String) { self.family = family }
 
     static func find(_ tool: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -69,23 +68,31 @@ struct LegacyIptables {
         guard r.status == 0 else {
             throw LegacyRestoreFailed(description: "\(restore) --noflush refused the removal of kube-proxy's chains: \(r.error)")
         }
-        return removed.map { "\(save.replacingOccurrences(of: "-save", with: "")): \($0)" }
+        return removed.map { "\(family)-legacy: \($0)" }
     }
 
     static func run(_ tool: String, _ args: [String], input: String?) throws -> (status: Int32, output: String, error: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)
         p.arguments = args
-        let out = Pipe(), err = Pipe(), inp = Pipe()
+        // Standard error goes to a file, so a tool that writes much there cannot block while
+        // its standard output is read.
+        let errPath = NSTemporaryDirectory() + "svcnat-\(getpid())-\(UUID().uuidString).err"
+        guard FileManager.default.createFile(atPath: errPath, contents: nil), let errFile = FileHandle(forWritingAtPath: errPath) else {
+            throw LegacyRestoreFailed(description: "cannot create \(errPath) for \(tool)'s errors")
+        }
+        defer { try? FileManager.default.removeItem(atPath: errPath) }
+        let out = Pipe(), inp = Pipe()
         p.standardOutput = out
-        p.standardError = err
+        p.standardError = errFile
         p.standardInput = inp
         try p.run()
         if let input { inp.fileHandleForWriting.write(Data(input.utf8)) }
         try inp.fileHandleForWriting.close()
         let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
+        try? errFile.close()
+        let e = FileManager.default.contents(atPath: errPath) ?? Data()
         return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
 }

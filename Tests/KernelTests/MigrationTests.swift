@@ -17,17 +17,8 @@ extension RootTests {
 
         let flags = ["--cluster-cidr", "198.19.0.0/16", "--node-name", "node1"]
 
-        static let manifest = """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: web, namespace: demo}
-            spec:
-              type: NodePort
-              clusterIP: 198.18.100.20
-              selector: {app: web}
-              ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}]
-
-            """ + readyPod("web-1", 1, labels: "{app: web}") + readyPod("web-2", 2, labels: "{app: web}")
+        /// NodePort Service demo/web on pods 1 and 2.
+        static let manifest = RootTests.DaemonTests().nodePortManifest(pods: [1, 2])
 
         /// What kube-proxy's rules look like in this mode, as the node's own tools list them.
         func kubeProxyObjects(_ bed: Testbed, _ mode: Mode) throws -> [String] {
