@@ -149,10 +149,10 @@ import Testing
 
     /// What svcnat's ruleset does with a flow, as kube-proxy's tests write it: the endpoints
     /// reached ("a:80, b:80", sorted) or DROP / REJECT, and whether it is masqueraded.
-    static func walk(_ r: Ruleset, _ f: Flow) -> (String, Bool) {
+    static func walk(_ r: Ruleset, _ f: Flow, local: Set<IPAddress> = nodeIPs) -> (String, Bool) {
         let o = PacketWalk.walk(
             .init(source: IPAddress(f.source)!, destination: IPAddress(f.destination)!, port: f.port, proto: f.proto), in: r,
-            local: nodeIPs)
+            local: local)
         var eps = Set<String>()
         for x in o {
             switch x.fate {
