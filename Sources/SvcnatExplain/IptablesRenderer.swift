@@ -210,18 +210,14 @@ public struct IptablesRenderer: Sendable {
             -A KUBE-POSTROUTING -j MARK --set-xmark \(mark)/0x0
             -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
             """
-        // route_localnet (and so this guard) is IPv4's alone.
-        let localnet =
-            v4
-            ? [
-                "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m "
-                    + "conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
-            ] : []
+        // KUBE-FIREWALL stays empty: kube-proxy fills it with its "block incoming localnet
+        // connections" guard only when it serves node ports on 127.0.0.0/8 through
+        // route_localnet (--iptables-localhost-nodeports), which svcnat never does.
         var out = "# svcnat: the kube-proxy \(v4 ? "iptables" : "ip6tables")-mode equivalent of the same Services\n*filter\n"
         out += ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
         out += filterChains.map { ":\($0) - [0:0]\n" }.joined()
         out += Self.byChain(
-            fixedFilter.split(separator: "\n").map(String.init) + localnet + filterRules,
+            fixedFilter.split(separator: "\n").map(String.init) + filterRules,
             order: ["INPUT", "FORWARD", "OUTPUT"] + filterChains)
         out += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
         out += natChains.sorted().map { ":\($0) - [0:0]\n" }.joined()

@@ -69,15 +69,30 @@ struct CommonOptions: ParsableArguments {
                 + "kube-proxy's INVALID drop out of --format iptables (which includes it unless the sysctl is set)."))
     var conntrackTcpBeLiberal = false
 
-    func validate() throws {
+    mutating func validate() throws {
         for c in clusterCIDR where IPPrefix(c) == nil {
             throw ValidationError("--cluster-cidr \"\(c)\" is not a CIDR such as 198.19.0.0/16 or 2001:db8:1::/48")
         }
         for c in nodePortAddresses where IPPrefix(c) == nil {
             throw ValidationError("--nodeport-addresses \"\(c)\" is not a CIDR")
         }
-        for c in nodePortAddresses where IPPrefix(c).map({ $0.address.isLoopback || $0.length == 0 }) == true {
-            throw ValidationError("--nodeport-addresses \"\(c)\": node ports are never served on loopback addresses (127.0.0.0/8, ::1)")
+        for c in nodePortAddresses where IPPrefix(c)?.length == 0 {
+            throw ValidationError("--nodeport-addresses \"\(c)\": leave the flag out to serve node ports on every address")
+        }
+        // A loopback CIDR is named and left out, as kube-proxy with localhost node ports off
+        // leaves it (its TestNodePorts: 192.168.0.0/24,127.0.0.1/32 serves 192.168.0.0/24 only);
+        // a list of nothing else would serve nowhere, and is refused.
+        let loopback = nodePortAddresses.filter { IPPrefix($0)?.address.isLoopback == true }
+        if !loopback.isEmpty {
+            guard loopback.count < nodePortAddresses.count else {
+                throw ValidationError(
+                    "--nodeport-addresses \(loopback.joined(separator: ",")): node ports are never served on loopback addresses "
+                        + "(127.0.0.0/8, ::1); name a CIDR of the node's own addresses, or leave the flag out for all of them")
+            }
+            FileHandle.standardError.write(
+                "svcnat: --nodeport-addresses \(loopback.joined(separator: ",")) left out: svcnat never serves node ports on "
+                    + "loopback addresses\n")
+            nodePortAddresses.removeAll { loopback.contains($0) }
         }
         for c in serviceCIDR where IPPrefix(c) == nil {
             throw ValidationError("--service-cidr \"\(c)\" is not a CIDR")

@@ -24,7 +24,9 @@ import Testing
 /// Deliberate differences, removed from kube-proxy's side with the reason:
 /// - localhost NodePorts (`-d 127.0.0.0/8` rules in nat KUBE-NODEPORTS): svcnat serves node ports
 ///   on the node's addresses only, never on 127.0.0.0/8, as kube-proxy's nftables mode does
-///   (route_localnet exposes localhost services to the network).
+///   (route_localnet exposes localhost services to the network); with them goes the KUBE-FIREWALL
+///   "block incoming localnet connections" guard, which kube-proxy installs only while it
+///   serves them (its `--iptables-localhost-nodeports=false` leaves the chain empty, as svcnat).
 @Suite struct Conformance {
     static let dir = fixtures + "/kube-proxy"
 
@@ -114,7 +116,12 @@ import Testing
         return out
     }
 
-    static func localhostNodePorts(_ line: String) -> Bool { line.hasPrefix("-A KUBE-NODEPORTS") && line.contains("-d 127.0.0.0/8") }
+    /// kube-proxy's localhost node port rules, and the KUBE-FIREWALL guard it installs because it
+    /// serves them (route_localnet).
+    static func localhostNodePorts(_ line: String) -> Bool {
+        (line.hasPrefix("-A KUBE-NODEPORTS") && line.contains("-d 127.0.0.0/8"))
+            || (line.hasPrefix("-A KUBE-FIREWALL") && line.contains("block incoming localnet connections"))
+    }
 
     @Test func testOverallIPTablesRules() throws {
         let config = ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node")

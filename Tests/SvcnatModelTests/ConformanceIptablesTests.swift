@@ -1,0 +1,133 @@
+import NFTModel
+import SvcnatCore
+import SvcnatExplain
+import SvcnatModel
+import SvcnatSources
+import Testing
+
+/// kube-proxy's iptables tests that check one chain or a few flows (pkg/proxy/iptables/
+/// proxier_test.go): TestDropInvalidRule, TestMasqueradeRule, TestNodePorts. Chains are
+/// compared after Conformance's normalisation; flows go through svcnat's nft ruleset (what
+/// the kernel runs), the iptables view being only a rendering of the same decisions.
+extension Conformance {
+    /// The rules of one chain of svcnat's --format iptables, normalised.
+    static func chain(_ text: String, _ name: String) -> [[String]] { dump(text).rules[name] ?? [] }
+
+    static func emptyState() -> ClusterState {
+        var d = ManifestDecoder()
+        d.decode("", file: "none.yaml")
+        return d.state
+    }
+
+    /// Its three cases: the INVALID drop first in KUBE-FORWARD unless the node's conntrack is
+    /// TCP-liberal (--conntrack-tcp-be-liberal); the nfacct-counted form is the plain one after
+    /// the normalisation (nfacct counters are an optional kube-proxy metric).
+    @Test(arguments: [
+        (false, "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"),
+        (false, "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP"),
+        (true, ""),
+    ])
+    func testDropInvalidRule(_ tcpLiberal: Bool, _ dropRule: String) throws {
+        let want = [dropRule].filter { !$0.isEmpty } + [
+            #"-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT"#,
+            #"-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"#,
+        ]
+        let config = ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node")
+        let proxy = try Reconciler.desired(Self.emptyState(), config: config).0
+        let got = IptablesRenderer(config.translator, dropsInvalid: !tcpLiberal).render(proxy)
+        #expect(Self.chain(got, "filter/KUBE-FORWARD") == Self.chain("*filter\n" + want.joined(separator: "\n"), "filter/KUBE-FORWARD"))
+    }
+
+    /// Both cases (with and without --random-fully) are one after the normalisation: svcnat
+    /// always asks for random-fully, which every kernel it runs on has.
+    @Test(arguments: ["", " --random-fully"])
+    func testMasqueradeRule(_ randomFully: String) throws {
+        let want = """
+            *nat
+            -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+            -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+            -A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE\(randomFully)
+            """
+        let config = ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node")
+        let got = IptablesRenderer(config.translator).render(try Reconciler.desired(Self.emptyState(), config: config).0)
+        #expect(Self.chain(got, "nat/KUBE-POSTROUTING") == Self.chain(want, "nat/KUBE-POSTROUTING"))
+        #expect(Self.chain(got, "nat/KUBE-POSTROUTING").count == 3)
+    }
+
+    /// Its seven cases. kube-proxy's "localhost to nodePort gets masqueraded" (IPv4 with
+    /// --iptables-localhost-nodeports, its iptables default) is the deliberate difference:
+    /// svcnat never serves node ports on 127.0.0.0/8, so there that flow is "" (not NATed) and
+    /// KUBE-FIREWALL is empty, which is kube-proxy's own answer with localhost node ports off.
+    /// A loopback CIDR in --nodeport-addresses is left out (the flag says so on standard error).
+    @Test(arguments: [
+        ("ipv4, localhost-nodeports enabled", IPFamily.v4, true, [String]?.none, true, true),
+        ("ipv4, localhost-nodeports disabled", .v4, false, nil, true, false),
+        ("ipv4, localhost-nodeports disabled, localhost in nodeport-addresses", .v4, false, ["192.168.0.0/24", "127.0.0.1/32"], false, false),
+        ("ipv4, localhost-nodeports enabled, multiple nodeport-addresses", .v4, false, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], true, false),
+        ("ipv6, localhost-nodeports enabled", .v6, true, nil, true, false),
+        ("ipv6, localhost-nodeports disabled", .v6, false, nil, true, false),
+        ("ipv6, localhost-nodeports disabled, multiple nodeport-addresses", .v6, false, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], false, false),
+    ])
+    func testIPTablesNodePorts(
+        _ name: String, _ family: IPFamily, _ localhostNodePorts: Bool, _ nodePortAddresses: [String]?, _ allowAltNodeIP: Bool,
+        _ expectFirewall: Bool
+    ) throws {
+        let v4 = family == .v4
+        let (svcIP, ep1, ep2) = v4 ? ("172.30.0.41", "10.180.0.1", "10.180.2.1") : ("fd00:172:30::41", "fd00:10:180::1", "fd00:10:180::2:1")
+        let (nodeIP, altNodeIP, localhost) = v4 ? ("192.168.0.2", "192.168.1.2", "127.0.0.1") : ("2001:db8::1", "2001:db8:1::2", "::1")
+        let (podIP, external) = v4 ? ("10.0.0.2", "203.0.113.2") : ("fd00:10::2", "2600:5200::1")
+        var d = ManifestDecoder()
+        d.decode(
+            """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: svc1, namespace: ns1}
+            spec:
+              type: NodePort
+              clusterIP: \(svcIP)
+              ports: [{name: p80, port: 80, protocol: TCP, nodePort: 3001}]
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
+            addressType: \(v4 ? "IPv4" : "IPv6")
+            endpoints: [{addresses: ["\(ep1)"]}, {addresses: ["\(ep2)"], nodeName: test-node}]
+            ports: [{name: p80, port: 80, protocol: TCP}]
+
+            """, file: "svc1.yaml")
+        #expect(d.errors.isEmpty, "\(d.errors)")
+        // What --nodeport-addresses keeps of the list: every CIDR but the loopback ones.
+        let kept = (nodePortAddresses ?? []).compactMap { IPPrefix($0) }.filter { !$0.address.isLoopback }
+        let config = ProxyConfig(
+            clusterCIDRs: [IPPrefix("10.0.0.0/8")!, IPPrefix("fd00:10::/64")!], nodeName: "test-node", nodePortAddresses: kept)
+        let table = try #require(try Reconciler.desiredTables(d.state, config: config).first { $0.family == family })
+        let both = v4 ? "\(ep1):80, \(ep2):80" : "[\(ep1)]:80, [\(ep2)]:80"
+        var flows = [
+            Flow(name: "pod to cluster IP", source: podIP, destination: svcIP, port: 80, output: both, masq: false),
+            Flow(name: "external to nodePort", source: external, destination: nodeIP, port: 3001, output: both, masq: true),
+            Flow(name: "node to nodePort", source: nodeIP, destination: nodeIP, port: 3001, output: both, masq: true),
+            // kube-proxy: "localhost to nodePort gets masqueraded" when v4 && localhostNodePorts.
+            Flow(name: "localhost to nodePort is ignored", source: localhost, destination: localhost, port: 3001, output: "", masq: false),
+        ]
+        flows.append(
+            allowAltNodeIP
+                ? Flow(name: "external to nodePort on secondary IP", source: external, destination: altNodeIP, port: 3001, output: both, masq: true)
+                : Flow(name: "secondary nodeIP ignores NodePorts", source: external, destination: altNodeIP, port: 3001, output: "", masq: false))
+        var disagree: [String] = []
+        for f in flows {
+            var (output, masq) = Self.walk(table.ruleset, f, local: Self.nodeIPsBothFamilies)
+            if output == "not NATed" { output = "" }
+            if output != f.output || masq != f.masq {
+                disagree.append("\(f.name): kube-proxy \(f.output), masq \(f.masq); svcnat \(output), masq \(masq)")
+            }
+        }
+        #expect(disagree.isEmpty, "\(name):\n\(disagree.joined(separator: "\n"))")
+        // KUBE-FIREWALL: kube-proxy's localnet guard exactly when it serves localhost node ports.
+        let view = IptablesRenderer(config.translator(for: family)).render(table.proxy)
+        #expect(Self.chain(view, "filter/KUBE-FIREWALL").isEmpty)
+        #expect(view.contains(":KUBE-FIREWALL - [0:0]"))
+        // kube-proxy wants the guard exactly in the cases that serve localhost node ports, the
+        // deliberate difference: nothing else is set aside.
+        #expect(expectFirewall == (v4 && localhostNodePorts))
+    }
+}
