@@ -25,13 +25,14 @@ extension Conformance {
     @Test(arguments: [
         (false, "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"),
         (false, "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP"),
-        (true, ""),
+        (true, "")
     ])
     func testDropInvalidRule(_ tcpLiberal: Bool, _ dropRule: String) throws {
-        let want = [dropRule].filter { !$0.isEmpty } + [
-            #"-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT"#,
-            #"-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"#,
-        ]
+        let want =
+            [dropRule].filter { !$0.isEmpty } + [
+                #"-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT"#,
+                #"-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"#
+            ]
         let config = ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node")
         let proxy = try Reconciler.desired(Self.emptyState(), config: config).0
         let got = IptablesRenderer(config.translator, dropsInvalid: !tcpLiberal).render(proxy)
@@ -62,11 +63,20 @@ extension Conformance {
     @Test(arguments: [
         ("ipv4, localhost-nodeports enabled", IPFamily.v4, true, [String]?.none, true, true),
         ("ipv4, localhost-nodeports disabled", .v4, false, nil, true, false),
-        ("ipv4, localhost-nodeports disabled, localhost in nodeport-addresses", .v4, false, ["192.168.0.0/24", "127.0.0.1/32"], false, false),
-        ("ipv4, localhost-nodeports enabled, multiple nodeport-addresses", .v4, false, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], true, false),
+        (
+            "ipv4, localhost-nodeports disabled, localhost in nodeport-addresses", .v4, false, ["192.168.0.0/24", "127.0.0.1/32"], false,
+            false
+        ),
+        (
+            "ipv4, localhost-nodeports enabled, multiple nodeport-addresses", .v4, false,
+            ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], true, false
+        ),
         ("ipv6, localhost-nodeports enabled", .v6, true, nil, true, false),
         ("ipv6, localhost-nodeports disabled", .v6, false, nil, true, false),
-        ("ipv6, localhost-nodeports disabled, multiple nodeport-addresses", .v6, false, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], false, false),
+        (
+            "ipv6, localhost-nodeports disabled, multiple nodeport-addresses", .v6, false,
+            ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], false, false
+        )
     ])
     func testIPTablesNodePorts(
         _ name: String, _ family: IPFamily, _ localhostNodePorts: Bool, _ nodePortAddresses: [String]?, _ allowAltNodeIP: Bool,
@@ -107,12 +117,16 @@ extension Conformance {
             Flow(name: "external to nodePort", source: external, destination: nodeIP, port: 3001, output: both, masq: true),
             Flow(name: "node to nodePort", source: nodeIP, destination: nodeIP, port: 3001, output: both, masq: true),
             // kube-proxy: "localhost to nodePort gets masqueraded" when v4 && localhostNodePorts.
-            Flow(name: "localhost to nodePort is ignored", source: localhost, destination: localhost, port: 3001, output: "", masq: false),
+            Flow(name: "localhost to nodePort is ignored", source: localhost, destination: localhost, port: 3001, output: "", masq: false)
         ]
         flows.append(
             allowAltNodeIP
-                ? Flow(name: "external to nodePort on secondary IP", source: external, destination: altNodeIP, port: 3001, output: both, masq: true)
-                : Flow(name: "secondary nodeIP ignores NodePorts", source: external, destination: altNodeIP, port: 3001, output: "", masq: false))
+                ? Flow(
+                    name: "external to nodePort on secondary IP", source: external, destination: altNodeIP, port: 3001, output: both,
+                    masq: true)
+                : Flow(
+                    name: "secondary nodeIP ignores NodePorts", source: external, destination: altNodeIP, port: 3001, output: "",
+                    masq: false))
         var disagree: [String] = []
         for f in flows {
             var (output, masq) = Self.walk(table.ruleset, f, local: Self.nodeIPsBothFamilies)
@@ -129,5 +143,119 @@ extension Conformance {
         // kube-proxy wants the guard exactly in the cases that serve localhost node ports, the
         // deliberate difference: nothing else is set aside.
         #expect(expectFirewall == (v4 && localhostNodePorts))
+    }
+}
+
+extension Conformance {
+    /// kube-proxy's TestSyncProxyRulesRepeated: nine syncs of a changing cluster. kube-proxy
+    /// writes only what changed (iptables-restore --noflush: a declared chain is flushed and
+    /// rewritten, `-X` deletes one, the rest stay), so each of its expected inputs is applied,
+    /// in order, to the chains the steps before left; what that leaves must be, rule by rule,
+    /// svcnat's whole --format iptables view of the same cluster (Conformance's normalisation,
+    /// the localhost guard set aside as there).
+    @Test func testSyncProxyRulesRepeated() throws {
+        func service(_ ns: String, _ port: Int, _ ip: String) -> String {
+            let n = ns.replacingOccurrences(of: "ns", with: "svc")
+            return """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: \(n), namespace: \(ns)}
+                spec: {type: ClusterIP, clusterIP: \(ip), ports: [{name: p\(port), port: \(port), protocol: TCP}]}
+                ---
+
+                """
+        }
+        func slice(_ ns: String, _ port: Int, _ eps: [String]) -> String {
+            let n = ns.replacingOccurrences(of: "ns", with: "svc")
+            return """
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: \(n)-1, namespace: \(ns), labels: {kubernetes.io/service-name: \(n)}}
+                addressType: IPv4
+                endpoints: [\(eps.map { "{addresses: [\($0)]}" }.joined(separator: ", "))]
+                ports: [{name: p\(port), port: \(port), protocol: TCP}]
+                ---
+
+                """
+        }
+        let svc1 = service("ns1", 80, "172.30.0.41") + slice("ns1", 80, ["10.0.1.1"])
+        let svc2 = service("ns2", 8080, "172.30.0.42")
+        let eps2 = slice("ns2", 8080, ["10.0.2.1"])
+        let svc3 = service("ns3", 80, "172.30.0.43")
+        let svc4 = service("ns4", 80, "172.30.0.44")
+        let eps4 = slice("ns4", 80, ["10.0.4.1"])
+        // Each step's cluster; a deleted Service's slice stays, as in kube-proxy's test.
+        let clusters = [
+            svc1 + svc2 + eps2,
+            svc1 + svc2 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]),
+            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]),
+            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]) + svc4,
+            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]) + svc4 + eps4,
+            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2"]) + svc4 + eps4,
+            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2", "10.0.3.3"]) + svc4 + eps4,
+            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2", "10.0.3.3"]) + svc4 + eps4,
+            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2", "10.0.3.3"]) + eps4
+        ]
+        let text = try String(contentsOfFile: Self.dir + "/TestSyncProxyRulesRepeated.iptables", encoding: .utf8)
+        let inputs = text.components(separatedBy: "\n## step ").dropFirst()
+        #expect(inputs.count == clusters.count)
+        var kernel = RestoredTables()
+        var chainsWritten: [Int] = []
+        for (i, (input, cluster)) in zip(inputs, clusters).enumerated() {
+            chainsWritten.append(kernel.restore(input))
+            var d = ManifestDecoder()
+            d.decode(cluster, file: "step\(i + 1).yaml")
+            #expect(d.errors.isEmpty, "\(d.errors)")
+            let config = ProxyConfig(clusterCIDRs: [IPPrefix("10.0.0.0/8")!], nodeName: "test-node")
+            let got = IptablesRenderer(config.translator).render(try Reconciler.desiredTables(d.state, config: config)[0].proxy)
+            let want = kernel.text.split(separator: "\n").filter { !Self.localhostNodePorts(String($0)) }.joined(separator: "\n")
+            let diff = Self.differences(want, got)
+            #expect(diff.isEmpty, "step \(i + 1) (\(input.prefix { $0 != "\n" })):\n\(diff.joined(separator: "\n"))")
+        }
+        // The steps are partial: after the first, kube-proxy rewrote only the chains that changed
+        // (the fixed ones and each step's own), so the comparison tests what it left standing too.
+        #expect(chainsWritten == [14, 12, 12, 10, 12, 13, 13, 10, 17], "\(chainsWritten)")
+    }
+}
+
+/// The chains of iptables tables as `iptables-restore --noflush` leaves them (only what this
+/// comparison needs: declared chains flushed, rules appended, `-X` deletes).
+struct RestoredTables {
+    var chains: [String: [String]] = [:]
+    var order: [String] = []
+
+    /// Applies one restore input; returns how many chains it declared.
+    mutating func restore(_ input: String) -> Int {
+        var table = "", declared = 0
+        for line in input.split(separator: "\n") where !line.hasPrefix("#") {
+            if line.hasPrefix("*") {
+                table = String(line.dropFirst())
+            } else if line.hasPrefix(":") {
+                let key = table + "/" + line.dropFirst().split(separator: " ")[0]
+                if chains[key] == nil { order.append(key) }
+                chains[key] = []
+                declared += 1
+            } else if line.hasPrefix("-A ") {
+                chains[table + "/" + line.split(separator: " ")[1], default: []].append(String(line))
+            } else if line.hasPrefix("-X ") {
+                let key = table + "/" + line.split(separator: " ")[1]
+                chains[key] = nil
+                order.removeAll { $0 == key }
+            }
+        }
+        return declared
+    }
+
+    /// As iptables-save would print them.
+    var text: String {
+        var out = ""
+        for t in ["filter", "nat"] {
+            out += "*\(t)\n"
+            let keys = order.filter { $0.hasPrefix(t + "/") }
+            for k in keys { out += ":\(k.dropFirst(t.count + 1)) - [0:0]\n" }
+            for k in keys { out += chains[k]!.map { $0 + "\n" }.joined() }
+            out += "COMMIT\n"
+        }
+        return out
     }
 }

@@ -16,7 +16,7 @@ extension Conformance {
         ("ipv4", IPFamily.v4, [String]?.none, false),
         ("ipv4, multiple nodeport-addresses", .v4, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], true),
         ("ipv6", .v6, nil, false),
-        ("ipv6, multiple nodeport-addresses", .v6, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64", "2001:db8:1::2/128"], true),
+        ("ipv6, multiple nodeport-addresses", .v6, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64", "2001:db8:1::2/128"], true)
     ])
     func testNodePorts(_ name: String, _ family: IPFamily, _ nodePortAddresses: [String]?, _ allowAltNodeIP: Bool) throws {
         let v4 = family == .v4
@@ -52,12 +52,16 @@ extension Conformance {
         var flows = [
             Flow(name: "pod to cluster IP", source: podIP, destination: svcIP, port: 80, output: both, masq: false),
             Flow(name: "external to nodePort", source: external, destination: nodeIP, port: 3001, output: both, masq: true),
-            Flow(name: "node to nodePort", source: nodeIP, destination: nodeIP, port: 3001, output: both, masq: true),
+            Flow(name: "node to nodePort", source: nodeIP, destination: nodeIP, port: 3001, output: both, masq: true)
         ]
         flows.append(
             allowAltNodeIP
-                ? Flow(name: "external to nodePort on secondary IP", source: external, destination: altNodeIP, port: 3001, output: both, masq: true)
-                : Flow(name: "secondary nodeIP ignores NodePorts", source: external, destination: altNodeIP, port: 3001, output: "", masq: false))
+                ? Flow(
+                    name: "external to nodePort on secondary IP", source: external, destination: altNodeIP, port: 3001, output: both,
+                    masq: true)
+                : Flow(
+                    name: "secondary nodeIP ignores NodePorts", source: external, destination: altNodeIP, port: 3001, output: "",
+                    masq: false))
         var disagree: [String] = []
         for f in flows {
             var (output, masq) = Self.walk(table.ruleset, f, local: Self.nodeIPsBothFamilies)
