@@ -180,7 +180,7 @@ final class Testbed {
         try startServer(in: client, name: "sink", port: port)
     }
 
-    private func startServer(in namespace: String, name: String, port: Int) throws {
+    func startServer(in namespace: String, name: String, port: Int) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
         p.arguments = ["netns", "exec", namespace, "python3", helper("server.py"), name, String(port), "600"]

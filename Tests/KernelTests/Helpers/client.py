@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Test client: makes COUNT new TCP connections (or UDP exchanges, each from a new socket) to
 IP:PORT and prints one JSON line: {"answers": {name: count}, "sources": {ip: count}, "refused": n,
-"timeouts": n, "seconds": s}. Every attempt is bounded by a 2 s timeout.
+"timeouts": n, "seconds": s}. Every attempt is bounded by a 2 s timeout; TCP connections are
+reset on close (SO_LINGER 0).
 
 Usage: client.py tcp|udp IP PORT COUNT [SOURCE-IP]"""
-import json, socket, sys, time
+import json, socket, struct, sys, time
 
 proto, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 source = (sys.argv[5], 0) if len(sys.argv) > 5 else None
@@ -19,6 +20,8 @@ for _ in range(count):
                 chunk = s.recv(256)
                 if not chunk: break
                 data += chunk
+            # Reset on close: no TIME_WAIT here to collide with a later connection's port.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()
         else:
             s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)

@@ -1,0 +1,323 @@
+import Foundation
+import Testing
+
+extension RootTests {
+    /// kube-proxy's packet-flow tests as real packets: for each kube-proxy test name, its
+    /// Services and EndpointSlices (Tests/SvcnatModelTests/Fixtures/kube-proxy) with kube-proxy's
+    /// addresses mapped into this project's test plan, programmed by `svcnat apply`, and its
+    /// flows sent from namespaces standing for its pods, its node and its external clients.
+    ///
+    /// The address map (`KubeProxyAddresses`): pod addresses (10.0.0.0/8) become pod namespaces
+    /// 198.19.N.2, in order of first appearance, and the cluster CIDR 198.19.0.0/16; ClusterIPs
+    /// 172.30.0.B -> 198.18.100.B (172.30.1.B -> 198.18.100.(200+B)), the service CIDR
+    /// 198.18.100.0/24; the node IPs 192.168.0.2 and 192.168.1.2 -> 198.18.10.2 and 198.18.11.2
+    /// (their /24s likewise); external IPs 192.168.99.X -> 198.18.200.X (kube-proxy's testExternalIP
+    /// .11 is one of the node's own addresses, and is here too); the LB IPs 1.2.3.4, 5.6.7.8,
+    /// 9.10.11.12 -> 198.18.200.104, .108, .112; external clients 203.0.113.X -> 198.18.0.X.
+    ///
+    /// Every fate is observable, so no flow passes on a timeout it did not ask for: each
+    /// endpoint's server answers with kube-proxy's name for it ("10.180.0.1:80") and the source
+    /// it saw (masquerade is a source other than the client's); the node runs a "host" server on
+    /// every port the flows use, so a packet left un-NATed to one of its addresses answers "host"
+    /// (kube-proxy's ""); the node's default route leads to a sink namespace that owns the Service
+    /// and external ranges and answers "sink", so one forwarded un-NATed answers too; REJECT is a
+    /// refusal; DROP is the only timeout.
+    ///
+    /// Not sent as packets (the packet walk covers them): SCTP flows (the test servers speak TCP
+    /// and UDP), and flows whose source is a load-balancer IP ("same node to LB, SNATted to LB",
+    /// which needs an outside SNAT; TrafficTests.lbIPAsSourceIsAdmittedWhenTheRangesHoldTheNode
+    /// covers it).
+    @Suite(.serialized)
+    struct ConformanceTraffic {
+        static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("SvcnatModelTests/Fixtures/kube-proxy").path
+
+        static func file(_ name: String) throws -> String { try String(contentsOfFile: fixtures + "/" + name, encoding: .utf8) }
+
+        @Test(arguments: [
+            ("TestClusterIPGeneral", ["--service-cidr", "172.30.0.0/16"]),
+            ("TestLoadBalancer", []),
+            ("TestExternalTrafficPolicyLocal", []),
+            ("TestExternalTrafficPolicyCluster", []),
+            ("TestNoEndpointsReject", []),
+            ("TestInternalExternalMasquerade", []),
+            ("TestOverallNFTablesRules", ["--service-cidr", "172.30.0.0/16", "--nodeport-addresses", "192.168.0.2/32"])
+        ])
+        func fixture(_ name: String, _ flags: [String]) throws {
+            let report = try Self.runCase(
+                name, manifests: try Self.file(name + ".yaml"), flows: try Self.file(name + ".flows"), flags: flags)
+            #expect(report.disagree.isEmpty, "\(name):\n\(report.disagree.joined(separator: "\n"))")
+            #expect(report.sent >= 5, "\(name): \(report.sent) flows sent, \(report.skipped) skipped")
+            print(
+                "conformance traffic \(name): \(report.sent) flows as packets, all agree: \(report.disagree.isEmpty); \(report.skipped) left to the walk"
+            )
+        }
+
+        /// kube-proxy's TestNodePorts (nftables), IPv4: its fake proxier's node port address (the
+        /// primary node IP only) and the case with both node IPs' /24s.
+        @Test(arguments: [(["192.168.0.2/32"], false), (["192.168.0.0/24", "192.168.1.0/24"], true)])
+        func testNodePorts(_ addresses: [String], _ allowAlt: Bool) throws {
+            let manifests = """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: svc1, namespace: ns1}
+                spec: {type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 3001}]}
+                ---
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
+                addressType: IPv4
+                endpoints: [{addresses: [10.180.0.1]}, {addresses: [10.180.2.1], nodeName: test-node}]
+                ports: [{name: p80, port: 80, protocol: TCP}]
+                """
+            let both = "10.180.0.1:80, 10.180.2.1:80"
+            let flows = """
+                pod to cluster IP | 10.0.0.2 | 172.30.0.41 | 80 | \(both) | false
+                external to nodePort | 203.0.113.2 | 192.168.0.2 | 3001 | \(both) | true
+                node to nodePort | 192.168.0.2 | 192.168.0.2 | 3001 | \(both) | true
+                \(allowAlt ? "external to nodePort on secondary IP | 203.0.113.2 | 192.168.1.2 | 3001 | \(both) | true" : "secondary nodeIP ignores NodePorts | 203.0.113.2 | 192.168.1.2 | 3001 |  | false")
+                """
+            let report = try Self.runCase(
+                "TestNodePorts", manifests: manifests, flows: flows, flags: addresses.flatMap { ["--nodeport-addresses", $0] })
+            #expect(report.disagree.isEmpty, "\(addresses):\n\(report.disagree.joined(separator: "\n"))")
+            #expect(report.sent == 4)
+        }
+
+        /// kube-proxy's TestInternalTrafficPolicy, its "Local" case with one local endpoint, and
+        /// its TestTerminatingEndpointsTrafficPolicyLocal case where this node has only a
+        /// serving-and-terminating endpoint: the fallback to it, from outside.
+        @Test func testInternalTrafficPolicyAndTerminatingEndpoints() throws {
+            let itp = """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: svc1, namespace: ns1}
+                spec: {clusterIP: 172.30.1.1, internalTrafficPolicy: Local, ports: [{name: "", port: 80, protocol: TCP}]}
+                ---
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
+                addressType: IPv4
+                ports: [{name: "", port: 80, protocol: TCP}]
+                endpoints: [{addresses: [10.0.1.1], nodeName: test-node}, {addresses: [10.0.1.2], nodeName: node1}, {addresses: [10.0.1.3], nodeName: node2}]
+                """
+            let r1 = try Self.runCase(
+                "TestInternalTrafficPolicy", manifests: itp, flows: "pod to ClusterIP | 10.0.0.2 | 172.30.1.1 | 80 | 10.0.1.1:80 | false",
+                flags: [])
+            #expect(r1.disagree.isEmpty && r1.sent == 1, "\(r1.disagree)")
+            let term = """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: svc1, namespace: ns1}
+                spec:
+                  type: LoadBalancer
+                  clusterIP: 172.30.1.1
+                  externalTrafficPolicy: Local
+                  healthCheckNodePort: 30000
+                  ports: [{name: "", protocol: TCP, port: 80, targetPort: 80, nodePort: 3001}]
+                status: {loadBalancer: {ingress: [{ip: 1.2.3.4}]}}
+                ---
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
+                addressType: IPv4
+                ports: [{name: "", port: 80, protocol: TCP}]
+                endpoints:
+                  - {addresses: [10.0.1.1], nodeName: test-node, conditions: {ready: false, serving: true, terminating: true}}
+                  - {addresses: [10.0.1.2], nodeName: host-1, conditions: {ready: true, serving: true, terminating: false}}
+                """
+            let r2 = try Self.runCase(
+                "TestTerminatingEndpointsTrafficPolicyLocal", manifests: term,
+                flows: """
+                    external to LB, only a terminating endpoint here | 203.0.113.2 | 1.2.3.4 | 80 | 10.0.1.1:80 | false
+                    external to node port, only a terminating endpoint here | 203.0.113.2 | 192.168.0.2 | 3001 | 10.0.1.1:80 | false
+                    pod to ClusterIP: the ready one elsewhere | 10.0.0.2 | 172.30.1.1 | 80 | 10.0.1.2:80 | false
+                    """, flags: [])
+            #expect(r2.disagree.isEmpty && r2.sent == 3, "\(r2.disagree)")
+        }
+
+        struct Report {
+            var sent = 0, skipped = 0
+            var disagree: [String] = []
+        }
+
+        /// Builds the namespaces for one kube-proxy test, applies its Services, sends its flows.
+        static func runCase(_ name: String, manifests: String, flows text: String, flags: [String]) throws -> Report {
+            var map = KubeProxyAddresses()
+            let flows = text.split(separator: "\n").filter { !$0.hasPrefix("#") && !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+                .map { $0.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) } }
+            // Pod namespaces in order of first appearance: the manifests' endpoints, then the flows.
+            let yaml = try map.translate(manifests)
+            for f in flows { _ = try map.translate(f[1] + " " + f[2] + " " + f[4]) }
+            let args = try flags.map { try map.translate($0) }
+
+            let bed = Testbed("kp")
+            defer { bed.close() }
+            let node = try bed.addNamespace("node"), client = try bed.addNamespace("cl"), sink = try bed.addNamespace("sk")
+            func link(_ a: String, _ aName: String, _ b: String) throws {
+                try run(["ip", "-n", a, "link", "add", aName, "type", "veth", "peer", "name", "eth0", "netns", b])
+                try bed.sh(a, ["ip", "link", "set", aName, "up"])
+                try bed.sh(b, ["ip", "link", "set", "eth0", "up"])
+            }
+            try link(node, "cl", client)
+            for a in ["198.18.0.254/24", "198.18.10.2/24", "198.18.11.2/24", "198.18.200.11/32"] {
+                try bed.sh(node, ["ip", "addr", "add", a, "dev", "cl"])
+            }
+            for a in ["198.18.0.2/24", "198.18.0.130/24"] { try bed.sh(client, ["ip", "addr", "add", a, "dev", "eth0"]) }
+            for r in ["198.18.100.0/24", "198.18.200.0/24", "198.18.10.0/23"] {
+                try bed.sh(client, ["ip", "route", "add", r, "via", "198.18.0.254"])
+            }
+            try link(node, "sk", sink)
+            try bed.sh(node, ["ip", "addr", "add", "198.18.250.1/24", "dev", "sk"])
+            try bed.sh(sink, ["ip", "addr", "add", "198.18.250.2/24", "dev", "eth0"])
+            try bed.sh(sink, ["ip", "route", "add", "default", "via", "198.18.250.1"])
+            for r in ["198.18.100.0/24", "198.18.200.0/24"] { try bed.sh(sink, ["ip", "route", "add", "local", r, "dev", "lo"]) }
+            try bed.sh(node, ["ip", "route", "add", "default", "via", "198.18.250.2"])
+            try bed.sh(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            try bed.sh(node, ["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"])
+            var podNamespace: [String: String] = [:]  // kube-proxy pod address -> namespace
+            for (original, n) in map.pods.sorted(by: { $0.value < $1.value }) {
+                let pod = try bed.addNamespace("p\(n)")
+                try link(node, "p\(n)", pod)
+                try bed.sh(node, ["ip", "addr", "add", "198.19.\(n).1/24", "dev", "p\(n)"])
+                try bed.sh(pod, ["ip", "addr", "add", "198.19.\(n).2/24", "dev", "eth0"])
+                try bed.sh(pod, ["ip", "route", "add", "default", "via", "198.19.\(n).1"])
+                podNamespace[original] = pod
+            }
+            // Servers: every pod on every endpoint port the flows name, as kube-proxy names the
+            // endpoint; the node ("host") and the sink on every destination port.
+            let endpointPorts = Set(
+                flows.flatMap { $0[4].split(separator: ",").compactMap { $0.split(separator: ":").last.flatMap { Int($0) } } })
+            for (original, pod) in podNamespace {
+                for p in endpointPorts { try bed.startServer(in: pod, name: "\(original):\(p)", port: p) }
+            }
+            for p in Set(flows.map { Int($0[3])! }) {
+                try bed.startServer(in: node, name: "host", port: p)
+                try bed.startServer(in: sink, name: "sink", port: p)
+            }
+
+            let input = try bed.writeManifest(yaml)
+            let applied = try bed.svcnat(node, ["apply", "-f", input, "--cluster-cidr", "198.19.0.0/16", "--node-name", "test-node"] + args)
+            var report = Report()
+            guard applied.code == 0 else {
+                report.disagree.append("svcnat apply: exit \(applied.code): \(applied.err)")
+                return report
+            }
+            // The controls: a packet forwarded un-NATed reaches the sink, one delivered to the
+            // node un-NATed its host server, so neither would look like a DROP.
+            let probe = Int(flows[0][3])!
+            for (dst, want) in [("198.18.200.250", "sink"), ("198.18.0.254", "host")] {
+                let got = try bed.client(in: client, "tcp", dst, probe, count: 1)
+                if got.answers != [want: 1] { report.disagree.append("control \(dst):\(probe) should answer \(want): \(got)") }
+            }
+            for f in flows {
+                let (flow, source, destination, port, output, masq) = (f[0], f[1], f[2], Int(f[3])!, f[4], f[5] == "true")
+                let proto = f.count > 6 ? f[6] : "tcp"
+                let from: String
+                if source.hasPrefix("203.0.113.") {
+                    from = client
+                } else if source == "192.168.0.2" {
+                    from = node
+                } else if let pod = podNamespace[source] {
+                    from = pod
+                } else {
+                    report.skipped += 1
+                    continue
+                }
+                guard proto != "sctp" else {
+                    report.skipped += 1
+                    continue
+                }
+                let src = try map.translate(source), dst = try map.translate(destination)
+                let wanted = Set(output.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+                let count = output == "DROP" ? 1 : wanted.count > 1 ? 16 : 3
+                let got = try bed.client(in: from, proto, dst, port, count: count, from: src)
+                report.sent += 1
+                let ok: Bool
+                switch output {
+                case "DROP": ok = got.timeouts == count && got.answers.isEmpty && got.refused == 0
+                case "REJECT": ok = got.refused == count && got.answers.isEmpty
+                case "": ok = got.answers == [KubeProxyAddresses.nodeIPs.contains(destination) ? "host" : "sink": count]
+                default:
+                    let seen = Set(got.sources.keys)
+                    ok =
+                        Set(got.answers.keys) == wanted && got.answers.values.reduce(0, +) == count
+                        && (masq ? !seen.contains(src) : seen == [src])
+                }
+                if !ok {
+                    report.disagree.append(
+                        "\(flow) (\(proto) \(src) -> \(dst):\(port)): kube-proxy \(output.isEmpty ? "\"\"" : output), masq \(masq); got \(got)"
+                    )
+                }
+            }
+            return report
+        }
+    }
+}
+
+/// kube-proxy's test addresses mapped into this project's test plan (see ConformanceTraffic).
+struct KubeProxyAddresses {
+    /// kube-proxy pod address -> pod link number N (198.19.N.2).
+    var pods: [String: Int] = [:]
+    static let nodeIPs: Set<String> = ["192.168.0.2", "192.168.1.2", "192.168.99.11"]
+
+    mutating func address(_ ip: String) throws -> String {
+        let o = ip.split(separator: ".").map { Int($0)! }
+        switch (o[0], o[1], o[2]) {
+        case (10, _, _):
+            if pods[ip] == nil { pods[ip] = pods.count + 1 }
+            return "198.19.\(pods[ip]!).2"
+        case (172, 30, 0): return "198.18.100.\(o[3])"
+        case (172, 30, 1) where o[3] < 56: return "198.18.100.\(200 + o[3])"
+        case (192, 168, 0): return "198.18.10.\(o[3])"
+        case (192, 168, 1): return "198.18.11.\(o[3])"
+        case (192, 168, 99): return "198.18.200.\(o[3])"
+        case (203, 0, 113): return "198.18.0.\(o[3])"
+        default:
+            switch ip {
+            case "1.2.3.4": return "198.18.200.104"
+            case "5.6.7.8": return "198.18.200.108"
+            case "9.10.11.12": return "198.18.200.112"
+            default: throw TestbedError("kube-proxy address \(ip) has no place in the test plan")
+            }
+        }
+    }
+
+    /// Every IPv4 address and CIDR in `text`, mapped (a CIDR by its network: 10.0.0.0/8 is the
+    /// cluster CIDR 198.19.0.0/16, 172.30.0.0/16 the service CIDR 198.18.100.0/24).
+    mutating func translate(_ text: String) throws -> String {
+        let cidrs = [
+            "10.0.0.0/8": "198.19.0.0/16", "172.30.0.0/16": "198.18.100.0/24", "192.168.0.0/24": "198.18.10.0/24",
+            "192.168.1.0/24": "198.18.11.0/24", "203.0.113.0/25": "198.18.0.0/25", "192.168.0.2/32": "198.18.10.2/32"
+        ]
+        // Runs of digits, dots and slashes; those shaped like an address or a CIDR are mapped.
+        var out = "", run = ""
+        func flush() throws {
+            // A sentence's full stop is not part of the address before it.
+            var tail = ""
+            while run.hasSuffix(".") { run.removeLast(); tail += "." }
+            defer { run = ""; out += tail }
+            let parts = run.split(separator: "/", omittingEmptySubsequences: false)
+            let octets = parts[0].split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count <= 2, octets.count == 4, octets.allSatisfy({ !$0.isEmpty && Int($0).map { $0 < 256 } == true }) else {
+                out += run
+                return
+            }
+            if parts.count == 2 {
+                guard let c = cidrs[run] else { throw TestbedError("kube-proxy CIDR \(run) has no place in the test plan") }
+                out += c
+            } else {
+                out += try address(run)
+            }
+        }
+        for ch in text {
+            if ch.isASCII && (ch.isNumber || ch == "." || ch == "/") {
+                run.append(ch)
+            } else {
+                try flush()
+                out.append(ch)
+            }
+        }
+        try flush()
+        return out
+    }
+}
