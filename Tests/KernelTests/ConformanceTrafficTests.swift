@@ -135,13 +135,100 @@ extension RootTests {
             #expect(r2.disagree.isEmpty && r2.sent == 3, "\(r2.disagree)")
         }
 
+        /// kube-proxy's iptables tests as real packets, over the Services they share with
+        /// TestOverallNFTablesRules (the same six): kube-proxy's own expected TestOverallIPTablesRules
+        /// rules, loaded into the node with iptables-nft-restore, and svcnat's --format iptables
+        /// view of the same manifests, loaded the same way, each meet the flows of
+        /// TestOverallNFTablesRules.flows. kube-proxy's iptables mode differs from its nftables
+        /// mode in three of them, and those are expected as iptables does them: node ports answer
+        /// on every node address (its fake proxier has no --nodeport-addresses), and it neither
+        /// rejects a ClusterIP's unknown port nor drops an unallocated ClusterIP (both go on
+        /// un-NATed: "" here, the sink). kube-proxy's rules are taken as its test prints them,
+        /// with the jumps from the built-in chains that its proxier adds (iptablesJumpChains),
+        /// without its localhost node port rules (no route_localnet here) and nfacct counters.
+        @Test(arguments: ["kube-proxy's rules", "svcnat's --format iptables"])
+        func testOverallIPTablesRules(_ whose: String) throws {
+            var flows = try Self.file("TestOverallNFTablesRules.flows")
+            for (line, iptables) in [
+                (
+                    "svc3 node port on the alternate node IP is not served | 203.0.113.2 | 192.168.1.2 | 3003 |  | false",
+                    "10.180.0.3:80 | true"
+                ),
+                ("svc1 unknown port | 10.0.0.2 | 172.30.0.41 | 443 | REJECT | false", " | false"),
+                ("unallocated ClusterIP | 10.0.0.2 | 172.30.0.50 | 80 | DROP | false", " | false")
+            ] {
+                #expect(flows.contains(line))
+                let head = line.split(separator: "|").prefix(4).joined(separator: "|")
+                flows = flows.replacingOccurrences(of: line, with: head + "| " + iptables)
+            }
+            var program = Program.svcnatIptables
+            if whose == "kube-proxy's rules" {
+                let dump = try Self.file("TestOverallIPTablesRules.iptables").split(separator: "\n")
+                    .filter { !$0.hasPrefix("#") && !($0.hasPrefix("-A KUBE-NODEPORTS") && $0.contains("127.0.0.0/8")) }
+                    .filter { !($0.hasPrefix("-A KUBE-FIREWALL") && $0.contains("localnet")) }
+                    .map { $0.replacing(#/ -m nfacct --nfacct-name \S+/#, with: "") }
+                // The built-in chains declared after each table's line, the jumps before its COMMIT.
+                var out = "", table = ""
+                for line in dump {
+                    if line == "COMMIT" { out += (table == "filter" ? Self.jumps.filter : Self.jumps.nat) + "\n" }
+                    out += line + "\n"
+                    if line.hasPrefix("*") {
+                        table = String(line.dropFirst())
+                        let builtins = table == "filter" ? ["INPUT", "FORWARD", "OUTPUT"] : ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]
+                        out += builtins.map { ":\($0) ACCEPT [0:0]\n" }.joined()
+                    }
+                }
+                program = .kubeProxyIptables(out)
+            }
+            let report = try Self.runCase(
+                "TestOverallIPTablesRules", manifests: try Self.file("TestOverallIPTablesRules.yaml"), flows: flows, flags: [],
+                program: program)
+            #expect(report.disagree.isEmpty, "\(whose):\n\(report.disagree.joined(separator: "\n"))")
+            #expect(report.sent == 28)
+            print(
+                "conformance traffic TestOverallIPTablesRules (\(whose)): \(report.sent) flows as packets, all agree: \(report.disagree.isEmpty)"
+            )
+        }
+
+        /// kube-proxy's jumps from the built-in chains into its own (iptablesJumpChains in
+        /// pkg/proxy/iptables/proxier.go), which its tests' dumps leave out.
+        static let jumps = (
+            filter: """
+            -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+            -A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS
+            -A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES
+            -A INPUT -j KUBE-FIREWALL
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+            -A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES
+            -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+            -A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A OUTPUT -j KUBE-FIREWALL
+            """,
+            nat: """
+            -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+            -A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+            """
+        )
+
         struct Report {
             var sent = 0, skipped = 0
             var disagree: [String] = []
         }
 
         /// Builds the namespaces for one kube-proxy test, applies its Services, sends its flows.
-        static func runCase(_ name: String, manifests: String, flows text: String, flags: [String]) throws -> Report {
+        /// What programs the node: `svcnat apply`; kube-proxy's own iptables-restore text (its
+        /// addresses, mapped here); or svcnat's --format iptables view of the case. Both iptables
+        /// texts are loaded with iptables-nft-restore.
+        enum Program {
+            case svcnat, kubeProxyIptables(String), svcnatIptables
+        }
+
+        static func runCase(_ name: String, manifests: String, flows text: String, flags: [String], program: Program = .svcnat) throws
+            -> Report
+        {
             var map = KubeProxyAddresses()
             let flows = text.split(separator: "\n").filter { !$0.hasPrefix("#") && !$0.trimmingCharacters(in: .whitespaces).isEmpty }
                 .map { $0.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) } }
@@ -196,11 +283,27 @@ extension RootTests {
             }
 
             let input = try bed.writeManifest(yaml)
-            let applied = try bed.svcnat(node, ["apply", "-f", input, "--cluster-cidr", "198.19.0.0/16", "--node-name", "test-node"] + args)
+            let common = ["--cluster-cidr", "198.19.0.0/16", "--node-name", "test-node"] + args
             var report = Report()
-            guard applied.code == 0 else {
-                report.disagree.append("svcnat apply: exit \(applied.code): \(applied.err)")
-                return report
+            switch program {
+            case .svcnat:
+                let applied = try bed.svcnat(node, ["apply", "-f", input] + common)
+                guard applied.code == 0 else {
+                    report.disagree.append("svcnat apply: exit \(applied.code): \(applied.err)")
+                    return report
+                }
+            case .kubeProxyIptables, .svcnatIptables:
+                var text: String
+                if case .kubeProxyIptables(let rules) = program {
+                    text = try map.translate(rules)
+                } else {
+                    text = try bed.svcnat(node, ["apply", "--dry-run", "--format", "iptables", "-f", input] + common).out
+                }
+                let loaded = try bed.exec(node, ["iptables-nft-restore"], stdin: text)
+                guard loaded.code == 0 else {
+                    report.disagree.append("iptables-nft-restore: exit \(loaded.code): \(loaded.err)")
+                    return report
+                }
             }
             // The controls: a packet forwarded un-NATed reaches the sink, one delivered to the
             // node un-NATed its host server, so neither would look like a DROP.
