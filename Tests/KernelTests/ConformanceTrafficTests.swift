@@ -53,10 +53,16 @@ extension RootTests {
             )
         }
 
-        /// kube-proxy's TestNodePorts (nftables), IPv4: its fake proxier's node port address (the
-        /// primary node IP only) and the case with both node IPs' /24s.
-        @Test(arguments: [(["192.168.0.2/32"], false), (["192.168.0.0/24", "192.168.1.0/24"], true)])
-        func testNodePorts(_ addresses: [String], _ allowAlt: Bool) throws {
+        /// kube-proxy's TestNodePorts, IPv4: its nftables fake proxier's node port address (the
+        /// primary node IP only) and the case with both node IPs' /24s, through svcnat's rules;
+        /// and its iptables test's cases (every node address when --nodeport-addresses is not
+        /// given; localhost never, svcnat's deliberate difference) through svcnat's --format
+        /// iptables view loaded with iptables-nft-restore.
+        @Test(arguments: [
+            (["192.168.0.2/32"], false, false), (["192.168.0.0/24", "192.168.1.0/24"], true, false), ([], true, true),
+            (["192.168.0.0/24"], false, true),
+        ])
+        func testNodePorts(_ addresses: [String], _ allowAlt: Bool, _ iptablesView: Bool) throws {
             let manifests = """
                 apiVersion: v1
                 kind: Service
@@ -78,14 +84,16 @@ extension RootTests {
                 \(allowAlt ? "external to nodePort on secondary IP | 203.0.113.2 | 192.168.1.2 | 3001 | \(both) | true" : "secondary nodeIP ignores NodePorts | 203.0.113.2 | 192.168.1.2 | 3001 |  | false")
                 """
             let report = try Self.runCase(
-                "TestNodePorts", manifests: manifests, flows: flows, flags: addresses.flatMap { ["--nodeport-addresses", $0] })
+                "TestNodePorts", manifests: manifests, flows: flows, flags: addresses.flatMap { ["--nodeport-addresses", $0] },
+                program: iptablesView ? .svcnatIptables : .svcnat)
             #expect(report.disagree.isEmpty, "\(addresses):\n\(report.disagree.joined(separator: "\n"))")
             #expect(report.sent == 4)
         }
 
         /// kube-proxy's TestInternalTrafficPolicy, its "Local" case with one local endpoint, and
         /// its TestTerminatingEndpointsTrafficPolicyLocal case where this node has only a
-        /// serving-and-terminating endpoint: the fallback to it, from outside.
+        /// serving-and-terminating endpoint: the fallback to it, from outside; then the
+        /// ...Cluster test's case where no endpoint anywhere is ready.
         @Test func testInternalTrafficPolicyAndTerminatingEndpoints() throws {
             let itp = """
                 apiVersion: v1
@@ -133,6 +141,22 @@ extension RootTests {
                     pod to ClusterIP: the ready one elsewhere | 10.0.0.2 | 172.30.1.1 | 80 | 10.0.1.2:80 | false
                     """, flags: [])
             #expect(r2.disagree.isEmpty && r2.sent == 3, "\(r2.disagree)")
+            // TestTerminatingEndpointsTrafficPolicyCluster, "only terminating endpoints exist": no
+            // ready endpoint anywhere, so every serving-and-terminating one, on any node, from
+            // inside and outside (masqueraded: Cluster policy).
+            let cluster = term.replacingOccurrences(of: "externalTrafficPolicy: Local", with: "externalTrafficPolicy: Cluster")
+                .replacingOccurrences(of: "  healthCheckNodePort: 30000\n", with: "")
+                .replacingOccurrences(
+                    of: "{ready: true, serving: true, terminating: false}", with: "{ready: false, serving: true, terminating: true}")
+                + "\n  - {addresses: [10.0.1.3], nodeName: host-1, conditions: {ready: false, serving: false, terminating: true}}"
+            let both = "10.0.1.1:80, 10.0.1.2:80"
+            let r3 = try Self.runCase(
+                "TestTerminatingEndpointsTrafficPolicyCluster", manifests: cluster,
+                flows: """
+                    pod to ClusterIP | 10.0.0.2 | 172.30.1.1 | 80 | \(both) | false
+                    external to LB | 203.0.113.2 | 1.2.3.4 | 80 | \(both) | true
+                    """, flags: [])
+            #expect(r3.disagree.isEmpty && r3.sent == 2, "\(r3.disagree)")
         }
 
         /// kube-proxy's iptables tests as real packets, over the Services they share with
