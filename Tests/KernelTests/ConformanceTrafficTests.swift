@@ -60,7 +60,7 @@ extension RootTests {
         /// iptables view loaded with iptables-nft-restore.
         @Test(arguments: [
             (["192.168.0.2/32"], false, false), (["192.168.0.0/24", "192.168.1.0/24"], true, false), ([], true, true),
-            (["192.168.0.0/24"], false, true),
+            (["192.168.0.0/24"], false, true)
         ])
         func testNodePorts(_ addresses: [String], _ allowAlt: Bool, _ iptablesView: Bool) throws {
             let manifests = """
@@ -144,7 +144,8 @@ extension RootTests {
             // TestTerminatingEndpointsTrafficPolicyCluster, "only terminating endpoints exist": no
             // ready endpoint anywhere, so every serving-and-terminating one, on any node, from
             // inside and outside (masqueraded: Cluster policy).
-            let cluster = term.replacingOccurrences(of: "externalTrafficPolicy: Local", with: "externalTrafficPolicy: Cluster")
+            let cluster =
+                term.replacingOccurrences(of: "externalTrafficPolicy: Local", with: "externalTrafficPolicy: Cluster")
                 .replacingOccurrences(of: "  healthCheckNodePort: 30000\n", with: "")
                 .replacingOccurrences(
                     of: "{ready: true, serving: true, terminating: false}", with: "{ready: false, serving: true, terminating: true}")
@@ -212,6 +213,91 @@ extension RootTests {
             print(
                 "conformance traffic TestOverallIPTablesRules (\(whose)): \(report.sent) flows as packets, all agree: \(report.disagree.isEmpty)"
             )
+        }
+
+        /// kube-proxy's TestSyncProxyRulesRepeated, TestDropInvalidRule and TestMasqueradeRule with
+        /// the kernel as the oracle of iptables-restore: kube-proxy's nine partial inputs go, one
+        /// after the other, into one namespace with `iptables-nft-restore --noflush` (what it runs);
+        /// svcnat's whole --format iptables view of each step's cluster goes into another with a
+        /// plain restore. After every step `iptables-nft-save` of both must hold the same KUBE-*
+        /// chains, rule by rule, each rule's options compared as a set (option order is each
+        /// tool's own), endpoint chains named by their DNAT target, with kube-proxy's localnet guard and nfacct counters and svcnat's
+        /// --random-fully set aside. KUBE-FORWARD's INVALID drop and KUBE-POSTROUTING are among
+        /// them at every step; with --conntrack-tcp-be-liberal the drop is gone from the kernel.
+        @Test func iptablesDumpsInTheKernel() throws {
+            let bed = Testbed("kpdump")
+            defer { bed.close() }
+            let kp = try bed.addNamespace("kp"), sv = try bed.addNamespace("sv")
+            var map = KubeProxyAddresses()
+            let clusters = try Self.file("TestSyncProxyRulesRepeated.yaml").components(separatedBy: "\n#### step ").dropFirst()
+                .map { try map.translate(String($0.drop { $0 != "\n" })) }
+            let inputs = try Self.file("TestSyncProxyRulesRepeated.iptables").components(separatedBy: "\n## step ").dropFirst()
+                .map { try map.translate(String($0.drop { $0 != "\n" }).replacing(#/ -m nfacct --nfacct-name \S+/#, with: "")) }
+            #expect(clusters.count == 9 && inputs.count == 9)
+            let flags = ["--cluster-cidr", "198.19.0.0/16", "--node-name", "test-node"]
+            for (i, (input, cluster)) in zip(inputs, clusters).enumerated() {
+                let k = try bed.exec(kp, ["iptables-nft-restore", "--noflush"], stdin: input)
+                #expect(k.code == 0, "step \(i + 1): kube-proxy's input: \(k.err)")
+                let view = try bed.svcnat(sv, ["apply", "--dry-run", "--format", "iptables", "-f", try bed.writeManifest(cluster)] + flags)
+                #expect(view.code == 0, "\(view.err)")
+                let s = try bed.exec(sv, ["iptables-nft-restore"], stdin: view.out)
+                #expect(s.code == 0, "step \(i + 1): svcnat's view: \(s.err)")
+                let want = Self.kubeChains(try bed.sh(kp, ["iptables-nft-save"]))
+                    .mapValues { $0.filter { !$0.contains("--comment block incoming localnet connections") } }
+                let got = Self.kubeChains(try bed.sh(sv, ["iptables-nft-save"]).replacingOccurrences(of: " --random-fully", with: ""))
+                let difference = Self.difference(want, got)
+                #expect(difference.isEmpty, "step \(i + 1):\n\(difference)")
+                #expect(got["filter KUBE-FORWARD"]?.contains { $0.contains("--ctstate INVALID") } == true)
+                #expect(got["nat KUBE-POSTROUTING"]?.count == 3)
+            }
+            let liberal = try bed.svcnat(
+                sv,
+                ["apply", "--dry-run", "--format", "iptables", "-f", try bed.writeManifest(clusters[0]), "--conntrack-tcp-be-liberal"]
+                    + flags)
+            #expect(try bed.exec(sv, ["iptables-nft-restore"], stdin: liberal.out).code == 0)
+            let forward = Self.kubeChains(try bed.sh(sv, ["iptables-nft-save"]))["filter KUBE-FORWARD"] ?? []
+            #expect(forward.count == 2 && !forward.contains { $0.contains("INVALID") }, "\(forward)")
+        }
+
+        /// iptables-save's KUBE-* chains: "table chain" -> its rules, each as its option groups
+        /// sorted (quotes dropped).
+        /// An endpoint chain is named by its DNAT target ("KUBE-SEP[198.19.1.2:80]"): its hash
+        /// covers the endpoint's address, which the address map changed (the unit test compares
+        /// the names over kube-proxy's own addresses).
+        static func kubeChains(_ save: String) -> [String: [String]] {
+            var text = save
+            for line in save.split(separator: "\n") where line.hasPrefix("-A KUBE-SEP-") && line.contains("--to-destination ") {
+                let sep = line.split(separator: " ")[1]
+                let target = line.split(separator: " ").drop { $0 != "--to-destination" }.dropFirst().first ?? ""
+                text = text.replacingOccurrences(of: sep + " ", with: "KUBE-SEP[\(target)] ")
+                    .replacingOccurrences(of: sep + "\n", with: "KUBE-SEP[\(target)]\n")
+            }
+            var out: [String: [String]] = [:], table = ""
+            for line in text.split(separator: "\n") {
+                if line.hasPrefix("*") { table = String(line.dropFirst()) }
+                if line.hasPrefix(":KUBE-") { out[table + " " + line.dropFirst().split(separator: " ")[0], default: []] += [] }
+                guard line.hasPrefix("-A KUBE-") else { continue }
+                let words = line.replacingOccurrences(of: "\"", with: "").split(separator: " ").map(String.init)
+                var groups: [String] = [], negate = false
+                for w in words.dropFirst(2) {
+                    if w == "!" {
+                        negate = true
+                    } else if w.hasPrefix("-") {
+                        groups.append((negate ? "! " : "") + w)
+                        negate = false
+                    } else {
+                        groups[groups.count - 1] += " " + w
+                    }
+                }
+                out[table + " " + words[1], default: []].append(groups.sorted().joined(separator: " "))
+            }
+            return out
+        }
+
+        static func difference(_ want: [String: [String]], _ got: [String: [String]]) -> String {
+            Set(want.keys).union(got.keys).sorted().filter { want[$0] != got[$0] }
+                .map { "\($0):\n  kube-proxy: \(want[$0] ?? ["(no chain)"])\n  svcnat:     \(got[$0] ?? ["(no chain)"])" }
+                .joined(separator: "\n")
         }
 
         /// kube-proxy's jumps from the built-in chains into its own (iptablesJumpChains in
@@ -414,7 +500,9 @@ struct KubeProxyAddresses {
     mutating func translate(_ text: String) throws -> String {
         let cidrs = [
             "10.0.0.0/8": "198.19.0.0/16", "172.30.0.0/16": "198.18.100.0/24", "192.168.0.0/24": "198.18.10.0/24",
-            "192.168.1.0/24": "198.18.11.0/24", "203.0.113.0/25": "198.18.0.0/25", "192.168.0.2/32": "198.18.10.2/32"
+            "192.168.1.0/24": "198.18.11.0/24", "203.0.113.0/25": "198.18.0.0/25", "192.168.0.2/32": "198.18.10.2/32",
+            // Loopback is loopback (kube-proxy's localnet guard).
+            "127.0.0.0/8": "127.0.0.0/8"
         ]
         // Runs of digits, dots and slashes; those shaped like an address or a CIDR are mapped.
         var out = "", run = ""

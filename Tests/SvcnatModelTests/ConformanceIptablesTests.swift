@@ -154,48 +154,9 @@ extension Conformance {
     /// svcnat's whole --format iptables view of the same cluster (Conformance's normalisation,
     /// the localhost guard set aside as there).
     @Test func testSyncProxyRulesRepeated() throws {
-        func service(_ ns: String, _ port: Int, _ ip: String) -> String {
-            let n = ns.replacingOccurrences(of: "ns", with: "svc")
-            return """
-                apiVersion: v1
-                kind: Service
-                metadata: {name: \(n), namespace: \(ns)}
-                spec: {type: ClusterIP, clusterIP: \(ip), ports: [{name: p\(port), port: \(port), protocol: TCP}]}
-                ---
-
-                """
-        }
-        func slice(_ ns: String, _ port: Int, _ eps: [String]) -> String {
-            let n = ns.replacingOccurrences(of: "ns", with: "svc")
-            return """
-                apiVersion: discovery.k8s.io/v1
-                kind: EndpointSlice
-                metadata: {name: \(n)-1, namespace: \(ns), labels: {kubernetes.io/service-name: \(n)}}
-                addressType: IPv4
-                endpoints: [\(eps.map { "{addresses: [\($0)]}" }.joined(separator: ", "))]
-                ports: [{name: p\(port), port: \(port), protocol: TCP}]
-                ---
-
-                """
-        }
-        let svc1 = service("ns1", 80, "172.30.0.41") + slice("ns1", 80, ["10.0.1.1"])
-        let svc2 = service("ns2", 8080, "172.30.0.42")
-        let eps2 = slice("ns2", 8080, ["10.0.2.1"])
-        let svc3 = service("ns3", 80, "172.30.0.43")
-        let svc4 = service("ns4", 80, "172.30.0.44")
-        let eps4 = slice("ns4", 80, ["10.0.4.1"])
-        // Each step's cluster; a deleted Service's slice stays, as in kube-proxy's test.
-        let clusters = [
-            svc1 + svc2 + eps2,
-            svc1 + svc2 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]),
-            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]),
-            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]) + svc4,
-            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.1"]) + svc4 + eps4,
-            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2"]) + svc4 + eps4,
-            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2", "10.0.3.3"]) + svc4 + eps4,
-            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2", "10.0.3.3"]) + svc4 + eps4,
-            svc1 + eps2 + svc3 + slice("ns3", 80, ["10.0.3.2", "10.0.3.3"]) + eps4
-        ]
+        // Each step's cluster (a deleted Service's slice stays, as in kube-proxy's test).
+        let clusters = try String(contentsOfFile: Self.dir + "/TestSyncProxyRulesRepeated.yaml", encoding: .utf8)
+            .components(separatedBy: "\n#### step ").dropFirst().map { String($0.drop { $0 != "\n" }) }
         let text = try String(contentsOfFile: Self.dir + "/TestSyncProxyRulesRepeated.iptables", encoding: .utf8)
         let inputs = text.components(separatedBy: "\n## step ").dropFirst()
         #expect(inputs.count == clusters.count)
