@@ -28,6 +28,19 @@ import Testing
         #expect(dry.code == 0 && dry.out == repeated.out, "\(dry.err)")
     }
 
+    /// A loopback CIDR in --nodeport-addresses is named and left out, as kube-proxy with
+    /// localhost node ports off leaves it (its TestNodePorts); one of nothing else is refused.
+    @Test func loopbackNodePortAddressesAreLeftOut() throws {
+        let mixed = try svcnat([
+            "apply", "-f", examples, "--dry-run", "--nodeport-addresses", "127.0.0.1/32", "--nodeport-addresses", "198.18.0.0/24",
+        ])
+        let plain = try svcnat(["apply", "-f", examples, "--dry-run", "--nodeport-addresses", "198.18.0.0/24"])
+        #expect(mixed.code == 0 && mixed.out == plain.out, "\(mixed.err)")
+        #expect(mixed.err.contains("--nodeport-addresses 127.0.0.1/32 left out"), "\(mixed.err)")
+        let only = try svcnat(["apply", "-f", examples, "--dry-run", "--nodeport-addresses", "::1/128"])
+        #expect(only.code == 2 && only.err.contains("never served on loopback"), "\(only.err)")
+    }
+
     /// The example's dry run is the nft text the golden netlink test feeds to nft: pinned here.
     @Test func exampleDryRunIsUnchanged() throws {
         let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
