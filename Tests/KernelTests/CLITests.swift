@@ -32,7 +32,7 @@ import Testing
     /// localhost node ports off leaves it (its TestNodePorts); one of nothing else is refused.
     @Test func loopbackNodePortAddressesAreLeftOut() throws {
         let mixed = try svcnat([
-            "apply", "-f", examples, "--dry-run", "--nodeport-addresses", "127.0.0.1/32", "--nodeport-addresses", "198.18.0.0/24",
+            "apply", "-f", examples, "--dry-run", "--nodeport-addresses", "127.0.0.1/32", "--nodeport-addresses", "198.18.0.0/24"
         ])
         let plain = try svcnat(["apply", "-f", examples, "--dry-run", "--nodeport-addresses", "198.18.0.0/24"])
         #expect(mixed.code == 0 && mixed.out == plain.out, "\(mixed.err)")
