@@ -43,7 +43,7 @@ extension RootTests.APISourceTests {
         try a.ctl("put", slice("web-b", of: "web", pods: [2]))
         try a.ctl("compact")
         try a.ctl("resume")
-        #expect(d.within(90) { daemon.log().contains("the list did not end after 1000 pages") } != nil, "\(daemon.log().suffix(1500))")
+        #expect(within(90) { daemon.log().contains("the list did not end after 1000 pages") } != nil, "\(daemon.log().suffix(1500))")
         #expect(try answers(a) == ["pod1"])
     }
 
@@ -55,7 +55,7 @@ extension RootTests.APISourceTests {
         let daemon = try webOnAPI(a)
         try a.ctl("fault", #"{"mode": "longline"}"#)
         try a.ctl("drop")
-        #expect(d.within(30) { daemon.log().contains("a watch event is longer than 16 MB") } != nil, "\(daemon.log().suffix(1500))")
+        #expect(within(30) { daemon.log().contains("a watch event is longer than 16 MB") } != nil, "\(daemon.log().suffix(1500))")
         #expect(try answers(a) == ["pod1"])
     }
 
@@ -69,14 +69,14 @@ extension RootTests.APISourceTests {
         let daemon = try a.bed.startDaemon(
             a.node,
             ["--kubeconfig", try a.kubeconfig(), "--min-sync-period", "0", "--node-name", "node-a", "--cluster-cidr", "198.19.0.0/16"])
-        #expect(d.within(10) { d.ruleset(a.bed, a.node).contains("198.18.100.20") } != nil, "\(daemon.log())")
+        #expect(within(10) { d.ruleset(a.bed, a.node).contains("198.18.100.20") } != nil, "\(daemon.log())")
         let pod = """
             {"path": "/api/v1/services", "type": "ADDED", "object": {"kind": "Pod", "apiVersion": "v1",
              "metadata": {"name": "intruder", "namespace": "demo", "labels": {"app": "web"}, "resourceVersion": "99999"},
              "status": {"podIP": "198.19.2.2", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}}
             """
         try a.ctl("inject", pod)
-        #expect(d.within(5) { daemon.log().contains("a Pod in the Service collection; skipped") } != nil, "\(daemon.log())")
+        #expect(within(5) { daemon.log().contains("a Pod in the Service collection; skipped") } != nil, "\(daemon.log())")
         usleep(500_000)
         #expect(!d.ruleset(a.bed, a.node).contains("198.19.2.2"))
     }
@@ -87,7 +87,7 @@ extension RootTests.APISourceTests {
         defer { a.bed.close() }
         try a.ctl("fault", #"{"mode": "ctrl"}"#)
         let daemon = try a.bed.startDaemon(a.node, ["--kubeconfig", try a.kubeconfig(), "--node-name", "node-a"])
-        #expect(d.within(10) { daemon.log().contains("boom") } != nil, "\(daemon.log())")
+        #expect(within(10) { daemon.log().contains("boom") } != nil, "\(daemon.log())")
         let log = daemon.log()
         #expect(!log.contains("\u{1b}") && !log.split(separator: "\n").contains { $0.hasPrefix("FAKE") }, "\(log)")
         #expect(log.contains("boom\\u{d}\\u{a}FAKE"), "\(log)")
@@ -104,7 +104,7 @@ extension RootTests.APISourceTests {
         _ = a.server.waitExit(seconds: 5)
         let daemon = try a.bed.startDaemon(a.node, ["--kubeconfig", try a.kubeconfig(), "--min-sync-period", "0", "--node-name", "node-a"])
         #expect(
-            d.within(10) { daemon.log().contains("nothing is programmed from the API until its first lists complete") } != nil,
+            within(10) { daemon.log().contains("nothing is programmed from the API until its first lists complete") } != nil,
             "\(daemon.log())")
         #expect(!daemon.log().contains("the last good rules stay in force"), "\(daemon.log())")
     }
@@ -185,7 +185,7 @@ extension RootTests.APISourceTests {
             a.node, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             env: ["KUBERNETES_SERVICE_HOST": "198.18.100.1", "KUBERNETES_SERVICE_PORT": "443"])
         defer { daemon.signal(SIGTERM) }
-        let said = d.within(25) { daemon.log().contains("KUBERNETES_SERVICE_HOST, the kubernetes Service's ClusterIP") }
+        let said = within(25) { daemon.log().contains("KUBERNETES_SERVICE_HOST, the kubernetes Service's ClusterIP") }
         #expect(said != nil, "\(daemon.log())")
         let log = daemon.log()
         #expect(log.contains("in-cluster service account") && log.contains("https://198.18.100.1:443"), "\(log)")
@@ -215,15 +215,15 @@ extension RootTests.APISourceTests {
             let (status, body) = try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz")
             return (status, (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]) ?? [:])
         }
-        #expect(try d.within(5) { try health().0 == 200 } != nil, "\(daemon.log())")
+        #expect(try within(5) { try health().0 == 200 } != nil, "\(daemon.log())")
         #expect(try health().1["nodeEligible"] as? Bool == true)
         try a.ctl("put", node(deleting: true))
-        #expect(try d.within(5) { try health().0 == 503 } != nil, "\(daemon.log())")
+        #expect(try within(5) { try health().0 == 503 } != nil, "\(daemon.log())")
         let (_, body) = try health()
         #expect(body["nodeEligible"] as? Bool == false && (body["reason"] as? String ?? "").contains("being deleted"), "\(body)")
         #expect(try answers(a) == ["pod1"])
         try a.ctl("put", node(deleting: false))
-        #expect(try d.within(5) { try health().0 == 200 } != nil, "\(daemon.log())")
+        #expect(try within(5) { try health().0 == 200 } != nil, "\(daemon.log())")
         #expect(daemon.log().contains("node node-a is being deleted"), "\(daemon.log())")
     }
 }

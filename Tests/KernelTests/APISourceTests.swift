@@ -57,7 +57,7 @@ extension RootTests {
 
             func startServer(_ extra: [String] = []) throws -> Testbed.Background {
                 let s = try bed.startProcess(node, ["python3", helper("apiserver.py")] + serverArgs + extra)
-                guard DaemonTests().within(10, { s.log().contains("ready") }) != nil else {
+                guard within(10, { s.log().contains("ready") }) != nil else {
                     throw TestbedError("apiserver did not start: \(s.log())")
                 }
                 return s
@@ -123,7 +123,7 @@ extension RootTests {
         }
 
         func follows(_ a: API, _ want: Set<String>, within seconds: Double = 5) throws -> Bool {
-            try d.within(seconds) { try answers(a, count: 12 * max(want.count, 1)) == want } != nil
+            try within(seconds) { try answers(a, count: 12 * max(want.count, 1)) == want } != nil
         }
 
         @Test func followsAStreamOfChangesThroughDropsAndRelists() throws {
@@ -176,7 +176,7 @@ extension RootTests {
             #expect(try a.count("lists", "/apis/discovery.k8s.io/v1/endpointslices") > lists)
             #expect(daemon.log().contains("410 Gone"))
             // Every collection watched again (after its own backoff): healthy.
-            #expect(try d.within(10) { try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").0 == 200 } != nil, "\(daemon.log())")
+            #expect(try within(10) { try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").0 == 200 } != nil, "\(daemon.log())")
             #expect(try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").1.contains("\"source\": \"api https://127.0.0.1:6443\""))
             let (_, m) = try d.http(a.bed, a.node, "http://127.0.0.1:10249/metrics")
             // Every collection was listed twice (the compaction outdated all three watches).
@@ -191,7 +191,7 @@ extension RootTests {
                     && m.contains(#"svcnat_source_errors_total{resource="endpointslices"}"#))
             // The Service goes: its rules go.
             try a.ctl("delete", #"{"kind": "Service", "namespace": "demo", "name": "web"}"#)
-            #expect(d.within(5) { !d.ruleset(a.bed, a.node).contains("198.18.100.20") } != nil)
+            #expect(within(5) { !d.ruleset(a.bed, a.node).contains("198.18.100.20") } != nil)
         }
 
         @Test func serverRestartLosesNothingAndStaleSourceShowsInHealth() throws {
@@ -207,7 +207,7 @@ extension RootTests {
             a.server.signal(SIGKILL)
             _ = a.server.waitExit(seconds: 5)
             #expect(
-                try d.within(10) { try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").1.contains("source stale") } != nil,
+                try within(10) { try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").1.contains("source stale") } != nil,
                 "\(daemon.log())")
             #expect(try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").0 == 503)
             #expect(try answers(a) == ["pod1", "pod2"])
@@ -216,7 +216,7 @@ extension RootTests {
             a.server = try a.startServer()
             try a.ctl("put", slice("web-a", of: "web", pods: [3]))
             #expect(try follows(a, ["pod3"], within: 40), "\(daemon.log())")
-            #expect(try d.within(10) { try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").0 == 200 } != nil)
+            #expect(try within(10) { try d.http(a.bed, a.node, "http://127.0.0.1:10256/healthz").0 == 200 } != nil)
         }
 
         @Test func firstSyncWaitsForTheInitialLists() throws {
@@ -243,7 +243,7 @@ extension RootTests {
             try a.ctl("put", slice("web-a", of: "web", pods: [1]))
             func attempt(_ kubeconfig: String, until text: String) throws -> String {
                 let daemon = try a.bed.startDaemon(a.node, ["--kubeconfig", kubeconfig, "--node-name", "node-a"])
-                _ = d.within(8) { daemon.log().contains(text) }
+                _ = within(8) { daemon.log().contains(text) }
                 daemon.signal(SIGTERM)
                 _ = daemon.waitExit(seconds: 5)
                 return daemon.log()

@@ -5,15 +5,6 @@ extension RootTests {
     /// `svcnat run --manifests DIR` in a namespace: file changes, bad files, drift, signals, metrics.
     @Suite(.serialized)
     struct DaemonTests {
-        /// Polls `check` every 50 ms for at most `seconds`; returns the time it took, or nil.
-        func within(_ seconds: Double, _ check: () throws -> Bool) rethrows -> Double? {
-            let start = Date()
-            while Date().timeIntervalSince(start) < seconds {
-                if try check() { return Date().timeIntervalSince(start) }
-                usleep(50_000)
-            }
-            return nil
-        }
 
         func ruleset(_ bed: Testbed, _ ns: String) -> String { (try? bed.sh(ns, ["nft", "list", "ruleset"])) ?? "" }
 

@@ -102,7 +102,7 @@ extension RootTests.DaemonTests {
         let dir = try bed.makeDirectory()
         try FileManager.default.copyItem(atPath: examples + "/codereview.yaml", toPath: dir + "/codereview.yaml")
         let daemon = try bed.startDaemon(c, ["--manifests", dir, "--conntrack-tcp-be-liberal", "--metrics-bind-address", ""] + flags)
-        #expect(RootTests.DaemonTests().within(5) { daemon.log().contains("sync (full") } != nil, "\(daemon.log())")
+        #expect(within(5) { daemon.log().contains("sync (full") } != nil, "\(daemon.log())")
         #expect(daemon.log().contains("nf_conntrack_tcp_be_liberal set to 1"), "\(daemon.log())")
         #expect(try bed.sh(c, sysctl).hasPrefix("1"))
         // The machine's own namespace is untouched.

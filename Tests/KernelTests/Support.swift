@@ -407,3 +407,13 @@ extension Testbed {
         return out
     }
 }
+
+/// Polls `check` every 50 ms for at most `seconds`; returns the time it took, or nil.
+func within(_ seconds: Double, _ check: () throws -> Bool) rethrows -> Double? {
+    let start = Date()
+    while Date().timeIntervalSince(start) < seconds {
+        if try check() { return Date().timeIntervalSince(start) }
+        usleep(50_000)
+    }
+    return nil
+}

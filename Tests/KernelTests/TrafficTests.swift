@@ -108,7 +108,7 @@ extension RootTests {
             try bed.servedTopology(pods: 1)
             let node = bed.ns("node"), client = bed.ns("client")
             let host = try bed.startProcess(node, ["python3", helper("server.py"), "host", "8081", "60"])
-            #expect(DaemonTests().within(5) { host.log().contains("ready") } != nil)
+            #expect(within(5) { host.log().contains("ready") } != nil)
             func manifest(_ pods: [Int]) -> String {
                 serviceManifest(pods: pods).replacingOccurrences(
                     of: "  clusterIP: 198.18.100.20\n", with: "  clusterIP: 198.18.100.20\n  externalIPs: [198.18.0.1]\n"
