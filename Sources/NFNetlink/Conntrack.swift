@@ -28,7 +28,13 @@ public final class Conntrack {
         var original: Tuple, reply: Tuple
         var zone: UInt16?  // network order, as dumped; absent in the default zone
         var id: UInt32?  // network order
+        var status: UInt32?  // host order
+        /// Whether the kernel changed its destination (IPS_DST_NAT): a DNATed flow.
+        var destinationNATed: Bool { (status ?? 0) & IPS_DST_NAT.rawValue != 0 }
     }
+
+    /// The conntrack dumps made so far: each walks the node's whole conntrack table in the kernel.
+    public private(set) var dumps = 0
 
     /// Whether this kernel filters conntrack dumps itself (CTA_FILTER, Linux 5.8 and later);
     /// set false at the first refusal, and the filtering is then done here alone.
@@ -39,17 +45,39 @@ public final class Conntrack {
 
     /// Deletes every UDP flow (IPv4 and IPv6) that matches one of the filters; returns how many went.
     ///
-    /// The kernel is asked for only the flows to each changed frontend (protocol, original
-    /// destination and port), so a node with 200,000 unrelated flows is not dumped whole; the
-    /// filters are still applied here, to every flow the kernel returns.
+    /// With an index, the flows DNATed to a removed endpoint come from it, and no dump is made
+    /// (a stale index is read again first, with one dump of the DNATed UDP flows). Otherwise,
+    /// and for the filters of flows that were not NATed, the kernel is asked for only the flows
+    /// to each changed frontend (protocol, original destination and port), so a node with
+    /// 200,000 unrelated flows is not dumped whole; the filters are still applied here, to every
+    /// flow the kernel returns.
     @discardableResult
-    public func deleteUDPFlows(matching filters: [FlowFilter]) throws -> Int {
+    public func deleteUDPFlows(matching filters: [FlowFilter], index: FlowIndex? = nil) throws -> Int {
         guard !filters.isEmpty else { return 0 }
         var doomed: [Flow] = []
-        for family in [AF_INET, AF_INET6] {
+        var toDump = filters
+        if let index {
+            index.drain()
+            if index.stale != nil { try seed(index) }
+            toDump = filters.filter { $0.endpoint == nil }
+            var seen = Set<FlowIndex.Key>()
+            for f in filters {
+                guard let e = f.endpoint else { continue }
+                for flow in index.flows(to: e.ip, port: e.port) {
+                    let (o, r) = (flow.original, flow.reply)
+                    guard
+                        f.matches(
+                            originalDestination: o.dst, originalPort: UInt16(bigEndian: o.dport), replySource: r.src,
+                            replyPort: UInt16(bigEndian: r.sport))
+                    else { continue }
+                    if seen.insert(FlowIndex.key(flow)).inserted { doomed.append(flow) }
+                }
+            }
+        }
+        for family in [AF_INET, AF_INET6] where !toDump.isEmpty {
             let ipFamily: IPFamily = family == AF_INET ? .v4 : .v6
             // A node port's "not NATed" filter names no address: it holds for both families.
-            let wanted = filters.filter { f in (f.destination ?? f.endpoint?.ip).map { $0.family == ipFamily } ?? true }
+            let wanted = toDump.filter { f in (f.destination ?? f.endpoint?.ip).map { $0.family == ipFamily } ?? true }
             guard !wanted.isEmpty else { continue }
             // IPv6 destinations are left to the check here: kernels compare them inverted in
             // dump filters (seen on 6.18: a filter on the flow's own address returned nothing).
@@ -71,6 +99,7 @@ public final class Conntrack {
         }
         var deleted = 0
         for flow in doomed {
+            defer { index?.forget(flow) }
             do {
                 try delete(flow)
                 deleted += 1
@@ -79,6 +108,19 @@ public final class Conntrack {
             }
         }
         return deleted
+    }
+
+    /// Reads the index again from the kernel: one dump per family of the UDP flows whose
+    /// destination was NATed (the kernel filters by status where it can; checked here too).
+    public func seed(_ index: FlowIndex) throws {
+        index.drain()  // what came before the dump is in it
+        var flows: [Flow] = []
+        for family in [AF_INET, AF_INET6] {
+            try dumpUDP(family: family, filter: DumpFilter(destination: nil, port: nil), natted: true) { flow in
+                if flow.destinationNATed { flows.append(flow) }
+            }
+        }
+        index.seed(flows)
     }
 
     /// What a dump asks the kernel to return: UDP, and optionally one original destination
@@ -104,21 +146,28 @@ public final class Conntrack {
         return nlh
     }
 
-    private func dumpUDP(family: Int32, filter: DumpFilter?, _ each: (Flow) -> Void) throws {
+    /// `natted` asks the kernel for flows with IPS_DST_NAT only (CTA_STATUS and its mask; a
+    /// kernel that does not know them in a dump returns every flow, and the caller checks).
+    private func dumpUDP(family: Int32, filter: DumpFilter?, natted: Bool = false, _ each: (Flow) -> Void) throws {
         if let filter, kernelFilters {
-            do { return try dumpUDPOnce(family: family, filter: filter, each) } catch let e as NetlinkError
+            do { return try dumpUDPOnce(family: family, filter: filter, natted: natted, each) } catch let e as NetlinkError
                 where e.errno == EINVAL || e.errno == EOPNOTSUPP
             {
                 kernelFilters = false  // a kernel before CTA_FILTER
             }
         }
-        try dumpUDPOnce(family: family, filter: nil, each)
+        try dumpUDPOnce(family: family, filter: nil, natted: false, each)
     }
 
-    private func dumpUDPOnce(family: Int32, filter: DumpFilter?, _ each: (Flow) -> Void) throws {
+    private func dumpUDPOnce(family: Int32, filter: DumpFilter?, natted: Bool, _ each: (Flow) -> Void) throws {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
         defer { buf.deallocate() }
+        dumps += 1
         let nlh = header(buf, type: Int32(IPCTNL_MSG_CT_GET.rawValue), flags: NLM_F_DUMP, family: family)
+        if natted {
+            mnl_attr_put_u32(nlh, UInt16(CTA_STATUS.rawValue), IPS_DST_NAT.rawValue.bigEndian)
+            mnl_attr_put_u32(nlh, UInt16(CTA_STATUS_MASK.rawValue), IPS_DST_NAT.rawValue.bigEndian)
+        }
         if let filter {
             // CTA_FILTER's flags say which fields of CTA_TUPLE_ORIG must match (the kernel's
             // CTA_FILTER_F_CTA_* bits: IP_DST 1<<1, PROTO_NUM 1<<3, PROTO_DST_PORT 1<<5).
@@ -159,16 +208,23 @@ public final class Conntrack {
                     if err != 0 { throw NetlinkError("list conntrack entries", errno: err) }
                     done = true
                 default:
-                    let payload = UnsafeRawPointer(mnl_nlmsg_get_payload_offset(h, MemoryLayout<nfgenmsg>.size))
-                    let len = Int(h.pointee.nlmsg_len) - Int(mnl_nlmsg_size(0)) - MemoryLayout<nfgenmsg>.size.alignedTo4
-                    let attrs = Attributes(UnsafeRawBufferPointer(start: payload, count: max(0, len)))
-                    guard let o = attrs[Int(CTA_TUPLE_ORIG.rawValue)].flatMap(Self.tuple),
-                        let r = attrs[Int(CTA_TUPLE_REPLY.rawValue)].flatMap(Self.tuple), o.proto == UInt8(IPPROTO_UDP)
-                    else { return }
-                    each(Flow(original: o, reply: r, zone: attrs.u16(Int(CTA_ZONE.rawValue)), id: attrs.u32(Int(CTA_ID.rawValue))))
+                    if let flow = Self.flow(h), flow.original.proto == UInt8(IPPROTO_UDP) { each(flow) }
                 }
             }
         }
+    }
+
+    /// One conntrack message's flow (a dumped entry, or a NEW or DESTROY event).
+    static func flow(_ h: UnsafePointer<nlmsghdr>) -> Flow? {
+        let payload = UnsafeRawPointer(mnl_nlmsg_get_payload_offset(h, MemoryLayout<nfgenmsg>.size))
+        let len = Int(h.pointee.nlmsg_len) - Int(mnl_nlmsg_size(0)) - MemoryLayout<nfgenmsg>.size.alignedTo4
+        let attrs = Attributes(UnsafeRawBufferPointer(start: payload, count: max(0, len)))
+        guard let o = attrs[Int(CTA_TUPLE_ORIG.rawValue)].flatMap(Self.tuple),
+            let r = attrs[Int(CTA_TUPLE_REPLY.rawValue)].flatMap(Self.tuple)
+        else { return nil }
+        return Flow(
+            original: o, reply: r, zone: attrs.u16(Int(CTA_ZONE.rawValue)), id: attrs.u32(Int(CTA_ID.rawValue)),
+            status: attrs.u32(Int(CTA_STATUS.rawValue)).map { UInt32(bigEndian: $0) })
     }
 
     /// Deletes one flow by its original tuple, in its zone, and only if it is still the flow
@@ -229,24 +285,27 @@ public final class Conntrack {
     }
 }
 
-/// The netlink attributes of a payload, by type (nested flag cleared).
+/// The netlink attributes of a payload, by type (nested flag cleared). Conntrack's types are
+/// small numbers (below 32), so they index an array: an event is read at a new flow's rate.
 struct Attributes {
-    private var byType: [Int: UnsafeRawBufferPointer] = [:]
+    private var byType: [UnsafeRawBufferPointer?]
+    static let types = 32
 
     init(_ raw: UnsafeRawBufferPointer) {
+        byType = Array(repeating: nil, count: Self.types)
         var at = 0
         while at + 4 <= raw.count {
             let len = Int(raw.loadUnaligned(fromByteOffset: at, as: UInt16.self))
             let type = Int(raw.loadUnaligned(fromByteOffset: at + 2, as: UInt16.self)) & ~(Int(NLA_F_NESTED) | Int(NLA_F_NET_BYTEORDER))
             guard len >= 4, at + len <= raw.count else { break }
-            byType[type] = UnsafeRawBufferPointer(rebasing: raw[(at + 4)..<(at + len)])
+            if type < Self.types { byType[type] = UnsafeRawBufferPointer(rebasing: raw[(at + 4)..<(at + len)]) }
             at += len.alignedTo4
         }
     }
 
-    subscript(_ type: Int) -> UnsafeRawBufferPointer? { byType[type] }
-    func u32(_ type: Int) -> UInt32? { byType[type].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil } }
-    func u16(_ type: Int) -> UInt16? { byType[type].flatMap { $0.count >= 2 ? $0.loadUnaligned(as: UInt16.self) : nil } }
+    subscript(_ type: Int) -> UnsafeRawBufferPointer? { type < Self.types ? byType[type] : nil }
+    func u32(_ type: Int) -> UInt32? { self[type].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil } }
+    func u16(_ type: Int) -> UInt16? { self[type].flatMap { $0.count >= 2 ? $0.loadUnaligned(as: UInt16.self) : nil } }
 }
 
 extension Int {

@@ -41,6 +41,22 @@ public protocol Kernel: AnyObject {
     /// A descriptor that turns readable when another writer may have committed (the change
     /// events); nil when only polling `changes` can tell.
     var eventDescriptor: Int32? { get }
+    /// Keeps an index of the node's DNATed UDP flows from conntrack events, so removing a UDP
+    /// endpoint needs no conntrack dump. Returns why it cannot, or nil. The daemon asks.
+    func trackFlows() -> String?
+    /// Readable when conntrack events for the index are queued; nil without an index.
+    var flowEventDescriptor: Int32? { get }
+    /// Takes in the queued conntrack events.
+    func takeFlowEvents()
+    /// Conntrack dumps made so far (each walks the node's whole conntrack table).
+    var conntrackDumps: Int { get }
+}
+
+extension Kernel {
+    public func trackFlows() -> String? { "no conntrack here" }
+    public var flowEventDescriptor: Int32? { nil }
+    public func takeFlowEvents() {}
+    public var conntrackDumps: Int { 0 }
 }
 
 /// Another writer kept changing svcnat's tables while svcnat read them.
@@ -188,11 +204,45 @@ public final class NetlinkKernel: Kernel {
     /// The netlink messages the last `apply` sent, over all its batches.
     public private(set) var lastBatchMessages = 0
     private lazy var conntrack: Conntrack? = try? Conntrack()
+    private var flowIndex: FlowIndex?
     public func deleteStaleFlows(_ filters: [FlowFilter]) throws -> Int {
         guard !filters.isEmpty else { return 0 }
         guard let ct = conntrack else { throw NetlinkError("open ctnetlink socket", errno: EPROTONOSUPPORT) }
-        return try ct.deleteUDPFlows(matching: filters)
+        return try ct.deleteUDPFlows(matching: filters, index: flowIndex)
     }
+
+    public func trackFlows() -> String? {
+        guard flowIndex == nil else { return nil }
+        guard let ct = conntrack else { return "no ctnetlink socket" }
+        do {
+            let index = try FlowIndex()
+            try ct.seed(index)
+            flowIndex = index
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    public var flowEventDescriptor: Int32? { flowIndex?.fileDescriptor }
+
+    private var lastSeed = ContinuousClock.now
+    /// After lost events the index is read again here, off the sync path, at most every 10 s
+    /// (a storm of events must not become a storm of dumps); a sync that finds it stale before
+    /// then reads it itself.
+    public func takeFlowEvents() {
+        guard let index = flowIndex, let ct = conntrack else { return }
+        index.drain()
+        if index.stale != nil, ContinuousClock.now - lastSeed > .seconds(10) {
+            lastSeed = .now
+            try? ct.seed(index)
+        }
+    }
+
+    public var conntrackDumps: Int { conntrack?.dumps ?? 0 }
+
+    /// The flow index, for metrics and logs; nil without one.
+    public var flows: FlowIndex? { flowIndex }
 }
 
 /// A kernel made of values: applies transactions with the same refusals the kernel makes for

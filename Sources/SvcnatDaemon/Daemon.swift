@@ -65,6 +65,8 @@ public final class Daemon: @unchecked Sendable {
     private var api: APISource?
     private var timers: [DispatchSourceTimer] = []
     private var eventSource: DispatchSourceRead?
+    private var flowSource: DispatchSourceRead?
+    private var flowSourcePaused = false
     private var signals: [DispatchSourceSignal] = []
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let endpoints: NodeEndpoints
@@ -177,6 +179,33 @@ public final class Daemon: @unchecked Sendable {
             s.resume()
             eventSource = s
         }
+        // The DNATed UDP flows, from conntrack events: a UDP endpoint's removal then deletes its
+        // stale flows without a conntrack dump.
+        queue.sync {
+            if let why = syncer.kernel.trackFlows() {
+                log.info("stale UDP flows will be found by conntrack dumps: \(why)")
+            } else if let fd = syncer.kernel.flowEventDescriptor {
+                // Events are taken in batches, at most every 50 ms: a wake-up per event cost the
+                // daemon 24 us of CPU per new flow, nearly all of it in task switches. The queue
+                // holds 16 MB meanwhile, and a sync takes in what is queued before it looks.
+                let s = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+                s.setEventHandler { [weak self] in
+                    guard let self, let source = self.flowSource, !self.flowSourcePaused else { return }
+                    self.syncer.kernel.takeFlowEvents()
+                    self.recordFlowIndex()
+                    source.suspend()
+                    self.flowSourcePaused = true
+                    self.queue.asyncAfter(deadline: .now() + .milliseconds(50)) {
+                        guard self.flowSourcePaused else { return }
+                        self.flowSourcePaused = false
+                        self.flowSource?.resume()
+                    }
+                }
+                flowSource = s
+                s.resume()
+            }
+            recordFlowIndex()
+        }
         handle(SIGHUP) { [weak self] in
             guard let self else { return }
             if self.api == nil {
@@ -200,6 +229,11 @@ public final class Daemon: @unchecked Sendable {
         queue.async {
             for t in self.timers { t.cancel() }
             self.eventSource?.cancel()
+            if self.flowSourcePaused {
+                self.flowSourcePaused = false
+                self.flowSource?.resume()  // a suspended source cannot be released
+            }
+            self.flowSource?.cancel()
             if self.config.cleanupOnExit {
                 do {
                     let removed = try Reconciler(config: self.config.proxy, kernel: self.syncer.kernel).cleanup()
@@ -280,6 +314,18 @@ public final class Daemon: @unchecked Sendable {
     /// The events are read every time (a readable descriptor left unread would wake the queue
     /// again at once); a sync already waiting takes the request. If the kernel cannot be asked,
     /// the event source rests for a second.
+    private var flowIndexSeeds = 1
+    private func recordFlowIndex() {
+        let index = (syncer.kernel as? NetlinkKernel)?.flows
+        metrics.flowIndexFlows.record(index?.count ?? -1)
+        metrics.flowIndexEvents.record(index?.events ?? 0)
+        metrics.conntrackDumps.record(syncer.kernel.conntrackDumps)
+        if let index, index.seeds > flowIndexSeeds {
+            flowIndexSeeds = index.seeds
+            log.warning("the UDP flow index was read again from a conntrack dump: \(index.lastLoss ?? "stale")")
+        }
+    }
+
     private func checkDrift() {
         let why: String?
         do { why = try syncer.drift() } catch {
@@ -339,6 +385,7 @@ public final class Daemon: @unchecked Sendable {
                 log.warning("drift: \(who); svcnat's table repaired with \(outcome.changeCount) changes")
             }
             if let w = outcome.flowWarning { log.warning("\(w)") }
+            recordFlowIndex()
             reportConflicts(syncer.conflicts)
             reportRefused(syncer.refused)
             let flowNote = outcome.flowsDeleted > 0 ? ", \(outcome.flowsDeleted) stale UDP flows deleted" : ""

@@ -24,6 +24,9 @@ final class DaemonMetrics: @unchecked Sendable {
     let changes: CoreMetrics.Counter
     let skippedFrontends: CoreMetrics.Gauge
     let refusedServices: CoreMetrics.Gauge
+    let conntrackDumps: CoreMetrics.Gauge
+    let flowIndexFlows: CoreMetrics.Gauge
+    let flowIndexEvents: CoreMetrics.Gauge
     let networkProgramming: Metrics.Timer
     let endpointChanges: CoreMetrics.Counter
     let endpointChangesPending: CoreMetrics.Gauge
@@ -60,6 +63,9 @@ final class DaemonMetrics: @unchecked Sendable {
         changes = CoreMetrics.Counter(label: "svcnat_sync_changes_total")
         skippedFrontends = CoreMetrics.Gauge(label: "svcnat_skipped_frontends")
         refusedServices = CoreMetrics.Gauge(label: "svcnat_refused_services")
+        conntrackDumps = CoreMetrics.Gauge(label: "svcnat_conntrack_dumps")
+        flowIndexFlows = CoreMetrics.Gauge(label: "svcnat_conntrack_index_flows")
+        flowIndexEvents = CoreMetrics.Gauge(label: "svcnat_conntrack_index_events")
         networkProgramming = Metrics.Timer(label: "kubeproxy_network_programming_duration_seconds")
         endpointChanges = CoreMetrics.Counter(label: "kubeproxy_sync_proxy_rules_endpoint_changes_total")
         endpointChangesPending = CoreMetrics.Gauge(label: "kubeproxy_sync_proxy_rules_endpoint_changes_pending")
@@ -133,6 +139,10 @@ final class DaemonMetrics: @unchecked Sendable {
         "svcnat_services": "Services programmed by the last sync.",
         "svcnat_endpoints": "Endpoints programmed by the last sync.",
         "svcnat_rules": "Rules in svcnat's tables after the last full sync.",
+        "svcnat_conntrack_dumps":
+            "Conntrack dumps made since the start (each walks the whole conntrack table; the flow index avoids them).",
+        "svcnat_conntrack_index_flows": "DNATed UDP flows the conntrack event index holds (-1 without an index).",
+        "svcnat_conntrack_index_events": "Conntrack events the flow index took in (the kernel passes on only those of DNATed UDP flows).",
         "svcnat_set_elements": "Set and map elements in svcnat's tables after the last full sync.",
         "svcnat_drift_repairs_total": "Full syncs that repaired changes someone else made to svcnat's tables.",
         "svcnat_rejected_input_files": "Input files (or API objects) rejected; their last good version stays in force.",
