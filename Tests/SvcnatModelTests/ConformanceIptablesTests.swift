@@ -127,15 +127,8 @@ extension Conformance {
                 : Flow(
                     name: "secondary nodeIP ignores NodePorts", source: external, destination: altNodeIP, port: 3001, output: "",
                     masq: false))
-        var disagree: [String] = []
-        for f in flows {
-            var (output, masq) = Self.walk(table.ruleset, f, local: Self.nodeIPsBothFamilies)
-            if output == "not NATed" { output = "" }
-            if output != f.output || masq != f.masq {
-                disagree.append("\(f.name): kube-proxy \(f.output), masq \(f.masq); svcnat \(output), masq \(masq)")
-            }
-        }
-        #expect(disagree.isEmpty, "\(name):\n\(disagree.joined(separator: "\n"))")
+        let wrong = Self.disagreements(table.ruleset, flows, local: Self.nodeIPsBothFamilies, notNATed: "")
+        #expect(wrong.isEmpty, "\(name):\n\(Self.lines(wrong, flows))")
         // KUBE-FIREWALL: kube-proxy's localnet guard exactly when it serves localhost node ports.
         let view = IptablesRenderer(config.translator(for: family)).render(table.proxy)
         #expect(Self.chain(view, "filter/KUBE-FIREWALL").isEmpty)

@@ -62,15 +62,8 @@ extension Conformance {
                 : Flow(
                     name: "secondary nodeIP ignores NodePorts", source: external, destination: altNodeIP, port: 3001, output: "",
                     masq: false))
-        var disagree: [String] = []
-        for f in flows {
-            var (output, masq) = Self.walk(table.ruleset, f, local: Self.nodeIPsBothFamilies)
-            if output == "not NATed" { output = "" }
-            if output != f.output || masq != f.masq {
-                disagree.append("\(f.name): kube-proxy \(f.output), masq \(f.masq); svcnat \(output), masq \(masq)")
-            }
-        }
-        #expect(disagree.isEmpty, "\(name):\n\(disagree.joined(separator: "\n"))")
+        let wrong = Self.disagreements(table.ruleset, flows, local: Self.nodeIPsBothFamilies, notNATed: "")
+        #expect(wrong.isEmpty, "\(name):\n\(Self.lines(wrong, flows))")
     }
 
     /// kube-proxy's testNodeIPs, both families.
@@ -91,15 +84,8 @@ extension Conformance {
         let r = try Reconciler.desired(input.state, config: config).1
         let flows = try Self.flows("TestOverallNFTablesRules")
         #expect(flows.count == 28)
-        var disagree: [String] = []
-        for f in flows {
-            var (output, masq) = Self.walk(r, f)
-            if output == "not NATed" { output = "" }
-            if output != f.output || masq != f.masq {
-                disagree.append("\(f.name): kube-proxy \(f.output), masq \(f.masq); svcnat \(output), masq \(masq)")
-            }
-        }
-        #expect(disagree.isEmpty, "\(disagree.joined(separator: "\n"))")
+        let d = Self.disagreements(r, flows, notNATed: "")
+        #expect(d.isEmpty, "\(Self.lines(d, flows))")
         let text = r.nftText
         // kube-proxy: add set affinity-...-ns5/svc5/tcp/p80__10.180.0.3/80 { type ipv4_addr ; flags
         // dynamic,timeout ; timeout 10800s ; }, an update of it in the endpoint chain and a

@@ -196,28 +196,36 @@ import Testing
             }
             if masqAll, n.hasPrefix("pod to ClusterIP") { flows[i].masq = true }
         }
-        var disagree: [String] = []
-        for f in flows {
-            let (output, masq) = Self.walk(r, f)
-            if output != f.output || masq != f.masq {
-                disagree.append("\(f.name): kube-proxy \(f.output), masq \(f.masq); svcnat \(output), masq \(masq)")
-            }
-        }
-        #expect(disagree.isEmpty, "\(variant):\n\(disagree.joined(separator: "\n"))")
+        let d = Self.disagreements(r, flows)
+        #expect(d.isEmpty, "\(variant):\n\(Self.lines(d, flows))")
     }
 
-    /// The flows of one kube-proxy test that disagree, one line each.
+    /// The flows of one kube-proxy test that disagree, by flow name.
     static func disagreements(_ name: String, _ config: ProxyConfig) throws -> [String: String] {
         let input = try ManifestSource.load([dir + "/\(name).yaml"])
-        let r = try Reconciler.desired(input.state, config: config).1
+        return disagreements(try Reconciler.desired(input.state, config: config).1, try flows(name))
+    }
+
+    /// The flows whose fate in `r` is not kube-proxy's, by flow name: "kube-proxy X, masq Y;
+    /// svcnat Z, masq W". `notNATed` is how the test writes a flow that is not NATed (its
+    /// TestNodePorts cases write "").
+    static func disagreements(_ r: Ruleset, _ flows: [Flow], local: Set<IPAddress> = nodeIPs, notNATed: String = "not NATed")
+        -> [String: String]
+    {
         var out: [String: String] = [:]
-        for f in try flows(name) {
-            let (output, masq) = walk(r, f)
+        for f in flows {
+            var (output, masq) = walk(r, f, local: local)
+            if output == "not NATed" { output = notNATed }
             if output != f.output || masq != f.masq {
                 out[f.name] = "kube-proxy \(f.output), masq \(f.masq); svcnat \(output), masq \(masq)"
             }
         }
         return out
+    }
+
+    /// The disagreements one per line, in flow order.
+    static func lines(_ d: [String: String], _ flows: [Flow]) -> String {
+        flows.compactMap { f in d[f.name].map { "\(f.name): \($0)" } }.joined(separator: "\n")
     }
 
     @Test func testClusterIPGeneral() throws {
