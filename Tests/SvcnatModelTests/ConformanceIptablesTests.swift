@@ -83,35 +83,14 @@ extension Conformance {
         _ expectFirewall: Bool
     ) throws {
         let v4 = family == .v4
-        let (svcIP, ep1, ep2) = v4 ? ("172.30.0.41", "10.180.0.1", "10.180.2.1") : ("fd00:172:30::41", "fd00:10:180::1", "fd00:10:180::2:1")
-        let (nodeIP, altNodeIP, localhost) = v4 ? ("192.168.0.2", "192.168.1.2", "127.0.0.1") : ("2001:db8::1", "2001:db8:1::2", "::1")
-        let (podIP, external) = v4 ? ("10.0.0.2", "203.0.113.2") : ("fd00:10::2", "2600:5200::1")
-        var d = ManifestDecoder()
-        d.decode(
-            """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: svc1, namespace: ns1}
-            spec:
-              type: NodePort
-              clusterIP: \(svcIP)
-              ports: [{name: p80, port: 80, protocol: TCP, nodePort: 3001}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
-            addressType: \(v4 ? "IPv4" : "IPv6")
-            endpoints: [{addresses: ["\(ep1)"]}, {addresses: ["\(ep2)"], nodeName: test-node}]
-            ports: [{name: p80, port: 80, protocol: TCP}]
-
-            """, file: "svc1.yaml")
-        #expect(d.errors.isEmpty, "\(d.errors)")
+        let c = try NodePortsCase(family)
+        let (svcIP, nodeIP, altNodeIP, podIP, external, localhost) = (c.svcIP, c.nodeIP, c.altNodeIP, c.podIP, c.external, c.localhost)
         // What --nodeport-addresses keeps of the list: every CIDR but the loopback ones.
         let kept = (nodePortAddresses ?? []).compactMap { IPPrefix($0) }.filter { !$0.address.isLoopback }
         let config = ProxyConfig(
             clusterCIDRs: [IPPrefix("10.0.0.0/8")!, IPPrefix("fd00:10::/64")!], nodeName: "test-node", nodePortAddresses: kept)
-        let table = try #require(try Reconciler.desiredTables(d.state, config: config).first { $0.family == family })
-        let both = v4 ? "\(ep1):80, \(ep2):80" : "[\(ep1)]:80, [\(ep2)]:80"
+        let table = try #require(try Reconciler.desiredTables(c.state, config: config).first { $0.family == family })
+        let both = c.both
         var flows = [
             Flow(name: "pod to cluster IP", source: podIP, destination: svcIP, port: 80, output: both, masq: false),
             Flow(name: "external to nodePort", source: external, destination: nodeIP, port: 3001, output: both, masq: true),

@@ -19,36 +19,12 @@ extension Conformance {
         ("ipv6, multiple nodeport-addresses", .v6, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64", "2001:db8:1::2/128"], true)
     ])
     func testNodePorts(_ name: String, _ family: IPFamily, _ nodePortAddresses: [String]?, _ allowAltNodeIP: Bool) throws {
-        let v4 = family == .v4
-        let (svcIP, ep1, ep2) = v4 ? ("172.30.0.41", "10.180.0.1", "10.180.2.1") : ("fd00:172:30::41", "fd00:10:180::1", "fd00:10:180::2:1")
-        let (nodeIP, altNodeIP) = v4 ? ("192.168.0.2", "192.168.1.2") : ("2001:db8::1", "2001:db8:1::2")
-        let (podIP, external) = v4 ? ("10.0.0.2", "203.0.113.2") : ("fd00:10::2", "2600:5200::1")
-        let text = """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: svc1, namespace: ns1}
-            spec:
-              type: NodePort
-              clusterIP: \(svcIP)
-              ipFamilies: [\(v4 ? "IPv4" : "IPv6")]
-              ports: [{name: p80, port: 80, protocol: TCP, nodePort: 3001}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
-            addressType: \(v4 ? "IPv4" : "IPv6")
-            endpoints: [{addresses: ["\(ep1)"]}, {addresses: ["\(ep2)"], nodeName: test-node}]
-            ports: [{name: p80, port: 80, protocol: TCP}]
-
-            """
-        var d = ManifestDecoder()
-        d.decode(text, file: "svc1.yaml")
-        #expect(d.errors.isEmpty, "\(d.errors)")
+        let c = try NodePortsCase(family)
+        let (svcIP, nodeIP, altNodeIP, podIP, external, both) = (c.svcIP, c.nodeIP, c.altNodeIP, c.podIP, c.external, c.both)
         let config = ProxyConfig(
             clusterCIDRs: [IPPrefix("10.0.0.0/8")!, IPPrefix("fd00:10::/64")!], nodeName: "test-node",
             nodePortAddresses: (nodePortAddresses ?? ["192.168.0.2/32", "2001:db8::1/128"]).map { IPPrefix($0)! })
-        let table = try #require(try Reconciler.desiredTables(d.state, config: config).first { $0.family == family })
-        let both = v4 ? "\(ep1):80, \(ep2):80" : "[\(ep1)]:80, [\(ep2)]:80"
+        let table = try #require(try Reconciler.desiredTables(c.state, config: config).first { $0.family == family })
         var flows = [
             Flow(name: "pod to cluster IP", source: podIP, destination: svcIP, port: 80, output: both, masq: false),
             Flow(name: "external to nodePort", source: external, destination: nodeIP, port: 3001, output: both, masq: true),
@@ -95,5 +71,44 @@ extension Conformance {
         #expect(text.contains("update @\(set) { ip saddr }"))
         #expect(text.contains("ip saddr @\(set) goto ep-ns5/svc5/tcp/p80__10.180.0.3/80"))
         #expect(!text.contains("set aff-ns1/"), "only svc5 has affinity")
+    }
+}
+
+/// kube-proxy's TestNodePorts Service (a NodePort, 3001) and its two endpoints, one on this
+/// node, in one family; both its nftables and its iptables test use them, with these addresses.
+struct NodePortsCase {
+    let svcIP, ep1, ep2, nodeIP, altNodeIP, podIP, external, localhost: String
+    /// Both endpoints, as the walk names them.
+    let both: String
+    let state: ClusterState
+
+    init(_ family: IPFamily) throws {
+        let v4 = family == .v4
+        (svcIP, ep1, ep2) = v4 ? ("172.30.0.41", "10.180.0.1", "10.180.2.1") : ("fd00:172:30::41", "fd00:10:180::1", "fd00:10:180::2:1")
+        (nodeIP, altNodeIP, localhost) = v4 ? ("192.168.0.2", "192.168.1.2", "127.0.0.1") : ("2001:db8::1", "2001:db8:1::2", "::1")
+        (podIP, external) = v4 ? ("10.0.0.2", "203.0.113.2") : ("fd00:10::2", "2600:5200::1")
+        both = v4 ? "\(ep1):80, \(ep2):80" : "[\(ep1)]:80, [\(ep2)]:80"
+        var d = ManifestDecoder()
+        d.decode(
+            """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: svc1, namespace: ns1}
+            spec:
+              type: NodePort
+              clusterIP: \(svcIP)
+              ipFamilies: [\(v4 ? "IPv4" : "IPv6")]
+              ports: [{name: p80, port: 80, protocol: TCP, nodePort: 3001}]
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: svc1-1, namespace: ns1, labels: {kubernetes.io/service-name: svc1}}
+            addressType: \(v4 ? "IPv4" : "IPv6")
+            endpoints: [{addresses: ["\(ep1)"]}, {addresses: ["\(ep2)"], nodeName: test-node}]
+            ports: [{name: p80, port: 80, protocol: TCP}]
+
+            """, file: "svc1.yaml")
+        guard d.errors.isEmpty else { throw InputErrors(errors: d.errors) }
+        state = d.state
     }
 }
