@@ -56,9 +56,11 @@ public final class Conntrack {
         guard !filters.isEmpty else { return 0 }
         var doomed: [Flow] = []
         var toDump = filters
-        if let index {
+        if let index, index.givenUp == nil {
             index.drain()
             if index.stale != nil { try seed(index) }
+        }
+        if let index, index.stale == nil {
             toDump = filters.filter { $0.endpoint == nil }
             var seen = Set<FlowIndex.Key>()
             for f in filters {

@@ -10,7 +10,8 @@ import NFTModel
 /// the kernel on each event before it is queued) lets through only UDP flows whose status says
 /// their destination was NATed, so a node's TCP connections and un-NATed UDP cost nothing here.
 /// The index starts from one dump (`Conntrack.seed`), and starts again from a dump whenever
-/// events were lost (the kernel says ENOBUFS on a full receive buffer) or it grew past `limit`.
+/// events were lost (the kernel says ENOBUFS on a full receive buffer); past `limit` flows it is
+/// given up, and the node's stale flows are found by dumps, as without an index.
 public final class FlowIndex {
     /// Where replies of a DNATed flow come from: the endpoint. Port in host order.
     struct Endpoint: Hashable {
@@ -37,8 +38,11 @@ public final class FlowIndex {
     public private(set) var events = 0
     /// Why the index was last found stale after its first read (events lost, too many flows).
     public private(set) var lastLoss: String?
-    /// More flows than this, and the index gives up until its next dump.
-    public static let limit = 1_000_000
+    /// More flows than this (about 70 MB of index), and the index is given up for good: it
+    /// leaves the event groups and stale flows are found by dumps again.
+    public let limit: Int
+    /// Set when the index was given up (too many flows); it is never used again.
+    public private(set) var givenUp: String?
 
     private let raw: OpaquePointer
     private let buffer: UnsafeMutableRawBufferPointer
@@ -55,12 +59,15 @@ public final class FlowIndex {
         let fd = mnl_socket_get_fd(raw)
         var size: Int32 = 16 << 20
         var force = SO_RCVBUFFORCE
+        var limit = 250_000
         #if SVCNAT_TEST_HOOKS
-            // Debug builds: a test makes the queue overflow on purpose.
+            // Debug builds: a test makes the queue overflow, or the index too large, on purpose.
             if let small = getenv("SVCNAT_TEST_FLOW_EVENT_BUFFER").flatMap({ Int32(String(cString: $0)) }) {
                 (size, force) = (small, SO_RCVBUF)
             }
+            if let n = getenv("SVCNAT_TEST_FLOW_INDEX_LIMIT").flatMap({ Int(String(cString: $0)) }) { limit = n }
         #endif
+        self.limit = limit
         if setsockopt(fd, SOL_SOCKET, force, &size, socklen_t(MemoryLayout<Int32>.size)) < 0 {
             _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         }
@@ -167,6 +174,17 @@ public final class FlowIndex {
         }
     }
 
+    /// Stops for good: leaves the event groups, so the kernel queues nothing more for it.
+    private func giveUp(_ why: String) {
+        lose(why)
+        guard givenUp == nil else { return }
+        givenUp = why
+        for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY] {
+            var g = Int32(group.rawValue)
+            _ = mnl_socket_setsockopt(raw, NETLINK_DROP_MEMBERSHIP, &g, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
     private func lose(_ why: String) {
         if stale == nil {
             stale = why
@@ -185,7 +203,7 @@ public final class FlowIndex {
     func add(_ flow: Conntrack.Flow) {
         guard stale == nil, flow.original.proto == UInt8(IPPROTO_UDP), flow.destinationNATed else { return }
         if byEndpoint[Self.endpoint(flow), default: [:]].updateValue(flow, forKey: Self.key(flow)) == nil { count += 1 }
-        if count > Self.limit { lose("more than \(Self.limit) DNATed UDP flows") }
+        if count > limit { giveUp("more than \(limit) DNATed UDP flows") }
     }
 
     func forget(_ flow: Conntrack.Flow) {
@@ -198,6 +216,7 @@ public final class FlowIndex {
 
     /// Starts again from what a dump returned (every DNATed UDP flow, as of the dump).
     func seed(_ flows: [Conntrack.Flow]) {
+        guard givenUp == nil else { return }
         byEndpoint = [:]
         count = 0
         stale = nil

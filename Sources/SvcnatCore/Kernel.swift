@@ -233,7 +233,7 @@ public final class NetlinkKernel: Kernel {
     public func takeFlowEvents() {
         guard let index = flowIndex, let ct = conntrack else { return }
         index.drain()
-        if index.stale != nil, ContinuousClock.now - lastSeed > .seconds(10) {
+        if index.stale != nil, index.givenUp == nil, ContinuousClock.now - lastSeed > .seconds(10) {
             lastSeed = .now
             try? ct.seed(index)
         }

@@ -315,11 +315,16 @@ public final class Daemon: @unchecked Sendable {
     /// again at once); a sync already waiting takes the request. If the kernel cannot be asked,
     /// the event source rests for a second.
     private var flowIndexSeeds = 1
+    private var flowIndexGivenUp = false
     private func recordFlowIndex() {
         let index = (syncer.kernel as? NetlinkKernel)?.flows
         metrics.flowIndexFlows.record(index?.count ?? -1)
         metrics.flowIndexEvents.record(index?.events ?? 0)
         metrics.conntrackDumps.record(syncer.kernel.conntrackDumps)
+        if let index, let why = index.givenUp, !flowIndexGivenUp {
+            flowIndexGivenUp = true
+            log.warning("the UDP flow index is given up (\(why)): stale UDP flows are found by conntrack dumps from now on")
+        }
         if let index, index.seeds > flowIndexSeeds {
             flowIndexSeeds = index.seeds
             log.warning("the UDP flow index was read again from a conntrack dump: \(index.lastLoss ?? "stale")")

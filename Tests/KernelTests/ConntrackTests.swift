@@ -62,6 +62,12 @@ extension RootTests.ConntrackTests {
     /// Two UDP Services on the same three pods; one pod leaves the first. Only the flows of
     /// that Service on that pod may go: a cleanup that deleted every UDP flow of the changed
     /// frontend (or of the node) would pass a test that looks only at the moved clients.
+    /// One of the daemon's metrics, read from its /metrics in `node`.
+    static func metric(_ bed: Testbed, _ node: String, _ name: String) throws -> Int? {
+        let out = try bed.sh(node, ["python3", helper("fetch.py"), "http://127.0.0.1:10249/metrics"])
+        return out.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }.map { Int($0) }
+    }
+
     func twoUDPServices(webPods: [Int]) -> String {
         var s = """
             apiVersion: v1
@@ -113,12 +119,7 @@ extension RootTests.ConntrackTests {
         }
         var first = try clients(from: 0, count: 20)
         #expect(first.count == 60 && first.values.allSatisfy { $0.hasPrefix("pod") }, "\(first)")
-        func metric(_ name: String) throws -> Int? {
-            let out = try bed.sh(node, ["python3", helper("fetch.py"), "http://127.0.0.1:10249/metrics"])
-            return out.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }.map {
-                Int($0)
-            }
-        }
+        func metric(_ name: String) throws -> Int? { try Self.metric(bed, node, name) }
         var d: Testbed.Background?
         if daemon {
             d = try bed.startDaemon(node, ["--manifests", dir, "--min-sync-period", "0"])
@@ -198,21 +199,25 @@ extension RootTests.ConntrackTests {
     /// Conntrack events the kernel could not queue (a full receive buffer: ENOBUFS) leave the
     /// flow index incomplete; the daemon then reads it again from a dump before it trusts it, and
     /// still deletes exactly the stale flows. The daemon is stopped (SIGSTOP) while 60 clients
-    /// start, so its deliberately small queue (a debug-build hook) overflows for certain.
-    @Test func lostConntrackEventsAreFollowedByADump() throws {
-        let bed = Testbed("ctlost")
+    /// start, so its deliberately small queue (a debug-build hook) overflows for certain. An
+    /// index past its limit (made 20 by the other hook) is given up, and dumps find the flows.
+    @Test(arguments: ["lost events", "too many flows"])
+    func theFlowIndexFailingStillDeletesExactlyTheStaleFlows(_ failure: String) throws {
+        let lost = failure == "lost events"
+        let bed = Testbed(lost ? "ctlost" : "ctlimit")
         defer { bed.close() }
         try bed.servedTopology(pods: 3)
         let node = bed.ns("node"), client = bed.ns("client")
         let dir = try bed.makeDirectory()
         try twoUDPServices(webPods: [1, 2, 3]).write(toFile: dir + "/svc.yaml", atomically: true, encoding: .utf8)
         let d = try bed.startProcessWithEnv(
-            node, [svcnatPath, "run", "--manifests", dir, "--min-sync-period", "0"], env: ["SVCNAT_TEST_FLOW_EVENT_BUFFER": "4096"])
+            node, [svcnatPath, "run", "--manifests", dir, "--min-sync-period", "0"],
+            env: lost ? ["SVCNAT_TEST_FLOW_EVENT_BUFFER": "4096"] : ["SVCNAT_TEST_FLOW_INDEX_LIMIT": "20"])
         #expect(within(10) { d.log().contains("sync (full, start)") } != nil, "\(d.log())")
-        d.signal(SIGSTOP)
+        if lost { d.signal(SIGSTOP) }
         var answers: [Int: String] = [:]
         let out = try bed.sh(client, ["python3", helper("udp_clients.py"), "198.18.100.20", "53", "41000", "60"])
-        d.signal(SIGCONT)
+        if lost { d.signal(SIGCONT) }
         for line in out.split(separator: "\n") {
             let f = line.split(separator: " ")
             if f.count == 2, let p = Int(f[0]) { answers[p] = String(f[1]) }
@@ -220,13 +225,24 @@ extension RootTests.ConntrackTests {
         let onPod3 = answers.filter { $0.value == "pod3" }.keys
         #expect(answers.count == 60 && !onPod3.isEmpty, "\(answers)")
 
+        let dumps = try Self.metric(bed, node, "svcnat_conntrack_dumps")
         try twoUDPServices(webPods: [1, 2]).write(toFile: dir + "/svc.yaml", atomically: true, encoding: .utf8)
         #expect(within(10) { d.log().contains("stale UDP flows deleted") } != nil, "\(d.log())")
+        // The index as it was could not be trusted: a dump found the flows.
+        #expect(try Self.metric(bed, node, "svcnat_conntrack_dumps")! > dumps!, "\(d.log())")
         #expect(d.log().contains(", \(onPod3.count) stale UDP flows deleted"), "expected \(onPod3.count) deleted: \(d.log())")
-        #expect(
-            d.log().contains(
-                "the UDP flow index was read again from a conntrack dump: conntrack events were lost (the receive buffer was full)"),
-            "\(d.log())")
+        let said =
+            lost
+            ? "the UDP flow index was read again from a conntrack dump: conntrack events were lost (the receive buffer was full)"
+            : "the UDP flow index is given up (more than 20 DNATed UDP flows): stale UDP flows are found by conntrack dumps from now on"
+        #expect(d.log().contains(said), "\(d.log())")
+        if !lost {
+            // Given up, it has left the event groups: the kernel sends it nothing more.
+            let events = try Self.metric(bed, node, "svcnat_conntrack_index_events")
+            _ = try bed.sh(client, ["python3", helper("udp_clients.py"), "198.18.100.21", "53", "45000", "10"])
+            usleep(200_000)
+            #expect(try Self.metric(bed, node, "svcnat_conntrack_index_events") == events)
+        }
         let again = try bed.sh(client, ["python3", helper("udp_clients.py"), "198.18.100.20", "53", "41000", "60"])
         for line in again.split(separator: "\n") {
             let f = line.split(separator: " ")
