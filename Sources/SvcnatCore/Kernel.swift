@@ -242,7 +242,7 @@ public final class NetlinkKernel: Kernel {
     public var conntrackDumps: Int { conntrack?.dumps ?? 0 }
 
     /// The flow index, for metrics and logs; nil without one.
-    public var flows: FlowIndex? { flowIndex }
+    public var udpFlowIndex: FlowIndex? { flowIndex }
 }
 
 /// A kernel made of values: applies transactions with the same refusals the kernel makes for

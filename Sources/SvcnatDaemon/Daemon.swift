@@ -308,16 +308,11 @@ public final class Daemon: @unchecked Sendable {
         sync(full: full, reason: pendingReason)
     }
 
-    /// Someone else committed to the ruleset: a full sync compares and repairs. While a retry
-    /// waits out its backoff, the retry does that.
-    ///
-    /// The events are read every time (a readable descriptor left unread would wake the queue
-    /// again at once); a sync already waiting takes the request. If the kernel cannot be asked,
-    /// the event source rests for a second.
     private var flowIndexSeeds = 1
     private var flowIndexGivenUp = false
+    /// The flow index's metrics, and a log line when it was read again or given up.
     private func recordFlowIndex() {
-        let index = (syncer.kernel as? NetlinkKernel)?.flows
+        let index = (syncer.kernel as? NetlinkKernel)?.udpFlowIndex
         metrics.flowIndexFlows.record(index?.count ?? -1)
         metrics.flowIndexEvents.record(index?.events ?? 0)
         metrics.conntrackDumps.record(syncer.kernel.conntrackDumps)
@@ -331,6 +326,12 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// Someone else committed to the ruleset: a full sync compares and repairs. While a retry
+    /// waits out its backoff, the retry does that.
+    ///
+    /// The events are read every time (a readable descriptor left unread would wake the queue
+    /// again at once); a sync already waiting takes the request. If the kernel cannot be asked,
+    /// the event source rests for a second.
     private func checkDrift() {
         let why: String?
         do { why = try syncer.drift() } catch {
