@@ -62,6 +62,18 @@ extension RootTests.ConntrackTests {
     /// Two UDP Services on the same three pods; one pod leaves the first. Only the flows of
     /// that Service on that pod may go: a cleanup that deleted every UDP flow of the changed
     /// frontend (or of the node) would pass a test that looks only at the moved clients.
+    /// `count` UDP clients from source ports `first`... in `ns` (udp_clients.py): the pod each
+    /// reached ("timeout" or "refused" otherwise), by source port.
+    static func udpClients(_ bed: Testbed, _ ns: String, _ ip: String, _ port: Int, first: Int, count: Int) throws -> [Int: String] {
+        let out = try bed.sh(ns, ["python3", helper("udp_clients.py"), ip, String(port), String(first), String(count)])
+        var answers: [Int: String] = [:]
+        for line in out.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count == 2, let p = Int(f[0]) { answers[p] = String(f[1]) }
+        }
+        return answers
+    }
+
     /// One of the daemon's metrics, read from its /metrics in `node`.
     static func metric(_ bed: Testbed, _ node: String, _ name: String) throws -> Int? {
         let out = try bed.sh(node, ["python3", helper("fetch.py"), "http://127.0.0.1:10249/metrics"])
@@ -109,11 +121,7 @@ extension RootTests.ConntrackTests {
         func clients(from offset: Int, count: Int) throws -> [Int: String] {
             var answers: [Int: String] = [:]
             for (ip, port, first) in [("198.18.100.20", 53, 41000), ("198.18.0.1", 30053, 42000), ("198.18.100.21", 53, 43000)] {
-                let out = try bed.sh(client, ["python3", helper("udp_clients.py"), ip, String(port), String(first + offset), String(count)])
-                for line in out.split(separator: "\n") {
-                    let f = line.split(separator: " ")
-                    if f.count == 2, let p = Int(f[0]) { answers[p] = String(f[1]) }
-                }
+                answers.merge(try Self.udpClients(bed, client, ip, port, first: first + offset, count: count)) { a, _ in a }
             }
             return answers
         }
@@ -129,7 +137,7 @@ extension RootTests.ConntrackTests {
             let events = try metric("svcnat_conntrack_index_events")
             first.merge(try clients(from: 100, count: 10)) { a, _ in a }
             #expect(first.count == 90, "\(first)")
-            _ = try bed.sh(client, ["python3", helper("udp_clients.py"), "198.18.0.1", "9", "44000", "20"])
+            _ = try Self.udpClients(bed, client, "198.18.0.1", 9, first: 44000, count: 20)
             usleep(200_000)
             #expect(try metric("svcnat_conntrack_index_events").map { $0 - (events ?? 0) } == 30)
         }
@@ -215,13 +223,8 @@ extension RootTests.ConntrackTests {
             env: lost ? ["SVCNAT_TEST_FLOW_EVENT_BUFFER": "4096"] : ["SVCNAT_TEST_FLOW_INDEX_LIMIT": "20"])
         #expect(within(10) { d.log().contains("sync (full, start)") } != nil, "\(d.log())")
         if lost { d.signal(SIGSTOP) }
-        var answers: [Int: String] = [:]
-        let out = try bed.sh(client, ["python3", helper("udp_clients.py"), "198.18.100.20", "53", "41000", "60"])
+        let answers = try Self.udpClients(bed, client, "198.18.100.20", 53, first: 41000, count: 60)
         if lost { d.signal(SIGCONT) }
-        for line in out.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            if f.count == 2, let p = Int(f[0]) { answers[p] = String(f[1]) }
-        }
         let onPod3 = answers.filter { $0.value == "pod3" }.keys
         #expect(answers.count == 60 && !onPod3.isEmpty, "\(answers)")
 
@@ -239,18 +242,17 @@ extension RootTests.ConntrackTests {
         if !lost {
             // Given up, it has left the event groups: the kernel sends it nothing more.
             let events = try Self.metric(bed, node, "svcnat_conntrack_index_events")
-            _ = try bed.sh(client, ["python3", helper("udp_clients.py"), "198.18.100.21", "53", "45000", "10"])
+            _ = try Self.udpClients(bed, client, "198.18.100.21", 53, first: 45000, count: 10)
             usleep(200_000)
             #expect(try Self.metric(bed, node, "svcnat_conntrack_index_events") == events)
         }
-        let again = try bed.sh(client, ["python3", helper("udp_clients.py"), "198.18.100.20", "53", "41000", "60"])
-        for line in again.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            guard f.count == 2, let p = Int(f[0]) else { continue }
+        let again = try Self.udpClients(bed, client, "198.18.100.20", 53, first: 41000, count: 60)
+        #expect(again.count == 60, "\(again)")
+        for (p, pod) in again.sorted(by: { $0.key < $1.key }) {
             if onPod3.contains(p) {
-                #expect(f[1] == "pod1" || f[1] == "pod2", "client \(p) moved to a live pod: \(f[1])")
+                #expect(pod == "pod1" || pod == "pod2", "client \(p) moved to a live pod: \(pod)")
             } else {
-                #expect(String(f[1]) == answers[p], "client \(p) kept \(answers[p] ?? "-"): \(f[1])")
+                #expect(pod == answers[p], "client \(p) kept \(answers[p] ?? "-"): \(pod)")
             }
         }
     }
