@@ -110,13 +110,16 @@ public struct SyncResult: Sendable {
             : "\(transactions.messageCount) changes applied in one transaction"
                 + (commits > 1 ? " (unreachable endpoint-map entries removed in a second)" : "")
         if flowsDeleted > 0 { changes += ", \(flowsDeleted) stale UDP flows deleted" }
-        let split =
-            phases.isEmpty
-            ? "" : " (" + phases.map { "\($0.name) \(String(format: "%.1f", $0.seconds * 1000))" }.joined(separator: ", ") + ")"
+        let split = phases.isEmpty ? "" : " (\(describe(phases)))"
         return
             "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in "
             + "\(String(format: "%.1f", seconds * 1000)) ms\(split)"
     }
+}
+
+/// Phases as a log shows them: `translate 235.0, read 0.5, plan 8.1` (milliseconds).
+public func describe(_ phases: [(name: String, seconds: Double)]) -> String {
+    phases.map { "\($0.name) \(String(format: "%.1f", $0.seconds * 1000))" }.joined(separator: ", ")
 }
 
 extension Array where Element == Transaction {
@@ -261,9 +264,9 @@ public struct Reconciler {
             let d = now - mark
             mark = now
             if let i = phases.firstIndex(where: { $0.name == name }) {
-                phases[i].seconds += Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+                phases[i].seconds += d.seconds
             } else {
-                phases.append((name, Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18))
+                phases.append((name, d.seconds))
             }
         }
         let (proxies, conflicts) = Self.proxyStates(state, config: config)
@@ -314,7 +317,7 @@ public struct Reconciler {
             services: Set(used.flatMap { $0.servicePorts.map(\.name.serviceKey) }).count,
             servicePorts: used.reduce(0) { $0 + $1.servicePorts.count },
             endpoints: used.reduce(0) { $0 + $1.endpointCount },
-            transactions: txs, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18,
+            transactions: txs, seconds: d.seconds,
             families: families)
         result.flowsDeleted = deleted
         result.commits = commits

@@ -40,6 +40,10 @@ public struct SyncOutcome: Sendable {
     /// Set when this sync leaves work only a full sync can do (a family's last Service went,
     /// so its table must go).
     public var needsFullSync: String?
+    /// A full sync's time by phase, in order: state (the cluster state from the source), then
+    /// the reconciler's (translate, read, plan, send, conntrack), then cache (the view the
+    /// next partial sync plans from).
+    public var phases: [(name: String, seconds: Double)] = []
 
     public var changeCount: Int { transactions.messageCount }
 }
@@ -130,7 +134,12 @@ public final class Syncer {
                 failures = 0
                 return partial
             }
-            var done = try fullSync(source.state)
+            let clock = ContinuousClock()
+            let start = clock.now
+            let state = source.state
+            let stateTime = (clock.now - start).seconds
+            var done = try fullSync(state)
+            done.phases.insert(("state", stateTime), at: 0)
             done.repairedDrift = done.transactions.isEmpty ? nil : drifted
             drifted = nil
             failures = 0
@@ -227,7 +236,9 @@ public final class Syncer {
 
     private func fullSync(_ state: ClusterState) throws -> SyncOutcome {
         incremental = nil
+        let clock = ContinuousClock()
         let r = try Reconciler(config: config, kernel: kernel).reconcile(state)
+        let cached = clock.now
         claims = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, ClaimTable($0.claims)) })
         lost = Dictionary(uniqueKeysWithValues: r.families.map { ($0.family, $0.lost) })
         conflicts = r.conflicts
@@ -242,11 +253,16 @@ public final class Syncer {
         }
         incremental = states
         let tables = r.families.compactMap(\.desired)
-        let result = SyncOutcome(
+        var result = SyncOutcome(
             partial: false, transactions: r.transactions, services: r.services, endpoints: r.endpoints,
             batchMessages: r.transactions.isEmpty ? 0 : kernel.lastBatchMessages,
             flowsDeleted: r.flowsDeleted, flowWarning: r.flowWarning, ports: ports, replacesAll: true,
             rules: tables.reduce(0) { $0 + $1.ruleCount }, elements: tables.reduce(0) { $0 + $1.elementCount })
+        result.phases = r.phases + [("cache", (clock.now - cached).seconds)]
         return result
     }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
