@@ -92,6 +92,34 @@ public enum Allocation {
         public var given: [String: Given] = [:]
         public init() {}
 
+        /// Whether replacing Services `before` with `after` (the versions in force of the
+        /// changed keys; nil where there is none) leaves this result as the rule would make it
+        /// again over all Services, so the whole allocation need not be run (it costs a sort and
+        /// a hash per Service). True when no Service of either side wants anything allocated,
+        /// nothing the new versions write takes a place this result gave, and no Service was
+        /// refused (a place the old versions free could serve it). Then every place given stays
+        /// with its holder and none is probed for, as `assign` would decide.
+        ///
+        /// Also true when each changed key's Service is, in all that `assign` reads, what it
+        /// was (an endpoint or a label changed): the same input gives the same allocation.
+        public func unaffected(replacing before: [Service?], with after: [Service?]) -> Bool {
+            guard !given.values.contains(where: { !$0.problems.isEmpty }) else { return false }
+            if before.map({ $0.map(AllocationInput.init) }) == after.map({ $0.map(AllocationInput.init) }) { return true }
+            let all = before.compactMap { $0 } + after.compactMap { $0 }
+            guard !all.contains(where: Allocation.wantsSomething) else { return false }
+            guard !given.isEmpty else { return true }
+            var ips = Set<IPAddress>(), ports = Set<UInt16>()
+            for g in given.values {
+                ips.formUnion(g.clusterIPs)
+                ports.formUnion(g.nodePorts.values)
+                if let h = g.healthCheckNodePort { ports.insert(h) }
+            }
+            return !after.compactMap { $0 }.contains { s in
+                s.clusterIPs.contains(where: ips.contains) || s.ports.contains { $0.nodePort.map(ports.contains) ?? false }
+                    || s.healthCheckNodePort.map(ports.contains) ?? false
+            }
+        }
+
         /// Each Service with its allocation filled in.
         public func applied(to services: [Service]) -> [Service] {
             services.map { s in given[s.meta.key].map { Allocation.apply($0, to: s) } ?? s }
@@ -124,6 +152,44 @@ public enum Allocation {
             s.healthCheckNodePortAllocated = true
         }
         return s
+    }
+
+    /// All that `assign` reads of a Service.
+    struct AllocationInput: Hashable {
+        var key: String
+        var type: ServiceType
+        var clusterIPs: [IPAddress]
+        var isHeadless: Bool
+        var ipFamilies: [IPFamily]
+        var ipFamilyPolicy: String
+        var ports: [[String]]
+        var nodePorts: [UInt16?]
+        var allocateLoadBalancerNodePorts: Bool
+        var externalTrafficPolicyLocal: Bool
+        var healthCheckNodePort: UInt16?
+
+        init(_ s: Service) {
+            key = s.meta.key
+            type = s.type
+            clusterIPs = s.clusterIPs
+            isHeadless = s.isHeadless
+            ipFamilies = s.ipFamilies
+            ipFamilyPolicy = s.ipFamilyPolicy
+            ports = s.ports.map { [$0.name, $0.proto.rawValue, String($0.port)] }
+            nodePorts = s.ports.map(\.nodePort)
+            allocateLoadBalancerNodePorts = s.allocateLoadBalancerNodePorts
+            externalTrafficPolicyLocal = s.externalTrafficPolicyLocal
+            healthCheckNodePort = s.healthCheckNodePort
+        }
+    }
+
+    /// Whether `assign` would look for anything for this Service: a cluster IP, a node port
+    /// or a health check port it does not write.
+    static func wantsSomething(_ s: Service) -> Bool {
+        s.lacksClusterIP
+            || s.wantsNodePorts
+                && (s.ports.contains { $0.nodePort == nil }
+                    || s.type == .loadBalancer && s.externalTrafficPolicyLocal && s.healthCheckNodePort == nil)
     }
 
     /// The families a Service without cluster IPs gets addresses of: its `ipFamilies`, else the

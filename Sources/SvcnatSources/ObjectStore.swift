@@ -19,6 +19,9 @@ public final class ObjectStore {
     }
     private var allocated = Allocation.Result()
     private var allocationStale = false
+    /// Whether the next full state runs the allocation again (a change could have moved an
+    /// address or a port); for tests.
+    public var stateNeedsAllocation: Bool { allocationStale }
     /// What svcnat's tables held as allocated when the daemon started: kept, so a restart
     /// moves no address.
     public var heldAtStart = Allocation.Held() {
@@ -306,7 +309,10 @@ public final class ObjectStore {
         _ = noteChanges("Pod", old?.pods, new?.pods, key: \.meta.key, into: &pendingEndpointChanges)
         if old == nil, new != nil { noteFolders(of: file) }
         files[file] = new
-        if !(old?.services.isEmpty ?? true) || !(new?.services.isEmpty ?? true) { allocationStale = true }
+        // The Services in force for the keys this file names, before and after: most changes
+        // (an endpoint, a label) leave the allocation as it is, and it is not run again.
+        let serviceKeys = Set((old?.services ?? []).map(\.meta.key) + (new?.services ?? []).map(\.meta.key))
+        let servicesBefore = serviceKeys.map { services.winner($0) }
         for s in [old, new].compactMap({ $0 }) {
             for svc in s.services { dirty.insert(svc.meta.key) }
             for sl in s.endpointSlices { dirty.insert("\(sl.meta.namespace)/\(sl.serviceName)") }
@@ -327,6 +333,11 @@ public final class ObjectStore {
         for svc in new?.services ?? [] {
             services.set(svc.meta.key, file: file, svc)
             if let pair = Self.indexPair(svc) { servicesBySelector[pair, default: []].insert(svc.meta.key) }
+        }
+        if !serviceKeys.isEmpty, allocation != nil,
+            !allocated.unaffected(replacing: servicesBefore, with: serviceKeys.map { services.winner($0) })
+        {
+            allocationStale = true
         }
         for sl in new?.endpointSlices ?? [] {
             slices.set(sl.meta.key, file: file, sl)

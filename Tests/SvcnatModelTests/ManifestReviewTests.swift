@@ -312,6 +312,55 @@ import Testing
         #expect(kept.given["shop/api"]?.clusterIPs.first == ip("198.18.100.32"))
     }
 
+    /// The store runs the allocation again only when a change could move something; whatever
+    /// it skips must be what running it would have given. Random changes to ten Services, some
+    /// defined in two sources, checked after each against the rule run over all winners,
+    /// keeping what was held: in ranges with room (most changes skip the allocation), and in
+    /// ranges too small (some Services are refused, and a place freed can serve them).
+    @Test func skippingTheAllocationGivesWhatRunningItWould() {
+        let roomy = Allocation.Settings(serviceCIDRs: [IPPrefix("198.18.100.0/28")!], nodePorts: 30000...30011)
+        let small = Allocation.Settings(serviceCIDRs: [IPPrefix("198.18.100.0/29")!], nodePorts: 30000...30003)
+        let skipped = randomChanges(roomy)
+        #expect(skipped > 100 && skipped < 400, "\(skipped) of 400 changes skipped the allocation")
+        _ = randomChanges(small)
+    }
+
+    /// 400 random changes; the number that left the allocation as it was, unrun.
+    func randomChanges(_ settings: Allocation.Settings) -> Int {
+        let store = ObjectStore(root: "")
+        store.allocation = settings
+        var rng = SplitMix(seed: 7)
+        var sources: [String: Service] = [:]
+        var reference = Allocation.Result()
+        var skipped = 0
+        for step in 0..<400 {
+            let source = "s\(rng.next() % 14)"
+            if rng.next() % 6 == 0 {
+                sources[source] = nil
+            } else {
+                // Sources s0...s13 define Services k0...k9: a few keys are defined twice.
+                var svc = service("ns", "k\(Int(source.dropFirst())! % 10)", type: rng.next() % 3 == 0 ? .nodePort : .clusterIP)
+                if rng.next() % 3 == 0 { svc.clusterIPs = [IPAddress("198.18.100.\(2 + rng.next() % 13)")!] }
+                if svc.type == .nodePort, rng.next() % 3 == 0 { svc.ports[0].nodePort = 30000 + UInt16(rng.next() % 12) }
+                // What the allocation does not read: a label, most of the time the only change.
+                svc.meta.labels = ["v": String(rng.next() % 3)]
+                if let was = sources[source], rng.next() % 2 == 0 { svc = was; svc.meta.labels = ["v": String(step)] }
+                sources[source] = svc
+            }
+            let wasStale = store.stateNeedsAllocation
+            _ = store.put(source, sources[source].map { ClusterState(services: [$0]) })
+            if !wasStale && !store.stateNeedsAllocation { skipped += 1 }
+            var winners: [String: Service] = [:]
+            for name in sources.keys.sorted().reversed() { winners[sources[name]!.meta.key] = sources[name]! }
+            let ordered = winners.keys.sorted().map { winners[$0]! }
+            reference = Allocation.assign(ordered, settings, keeping: Allocation.Held(reference, ordered))
+            let same = store.state.services == reference.applied(to: ordered)
+            #expect(same, "step \(step): \(source): the store's allocation is not the rule's")
+            if !same { break }
+        }
+        return skipped
+    }
+
     @Test func aFullRangeIsSaidNotGuessed() {
         let small = Allocation.Settings(serviceCIDRs: [IPPrefix("198.18.100.0/29")!])  // 5 places: .2 to .6
         let r = Allocation.assign((0..<7).map { service("ns", "s\($0)") }, small)
@@ -360,5 +409,18 @@ import Testing
         #expect(AppliedFlags(Ruleset(table: "svcnat", chains: [])) == nil)
         #expect(AppliedFlags(words: ["--cluster-cidr nonsense"]) == nil)
         #expect(AppliedFlags(words: ["--something-else"]) == nil)
+    }
+}
+
+/// A seeded generator, so a failure names a step that happens again.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
     }
 }
