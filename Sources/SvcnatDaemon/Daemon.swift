@@ -378,8 +378,9 @@ public final class Daemon: @unchecked Sendable {
         do {
             let outcome = try syncer.sync(store, full: full, reason: reason)
             // A full sync's ruleset, transaction and batch are large and short-lived: once they
-            // are gone, hand the pages back.
-            if !outcome.partial { releaseFreeMemory() }
+            // are gone (after this function returns: the outcome holds the transaction), hand
+            // the pages back. Trimmed here, before they were freed, they stayed in the heap.
+            if !outcome.partial { queue.async { releaseFreeMemory() } }
             endpoints.updateHealthChecks(outcome.ports, replacingAll: outcome.replacesAll) { log.error("\($0)") }
             let d = clock.now - start
             lastSyncEnd = clock.now
@@ -398,10 +399,12 @@ public final class Daemon: @unchecked Sendable {
             let ms = String(format: "%.2f", Double(d.nanoseconds) / 1e6)
             let counts = "\(outcome.services) services, \(outcome.endpoints) endpoints, \(outcome.changeCount) changes"
             let kind = outcome.partial ? "partial" : "full"
-            log.info("sync (\(kind), \(reason)): \(counts) in \(outcome.batchMessages) netlink messages\(flowNote), \(ms) ms")
+            // A full sync says where its time went (a partial one is a few ms).
+            let split = outcome.phases.isEmpty ? "" : " (\(describe(outcome.phases)))"
+            log.info("sync (\(kind), \(reason)): \(counts) in \(outcome.batchMessages) netlink messages\(flowNote), \(ms) ms\(split)")
             if let why = outcome.needsFullSync { queue.async { [weak self] in self?.requestSync(full: true, reason: why) } }
         } catch {
-            releaseFreeMemory()
+            queue.async { releaseFreeMemory() }
             lastSyncEnd = clock.now
             metrics.syncFailures.increment()
             endpoints.syncFailed("\(error)")

@@ -17,6 +17,13 @@ public struct HostError: Error, CustomStringConvertible, Sendable {
 /// Returns freed heap pages to the kernel (glibc's `malloc_trim`), after a large sync.
 public func releaseFreeMemory() { _ = malloc_trim(0) }
 
+/// One malloc arena for the whole process (glibc's `M_ARENA_MAX`), set before other threads
+/// start. By default each thread that allocates may get an arena of its own, and memory freed
+/// in one (an API page decoded on a network thread) is not reused by another (the sync's
+/// queue), which then faults in fresh pages. For `svcnat run` at 10,000 Services from the API,
+/// one arena measured 129 MB RSS after the first sync against 139 to 142 MB.
+public func useOneMallocArena() { _ = mallopt(M_ARENA_MAX, 1) }
+
 /// `net.netfilter.nf_conntrack_tcp_be_liberal` of this network namespace: with it set,
 /// conntrack marks only out-of-window RSTs INVALID, so kube-proxy's INVALID-drop is not needed
 /// (kube-proxy's `--conntrack-tcp-be-liberal` sets it; its iptables mode installs the drop

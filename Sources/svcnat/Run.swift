@@ -81,6 +81,7 @@ extension Svcnat {
         }
 
         func run() throws {
+            useOneMallocArena()
             let format = loggingFormat
             LoggingSystem.bootstrap { SvcnatLogHandler(label: $0, format: format) }
             var logger = Logger(label: "svcnat")
