@@ -110,7 +110,7 @@ public struct SyncResult: Sendable {
             : "\(transactions.messageCount) changes applied in one transaction"
                 + (commits > 1 ? " (unreachable endpoint-map entries removed in a second)" : "")
         if flowsDeleted > 0 { changes += ", \(flowsDeleted) stale UDP flows deleted" }
-        let split = phases.isEmpty ? "" : " (\(describe(phases)))"
+        let split = phases.isEmpty ? "" : " (\(phaseText(phases)))"
         return
             "svcnat: \(services) services (\(servicePorts) ports), \(endpoints) endpoints: \(changes) in "
             + "\(String(format: "%.1f", seconds * 1000)) ms\(split)"
@@ -118,7 +118,7 @@ public struct SyncResult: Sendable {
 }
 
 /// Phases as a log shows them: `translate 235.0, read 0.5, plan 8.1` (milliseconds).
-public func describe(_ phases: [(name: String, seconds: Double)]) -> String {
+public func phaseText(_ phases: [(name: String, seconds: Double)]) -> String {
     phases.map { "\($0.name) \(String(format: "%.1f", $0.seconds * 1000))" }.joined(separator: ", ")
 }
 

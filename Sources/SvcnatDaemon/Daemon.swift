@@ -400,7 +400,7 @@ public final class Daemon: @unchecked Sendable {
             let counts = "\(outcome.services) services, \(outcome.endpoints) endpoints, \(outcome.changeCount) changes"
             let kind = outcome.partial ? "partial" : "full"
             // A full sync says where its time went (a partial one is a few ms).
-            let split = outcome.phases.isEmpty ? "" : " (\(describe(outcome.phases)))"
+            let split = outcome.phases.isEmpty ? "" : " (\(phaseText(outcome.phases)))"
             log.info("sync (\(kind), \(reason)): \(counts) in \(outcome.batchMessages) netlink messages\(flowNote), \(ms) ms\(split)")
             if let why = outcome.needsFullSync { queue.async { [weak self] in self?.requestSync(full: true, reason: why) } }
         } catch {

@@ -22,6 +22,13 @@ extension RootTests.DaemonTests {
         #expect(log.contains("sync (partial, manifests changed: web.yaml)"), "\(log)")
         #expect(log.components(separatedBy: "sync (full").count - 1 == 1, "only the first sync is full: \(log)")
         #expect(!log.contains("drift"), "\(log)")
+        // The full sync says where its time went; a partial one does not.
+        let full = log.split(separator: "\n").first { $0.contains("sync (full, start)") } ?? ""
+        #expect(
+            full.range(
+                of: #" ms \(state [0-9.]+, translate [0-9.]+, read [0-9.]+, plan [0-9.]+, send [0-9.]+, .*cache [0-9.]+\)$"#,
+                options: .regularExpression) != nil, "\(full)")
+        #expect(!log.split(separator: "\n").contains { $0.contains("sync (partial") && $0.contains("(state ") }, "\(log)")
     }
 
     /// Another writer's change to svcnat's table wakes the daemon through its event (the
