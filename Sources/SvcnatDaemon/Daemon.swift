@@ -141,6 +141,11 @@ public final class Daemon: @unchecked Sendable {
         log.info(
             "svcnat run: \(source), table ip \(config.proxy.table), \(config.metricsAddress.isEmpty ? "no metrics server" : "metrics on \(config.metricsAddress)"), \(config.healthzAddress.isEmpty ? "no health server" : "health on \(config.healthzAddress)")"
         )
+        // Before anything is synced: a SIGTERM sent as soon as the rules are in (by a test or
+        // an operator who sees them) must find its handler in place. They were installed after
+        // the first sync was queued, and once in CI such a SIGTERM was lost: the daemon ran on.
+        handle(SIGTERM) { [weak self] in self?.stop(signal: "SIGTERM") }
+        handle(SIGINT) { [weak self] in self?.stop(signal: "SIGINT") }
 
         if let api {
             queue.sync { api.start() }
@@ -214,8 +219,6 @@ public final class Daemon: @unchecked Sendable {
                 self.requestSync(full: true, reason: "SIGHUP")
             }
         }
-        handle(SIGTERM) { [weak self] in self?.stop(signal: "SIGTERM") }
-        handle(SIGINT) { [weak self] in self?.stop(signal: "SIGINT") }
 
         exitSemaphore.wait()
         api?.stop()
