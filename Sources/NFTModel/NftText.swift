@@ -87,7 +87,7 @@ extension SetElement {
 
 extension KeyValue {
     /// Fields joined by " . ", as nft prints a concatenation.
-    static func write(_ fields: [KeyValue], to s: inout String) {
+    static func write(_ fields: ElementKey, to s: inout String) {
         for (i, f) in fields.enumerated() {
             if i > 0 { s += " . " }
             switch f {

@@ -60,7 +60,7 @@ public struct Transaction: Hashable, Sendable {
         if operations.contains(where: { if case .deleteTable = $0 { true } else { false } }) {
             return (self, Transaction(family: family, table: table))
         }
-        var readded: [String: Set<[KeyValue]>] = [:]
+        var readded: [String: Set<ElementKey>] = [:]
         for case .addElements(let set, let es) in operations where deferred(set) {
             readded[set, default: []].formUnion(es.map(\.key))
         }

@@ -104,13 +104,13 @@ public enum KeyValue: Hashable, Sendable, Comparable, CustomStringConvertible {
 }
 
 public struct SetElement: Hashable, Sendable {
-    public var key: [KeyValue]
-    public var verdict: Verdict?
+    public var key: ElementKey
     /// The value of a data map's element.
-    public var data: [KeyValue]?
+    public var data: ElementKey?
+    public var verdict: Verdict?
     public var comment: String?
 
-    public init(key: [KeyValue], verdict: Verdict? = nil, data: [KeyValue]? = nil, comment: String? = nil) {
+    public init(key: ElementKey, verdict: Verdict? = nil, data: ElementKey? = nil, comment: String? = nil) {
         self.key = key
         self.verdict = verdict
         self.data = data
@@ -118,18 +118,12 @@ public struct SetElement: Hashable, Sendable {
     }
 
     /// The key as the kernel stores it: each field in network order, padded to 4 bytes.
-    public var keyBytes: [UInt8] { Self.encode(key) }
-    public var dataBytes: [UInt8]? { data.map(Self.encode) }
+    public var keyBytes: [UInt8] { key.bytes }
+    public var dataBytes: [UInt8]? { data?.bytes }
 
-    static func encode(_ values: [KeyValue]) -> [UInt8] {
-        values.flatMap { v -> [UInt8] in
-            let b = v.bytes
-            return b + [UInt8](repeating: 0, count: (4 - b.count % 4) % 4)
-        }
-    }
-
-    public static func decodeKey(_ bytes: [UInt8], fields: [KeyField]) -> [KeyValue]? {
+    public static func decodeKey(_ bytes: [UInt8], fields: [KeyField]) -> ElementKey? {
         var out: [KeyValue] = []
+        out.reserveCapacity(fields.count)
         var at = 0
         for f in fields {
             guard at + f.length <= bytes.count else { return nil }
@@ -144,36 +138,18 @@ public struct SetElement: Hashable, Sendable {
             }
             at += (f.length + 3) / 4 * 4
         }
-        return at == bytes.count ? out : nil
+        return at == bytes.count ? ElementKey(out) : nil
     }
 
-    public var keyText: String { key.map(\.description).joined(separator: " . ") }
+    public var keyText: String { key.description }
 
     /// The key packed into one number that orders like the key itself (fields big-endian, in
-    /// order), when it fits in 64 bits, as every key svcnat makes does.
-    public var packedKey: UInt64? {
-        var v: UInt64 = 0, bits = 0
-        for f in key {
-            switch f {
-            case .ip(let a):
-                guard a.family == .v4 else { return nil }
-                v = v << 32 | UInt64(a.v4Value); bits += 32
-            case .proto(let p): v = v << 8 | UInt64(p.number); bits += 8
-            case .port(let p): v = v << 16 | UInt64(p); bits += 16
-            case .integer(let n): v = v << 32 | UInt64(n); bits += 32
-            }
-            if bits > 64 { return nil }
-        }
-        return v
-    }
+    /// order), when it fits in 64 bits, as every IPv4 key svcnat makes does.
+    public var packedKey: UInt64? { key.packed }
 
     /// Sorts elements by key, cheaply.
     public static func sorted(_ elements: [SetElement]) -> [SetElement] {
-        let packed = elements.map(\.packedKey)
-        if packed.allSatisfy({ $0 != nil }) {
-            return zip(packed, elements).sorted { $0.0! < $1.0! }.map(\.1)
-        }
-        return elements.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+        elements.sorted { $0.key.precedes($1.key) }
     }
 }
 

@@ -101,7 +101,7 @@ extension Explain {
     public static func dispatch(_ v: ServiceView, in r: Ruleset) -> [String] {
         var out: [String] = []
         for (key, text) in zip(v.frontendKeys, v.frontends) {
-            let (map, elementKey): (String, [KeyValue]) =
+            let (map, elementKey): (String, ElementKey) =
                 key.ip.map { (Names.serviceIPs, [.ip($0), .proto(v.proto), .port(key.port)]) }
                 ?? (Names.serviceNodePorts, [.proto(v.proto), .port(key.port)])
             guard let e = r.set(map)?.elements.first(where: { $0.key == elementKey }), let verdict = e.verdict else { continue }

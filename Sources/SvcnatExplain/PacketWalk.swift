@@ -216,7 +216,7 @@ public enum PacketWalk {
                 case .dnatFromMap(let n, let base, let map, _):
                     acted()
                     let data = Dictionary(
-                        ((ruleset.set(map)?.elements) ?? []).compactMap { e -> (UInt32, [KeyValue])? in
+                        ((ruleset.set(map)?.elements) ?? []).compactMap { e -> (UInt32, ElementKey)? in
                             if case .integer(let k)? = e.key.first, let d = e.data { (k, d) } else { nil }
                         }, uniquingKeysWith: { a, _ in a })
                     for k in 0..<n {
@@ -250,12 +250,12 @@ public enum PacketWalk {
             return out
         }
 
-        func contains(_ set: String, _ key: [KeyValue]) -> Bool {
+        func contains(_ set: String, _ key: ElementKey) -> Bool {
             ruleset.set(set)?.elements.contains { $0.key == key } ?? false
         }
 
         /// A verdict map: the element's verdict, or no match.
-        func lookup(_ map: String, _ key: [KeyValue], _ s: State, _ text: String, depth: Int, _ out: inout [(State, Exit)]) {
+        func lookup(_ map: String, _ key: ElementKey, _ s: State, _ text: String, depth: Int, _ out: inout [(State, Exit)]) {
             guard let v = ruleset.set(map)?.elements.first(where: { $0.key == key })?.verdict else {
                 out.append((s, .next))
                 return

@@ -67,28 +67,12 @@ public struct SetContributions: Hashable, Sendable, Sequence, ExpressibleByDicti
 /// What svcnat last wrote, port by port, so a change to a few Services is planned from those
 /// Services alone: the transaction touches their chains and elements, and the work does not
 /// grow with the number of Services in the table.
-/// A shared set element's key for counting: packed into 64 bits when it fits (every IPv4
-/// key), else the key itself (IPv6 pairs).
-enum SharedKey: Hashable, Comparable, Sendable {
-    case packed(UInt64)
-    case full([KeyValue])
-    init(_ e: SetElement) { self = e.packedKey.map { .packed($0) } ?? .full(e.key) }
-    static func < (a: Self, b: Self) -> Bool {
-        switch (a, b) {
-        case (.packed(let x), .packed(let y)): x < y
-        case (.full(let x), .full(let y)): x.lexicographicallyPrecedes(y)
-        case (.packed, .full): true
-        case (.full, .packed): false
-        }
-    }
-}
-
 public struct IncrementalState: Sendable {
     public let translator: Translator
     private(set) var fragments: [String: PortFragment] = [:]
     private var portsByService: [String: [String]] = [:]
     /// set -> element key (packed) -> how many ports use it
-    private var sharedRefs: [String: [SharedKey: Int]] = [:]
+    private var sharedRefs: [String: [ElementKey: Int]] = [:]
     private var shardSlots: [Int: [String: EndpointSlot]] = [:]
     public private(set) var endpointCount = 0
 
@@ -105,7 +89,7 @@ public struct IncrementalState: Sendable {
         fragments[f.key] = f
         endpointCount += f.endpointCount
         portsByService[f.serviceKey, default: []].append(f.key)
-        for (set, es) in f.shared { for e in es { sharedRefs[set, default: [:]][SharedKey(e), default: 0] += 1 } }
+        for (set, es) in f.shared { for e in es { sharedRefs[set, default: [:]][e.key, default: 0] += 1 } }
         if let s = f.slot { shardSlots[s.shard, default: [:]][f.key] = s }
     }
 
@@ -116,7 +100,7 @@ public struct IncrementalState: Sendable {
         if portsByService[f.serviceKey]?.isEmpty == true { portsByService[f.serviceKey] = nil }
         for (set, es) in f.shared {
             for e in es {
-                let k = SharedKey(e)
+                let k = e.key
                 sharedRefs[set]![k]! -= 1
                 if sharedRefs[set]![k] == 0 { sharedRefs[set]![k] = nil }
             }
@@ -158,11 +142,11 @@ public struct IncrementalState: Sendable {
         let shardsBefore = Set(shardSlots.keys)
         // Whether each shared element the touched Services use was in use before; only these
         // can enter or leave their sets.
-        var sharedBefore: [String: [SharedKey: (wasUsed: Bool, element: SetElement)]] = [:]
+        var sharedBefore: [String: [ElementKey: (wasUsed: Bool, element: SetElement)]] = [:]
         func noteShared(_ f: PortFragment?) {
             for (set, es) in f?.shared ?? [:] {
                 for e in es {
-                    let k = SharedKey(e)
+                    let k = e.key
                     if sharedBefore[set]?[k] == nil { sharedBefore[set, default: [:]][k] = (sharedRefs[set]?[k] != nil, e) }
                 }
             }
@@ -188,7 +172,7 @@ public struct IncrementalState: Sendable {
             for key in Set(old.keys).union(new.keys).sorted() { Self.plan(from: old[key], to: new[key], &b) }
         }
         for (set, keys) in sharedBefore.sorted(by: { $0.key < $1.key }) {
-            for (k, before) in keys.sorted(by: { $0.key < $1.key }) {
+            for (k, before) in keys.sorted(by: { $0.key.precedes($1.key) }) {
                 let isUsed = sharedRefs[set]?[k] != nil
                 if !before.wasUsed && isUsed { b.add(.addElements(set: set, [before.element])) }
                 if before.wasUsed && !isUsed { b.add(.deleteElements(set: set, [before.element])) }

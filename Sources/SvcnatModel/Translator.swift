@@ -181,7 +181,7 @@ public struct Translator: Sendable {
         var f = PortFragment(name: sp.name, key: chain)
         // Kept for what the daemon needs after a change: UDP flows to clean, health checks.
         if sp.name.proto == .udp || sp.healthCheckNodePort != nil { f.state = sp }
-        func add(_ set: String, _ key: [KeyValue], _ verdict: Verdict, allocated: Bool = false) {
+        func add(_ set: String, _ key: ElementKey, _ verdict: Verdict, allocated: Bool = false) {
             let c = allocated ? Names.comment(sp.name.description + Names.allocatedMark) : comment
             f.elements[set, default: []].append(SetElement(key: key, verdict: verdict, comment: c))
         }

@@ -56,13 +56,13 @@ import Testing
     /// maps' newest contents. Returns what fails.
     func oldRulesStillResolve(_ before: Ruleset, _ tx: Transaction, after: Ruleset) -> [String] {
         guard case .some(let mid?) = Ruleset.applying(tx.batches[0], to: before) else { return ["first batch refused"] }
-        func entries(_ r: Ruleset, _ map: String) -> [UInt32: [KeyValue]] {
-            var out: [UInt32: [KeyValue]] = [:]
+        func entries(_ r: Ruleset, _ map: String) -> [UInt32: ElementKey] {
+            var out: [UInt32: ElementKey] = [:]
             for e in r.set(map)?.elements ?? [] { if case .integer(let k)? = e.key.first { out[k] = e.data } }
             return out
         }
-        func endpoints(_ r: Ruleset, _ chain: String) -> Set<[KeyValue]> {
-            var out = Set<[KeyValue]>()
+        func endpoints(_ r: Ruleset, _ chain: String) -> Set<ElementKey> {
+            var out = Set<ElementKey>()
             for rule in r.chain(chain)?.rules ?? [] {
                 for case .dnatFromMap(let n, let base, let map, _) in rule.items {
                     let es = entries(r, map)
@@ -78,7 +78,7 @@ import Testing
                     let was = entries(before, map), now = entries(mid, map)
                     // A port's service and external chains share its slot.
                     let port = chain.name.split(separator: "-", maxSplits: 1).last!
-                    let own = ["svc-\(port)", "ext-\(port)"].reduce(into: Set<[KeyValue]>()) {
+                    let own = ["svc-\(port)", "ext-\(port)"].reduce(into: Set<ElementKey>()) {
                         $0.formUnion(endpoints(before, $1)); $0.formUnion(endpoints(after, $1))
                     }
                     for k in base..<(base + n) {

@@ -217,3 +217,75 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         #expect(store.rejected.isEmpty)
     }
 }
+
+@Suite struct ElementKeys {
+    /// A key's fields as the kernel stores them, written here from the fields alone: network
+    /// order for addresses and ports, host order for numbers, each padded to 4 bytes.
+    static func kernelBytes(_ fields: [KeyValue]) -> [UInt8] {
+        fields.flatMap { f -> [UInt8] in
+            switch f {
+            case .ip(let a) where a.family == .v4: withUnsafeBytes(of: a.v4Value.bigEndian) { Array($0) }
+            case .ip(let a): withUnsafeBytes(of: a.high.bigEndian) { Array($0) } + withUnsafeBytes(of: a.low.bigEndian) { Array($0) }
+            case .proto(let p): [p.number, 0, 0, 0]
+            case .port(let p): [UInt8(p >> 8), UInt8(p & 0xff), 0, 0]
+            case .integer(let n): withUnsafeBytes(of: n.littleEndian) { Array($0) }
+            }
+        }
+    }
+
+    static func randomField(_ rng: inout SplitMix) -> KeyValue {
+        switch rng.next() % 5 {
+        case 0: .ip(IPAddress(UInt32(truncatingIfNeeded: rng.next())))
+        case 1: .ip(IPAddress(v6: rng.next() | 1 << 63, rng.next()))
+        case 2: .proto(TransportProtocol.allCases[Int(rng.next() % 3)])
+        case 3: .port(UInt16(truncatingIfNeeded: rng.next()))
+        default: .integer(UInt32(truncatingIfNeeded: rng.next()))
+        }
+    }
+
+    /// Random keys of one to seven fields, some packed and some not: each reads back as its
+    /// fields, stores the kernel's bytes, equals and hashes as its fields do, and orders as
+    /// its fields do against any key of the same fields' kinds.
+    @Test func keysBehaveAsTheirFields() {
+        var rng = SplitMix(seed: 11)
+        var packed = 0
+        var keys: [[KeyValue]] = []
+        for _ in 0..<4000 {
+            let n = Int(rng.next() % 7) + 1
+            var f = (0..<n).map { _ in Self.randomField(&rng) }
+            // Half the time a twin with one field changed, so equal and near keys meet.
+            if rng.next() % 2 == 0, let last = keys.last, !last.isEmpty {
+                f = last
+                if rng.next() % 2 == 0 {
+                    let i = Int(rng.next() % UInt64(f.count))
+                    if case .port(let p) = f[i] { f[i] = .port(p &+ 1) }
+                }
+            }
+            keys.append(f)
+            let k = ElementKey(f)
+            if k.packed != nil { packed += 1 }
+            #expect(Array(k) == f)
+            #expect(k.count == f.count)
+            #expect(k.bytes == Self.kernelBytes(f))
+            #expect(SetElement.decodeKey(k.bytes, fields: f.map(Self.kind)) == k)
+        }
+        #expect(packed > 500 && packed < 3500, "both forms exercised: \(packed) packed")
+        for (a, b) in zip(keys, keys.dropFirst()) {
+            let ka = ElementKey(a), kb = ElementKey(b)
+            #expect((ka == kb) == (a == b))
+            if a == b { #expect(ka.hashValue == kb.hashValue) }
+            if a.map(Self.kind) == b.map(Self.kind) {
+                #expect(ka.precedes(kb) == a.lexicographicallyPrecedes(b), "\(a) against \(b)")
+            }
+        }
+    }
+
+    static func kind(_ v: KeyValue) -> KeyField {
+        switch v {
+        case .ip(let a): a.family == .v4 ? .ipv4Addr : .ipv6Addr
+        case .proto: .inetProto
+        case .port: .inetService
+        case .integer: .integer
+        }
+    }
+}
