@@ -197,13 +197,16 @@ public struct EndpointConditions: Hashable, Sendable {
 }
 
 public struct SliceEndpoint: Hashable, Sendable {
-    public var addresses: [IPAddress]
+    /// `addresses[0]`. The API defines no meaning for the others (the EndpointSlice controller
+    /// writes exactly one) and kube-proxy reads only the first, so the decoder checks the
+    /// others and keeps this one, inline (an array per endpoint cost 4 MB at 100,000).
+    public var address: IPAddress
     public var conditions: EndpointConditions
     public var nodeName: String?
     /// `hints.forZones[].name`: the zones this endpoint is meant to serve (topology hints).
     public var zoneHints: [String]?
-    public init(addresses: [IPAddress], conditions: EndpointConditions = .init(), nodeName: String? = nil, zoneHints: [String]? = nil) {
-        self.addresses = addresses
+    public init(address: IPAddress, conditions: EndpointConditions = .init(), nodeName: String? = nil, zoneHints: [String]? = nil) {
+        self.address = address
         self.conditions = conditions
         self.nodeName = nodeName
         self.zoneHints = zoneHints

@@ -137,7 +137,7 @@ public struct ProxyState: Hashable, Sendable {
         nodeName: String? = nil, zone: String? = nil, family: IPFamily = .v4
     ) -> [ServicePortState] {
         guard svc.type != .externalName, !svc.isHeadless, let ip = svc.clusterIP(family) else { return [] }
-        let slices = slices.map { $0.filter { $0.endpoints.first?.addresses.first?.family ?? family == family } }
+        let slices = slices.map { $0.filter { $0.endpoints.first?.address.family ?? family == family } }
         // Source ranges of this family. When the Service has ranges but none of this family,
         // no source of this family may use its load-balancer IPs: the only range left is the
         // unspecified address, which no packet comes from.
@@ -216,7 +216,8 @@ public struct ProxyState: Hashable, Sendable {
         for slice in slices {
             guard let p = slice.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { continue }
             for ep in slice.endpoints {
-                guard let ip = ep.addresses.first, usable.contains(EndpointAddress(ip: ip, port: p.port)) else { continue }
+                let ip = ep.address
+                guard usable.contains(EndpointAddress(ip: ip, port: p.port)) else { continue }
                 guard let hints = ep.zoneHints else { return [] }
                 if hints.contains(zone) { out.append((EndpointAddress(ip: ip, port: p.port), node: ep.nodeName)) }
             }
@@ -237,8 +238,7 @@ public struct ProxyState: Hashable, Sendable {
         for slice in slices {
             guard let p = slice.ports.first(where: { $0.name == port.name && $0.proto == port.proto }) else { continue }
             for ep in slice.endpoints {
-                guard let ip = ep.addresses.first else { continue }
-                let addr = (EndpointAddress(ip: ip, port: p.port), node: ep.nodeName)
+                let addr = (EndpointAddress(ip: ep.address, port: p.port), node: ep.nodeName)
                 if ep.conditions.ready {
                     ready.append(addr)
                 } else if ep.conditions.serving && ep.conditions.terminating {

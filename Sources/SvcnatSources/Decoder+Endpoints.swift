@@ -26,12 +26,14 @@ extension ManifestDecoder {
         for e in f["endpoints"].list {
             let addrs = e["addresses"].list
             if addrs.isEmpty { e["addresses"].fail("an endpoint needs at least one address") }
+            // Each address is checked; the first is the endpoint's (see SliceEndpoint.address).
             let ips = addrs.compactMap { ipAddress($0, family: family) }
+            guard let first = ips.first else { continue }
             let c = e["conditions"]
             let ready = c["ready"].bool ?? true
             let conditions = EndpointConditions(ready: ready, serving: c["serving"].bool, terminating: c["terminating"].bool ?? false)
             let zones = e["hints"]["forZones"].isPresent ? e["hints"]["forZones"].list.compactMap { $0["name"].string } : nil
-            endpoints.append(SliceEndpoint(addresses: ips, conditions: conditions, nodeName: e["nodeName"].string, zoneHints: zones))
+            endpoints.append(SliceEndpoint(address: first, conditions: conditions, nodeName: e["nodeName"].string, zoneHints: zones))
         }
         var ports: [EndpointPort] = []
         for p in f["ports"].list {

@@ -107,6 +107,26 @@ import Testing
         #expect(text.contains("endpoints[0].addresses[0]: 127.0.0.1 is a loopback address, which cannot be an endpoint"), "\(text)")
     }
 
+    /// An endpoint is its first address, as kube-proxy reads it; the others are still checked.
+    @Test func anEndpointIsItsFirstAddressAndTheOthersAreChecked() {
+        func slice(_ addresses: String) -> ManifestDecoder {
+            decode(
+                """
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+                addressType: IPv4
+                endpoints: [{addresses: [198.19.1.2]}, {addresses: [\(addresses)]}]
+                ports: [{port: 80}]
+                """, file: "web.yaml")
+        }
+        let two = slice("198.19.1.3, 198.19.1.4")
+        #expect(two.errors.isEmpty, "\(two.errors)")
+        #expect(two.state.endpointSlices.first?.endpoints.map(\.address.description) == ["198.19.1.2", "198.19.1.3"])
+        let bad = slice("198.19.1.3, 127.0.0.1").errors.map(\.description).joined(separator: "\n")
+        #expect(bad.contains("endpoints[1].addresses[1]: 127.0.0.1 is a loopback address, which cannot be an endpoint"), "\(bad)")
+    }
+
     /// One read's whole input is capped beside each file's: a folder of many files stops there.
     @Test func aFolderPastTheTotalInputCapIsRefused() throws {
         let dir = NSTemporaryDirectory() + "svcnat-test-cap-\(getpid())"
@@ -245,13 +265,13 @@ import Testing
         let ready = EndpointSlice(
             meta: ObjectMeta(namespace: "ns", name: "web-1"), serviceName: "web",
             endpoints: [
-                SliceEndpoint(addresses: [ip("198.19.1.2")]),
-                SliceEndpoint(addresses: [ip("198.19.2.2")], conditions: .init(ready: false, serving: true, terminating: true))
+                SliceEndpoint(address: ip("198.19.1.2")),
+                SliceEndpoint(address: ip("198.19.2.2"), conditions: .init(ready: false, serving: true, terminating: true))
             ], ports: port)
         let more = EndpointSlice(
             meta: ObjectMeta(namespace: "ns", name: "web-2"), serviceName: "web",
             endpoints: [
-                SliceEndpoint(addresses: [ip("198.19.3.2")])
+                SliceEndpoint(address: ip("198.19.3.2"))
             ], ports: port)
         let pod = Pod(meta: ObjectMeta(namespace: "ns", name: "a", labels: ["app": "web"]), podIP: ip("198.19.9.2"))
         var p = ProxyState(ClusterState(services: [svc], endpointSlices: [ready, more], pods: [pod]))
@@ -259,8 +279,8 @@ import Testing
         let draining = EndpointSlice(
             meta: ready.meta, serviceName: "web",
             endpoints: [
-                SliceEndpoint(addresses: [ip("198.19.2.2")], conditions: .init(ready: false, serving: true, terminating: true)),
-                SliceEndpoint(addresses: [ip("198.19.4.2")], conditions: .init(ready: false, serving: false, terminating: true))
+                SliceEndpoint(address: ip("198.19.2.2"), conditions: .init(ready: false, serving: true, terminating: true)),
+                SliceEndpoint(address: ip("198.19.4.2"), conditions: .init(ready: false, serving: false, terminating: true))
             ], ports: port)
         p = ProxyState(ClusterState(services: [svc], endpointSlices: [draining]))
         #expect(p.servicePorts[0].endpoints.map(\.description) == ["198.19.2.2:8080"])
@@ -272,7 +292,7 @@ import Testing
             EndpointSlice(
                 meta: ObjectMeta(namespace: "ns", name: "web-1"), serviceName: "web",
                 endpoints: hints.enumerated().map {
-                    SliceEndpoint(addresses: [IPAddress(UInt32(0xC613_0102) + UInt32($0 << 8))], zoneHints: $1)
+                    SliceEndpoint(address: IPAddress(UInt32(0xC613_0102) + UInt32($0 << 8)), zoneHints: $1)
                 },
                 ports: port)
         }

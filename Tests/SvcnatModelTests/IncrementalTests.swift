@@ -44,7 +44,7 @@ import Testing
             meta: ObjectMeta(namespace: svc.meta.namespace, name: "\(svc.meta.name)-x"), serviceName: svc.meta.name,
             endpoints: endpoints.map {
                 SliceEndpoint(
-                    addresses: [a(UInt32(0xC613_0000) + UInt32($0), f)],
+                    address: a(UInt32(0xC613_0000) + UInt32($0), f),
                     nodeName: $0 % 2 == 0 ? "node-a" : "node-b")
             },
             ports: svc.ports.map { EndpointPort(name: $0.name, proto: $0.proto, port: 8000 + $0.port) })

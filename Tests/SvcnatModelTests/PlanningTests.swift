@@ -23,10 +23,10 @@ import Testing
                 endpointSlices: [
                     EndpointSlice(
                         meta: ObjectMeta(namespace: "demo", name: "dns-4"), serviceName: "dns",
-                        endpoints: [SliceEndpoint(addresses: [ip("198.19.1.2")])], ports: port),
+                        endpoints: [SliceEndpoint(address: ip("198.19.1.2"))], ports: port),
                     EndpointSlice(
                         meta: ObjectMeta(namespace: "demo", name: "dns-6"), serviceName: "dns",
-                        endpoints: v6.map { SliceEndpoint(addresses: [ip("2001:db8:1:\($0)::2")]) }, ports: port)
+                        endpoints: v6.map { SliceEndpoint(address: ip("2001:db8:1:\($0)::2")) }, ports: port)
                 ])
         }
         let kernel = FakeKernel()
