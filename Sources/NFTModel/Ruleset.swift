@@ -107,14 +107,40 @@ public struct SetElement: Hashable, Sendable {
     public var key: ElementKey
     /// The value of a data map's element.
     public var data: ElementKey?
-    public var verdict: Verdict?
-    public var comment: String?
+    /// The verdict and comment, which most elements (endpoint slots, hairpin pairs) lack: one
+    /// reference rather than two optionals inline keeps an element at 40 bytes, not 72.
+    private var tail: Tail?
+
+    private final class Tail: Hashable, Sendable {
+        let verdict: Verdict?
+        let comment: String?
+        private init(_ verdict: Verdict?, _ comment: String?) {
+            self.verdict = verdict
+            self.comment = comment
+        }
+        static func make(_ verdict: Verdict?, _ comment: String?) -> Tail? {
+            verdict == nil && comment == nil ? nil : Tail(verdict, comment)
+        }
+        static func == (a: Tail, b: Tail) -> Bool { a === b || (a.verdict == b.verdict && a.comment == b.comment) }
+        func hash(into h: inout Hasher) {
+            h.combine(verdict)
+            h.combine(comment)
+        }
+    }
+
+    public var verdict: Verdict? {
+        get { tail?.verdict }
+        set { tail = Tail.make(newValue, comment) }
+    }
+    public var comment: String? {
+        get { tail?.comment }
+        set { tail = Tail.make(verdict, newValue) }
+    }
 
     public init(key: ElementKey, verdict: Verdict? = nil, data: ElementKey? = nil, comment: String? = nil) {
         self.key = key
-        self.verdict = verdict
         self.data = data
-        self.comment = comment
+        self.tail = Tail.make(verdict, comment)
     }
 
     /// The key as the kernel stores it: each field in network order, padded to 4 bytes.
