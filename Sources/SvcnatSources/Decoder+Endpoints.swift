@@ -22,8 +22,10 @@ extension ManifestDecoder {
             return nil
         }
         let before = f.context.errors.count
+        let list = f["endpoints"].list
         var endpoints: [SliceEndpoint] = []
-        for e in f["endpoints"].list {
+        endpoints.reserveCapacity(list.count)  // kept as long as the slice: no room to spare
+        for e in list {
             let addrs = e["addresses"].list
             if addrs.isEmpty { e["addresses"].fail("an endpoint needs at least one address") }
             // Each address is checked; the first is the endpoint's (see SliceEndpoint.address).
