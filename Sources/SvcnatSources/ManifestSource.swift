@@ -52,7 +52,7 @@ public enum ManifestSource {
         var skipped: [(path: String, why: String)] = []
         var total = 0
         var holdsManifests = false
-        var read = Set<String>()
+        var read = Set<FileIdentity>()
         for path in paths {
             if path == "-" {
                 files.append("-")
@@ -73,8 +73,9 @@ public enum ManifestSource {
             if !list.isEmpty { holdsManifests = true }
             for file in list {
                 // One file reached twice (`-f X -f X`, a folder and a file in it, two links to
-                // it) is read once.
-                guard read.insert((file as NSString).resolvingSymlinksInPath).inserted else { continue }
+                // it) is read once: known by its device and inode (resolving each path's links
+                // cost a tenth of reading a 50,000-file folder).
+                guard read.insert(FileIdentity(file)).inserted else { continue }
                 files.append(file)
                 switch readText(file) {
                 case .text(let text):
@@ -106,34 +107,51 @@ public enum ManifestSource {
     /// FIFO, device or socket named `*.yaml` would block a read or never end, so it goes to
     /// `skipped` with the reason.
     public static func manifestFiles(in dir: String, skipped: inout [(path: String, why: String)]) -> [String] {
-        guard let e = FileManager.default.enumerator(atPath: dir) else { return [] }
+        var root = stat()
+        guard stat(dir, &root) == 0, root.st_mode & S_IFMT == S_IFDIR else { return [] }
         var out: [String] = []
-        let base = dir.hasSuffix("/") ? dir : dir + "/"
-        while let rel = e.nextObject() as? String {
-            // Dot-entries are not read: `.git`, editors' swap files, and the `..data` and
-            // `..2026_...` folders of a ConfigMap or projected volume, whose files are read
-            // through the visible links beside them (one view of each).
-            if isDotEntry(rel) {
-                e.skipDescendants()
+        walk(dir.hasSuffix("/") ? dir : dir + "/", device: root.st_dev, into: &out, skipped: &skipped)
+        return out.sorted()
+    }
+
+    /// One folder's manifest files, then its sub-folders'. A link to a folder is not followed
+    /// (no loop of links can recur) and another file system mounted below is not entered,
+    /// as `find -P -xdev` would walk it. Dot-entries are not read: `.git`, editors' swap files,
+    /// and the `..data` and `..2026_...` folders of a ConfigMap or projected volume, whose
+    /// files are read through the visible links beside them (one view of each). The names come
+    /// from one readdir of the folder and each costs one lstat (Foundation's enumerator also
+    /// resolved the links of every path it returned: 5% of reading a 50,000-file folder).
+    private static func walk(_ base: String, device: dev_t, into out: inout [String], skipped: inout [(path: String, why: String)]) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: base) else { return }
+        for name in names where name.utf8.first != UInt8(ascii: ".") {
+            let full = base + name
+            var st = stat()
+            guard lstat(full, &st) == 0 else { continue }
+            if st.st_mode & S_IFMT == S_IFDIR {
+                if st.st_dev == device { walk(full + "/", device: device, into: &out, skipped: &skipped) }
                 continue
             }
-            guard isManifestName(rel) else { continue }
-            let full = base + rel
-            var st = stat()
-            guard stat(full, &st) == 0 else { continue }
+            guard isManifestName(name) else { continue }
+            // A link counts as what it points to.
+            if st.st_mode & S_IFMT == S_IFLNK { guard stat(full, &st) == 0 else { continue } }
             switch st.st_mode & S_IFMT {
             case S_IFREG: out.append(full)
             case S_IFDIR: continue
             default: skipped.append((full, "not a regular file (\(fileKind(st.st_mode)))"))
             }
         }
-        return out.sorted()
     }
 
-    /// Whether the last component of `rel` starts with a dot.
-    static func isDotEntry(_ rel: String) -> Bool {
-        let name = rel.utf8.lastIndex(of: UInt8(ascii: "/")).map { rel.utf8[rel.utf8.index(after: $0)...] } ?? rel.utf8[...]
-        return name.first == UInt8(ascii: ".")
+    /// A file as the file system knows it, whatever path reached it; a path that cannot be
+    /// looked up stands for itself (reading it then reports why).
+    struct FileIdentity: Hashable {
+        var device: UInt64 = 0, inode: UInt64 = 0
+        var path: String?
+
+        init(_ path: String) {
+            var st = stat()
+            if stat(path, &st) == 0 { (device, inode) = (UInt64(st.st_dev), UInt64(st.st_ino)) } else { self.path = path }
+        }
     }
 
     /// Named `*.yaml`, `*.yml` or `*.json`, in any case (without NSString's path methods, which
