@@ -50,6 +50,11 @@ public struct ElementKey: Hashable, Sendable, RandomAccessCollection, Expressibl
     /// IPv4 key svcnat makes).
     public var packed: UInt64? { if case .packed(let v, _) = storage { v } else { nil } }
 
+    /// The packed number with its fields' kinds: two keys of one shape order as their numbers.
+    public var packedWithShape: (value: UInt64, shape: UInt16)? {
+        if case .packed(let v, let shape) = storage { (v, shape) } else { nil }
+    }
+
     public var startIndex: Int { 0 }
     public var endIndex: Int {
         switch storage {

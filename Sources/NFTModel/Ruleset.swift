@@ -173,9 +173,22 @@ public struct SetElement: Hashable, Sendable {
     /// order), when it fits in 64 bits, as every IPv4 key svcnat makes does.
     public var packedKey: UInt64? { key.packed }
 
-    /// Sorts elements by key, cheaply.
+    /// Sorts elements by key (equal keys in their given order), cheaply: when every key is
+    /// packed in one shape (all IPv4 sets), the numbers are sorted with their positions and the
+    /// elements gathered once, which costs a fifth of moving the elements themselves through
+    /// the sort (the hairpin set of 50,000 Services x 5 has 250,000).
     public static func sorted(_ elements: [SetElement]) -> [SetElement] {
-        elements.sorted { $0.key.precedes($1.key) }
+        guard elements.count > 1, let shape = elements[0].key.packedWithShape?.shape else {
+            return elements.sorted { $0.key.precedes($1.key) }
+        }
+        var order: [(key: UInt64, at: Int)] = []
+        order.reserveCapacity(elements.count)
+        for (i, e) in elements.enumerated() {
+            guard let k = e.key.packedWithShape, k.shape == shape else { return elements.sorted { $0.key.precedes($1.key) } }
+            order.append((k.value, i))
+        }
+        order.sort { $0.key != $1.key ? $0.key < $1.key : $0.at < $1.at }
+        return order.map { elements[$0.at] }
     }
 }
 

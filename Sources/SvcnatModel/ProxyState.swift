@@ -118,15 +118,15 @@ public struct ProxyState: Hashable, Sendable {
         var podsByNamespace: [String: [Pod]] = [:]
         for p in cluster.pods { podsByNamespace[p.meta.namespace, default: []].append(p) }
 
+        let (slices, endpoints, pods) = (slicesByService, endpointsByService, podsByNamespace)
         return families.map { family in
-            var out: [ServicePortState] = []
-            for svc in cluster.services where svc.clusterIP(family) != nil {
+            let ports = Parallel.map(cluster.services.filter { $0.clusterIP(family) != nil }) { svc in
                 let key = svc.meta.key
-                out += Self.ports(
-                    of: svc, slices: slicesByService[key], endpoints: endpointsByService[key],
-                    pods: podsByNamespace[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone, family: family)
+                return Self.ports(
+                    of: svc, slices: slices[key], endpoints: endpoints[key],
+                    pods: pods[svc.meta.namespace] ?? [], nodeName: nodeName, zone: zone, family: family)
             }
-            return ProxyState(servicePorts: out.sorted { $0.name < $1.name })
+            return ProxyState(servicePorts: ports.joined().sorted { $0.name < $1.name })
         }
     }
 

@@ -168,7 +168,7 @@ public struct Translator: Sendable {
                 state.servicePorts.filter { !$0.endpoints.isEmpty }.map { (PortFragment.key($0), UInt32($0.endpoints.count)) },
                 previous: previous.map(EndpointSlots.read) ?? [:])
             : [:]
-        return state.servicePorts.map { fragment($0, slot: slots[PortFragment.key($0)]) }
+        return Parallel.map(state.servicePorts) { fragment($0, slot: slots[PortFragment.key($0)]) }
     }
 
     /// One Service port's chains and elements. Pure.

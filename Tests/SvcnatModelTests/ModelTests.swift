@@ -206,6 +206,9 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         try svc("top", "198.18.100.1").write(toFile: dir + "/top.yaml", atomically: true, encoding: .utf8)
         try svc("deep", "198.18.100.2").write(toFile: dir + "/team/sub/deep.yaml", atomically: true, encoding: .utf8)
         try "kind: [broken\n".write(toFile: dir + "/team/broken.yaml", atomically: true, encoding: .utf8)
+        // A link to a folder (here a loop back to the top) is not followed, as `find -P`.
+        try FileManager.default.createSymbolicLink(atPath: dir + "/team/loop", withDestinationPath: "..")
+        #expect(ManifestSource.manifestFiles(in: dir) == [dir + "/team/broken.yaml", dir + "/team/sub/deep.yaml", dir + "/top.yaml"])
         let store = ObjectStore(root: dir)
         store.loadAll()
         #expect(store.state.services.map(\.meta.name) == ["deep", "top"])
@@ -277,6 +280,27 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
             if a.map(Self.kind) == b.map(Self.kind) {
                 #expect(ka.precedes(kb) == a.lexicographicallyPrecedes(b), "\(a) against \(b)")
             }
+        }
+    }
+
+    /// The sort of elements by key gives what a plain sort by the keys' fields gives, with
+    /// equal keys in their given order, for sets of packed keys of one shape (sorted as
+    /// numbers), of unpacked keys, and of both mixed.
+    @Test func elementsSortAsTheirKeysFields() {
+        var rng = SplitMix(seed: 12)
+        for shape in 0..<3 {
+            let elements = (0..<3000).map { i -> SetElement in
+                let a = KeyValue.ip(IPAddress(UInt32(198 << 24 | 18 << 16) | UInt32(rng.next() % 64)))
+                let port = KeyValue.port(UInt16(rng.next() % 4))
+                let v6 = KeyValue.ip(IPAddress(v6: 0x2001_0db8_0000_0000, rng.next() % 8))
+                let key: [KeyValue] = shape == 0 || (shape == 2 && i % 2 == 0) ? [a, port] : [v6, port]
+                return SetElement(key: ElementKey(key), data: ElementKey([.integer(UInt32(i))]))
+            }
+            let expected = elements.enumerated().sorted {
+                Array($0.element.key) != Array($1.element.key)
+                    ? Array($0.element.key).lexicographicallyPrecedes(Array($1.element.key)) : $0.offset < $1.offset
+            }.map(\.element)
+            #expect(SetElement.sorted(elements) == expected, "shape \(shape)")
         }
     }
 
