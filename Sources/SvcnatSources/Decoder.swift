@@ -197,16 +197,44 @@ public struct ManifestDecoder: Sendable {
     /// Each text on a decoder of its own, on all cores (files are independent until their
     /// objects meet), in the order given.
     public static func decodeEach(_ inputs: [(file: String, text: String)]) -> [ManifestDecoder] {
-        let workers = min(ProcessInfo.processInfo.activeProcessorCount, inputs.count / 32)
-        @Sendable func one(_ i: Int) -> ManifestDecoder {
-            var d = ManifestDecoder()
-            d.decode(inputs[i].text, file: inputs[i].file)
+        decodeEach(inputs.map { .text(file: $0.file, $0.text) }).map {
+            guard case .decoded(let d) = $0 else { preconditionFailure("a text is always decoded") }
             return d
+        }
+    }
+
+    /// A manifest to decode: a text at hand, or a file the worker reads.
+    public enum Input: Sendable {
+        case text(file: String, String)
+        case file(String)
+    }
+
+    public enum Outcome: Sendable {
+        case decoded(ManifestDecoder)
+        /// The file could not be read: why, in words for the error.
+        case unreadable(file: String, why: String)
+    }
+
+    /// Each input read (a file, by the worker that decodes it) and decoded on a decoder of
+    /// its own, on all cores, in the order given.
+    public static func decodeEach(_ inputs: [Input]) -> [Outcome] {
+        let workers = min(ProcessInfo.processInfo.activeProcessorCount, inputs.count / 32)
+        @Sendable func one(_ i: Int) -> Outcome {
+            var d = ManifestDecoder()
+            switch inputs[i] {
+            case .text(let file, let text): d.decode(text, file: file)
+            case .file(let file):
+                switch ManifestSource.readText(file) {
+                case .text(let text): d.decode(text, file: file)
+                case .failed(let why): return .unreadable(file: file, why: why)
+                }
+            }
+            return .decoded(d)
         }
         guard workers > 1 else { return inputs.indices.map(one) }
         let results = Results(count: inputs.count)
         DispatchQueue.concurrentPerform(iterations: workers) { w in
-            var mine: [(Int, ManifestDecoder)] = []
+            var mine: [(Int, Outcome)] = []
             for i in stride(from: w, to: inputs.count, by: workers) { mine.append((i, one(i))) }
             results.put(mine)
         }
@@ -214,10 +242,10 @@ public struct ManifestDecoder: Sendable {
     }
 
     private final class Results: Sendable {
-        let slots: Mutex<[ManifestDecoder?]>
+        let slots: Mutex<[Outcome?]>
         init(count: Int) { slots = Mutex(Array(repeating: nil, count: count)) }
-        func put(_ done: [(Int, ManifestDecoder)]) { slots.withLock { for (i, d) in done { $0[i] = d } } }
-        var all: [ManifestDecoder] { slots.withLock { $0.map { $0! } } }
+        func put(_ done: [(Int, Outcome)]) { slots.withLock { for (i, d) in done { $0[i] = d } } }
+        var all: [Outcome] { slots.withLock { $0.map { $0! } } }
     }
 
     /// Decodes one object given as a parsed value, with `kind` and `apiVersion` filled in when
