@@ -313,3 +313,22 @@ func ip(_ s: String) -> IPAddress { IPAddress(s)! }
         }
     }
 }
+
+@Suite struct PrintedText {
+    /// A table big enough to be printed in many pieces on both cores (10,000 elements in one
+    /// set, 600 chains) reads as the layout written out here line by line, in order.
+    @Test func aLargeTableIsPrintedInPiecesAsOneText() {
+        let n = 10_000
+        let addresses = (0..<n).map { "198.18.\($0 / 256).\($0 % 256)" }
+        let elements = addresses.map { SetElement(key: [.ip(IPAddress($0)!)]) }
+        let chains = (0..<600).map { Chain(name: "c\($0)", rules: [Rule([.verdict(.drop)])]) }
+        let small = NamedSet(name: "a", key: [.ipv4Addr], data: .none, elements: [SetElement(key: [.ip(IPAddress("198.19.0.1")!)])])
+        let big = NamedSet(name: "s", key: [.ipv4Addr], data: .none, elements: elements)
+        let r = Ruleset(family: .ip, table: "t", sets: [small, big], chains: chains)
+        var expected = "table ip t {\n\tset a {\n\t\ttype ipv4_addr\n\t\telements = {\n\t\t\t198.19.0.1\n\t\t}\n\t}\n"
+        expected += "\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = {\n"
+        expected += addresses.map { "\t\t\t" + $0 }.joined(separator: ",\n") + "\n\t\t}\n\t}\n"
+        expected += (0..<600).map { "\n\tchain c\($0) {\n\t\tdrop\n\t}\n" }.joined() + "}\n"
+        #expect(r.nftText == expected)
+    }
+}

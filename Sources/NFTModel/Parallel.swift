@@ -5,10 +5,11 @@ import Synchronization
 /// Pure work over many items, split over the machine's cores in contiguous runs; the results
 /// come back in the items' order, so the output is the same as a plain `map`'s.
 public enum Parallel {
-    /// Below this many items a thread's start costs more than the second core saves.
-    public static let minimumPerWorker = 1024
-
-    public static func map<T: Sendable, U: Sendable>(_ items: [T], _ transform: @Sendable (T) -> U) -> [U] {
+    /// `minimumPerWorker`: below this many items for each worker, a thread's start costs more
+    /// than the second core saves (1024 suits work of a few microseconds an item).
+    public static func map<T: Sendable, U: Sendable>(
+        _ items: [T], minimumPerWorker: Int = 1024, _ transform: @Sendable (T) -> U
+    ) -> [U] {
         let workers = min(ProcessInfo.processInfo.activeProcessorCount, items.count / minimumPerWorker)
         guard workers > 1 else { return items.map(transform) }
         let per = (items.count + workers - 1) / workers
