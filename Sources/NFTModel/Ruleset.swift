@@ -178,9 +178,7 @@ public struct SetElement: Hashable, Sendable {
     /// elements gathered once, which costs a fifth of moving the elements themselves through
     /// the sort (the hairpin set of 50,000 Services x 5 has 250,000).
     public static func sorted(_ elements: [SetElement]) -> [SetElement] {
-        guard elements.count > 1, let shape = elements[0].key.packedWithShape?.shape else {
-            return elements.sorted { $0.key.precedes($1.key) }
-        }
+        let shape = elements.first?.key.packedWithShape?.shape
         var order: [(key: UInt64, at: Int)] = []
         order.reserveCapacity(elements.count)
         for (i, e) in elements.enumerated() {

@@ -111,14 +111,9 @@ public struct ProxyState: Hashable, Sendable {
     }
 
     private static func build(_ cluster: ClusterState, nodeName: String?, zone: String?, families: [IPFamily]) -> [ProxyState] {
-        var slicesByService: [String: [EndpointSlice]] = [:]
-        for s in cluster.endpointSlices { slicesByService["\(s.meta.namespace)/\(s.serviceName)", default: []].append(s) }
-        var endpointsByService: [String: Endpoints] = [:]
-        for e in cluster.endpoints { endpointsByService[e.meta.key] = e }
-        var podsByNamespace: [String: [Pod]] = [:]
-        for p in cluster.pods { podsByNamespace[p.meta.namespace, default: []].append(p) }
-
-        let (slices, endpoints, pods) = (slicesByService, endpointsByService, podsByNamespace)
+        let slices = Dictionary(grouping: cluster.endpointSlices) { "\($0.meta.namespace)/\($0.serviceName)" }
+        let endpoints = Dictionary(cluster.endpoints.map { ($0.meta.key, $0) }, uniquingKeysWith: { _, last in last })
+        let pods = Dictionary(grouping: cluster.pods) { $0.meta.namespace }
         return families.map { family in
             let ports = Parallel.map(cluster.services.filter { $0.clusterIP(family) != nil }) { svc in
                 let key = svc.meta.key

@@ -194,15 +194,6 @@ public struct ManifestDecoder: Sendable {
         take(other.state.ingresses, "Ingress", \.meta, into: \.ingresses)
     }
 
-    /// Each text on a decoder of its own, on all cores (files are independent until their
-    /// objects meet), in the order given.
-    public static func decodeEach(_ inputs: [(file: String, text: String)]) -> [ManifestDecoder] {
-        decodeEach(inputs.map { .text(file: $0.file, $0.text) }).map {
-            guard case .decoded(let d) = $0 else { preconditionFailure("a text is always decoded") }
-            return d
-        }
-    }
-
     /// A manifest to decode: a text at hand, or a file the worker reads.
     public enum Input: Sendable {
         case text(file: String, String)
@@ -216,7 +207,8 @@ public struct ManifestDecoder: Sendable {
     }
 
     /// Each input read (a file, by the worker that decodes it) and decoded on a decoder of
-    /// its own, on all cores, in the order given.
+    /// its own, on all cores (files are independent until their objects meet), in the order
+    /// given.
     public static func decodeEach(_ inputs: [Input]) -> [Outcome] {
         let workers = min(ProcessInfo.processInfo.activeProcessorCount, inputs.count / 32)
         @Sendable func one(_ i: Int) -> Outcome {

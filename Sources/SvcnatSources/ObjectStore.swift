@@ -162,13 +162,14 @@ public final class ObjectStore {
         }
         let ordered = wanted.sorted()
         // Many files at once (a folder at start): decoded on all cores first, then taken in
-        // order. A file that cannot be read is read again below, for its error.
+        // order; each file is read by the worker that decodes it. A file that cannot be read is
+        // read again below, for its error.
         var decoded: [String: ManifestDecoder] = [:]
         let batch = ordered.filter(Self.isManifest)
         if batch.count >= 64 {
-            var inputs: [(file: String, text: String)] = []
-            for path in batch { if case .text(let t) = ManifestSource.readText(path) { inputs.append((path, t)) } }
-            for (input, d) in zip(inputs, ManifestDecoder.decodeEach(inputs)) { decoded[input.file] = d }
+            for (path, outcome) in zip(batch, ManifestDecoder.decodeEach(batch.map { .file($0) })) {
+                if case .decoded(let d) = outcome { decoded[path] = d }
+            }
         }
         for path in ordered {
             var isDir: ObjCBool = false

@@ -227,7 +227,13 @@ import Yams
             let path = dir + "/f\(String(format: "%03d", i)).\(i % 3 == 0 ? "json" : "yaml")"
             return (file: path, text: try String(contentsOfFile: path, encoding: .utf8))
         }
-        for d in ManifestDecoder.decodeEach(inputs) { merged.merge(d) }
+        for outcome in ManifestDecoder.decodeEach(inputs.map { .text(file: $0.file, $0.text) }) {
+            guard case .decoded(let d) = outcome else {
+                Issue.record("a text at hand was not decoded: \(outcome)")
+                continue
+            }
+            merged.merge(d)
+        }
         var serial = ManifestDecoder()
         for input in inputs { serial.decode(input.text, file: input.file) }
         #expect(merged.state == serial.state)
