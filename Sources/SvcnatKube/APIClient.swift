@@ -157,36 +157,47 @@ public final class APIClient: Sendable {
     /// collection's JSON at once.
     public func list(_ r: Resource, pageSize: Int = 500) async throws -> APIObjects.List {
         var all = APIObjects.List(resourceVersion: "", objects: [], errors: [])
-        var token: String?
-        var pages = 0
-        repeat {
-            pages += 1
-            guard pages <= limits.maxPages else {
-                throw APIError("\(r.name): the list did not end after \(limits.maxPages) pages; svcnat stops reading it")
-            }
+        let source = "\(config.server)\(r.path)"
+        @Sendable func fetch(_ token: String?) async throws -> APIObjects.Page {
             var query = [("limit", String(pageSize))]
             if let token { query.append(("continue", token)) }
             let deadline = NIODeadline.now() + limits.pageDeadline
             let response = try await send(try request(r, query), r, deadline: deadline)
             let body = try await collect(response, upTo: 512 << 20, by: deadline, r)
-            let page: APIObjects.List
             do {
-                page = try APIObjects.list(
-                    Array(body.readableBytesView), kind: r.kind, apiVersion: r.apiVersion, source: "\(config.server)\(r.path)")
+                return try APIObjects.page(Array(body.readableBytesView), source: source)
             } catch {
                 throw APIError("\(r.name): \(error)")
             }
-            // Every page is of the first page's snapshot.
-            if token == nil { all.resourceVersion = page.resourceVersion }
-            all.objects += page.objects
-            all.errors += page.errors
-            all.failedKeys += page.failedKeys
+        }
+        var page = try await fetch(nil)
+        var pages = 1
+        // Every page is of the first page's snapshot.
+        all.resourceVersion = page.resourceVersion
+        while true {
+            // The next page is asked for while this one is decoded (its continue token is
+            // known once the page is located).
+            let token = page.continueToken
+            if token != nil, pages == limits.maxPages {
+                throw APIError("\(r.name): the list did not end after \(limits.maxPages) pages; svcnat stops reading it")
+            }
+            async let next = token == nil ? nil : fetch(token)
+            let decoded: APIObjects.List
+            do {
+                decoded = try APIObjects.objects(of: page, kind: r.kind, apiVersion: r.apiVersion, source: source)
+            } catch {
+                throw APIError("\(r.name): \(error)")
+            }
+            all.objects += decoded.objects
+            all.errors += decoded.errors
+            all.failedKeys += decoded.failedKeys
             guard all.objects.count <= limits.maxObjects else {
                 throw APIError("\(r.name): the list passed \(limits.maxObjects) objects; svcnat stops reading it")
             }
-            token = page.continueToken
-        } while token != nil
-        return all
+            guard let following = try await next else { return all }
+            page = following
+            pages += 1
+        }
     }
 
     /// A response's whole body, by `deadline`: a body that trickles is cut off there.

@@ -77,29 +77,33 @@ public enum APIObjects {
 
     /// The same, from the response's bytes as they came (no String in between).
     public static func list(_ bytes: [UInt8], kind: String, apiVersion: String, source: String) throws -> List {
-        var out = List(resourceVersion: "")
-        func take(_ item: Value) {
-            let (o, errors) = object(item, kind: kind, apiVersion: apiVersion, source: source)
-            if let o {
-                out.objects.append(o)
-            } else {
-                let f = Field(node: item, context: Field.Context(file: source))
-                if let name = f["metadata"]["name"].string {
-                    let ns = f["metadata"]["namespace"].string ?? ""
-                    out.failedKeys.append(ns.isEmpty ? name : "\(ns)/\(name)")
-                }
-            }
-            out.errors += errors
-        }
+        try objects(of: page(bytes, source: source), kind: kind, apiVersion: apiVersion, source: source)
+    }
+
+    /// A list response checked for syntax and its items located, but not yet built: enough to
+    /// know the page's resourceVersion and continue token (so the next page can be asked for
+    /// while this one is decoded).
+    public struct Page: Sendable {
+        let bytes: [UInt8]
+        /// Item offsets in `bytes`, or empty when `whole` holds the items.
+        let offsets: [Int]
+        let whole: [Value]
+        public let resourceVersion: String
+        public let continueToken: String?
+    }
+
+    public static func page(_ bytes: [UInt8], source: String) throws -> Page {
         var reader = JSONReader(bytes)
         let top: Value
+        var offsets: [Int] = []
+        var whole: [Value] = []
         do {
             guard let (doc, items) = try reader.nextLocatingItems() else { throw DecodeError(description: "empty response") }
             top = doc.value
-            for offset in items { take(try JSONReader.item(bytes, at: offset)) }
+            offsets = items
             // A server that leaves out the list's kind: its items were read whole.
             if !doc.streamed {
-                for item in Field(node: top, context: Field.Context(file: source))["items"].list { take(item.node!) }
+                whole = Field(node: top, context: Field.Context(file: source))["items"].list.compactMap(\.node)
             }
             guard try reader.nextLocatingItems() == nil else { throw DecodeError(description: "unexpected text after the list") }
         } catch let e as DecodeError { throw e } catch {
@@ -110,8 +114,37 @@ public enum APIObjects {
             throw DecodeError(description: "\(source): list without metadata.resourceVersion")
         }
         let token = f["metadata"]["continue"].string
-        out.resourceVersion = rv
-        out.continueToken = token?.isEmpty == false ? token : nil
+        return Page(
+            bytes: bytes, offsets: offsets, whole: whole, resourceVersion: rv,
+            continueToken: token?.isEmpty == false ? token : nil)
+    }
+
+    /// A located page's items, built and decoded on all cores, in the page's order.
+    public static func objects(of page: Page, kind: String, apiVersion: String, source: String) throws -> List {
+        @Sendable func take(_ item: Value) -> (Object?, failedKey: String?, [InputError]) {
+            let (o, errors) = object(item, kind: kind, apiVersion: apiVersion, source: source)
+            if o != nil { return (o, nil, errors) }
+            let f = Field(node: item, context: Field.Context(file: source))
+            guard let name = f["metadata"]["name"].string else { return (nil, nil, errors) }
+            let ns = f["metadata"]["namespace"].string ?? ""
+            return (nil, ns.isEmpty ? name : "\(ns)/\(name)", errors)
+        }
+        let bytes = page.bytes
+        let located = Parallel.map(page.offsets, minimumPerWorker: 128) { offset in
+            Result { take(try JSONReader.item(bytes, at: offset)) }
+        }
+        var out = List(resourceVersion: page.resourceVersion, continueToken: page.continueToken)
+        out.objects.reserveCapacity(page.offsets.count + page.whole.count)
+        do {
+            for r in located + page.whole.map({ .success(take($0)) }) {
+                let (o, failed, errors) = try r.get()
+                if let o { out.objects.append(o) }
+                if let failed { out.failedKeys.append(failed) }
+                out.errors += errors
+            }
+        } catch {
+            throw DecodeError(description: "not valid JSON: \(error)")
+        }
         return out
     }
 

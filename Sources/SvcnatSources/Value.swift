@@ -5,7 +5,7 @@ import Yams
 /// A parsed YAML/JSON document as plain values. Converted once from Yams' nodes, whose own
 /// key lookup resolves tags with regular expressions on every comparison (slow at 10,000
 /// objects).
-indirect enum Value {
+enum Value: Sendable {
     /// A scalar and whether it was written plain (unquoted), which decides if it may be read as
     /// a number, a boolean or null.
     case scalar(String, plain: Bool)
