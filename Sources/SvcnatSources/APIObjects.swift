@@ -85,8 +85,8 @@ public enum APIObjects {
     /// while this one is decoded).
     public struct Page: Sendable {
         let bytes: [UInt8]
-        /// Item offsets in `bytes`, or empty when `whole` holds the items.
-        let offsets: [Int]
+        /// Where the items are in `bytes`, or empty when `whole` holds them.
+        let offsets: [Range<Int>]
         let whole: [Value]
         public let resourceVersion: String
         public let continueToken: String?
@@ -95,7 +95,7 @@ public enum APIObjects {
     public static func page(_ bytes: [UInt8], source: String) throws -> Page {
         var reader = JSONReader(bytes)
         let top: Value
-        var offsets: [Int] = []
+        var offsets: [Range<Int>] = []
         var whole: [Value] = []
         do {
             guard let (doc, items) = try reader.nextLocatingItems() else { throw DecodeError(description: "empty response") }

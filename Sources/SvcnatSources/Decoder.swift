@@ -143,7 +143,7 @@ public struct ManifestDecoder: Sendable {
 
     /// A list's items (at these offsets, already checked for syntax), built and decoded in
     /// contiguous runs on all cores; the runs come back in order.
-    static func decodeItems(_ bytes: [UInt8], at offsets: [Int], file: String) throws -> [ManifestDecoder] {
+    static func decodeItems(_ bytes: [UInt8], at offsets: [Range<Int>], file: String) throws -> [ManifestDecoder] {
         let workers = min(ProcessInfo.processInfo.activeProcessorCount, offsets.count / 256)
         @Sendable func run(_ range: Range<Int>) -> Result<ManifestDecoder, Error> {
             var d = ManifestDecoder()

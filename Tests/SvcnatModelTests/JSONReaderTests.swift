@@ -89,6 +89,22 @@ import Yams
         Self.expectRefused(text, saying: want)
     }
 
+    /// A list's items are first skipped by their brackets alone; a broken item is still
+    /// reported where it breaks, also when its brackets close somewhere else or a later item
+    /// breaks the list's own syntax.
+    @Test(arguments: [
+        (#"{"kind": "List", "items": [{"a": [1}, {"b": 2}]}"#, "line 1, column 36: expected ',' or ']'"),
+        (#"{"kind": "List", "items": [{"a": 1}, {"b" 2}, {"c": 3]}"#, "line 1, column 43: expected ':' after the key \"b\""),
+        (#"{"kind": "List", "items": [{"a": "\"}]}"#, "line 1, column 34: a string without its closing quote"),
+        (#"{"kind": "List", "items": [{"a": 1}}, {"b": 2}]}"#, "line 1, column 36: expected ',' or ']'")
+    ])
+    func aBrokenItemIsReportedWhereItBreaks(text: String, want: String) throws {
+        #expect(throws: (any Error).self) { try Self.foundation(text) }
+        let d = decode(text, file: "l.json")
+        #expect(d.errors.map(\.description) == ["l.json: not valid JSON: \(want)"])
+        #expect(throws: (any Error).self) { _ = try APIObjects.list(text, kind: "Service", apiVersion: "v1", source: "api") }
+    }
+
     @Test func deepNestingIsRefusedNotAStackOverflow() {
         let text = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
         var r = JSONReader(Array(text.utf8))
