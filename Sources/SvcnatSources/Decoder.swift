@@ -269,7 +269,13 @@ public struct ManifestDecoder: Sendable {
         let kind = f["kind"].string ?? ""
         let apiVersion = f["apiVersion"].string ?? ""
         if kind == "List" || kind.hasSuffix("List") && f["items"].isPresent {
-            for item in f["items"].list { decodeObject(item, document: nil) }
+            // Each item is read with a context of its own, so that what it records of its fields
+            // goes with it.
+            for item in f["items"].list {
+                let ctx = Field.Context(file: f.context.file, root: item.path)
+                decodeObject(Field(node: item.node, context: ctx), document: nil)
+                f.context.errors += ctx.errors
+            }
             return
         }
         let name = f["metadata"]["name"].string ?? ""

@@ -339,7 +339,15 @@ struct JSONReader {
             if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
             guard digits() > 0 else { throw fail("expected digits in the exponent") }
         }
-        return String(decoding: b[start..<i], as: UTF8.self)
+        return text(start..<i)
+    }
+
+    /// The bytes at `range` as a String. Read through a span, which borrows the input where a
+    /// slice would retain and release it for every string; bytes that are not UTF-8 are repaired
+    /// (U+FFFD) as `String(decoding:)` repairs them.
+    private func text(_ range: Range<Int>) -> String {
+        if let utf8 = try? UTF8Span(validating: b.span.extracting(range)) { return String(copying: utf8) }
+        return String(decoding: b[range], as: UTF8.self)
     }
 
     /// A string at its opening quote.
@@ -349,7 +357,7 @@ struct JSONReader {
         while i < b.count {
             let c = b[i]
             if c == UInt8(ascii: "\"") {
-                let s = String(decoding: b[start..<i], as: UTF8.self)
+                let s = text(start..<i)
                 i += 1
                 return s
             }

@@ -100,20 +100,58 @@ indirect enum FieldPath: CustomStringConvertible {
 /// object and the field path.
 struct Field {
     let node: Value?
-    let path: FieldPath
+    /// Where this field is: a step in the context's `steps`, or -1 for the object itself.
+    private let at: Int32
     let context: Context
 
-    init(node: Value?, path: FieldPath = .root, context: Context) {
+    init(node: Value?, context: Context) {
         self.node = node
-        self.path = path
+        self.at = -1
         self.context = context
     }
+
+    private init(node: Value?, at: Int32, context: Context) {
+        self.node = node
+        self.at = at
+        self.context = context
+    }
+
+    /// The field's path, made when a failure names it.
+    var path: FieldPath { context.path(at) }
 
     final class Context {
         let file: String
         var object: String?
         var errors: [InputError] = []
-        init(file: String) { self.file = file }
+        /// Each field handed out while the object is read, as its parent's step and its own key
+        /// or index: a child field costs an append here, not an allocation of its path.
+        private var steps: [(parent: Int32, step: Step)] = []
+        enum Step {
+            case key(String)
+            case index(Int)
+        }
+
+        /// Where the object is in its document: the root of every path here.
+        private let root: FieldPath
+
+        init(file: String, root: FieldPath = .root) {
+            self.file = file
+            self.root = root
+        }
+
+        func step(from parent: Int32, _ step: Step) -> Int32 {
+            steps.append((parent, step))
+            return Int32(steps.count - 1)
+        }
+
+        func path(_ at: Int32) -> FieldPath {
+            guard at >= 0 else { return root }
+            let (parent, step) = steps[Int(at)]
+            switch step {
+            case .key(let k): return .key(path(parent), k)
+            case .index(let i): return .index(path(parent), i)
+            }
+        }
 
         func fail(_ path: FieldPath, _ message: String) {
             errors.append(InputError(file: file, object: object, field: path.isRoot ? nil : path.description, message: message))
@@ -126,7 +164,7 @@ struct Field {
     }
 
     func child(_ key: String) -> Field {
-        Field(node: node?[key: key], path: .key(path, key), context: context)
+        Field(node: node?[key: key], at: context.step(from: at, .key(key)), context: context)
     }
 
     subscript(_ key: String) -> Field { child(key) }
@@ -192,7 +230,7 @@ struct Field {
     var list: [Field] {
         guard !isNull, let node else { return [] }
         guard case .sequence(let seq) = node else { context.fail(path, "expected a list, found \(describe(node))"); return [] }
-        return seq.enumerated().map { Field(node: $1, path: .index(path, $0), context: context) }
+        return seq.enumerated().map { Field(node: $1, at: context.step(from: at, .index($0)), context: context) }
     }
 
     var stringMap: [String: String] {

@@ -84,6 +84,21 @@ import Testing
         #expect(d.errors.contains { $0.description.hasPrefix("svc.yaml: " + message) }, "\(d.errors)")
     }
 
+    /// A `kind: List` (what `kubectl get -o yaml` writes) names a bad item's field under the
+    /// list, and the other items are taken.
+    @Test func aListItemsFieldIsNamedUnderTheList() {
+        let d = decode(
+            """
+            apiVersion: v1
+            kind: List
+            items:
+            - {apiVersion: v1, kind: Service, metadata: {name: a}, spec: {clusterIP: 198.18.100.1, ports: [{port: 80}]}}
+            - {apiVersion: v1, kind: Service, metadata: {name: b}, spec: {clusterIP: 198.18.100.2, ports: [{port: 70000}]}}
+            """, file: "list.yaml")
+        #expect(d.state.services.map(\.meta.key) == ["default/a"])
+        #expect(d.errors.map(\.description) == ["list.yaml: Service default/b: items[1].spec.ports[0].port: 70000 is not a port (1-65535)"])
+    }
+
     @Test func specialLoadBalancerAndEndpointAddressesAreRefused() {
         let d = decode(
             """
