@@ -194,30 +194,37 @@ struct JSONReader {
     /// `skipValue`: the item is checked in full when it is built (`item(_:at:)`, which must end
     /// where this did). Where the brackets never close, `skipValue` finds the exact error.
     private mutating func skipItem() throws {
-        let start = i
-        guard b[i] == UInt8(ascii: "{") || b[i] == UInt8(ascii: "[") else { return try skipValue() }
+        guard b[i] == UInt8(ascii: "{") || b[i] == UInt8(ascii: "["), let end = Self.closing(b, from: i) else {
+            return try skipValue()
+        }
+        i = end
+    }
+
+    /// Just past the bracket that closes the one at `start`, or nil when none does. Locals, and
+    /// a span rather than the array: the loop runs in registers.
+    private static func closing(_ b: [UInt8], from start: Int) -> Int? {
+        let bytes = b.span
+        let n = bytes.count
+        var k = start
         var open = 0
-        while i < b.count {
-            let c = b[i]
-            i += 1
-            switch c {
-            case UInt8(ascii: "\""):
-                while i < b.count {
-                    let d = b[i]
-                    i += d == UInt8(ascii: "\\") ? 2 : 1
+        while k < n {
+            let c = bytes[k]
+            k += 1
+            if c == UInt8(ascii: "\"") {
+                while k < n {
+                    let d = bytes[k]
+                    k += 1
                     if d == UInt8(ascii: "\"") { break }
+                    if d == UInt8(ascii: "\\") { k += 1 }
                 }
-            case UInt8(ascii: "{"), UInt8(ascii: "["):
+            } else if c == UInt8(ascii: "{") || c == UInt8(ascii: "[") {
                 open += 1
-            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+            } else if c == UInt8(ascii: "}") || c == UInt8(ascii: "]") {
                 open -= 1
-                if open == 0 { return }
-            default:
-                continue
+                if open == 0 { return k }
             }
         }
-        i = start
-        try skipValue()
+        return nil
     }
 
     /// The same grammar as `value`, building nothing.
@@ -350,10 +357,24 @@ struct JSONReader {
         return String(decoding: b[range], as: UTF8.self)
     }
 
+    /// Where the run of plain string bytes from `start` ends: at a quote, a backslash, a control
+    /// character or the end. Locals and a span, so the loop runs in registers.
+    private static func plainRun(_ b: [UInt8], from start: Int) -> Int {
+        let bytes = b.span
+        var k = start
+        while k < bytes.count {
+            let c = bytes[k]
+            if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") || c < 0x20 { return k }
+            k += 1
+        }
+        return k
+    }
+
     /// A string at its opening quote.
     private mutating func string() throws -> String {
         i += 1
         let start = i
+        i = Self.plainRun(b, from: i)
         while i < b.count {
             let c = b[i]
             if c == UInt8(ascii: "\"") {
@@ -372,6 +393,8 @@ struct JSONReader {
         let open = i
         i += 1
         while i < b.count {
+            i = Self.plainRun(b, from: i)
+            guard i < b.count else { break }
             let c = b[i]
             if c == UInt8(ascii: "\"") { i += 1; return }
             if c == UInt8(ascii: "\\") {
