@@ -143,6 +143,8 @@ struct JSONReader {
         case UInt8(ascii: "{"):
             try enter()
             var m: [(key: String, value: Value)] = []
+            // Room for a Kubernetes object's usual mapping at once, instead of growing 1, 2, 4, 8.
+            m.reserveCapacity(8)
             let metadata = key == "metadata"
             var next = try firstMember()
             while let k = next {

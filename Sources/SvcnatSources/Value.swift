@@ -210,7 +210,7 @@ struct Field {
 
     var bool: Bool? {
         guard !isNull, let node else { return nil }
-        guard case .scalar(let s, _) = node, let b = Bool(s.lowercased()) else {
+        guard case .scalar(let s, _) = node, let b = s == "true" ? true : s == "false" ? false : Bool(s.lowercased()) else {
             context.fail(path, "expected true or false, found \(describe(node))")
             return nil
         }
