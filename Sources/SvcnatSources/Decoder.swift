@@ -32,17 +32,21 @@ public struct ManifestDecoder: Sendable {
         "Ingress": ["networking.k8s.io/v1", "networking.k8s.io/v1beta1", "extensions/v1beta1"]
     ]
 
-    public mutating func decode(_ text: String, file: String) {
-        let bytes = Array(text.utf8)
+    public mutating func decode(_ text: String, file: String) { decode(utf8: Array(text.utf8), file: file, text: text) }
+
+    /// The same, from bytes already checked to be UTF-8 (a file as read): JSON is read from
+    /// them with no String made of the whole file.
+    mutating func decode(utf8 bytes: [UInt8], file: String, text: String? = nil) {
+        func yaml() -> String? { decodeYAML(text ?? String(decoding: bytes, as: UTF8.self), bytes, file: file) }
         guard JSONReader.looksLikeJSON(bytes, file: file) else {
-            if let why = decodeYAML(text, bytes, file: file) { errors.append(InputError(file: file, message: why)) }
+            if let why = yaml() { errors.append(InputError(file: file, message: why)) }
             return
         }
         guard let jsonError = decodeJSON(bytes, file: file) else { return }
         // Text that opens like JSON but is not, in a file not named .json, may be YAML (JSON
         // documents between `---` lines): YAML reads it, and if YAML fails too the JSON error
         // is the one reported.
-        if file.lowercased().hasSuffix(".json") || decodeYAML(text, bytes, file: file) != nil {
+        if file.lowercased().hasSuffix(".json") || yaml() != nil {
             errors.append(InputError(file: file, message: "not valid JSON: \(jsonError)"))
         }
     }
@@ -173,6 +177,16 @@ public struct ManifestDecoder: Sendable {
         warnings += other.warnings
         errors += other.errors
         skipped += other.skipped
+        let empty =
+            seen.isEmpty && state.services.isEmpty && state.endpointSlices.isEmpty && state.endpoints.isEmpty
+            && state.pods.isEmpty && state.ingresses.isEmpty
+        if empty {
+            // Nothing here for the other's objects to meet: they are taken whole (the first
+            // file of many, or the only one).
+            state = other.state
+            seen = other.seen
+            return
+        }
         func take<T>(_ items: [T], _ kind: String, _ meta: (T) -> ObjectMeta, into list: WritableKeyPath<ClusterState, [T]>) {
             for item in items {
                 let key = meta(item).key
@@ -216,9 +230,9 @@ public struct ManifestDecoder: Sendable {
             switch inputs[i] {
             case .text(let file, let text): d.decode(text, file: file)
             case .file(let file):
-                switch ManifestSource.readText(file) {
-                case .text(let text): d.decode(text, file: file)
-                case .failed(let why): return .unreadable(file: file, why: why)
+                switch ManifestSource.readUTF8(file) {
+                case .success(let bytes): d.decode(utf8: bytes, file: file)
+                case .failure(let e): return .unreadable(file: file, why: e.why)
                 }
             }
             return .decoded(d)

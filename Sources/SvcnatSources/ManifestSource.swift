@@ -202,14 +202,28 @@ public enum ManifestSource {
     /// A manifest file's text. It is opened without blocking and must be a regular file, so a
     /// FIFO or device named `*.yaml` cannot hang a read.
     public static func readText(_ path: String) -> Read {
+        switch readUTF8(path) {
+        case .success(let bytes): .text(String(decoding: bytes, as: UTF8.self))
+        case .failure(let e): .failed(e.why)
+        }
+    }
+
+    public struct Unreadable: Error {
+        /// In words for the error.
+        public var why: String
+    }
+
+    /// The same, as the file's bytes (checked to be UTF-8, without a String made of them).
+    public static func readUTF8(_ path: String) -> Swift.Result<[UInt8], Unreadable> {
+        func failed(_ why: String) -> Swift.Result<[UInt8], Unreadable> { .failure(Unreadable(why: why)) }
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return .failed("cannot be read: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { return failed("cannot be read: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { return .failed("cannot be read: \(String(cString: strerror(errno)))") }
-        guard st.st_mode & S_IFMT == S_IFREG else { return .failed("is not a regular file (\(fileKind(st.st_mode)))") }
+        guard fstat(fd, &st) == 0 else { return failed("cannot be read: \(String(cString: strerror(errno)))") }
+        guard st.st_mode & S_IFMT == S_IFREG else { return failed("is not a regular file (\(fileKind(st.st_mode)))") }
         if st.st_size > maxFileSize {
-            return .failed("is \(st.st_size >> 20) MB; svcnat reads manifest files up to \(maxFileSize >> 20) MB (split it)")
+            return failed("is \(st.st_size >> 20) MB; svcnat reads manifest files up to \(maxFileSize >> 20) MB (split it)")
         }
         var out: [UInt8] = []
         out.reserveCapacity(Int(st.st_size))
@@ -220,14 +234,14 @@ public enum ManifestSource {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
-                return .failed("cannot be read: \(String(cString: strerror(errno)))")
+                return failed("cannot be read: \(String(cString: strerror(errno)))")
             }
             if n == 0 { break }
             out += chunk[0..<n]
-            if out.count > maxFileSize { return .failed("grew past \(maxFileSize >> 20) MB while being read") }
+            if out.count > maxFileSize { return failed("grew past \(maxFileSize >> 20) MB while being read") }
         }
-        guard let text = String(validating: out, as: UTF8.self) else { return .failed("is not UTF-8 text") }
-        return .text(text)
+        guard (try? UTF8Span(validating: out.span)) != nil else { return failed("is not UTF-8 text") }
+        return .success(out)
     }
 
     /// Standard input, up to `maxFileSize`; nil when it is longer or not UTF-8.

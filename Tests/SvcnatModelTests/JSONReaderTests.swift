@@ -258,6 +258,30 @@ import Yams
 }
 
 /// Input that holds no manifest is told apart from input that holds no Service.
+/// A file is read as bytes and checked to be UTF-8 without a String made of it; one that is
+/// not is refused by name, JSON or YAML.
+@Suite struct FileBytes {
+    @Test(arguments: ["bad.json", "bad.yaml"])
+    func aFileThatIsNotUTF8IsRefused(name: String) throws {
+        let path = NSTemporaryDirectory() + "svcnat-utf8-\(getpid())-" + name
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let good =
+            #"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "198.18.100.1", "ports": [{"port": 80}]}}"#
+        try Data(Array(good.utf8) + [0x0A, 0xFF, 0xFE]).write(to: URL(fileURLWithPath: path))
+        guard case .unreadable(let file, let why) = ManifestDecoder.decodeEach([.file(path)]).first else {
+            Issue.record("a file with bytes 0xFF 0xFE was decoded")
+            return
+        }
+        #expect(file == path && why == "is not UTF-8 text")
+        try Data(Array(good.utf8)).write(to: URL(fileURLWithPath: path))
+        guard case .decoded(let d) = ManifestDecoder.decodeEach([.file(path)]).first else {
+            Issue.record("the UTF-8 file was not read")
+            return
+        }
+        #expect(d.state.services.map(\.meta.key) == ["default/a"] && d.errors.isEmpty)
+    }
+}
+
 @Suite struct EmptyInput {
     @Test func noManifestIsToldApartFromNoServices() throws {
         let dir = NSTemporaryDirectory() + "svcnat-empty-\(getpid())"
