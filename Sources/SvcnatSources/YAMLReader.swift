@@ -63,22 +63,31 @@ struct YAMLReader {
     // MARK: - Lines
 
     private mutating func splitLines() throws {
-        var start = 0
-        let n = b.count
-        var k: Int
+        lines = try Self.lines(of: b)
+    }
+
+    /// Each line's start, end (before a CR) and first non-space byte; a span in locals, so the
+    /// scan runs in registers.
+    private static func lines(of b: [UInt8]) throws -> [Line] {
+        let bytes = b.span
+        let n = bytes.count
+        var out: [Line] = []
+        out.reserveCapacity(n / 24)
         // A byte-order mark is left to Yams.
-        if n >= 3, b[0] == 0xEF, b[1] == 0xBB, b[2] == 0xBF { throw Unsupported() }
+        if n >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw Unsupported() }
+        var start = 0
         while start < n {
-            k = start
-            while k < n, b[k] != 0x0A { k += 1 }
+            var k = start
+            while k < n, bytes[k] != 0x0A { k += 1 }
             var end = k
-            if end > start, b[end - 1] == 0x0D { end -= 1 }
+            if end > start, bytes[end - 1] == 0x0D { end -= 1 }
             var c = start
-            while c < end, b[c] == 0x20 { c += 1 }
-            if c < end, b[c] == 0x09 { throw Unsupported() }  // a tab in indentation
-            lines.append(Line(start: start, end: end, content: c))
+            while c < end, bytes[c] == 0x20 { c += 1 }
+            if c < end, bytes[c] == 0x09 { throw Unsupported() }  // a tab in indentation
+            out.append(Line(start: start, end: end, content: c))
             start = k + 1
         }
+        return out
     }
 
     /// Blank, or only a comment.
@@ -175,6 +184,7 @@ struct YAMLReader {
 
     private mutating func mapping(indent: Int) throws -> Value {
         var members: [(key: String, value: Value)] = []
+        members.reserveCapacity(8)
         while at < lines.count {
             let line = lines[at]
             guard line.indent == indent, !isDocumentStart(line), !isSequenceEntry(line) else { break }
@@ -255,13 +265,13 @@ struct YAMLReader {
         var e = colon
         while e > from, b[e - 1] == 0x20 || b[e - 1] == 0x09 { e -= 1 }
         guard e > from else { throw Unsupported() }  // an empty key
-        let k = String(decoding: b[from..<e], as: UTF8.self)
+        let k = Self.text(b, from..<e)
         if first == UInt8(ascii: "?") || first == UInt8(ascii: "-") && (from + 1 == e || b[from + 1] == 0x20) { throw Unsupported() }
         return k
     }
 
     /// Bytes that cannot open a plain scalar in block context.
-    private static let indicators: Set<UInt8> = Set("[]{},#&*!|>'\"%@`".utf8)
+    private static let indicators = ByteClass("[]{},#&*!|>'\"%@`")
 
     /// A value that starts at `c` on line `l`: a flow collection (which may go on over the next
     /// lines), a quoted scalar, or a plain scalar to the end of the line or a comment.
@@ -298,7 +308,7 @@ struct YAMLReader {
                 c += 1
                 if ch != 0x20 && ch != 0x09 { e = c }
             }
-            return .scalar(String(decoding: b[start..<e], as: UTF8.self), plain: true)
+            return .scalar(Self.text(b, start..<e), plain: true)
         }
     }
 
@@ -451,7 +461,14 @@ struct YAMLReader {
         throw Unsupported()
     }
 
-    private static let flowEnds: Set<UInt8> = Set(",[]{}".utf8)
+    private static let flowEnds = ByteClass(",[]{}")
+
+    /// The bytes at `range` as a String, read through a span (a slice would retain and release
+    /// the input for each); bytes that are not UTF-8 are repaired as `String(decoding:)` does.
+    private static func text(_ b: [UInt8], _ range: Range<Int>) -> String {
+        if let utf8 = try? UTF8Span(validating: b.span.extracting(range)) { return String(copying: utf8) }
+        return String(decoding: b[range], as: UTF8.self)
+    }
 
     private mutating func flowValue(_ c: inout Int) throws -> Value {
         let first = b[c]
@@ -486,6 +503,20 @@ struct YAMLReader {
             guard Self.flowEnds.contains(b[k]) || b[k] == UInt8(ascii: ":") else { throw Unsupported() }
         }
         guard e > start else { throw Unsupported() }
-        return .scalar(String(decoding: b[start..<e], as: UTF8.self), plain: true)
+        return .scalar(Self.text(b, start..<e), plain: true)
     }
+}
+
+/// A set of ASCII bytes as a table of 256 flags: a lookup is one load, where a `Set<UInt8>`
+/// hashes.
+struct ByteClass: Sendable {
+    private let member: [Bool]
+
+    init(_ chars: String) {
+        var m = [Bool](repeating: false, count: 256)
+        for c in chars.utf8 { m[Int(c)] = true }
+        member = m
+    }
+
+    func contains(_ c: UInt8) -> Bool { member[Int(c)] }
 }
