@@ -177,12 +177,9 @@ public struct ManifestDecoder: Sendable {
         warnings += other.warnings
         errors += other.errors
         skipped += other.skipped
-        let empty =
-            seen.isEmpty && state.services.isEmpty && state.endpointSlices.isEmpty && state.endpoints.isEmpty
-            && state.pods.isEmpty && state.ingresses.isEmpty
-        if empty {
-            // Nothing here for the other's objects to meet: they are taken whole (the first
-            // file of many, or the only one).
+        // Every object read is named in `seen` first, so with nothing there, nothing here can meet
+        // the other's objects: they are taken whole (the first file of many, or the only one).
+        if seen.isEmpty {
             state = other.state
             seen = other.seen
             return

@@ -348,15 +348,7 @@ struct JSONReader {
             if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
             guard digits() > 0 else { throw fail("expected digits in the exponent") }
         }
-        return text(start..<i)
-    }
-
-    /// The bytes at `range` as a String. Read through a span, which borrows the input where a
-    /// slice would retain and release it for every string; bytes that are not UTF-8 are repaired
-    /// (U+FFFD) as `String(decoding:)` repairs them.
-    private func text(_ range: Range<Int>) -> String {
-        if let utf8 = try? UTF8Span(validating: b.span.extracting(range)) { return String(copying: utf8) }
-        return String(decoding: b[range], as: UTF8.self)
+        return b.utf8String(start..<i)
     }
 
     /// Where the run of plain string bytes from `start` ends: at a quote, a backslash, a control
@@ -380,7 +372,7 @@ struct JSONReader {
         while i < b.count {
             let c = b[i]
             if c == UInt8(ascii: "\"") {
-                let s = text(start..<i)
+                let s = b.utf8String(start..<i)
                 i += 1
                 return s
             }

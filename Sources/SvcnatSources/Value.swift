@@ -251,3 +251,13 @@ struct Field {
 
     func fail(_ message: String) { context.fail(path, message) }
 }
+
+extension [UInt8] {
+    /// The bytes at `range` as a String, for the JSON and YAML readers. Read through a span,
+    /// which borrows the array where a slice would retain and release it for every string;
+    /// bytes that are not UTF-8 are repaired (U+FFFD) as `String(decoding:)` repairs them.
+    func utf8String(_ range: Range<Int>) -> String {
+        if let utf8 = try? UTF8Span(validating: span.extracting(range)) { return String(copying: utf8) }
+        return String(decoding: self[range], as: UTF8.self)
+    }
+}

@@ -265,7 +265,7 @@ struct YAMLReader {
         var e = colon
         while e > from, b[e - 1] == 0x20 || b[e - 1] == 0x09 { e -= 1 }
         guard e > from else { throw Unsupported() }  // an empty key
-        let k = Self.text(b, from..<e)
+        let k = b.utf8String(from..<e)
         if first == UInt8(ascii: "?") || first == UInt8(ascii: "-") && (from + 1 == e || b[from + 1] == 0x20) { throw Unsupported() }
         return k
     }
@@ -308,7 +308,7 @@ struct YAMLReader {
                 c += 1
                 if ch != 0x20 && ch != 0x09 { e = c }
             }
-            return .scalar(Self.text(b, start..<e), plain: true)
+            return .scalar(b.utf8String(start..<e), plain: true)
         }
     }
 
@@ -463,13 +463,6 @@ struct YAMLReader {
 
     private static let flowEnds = ByteClass(",[]{}")
 
-    /// The bytes at `range` as a String, read through a span (a slice would retain and release
-    /// the input for each); bytes that are not UTF-8 are repaired as `String(decoding:)` does.
-    private static func text(_ b: [UInt8], _ range: Range<Int>) -> String {
-        if let utf8 = try? UTF8Span(validating: b.span.extracting(range)) { return String(copying: utf8) }
-        return String(decoding: b[range], as: UTF8.self)
-    }
-
     private mutating func flowValue(_ c: inout Int) throws -> Value {
         let first = b[c]
         if first == UInt8(ascii: "[") || first == UInt8(ascii: "{") { return try flow(&c) }
@@ -503,7 +496,7 @@ struct YAMLReader {
             guard Self.flowEnds.contains(b[k]) || b[k] == UInt8(ascii: ":") else { throw Unsupported() }
         }
         guard e > start else { throw Unsupported() }
-        return .scalar(Self.text(b, start..<e), plain: true)
+        return .scalar(b.utf8String(start..<e), plain: true)
     }
 }
 
