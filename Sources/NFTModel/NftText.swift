@@ -1,21 +1,37 @@
 /// Prints rulesets in nft syntax: the layout `nft list ruleset` uses, and text `nft -f` accepts.
-/// Everything is appended to one string (a dry run of 10,000 Services is some 8 MB of text):
-/// no string per element or rule is built and joined.
+/// Everything is appended to one buffer of bytes (a dry run of 10,000 Services is some 8 MB of
+/// text): no string per element or rule is built and joined.
 extension Ruleset {
-    /// The table as `nft -f` reads it. Written in pieces on all cores and joined in order (the
-    /// same text as `write(to:)`): at 10,000 Services it is 8 MB, and printing it on one core
-    /// was an eighth of a dry run.
-    public var nftText: String {
-        let parts = Parallel.map(textPieces, minimumPerWorker: 8) { piece in
-            var s = ""
-            write(piece, to: &s)
-            return s
-        }
-        var out = ""
-        out.reserveCapacity(parts.reduce(0) { $0 + $1.utf8.count })
-        for p in parts { out += p }
+    /// The table as `nft -f` reads it.
+    public var nftText: String { String(decoding: nftBytes, as: UTF8.self) }
+
+    /// The table as `nft -f` reads it, as UTF-8.
+    public var nftBytes: [UInt8] {
+        var out: [UInt8] = []
+        writeNft { out += $0 }
         return out
     }
+
+    /// The table as `nft -f` reads it, handed to `emit` in order a run of bytes at a time.
+    /// Runs are written on all cores a batch at a time: at 10,000 Services the text is 8 MB,
+    /// printing it on one core was an eighth of a dry run, and holding all of it at once would
+    /// be 8 MB more at the dry run's peak.
+    public func writeNft(_ emit: ([UInt8]) -> Void) {
+        let pieces = textPieces
+        for start in stride(from: 0, to: pieces.count, by: Self.piecesPerBatch) {
+            let batch = Array(pieces[start..<min(pieces.count, start + Self.piecesPerBatch)])
+            for bytes in Parallel.map(
+                batch, minimumPerWorker: 8,
+                { piece in
+                    var t = NftTextSink()
+                    write(piece, to: &t)
+                    return t.bytes
+                })
+            { emit(bytes) }
+        }
+    }
+
+    private static let piecesPerBatch = 32
 
     /// A run of the text: a set's opening, some of its elements, its end, or some chains.
     enum TextPiece: Sendable {
@@ -45,7 +61,7 @@ extension Ruleset {
         return out
     }
 
-    func write(_ piece: TextPiece, to out: inout String) {
+    func write(_ piece: TextPiece, to out: inout NftTextSink) {
         switch piece {
         case .head:
             out += "table \(family.rawValue) \(table) {\n"
@@ -67,20 +83,65 @@ extension Ruleset {
     }
 
     public func write(to out: inout String) {
-        for piece in textPieces { write(piece, to: &out) }
+        var t = NftTextSink()
+        for piece in textPieces { write(piece, to: &t) }
+        out += String(decoding: t.bytes, as: UTF8.self)
+    }
+}
+
+/// nft text as it is written: UTF-8 bytes, with numbers and addresses formatted in place, so
+/// an element costs no string of its own (a dry run of 10,000 Services writes 230,000 lines).
+struct NftTextSink {
+    var bytes: [UInt8] = []
+
+    static func += (t: inout NftTextSink, s: String) {
+        var s = s
+        s.withUTF8 { t.bytes.append(contentsOf: $0) }
+    }
+
+    mutating func byte(_ b: UInt8) { bytes.append(b) }
+
+    /// `n` in decimal.
+    mutating func decimal(_ n: UInt32) {
+        if n < 10 {
+            bytes.append(0x30 + UInt8(n))
+            return
+        }
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        var v = n
+        withUnsafeMutableBytes(of: &digits) { d in
+            while v > 0 {
+                d[count] = 0x30 + UInt8(v % 10)
+                v /= 10
+                count += 1
+            }
+            for i in stride(from: count - 1, through: 0, by: -1) { bytes.append(d[i]) }
+        }
+    }
+
+    /// A dotted IPv4 address.
+    mutating func ipv4(_ v: UInt32) {
+        decimal(v >> 24)
+        byte(0x2E)
+        decimal(v >> 16 & 0xff)
+        byte(0x2E)
+        decimal(v >> 8 & 0xff)
+        byte(0x2E)
+        decimal(v & 0xff)
     }
 }
 
 extension NamedSet {
     public var kindWord: String { isMap ? "map" : "set" }
 
-    func writeBlock(to s: inout String, indent: String) {
+    func writeBlock(to s: inout NftTextSink, indent: String) {
         writeHead(to: &s, indent: indent)
         writeElements(elements.indices, to: &s, indent: indent)
         writeTail(to: &s, indent: indent)
     }
 
-    func writeHead(to s: inout String, indent: String) {
+    func writeHead(to s: inout NftTextSink, indent: String) {
         s += indent
         s += kindWord
         s += " "
@@ -98,7 +159,7 @@ extension NamedSet {
     }
 
     /// Elements `range` of the list, each after the separator from the one before it.
-    func writeElements(_ range: Range<Int>, to s: inout String, indent: String) {
+    func writeElements(_ range: Range<Int>, to s: inout NftTextSink, indent: String) {
         for i in range {
             if i > 0 { s += ",\n" }
             s += indent
@@ -107,7 +168,7 @@ extension NamedSet {
         }
     }
 
-    func writeTail(to s: inout String, indent: String) {
+    func writeTail(to s: inout NftTextSink, indent: String) {
         if !elements.isEmpty {
             s += "\n"
             s += indent
@@ -120,20 +181,20 @@ extension NamedSet {
 
 extension SetElement {
     public var nftText: String {
-        var s = ""
+        var s = NftTextSink()
         write(to: &s)
-        return s
+        return String(decoding: s.bytes, as: UTF8.self)
     }
 
-    func write(to s: inout String) {
+    func write(to s: inout NftTextSink) {
         KeyValue.write(key, to: &s)
         if let c = comment {
             s += " comment "
-            s += quoted(c)
+            writeQuoted(c, to: &s)
         }
         if let v = verdict {
             s += " : "
-            s += v.description
+            v.write(to: &s)
         }
         if let d = data {
             s += " : "
@@ -142,22 +203,29 @@ extension SetElement {
     }
 }
 
+extension Verdict {
+    func write(to s: inout NftTextSink) {
+        switch self {
+        case .jump(let c):
+            s += "jump "
+            s += c
+        case .goto(let c):
+            s += "goto "
+            s += c
+        default: s += description
+        }
+    }
+}
+
 extension KeyValue {
     /// Fields joined by " . ", as nft prints a concatenation.
-    static func write(_ fields: ElementKey, to s: inout String) {
+    static func write(_ fields: ElementKey, to s: inout NftTextSink) {
         for (i, f) in fields.enumerated() {
             if i > 0 { s += " . " }
             switch f {
-            case .ip(let a) where a.family == .v4:
-                let v = a.v4Value
-                s += String(v >> 24)
-                s += "."
-                s += String(v >> 16 & 0xff)
-                s += "."
-                s += String(v >> 8 & 0xff)
-                s += "."
-                s += String(v & 0xff)
-            case .port(let p): s += String(p)
+            case .ip(let a) where a.family == .v4: s.ipv4(a.v4Value)
+            case .port(let p): s.decimal(UInt32(p))
+            case .integer(let n): s.decimal(n)
             default: s += f.description
             }
         }
@@ -171,8 +239,11 @@ extension BaseChain {
 }
 
 extension Chain {
-    func writeBlock(to s: inout String, indent: String) {
-        s += "\(indent)chain \(name) {\n"
+    func writeBlock(to s: inout NftTextSink, indent: String) {
+        s += indent
+        s += "chain "
+        s += name
+        s += " {\n"
         if let b = base { s += "\(indent)\t\(b.nftText)\n" }
         for r in rules {
             s += indent
@@ -183,6 +254,19 @@ extension Chain {
         s += indent
         s += "}\n"
     }
+}
+
+/// `text` in double quotes with backslash and quote escaped, as `quoted` gives it.
+func writeQuoted(_ text: String, to s: inout NftTextSink) {
+    s.byte(0x22)
+    var text = text
+    text.withUTF8 { u in
+        for b in u {
+            if b == 0x5C || b == 0x22 { s.byte(0x5C) }
+            s.byte(b)
+        }
+    }
+    s.byte(0x22)
 }
 
 /// A string in double quotes with backslash and quote escaped, as nft and iptables-save print it.

@@ -47,9 +47,13 @@ extension Svcnat {
         func run() throws {
             let clock = ContinuousClock()
             let started = clock.now
-            let (input, state) = try load(filename, options)
+            // Only the state is kept: the objects as read (and their origins) are let go here.
+            let (holdsManifests, state) = try {
+                let (input, state) = try load(filename, options)
+                return (input.holdsManifests, state)
+            }()
             let read = clock.now - started
-            if !input.holdsManifests && !allowEmpty {
+            if !holdsManifests && !allowEmpty {
                 var now: Int?
                 if !dryRun, let tables = try? NetlinkKernel().readTables(options.table) {
                     now = Set(tables.flatMap { $0.serviceViews.map { $0.name.split(separator: ":").first ?? "" } }).count
@@ -58,10 +62,10 @@ extension Svcnat {
             }
             let config = options.config
             if dryRun {
-                let (tables, conflicts) = try Reconciler.desiredTablesAndConflicts(state, config: config)
+                let (tables, conflicts) = try Reconciler.desiredTablesAndConflicts(consume state, config: config)
                 warn(conflicts)
                 switch format {
-                case .nft: print(tables.map(\.ruleset.nftText).joined(), terminator: "")
+                case .nft: for t in tables { t.ruleset.writeNft { FileHandle.standardOutput.write(Data($0)) } }
                 case .iptables:
                     print(IptablesRenderer(config.translator, dropsInvalid: dropsInvalid).render(tables[0].proxy), terminator: "")
                     if let v6 = tables.first(where: { $0.family == .v6 }), !v6.proxy.servicePorts.isEmpty {
