@@ -153,11 +153,14 @@ public struct Reconciler {
     }
 
     /// The wanted tables and the claims that lost, from one translation (a dry run prints the
-    /// one and warns of the other).
-    public static func desiredTablesAndConflicts(_ state: ClusterState, config: ProxyConfig) throws -> (
+    /// one and warns of the other). The state is let go once the proxy states are made from it,
+    /// so a caller that hands over the only copy does not hold the objects and the rules at
+    /// once (at 10,000 Services, 19 MB of objects beside 40 MB of rules).
+    public static func desiredTablesAndConflicts(_ state: consuming ClusterState, config: ProxyConfig) throws -> (
         tables: [DesiredTable], conflicts: [Conflict]
     ) {
         let (proxies, conflicts) = proxyStates(state, config: config)
+        _ = consume state
         let tables = zip(IPFamily.allCases, proxies).compactMap { family, proxy -> DesiredTable? in
             guard config.needsTable(family, hasServices: !proxy.servicePorts.isEmpty) else { return nil }
             return DesiredTable(family: family, proxy: proxy, ruleset: Translator(config.translator(for: family)).ruleset(for: proxy))

@@ -294,14 +294,18 @@ public struct Translator: Sendable {
         ]
     }
 
-    /// The whole table from the ports' fragments.
-    public func assemble(_ fragments: [PortFragment]) -> Ruleset {
+    /// The whole table from the ports' fragments. Each fragment is let go once it is taken in,
+    /// so a caller that hands over the only copy (a dry run) never holds the fragments and the
+    /// whole table at once.
+    public func assemble(_ fragments: consuming [PortFragment]) -> Ruleset {
         var elements: [String: [SetElement]] = [:]
         var sharedSets = Set<String>()
         var endpointShards = Set<Int>()
         var chains: [Chain] = []
+        chains.reserveCapacity(fragments.count)
         var ownSets: [NamedSet] = []
-        for f in fragments {
+        fragments.reverse()
+        while let f = fragments.popLast() {
             ownSets += f.sets
             for (set, es) in f.elements { elements[set, default: []] += es }
             for (set, es) in f.shared { elements[set, default: []] += es; sharedSets.insert(set) }
@@ -312,7 +316,7 @@ public struct Translator: Sendable {
         sets += endpointShards.sorted().map { Self.endpointMap(Names.endpointMap($0), family: family) }
         sets += ownSets.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         for i in sets.indices {
-            var sorted = SetElement.sorted(elements[sets[i].name] ?? [])
+            var sorted = SetElement.sorted(elements.removeValue(forKey: sets[i].name) ?? [])
             if sharedSets.contains(sets[i].name) {
                 // Several ports count on the same element: keep one.
                 var unique: [SetElement] = []

@@ -35,19 +35,29 @@ public struct ManifestDecoder: Sendable {
     public mutating func decode(_ text: String, file: String) { decode(utf8: Array(text.utf8), file: file, text: text) }
 
     /// The same, from bytes already checked to be UTF-8 (a file as read): JSON is read from
-    /// them with no String made of the whole file.
-    mutating func decode(utf8 bytes: [UInt8], file: String, text: String? = nil) {
-        func yaml() -> String? { decodeYAML(text ?? String(decoding: bytes, as: UTF8.self), bytes, file: file) }
+    /// them with no String made of the whole file. The bytes are let go once JSON's objects
+    /// are built, before they are taken in, so a 28 MB List is not held beside its objects
+    /// while they are merged.
+    mutating func decode(utf8 bytes: consuming [UInt8], file: String, text: String? = nil) {
         guard JSONReader.looksLikeJSON(bytes, file: file) else {
-            if let why = yaml() { errors.append(InputError(file: file, message: why)) }
+            if let why = decodeYAML(text ?? String(decoding: copy bytes, as: UTF8.self), bytes, file: file) {
+                errors.append(InputError(file: file, message: why))
+            }
             return
         }
-        guard let jsonError = decodeJSON(bytes, file: file) else { return }
-        // Text that opens like JSON but is not, in a file not named .json, may be YAML (JSON
-        // documents between `---` lines): YAML reads it, and if YAML fails too the JSON error
-        // is the one reported.
-        if file.lowercased().hasSuffix(".json") || yaml() != nil {
-            errors.append(InputError(file: file, message: "not valid JSON: \(jsonError)"))
+        switch Self.readJSON(bytes, file: file) {
+        case .success(let read):
+            bytes = []
+            take(read, file: file)
+        case .failure(let jsonError):
+            // Text that opens like JSON but is not, in a file not named .json, may be YAML (JSON
+            // documents between `---` lines): YAML reads it, and if YAML fails too the JSON error
+            // is the one reported.
+            if file.lowercased().hasSuffix(".json")
+                || decodeYAML(text ?? String(decoding: copy bytes, as: UTF8.self), bytes, file: file) != nil
+            {
+                errors.append(InputError(file: file, message: "not valid JSON: \(jsonError)"))
+            }
         }
     }
 
@@ -122,27 +132,40 @@ public struct ManifestDecoder: Sendable {
         return nil
     }
 
+    /// What a JSON file holds: the decoded runs of its lists' items, and its other documents.
+    struct JSONRead {
+        var parts: [ManifestDecoder] = []
+        var documents: [Value] = []
+    }
+
     /// JSON without YAML: a list's items are located first, then built and decoded one by one
     /// (on all cores), so the whole document never exists as one tree. A syntax error refuses
     /// the whole file, as YAML's does: nothing of it is taken in, and the error is returned.
-    mutating func decodeJSON(_ bytes: [UInt8], file: String) -> JSONReader.SyntaxError? {
+    static func readJSON(_ bytes: [UInt8], file: String) -> Swift.Result<JSONRead, JSONReader.SyntaxError> {
         var reader = JSONReader(bytes)
-        var documents: [Value] = []
-        var parts: [ManifestDecoder] = []
+        var read = JSONRead()
         do {
             while let (doc, items) = try reader.nextLocatingItems() {
-                if doc.streamed { parts += try Self.decodeItems(bytes, at: items, file: file) } else { documents.append(doc.value) }
+                if doc.streamed {
+                    read.parts += try Self.decodeItems(bytes, at: items, file: file)
+                } else {
+                    read.documents.append(doc.value)
+                }
             }
         } catch {
-            return error as? JSONReader.SyntaxError ?? JSONReader.SyntaxError(line: 0, column: 0, message: "\(error)")
+            return .failure(error as? JSONReader.SyntaxError ?? JSONReader.SyntaxError(line: 0, column: 0, message: "\(error)"))
         }
-        for part in parts { merge(part) }
-        for (i, value) in documents.enumerated() {
+        return .success(read)
+    }
+
+    /// Takes in what `readJSON` read from `file`.
+    mutating func take(_ read: consuming JSONRead, file: String) {
+        for part in read.parts { merge(part) }
+        for (i, value) in read.documents.enumerated() {
             let ctx = Field.Context(file: file)
-            decodeObject(Field(node: value, context: ctx), document: documents.count > 1 ? i : nil)
+            decodeObject(Field(node: value, context: ctx), document: read.documents.count > 1 ? i : nil)
             errors += ctx.errors
         }
-        return nil
     }
 
     /// A list's items (at these offsets, already checked for syntax), built and decoded in
@@ -198,6 +221,9 @@ public struct ManifestDecoder: Sendable {
                 state[keyPath: list].append(item)
             }
         }
+        seen.reserveCapacity(seen.count + other.seen.count)
+        state.services.reserveCapacity(state.services.count + other.state.services.count)
+        state.endpointSlices.reserveCapacity(state.endpointSlices.count + other.state.endpointSlices.count)
         take(other.state.services, "Service", \.meta, into: \.services)
         take(other.state.endpointSlices, "EndpointSlice", \.meta, into: \.endpointSlices)
         take(other.state.endpoints, "Endpoints", \.meta, into: \.endpoints)
@@ -228,7 +254,7 @@ public struct ManifestDecoder: Sendable {
             case .text(let file, let text): d.decode(text, file: file)
             case .file(let file):
                 switch ManifestSource.readUTF8(file) {
-                case .success(let bytes): d.decode(utf8: bytes, file: file)
+                case .success(let bytes): d.decode(utf8: consume bytes, file: file)
                 case .failure(let e): return .unreadable(file: file, why: e.why)
                 }
             }
