@@ -27,10 +27,17 @@ public struct Conflict: Hashable, Sendable, CustomStringConvertible {
 extension ServicePortState {
     /// The key of each frontend this port claims: `ip:port/PROTO` per frontend, then
     /// `node port N/PROTO`.
-    public var claimKeys: [String] { frontends.map(claimKey) + (nodePort.map { [nodePortClaimKey($0)] } ?? []) }
+    public var claimKeys: [String] { claims.map(\.spot.key) }
 
-    func claimKey(_ f: Frontend) -> String { "\(f.ip.withPort(f.port))/\(name.proto.rawValue)" }
-    func nodePortClaimKey(_ port: UInt16) -> String { "node port \(port)/\(name.proto.rawValue)" }
+    /// What `claimKeys` names, as values (no string made per frontend), with how each is
+    /// claimed: ClusterIP, ExternalIP, LoadBalancer or NodePort.
+    var claims: [(spot: ClaimSpot, kind: String)] {
+        frontends.map { (ClaimSpot(ip: $0.ip, port: $0.port, proto: name.proto), $0.kind.rawValue) }
+            + (nodePort.map { [(ClaimSpot(ip: nil, port: $0, proto: name.proto), "NodePort")] } ?? [])
+    }
+
+    func claimKey(_ f: Frontend) -> String { ClaimSpot(ip: f.ip, port: f.port, proto: name.proto).key }
+    func nodePortClaimKey(_ port: UInt16) -> String { ClaimSpot(ip: nil, port: port, proto: name.proto).key }
 
     /// This port without the claims in `lost`.
     public func dropping(_ lost: Set<String>) -> ServicePortState {
@@ -44,35 +51,57 @@ extension ServicePortState {
     var serviceKey: String { name.serviceKey }
 }
 
+/// A frontend as claims meet on it: an address (none for a node port), a port, a protocol.
+struct ClaimSpot: Hashable {
+    var ip: IPAddress?
+    var port: UInt16
+    var proto: TransportProtocol
+
+    /// The spot as `claimKeys` names it.
+    var key: String { ip.map { "\($0.withPort(port))/\(proto.rawValue)" } ?? "node port \(port)/\(proto.rawValue)" }
+}
+
 extension ProxyState {
     /// This state with every contested frontend given to one Service by the rule above, and
     /// the claims that lost. Pure; `cluster` supplies the Services' ages.
     public func resolvingConflicts(_ cluster: ClusterState) -> (ProxyState, [Conflict]) {
-        var age: [String: String] = [:]
-        for s in cluster.services { if let t = s.meta.creationTimestamp { age[s.meta.key] = t } }
         struct Claim {
             var port: Int
             var kind: String
         }
+        // Each spot's first claim; the spots claimed more than once, with all their claims, in
+        // the order they became contested. Most spots have one claim, and cost one lookup.
+        var first: [ClaimSpot: Claim] = [:]
+        first.reserveCapacity(servicePorts.count)
+        var contested: [ClaimSpot: [Claim]] = [:]
+        var order: [ClaimSpot] = []
+        for (i, sp) in servicePorts.enumerated() {
+            for (spot, kind) in sp.claims {
+                let claim = Claim(port: i, kind: kind)
+                guard let earlier = first[spot] else {
+                    first[spot] = claim
+                    continue
+                }
+                if contested[spot] == nil {
+                    order.append(spot)
+                    contested[spot] = [earlier]
+                }
+                contested[spot]!.append(claim)
+            }
+        }
+        guard !order.isEmpty else { return (self, []) }
+        var age: [String: String] = [:]
+        for s in cluster.services { if let t = s.meta.creationTimestamp { age[s.meta.key] = t } }
         func rank(_ c: Claim) -> (Int, Int, String, String, String) {
             let n = servicePorts[c.port].name
             let t = age[servicePorts[c.port].serviceKey]
             let allocated = c.kind == FrontendKind.clusterIP.rawValue || c.kind == "NodePort"
             return (allocated ? 0 : 1, t == nil ? 1 : 0, t ?? "", n.namespace, n.name)
         }
-        var claims: [String: [Claim]] = [:]
-        var order: [String] = []
-        for (i, sp) in servicePorts.enumerated() {
-            let kinds = sp.frontends.map(\.kind.rawValue) + (sp.nodePort == nil ? [] : ["NodePort"])
-            for (key, kind) in zip(sp.claimKeys, kinds) {
-                if claims[key] == nil { order.append(key) }
-                claims[key, default: []].append(Claim(port: i, kind: kind))
-            }
-        }
         var lost: [Int: Set<String>] = [:]
         var conflicts: [Conflict] = []
-        for key in order {
-            guard let all = claims[key], all.count > 1 else { continue }
+        for spot in order {
+            let all = contested[spot]!, key = spot.key
             let winner = all.min { rank($0) < rank($1) }!
             let w = servicePorts[winner.port]
             for c in all {
