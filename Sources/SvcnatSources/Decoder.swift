@@ -207,6 +207,17 @@ public struct ManifestDecoder: Sendable {
             seen = other.seen
             return
         }
+        // Nor when no name the other read is named here (the runs of one List, files that do
+        // not overlap): the lists are appended whole, with no name made again per object.
+        if !other.seen.keys.contains(where: { seen[$0] != nil }) {
+            seen.merge(other.seen) { mine, _ in mine }
+            state.services += other.state.services
+            state.endpointSlices += other.state.endpointSlices
+            state.endpoints += other.state.endpoints
+            state.pods += other.state.pods
+            state.ingresses += other.state.ingresses
+            return
+        }
         func take<T>(_ items: [T], _ kind: String, _ meta: (T) -> ObjectMeta, into list: WritableKeyPath<ClusterState, [T]>) {
             for item in items {
                 let key = meta(item).key
@@ -221,9 +232,6 @@ public struct ManifestDecoder: Sendable {
                 state[keyPath: list].append(item)
             }
         }
-        seen.reserveCapacity(seen.count + other.seen.count)
-        state.services.reserveCapacity(state.services.count + other.state.services.count)
-        state.endpointSlices.reserveCapacity(state.endpointSlices.count + other.state.endpointSlices.count)
         take(other.state.services, "Service", \.meta, into: \.services)
         take(other.state.endpointSlices, "EndpointSlice", \.meta, into: \.endpointSlices)
         take(other.state.endpoints, "Endpoints", \.meta, into: \.endpoints)
