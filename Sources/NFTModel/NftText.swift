@@ -248,7 +248,7 @@ extension Chain {
         for r in rules {
             s += indent
             s += "\t"
-            s += r.nftText
+            r.write(to: &s)
             s += "\n"
         }
         s += indent

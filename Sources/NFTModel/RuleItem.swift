@@ -76,9 +76,17 @@ public struct Rule: Hashable, Sendable {
 
     /// The rule in nft syntax, as `nft list ruleset` prints it (and `nft -f` reads it).
     public var nftText: String {
-        let text = items.map(\.nftText).joined(separator: " ")
-        guard let comment else { return text }
-        return text + " comment \"\(comment)\""
+        var s = NftTextSink()
+        write(to: &s)
+        return String(decoding: s.bytes, as: UTF8.self)
+    }
+
+    func write(to s: inout NftTextSink) {
+        for (i, item) in items.enumerated() {
+            if i > 0 { s.byte(0x20) }
+            item.write(to: &s)
+        }
+        if let comment { s += " comment \"\(comment)\"" }
     }
 
     /// Chains this rule jumps or goes to.
@@ -336,32 +344,64 @@ extension RuleItem {
 
 extension RuleItem {
     public var nftText: String {
+        var s = NftTextSink()
+        write(to: &s)
+        return String(decoding: s.bytes, as: UTF8.self)
+    }
+
+    /// The item in nft syntax; a dry run writes 20,000 rules' worth, so the common items
+    /// format their numbers and addresses in place.
+    func write(to s: inout NftTextSink) {
         switch self {
-        case .ctStateNew: "ct state new"
-        case .ctStatusDNAT: "ct status dnat"
-        case .l4proto(let p): "meta l4proto \(p.lowercased)"
+        case .ctStateNew: s += "ct state new"
+        case .ctStatusDNAT: s += "ct status dnat"
+        case .l4proto(let p):
+            s += "meta l4proto "
+            s += p.lowercased
         case .ipMatch(let f, let op, let p):
-            "\(p.family.nftName) \(f.name) \(op == .neq ? "!= " : "")\(p.length == p.family.bits ? p.address.description : p.description)"
-        case .fibDaddrLocal: "fib daddr type local"
-        case .fibSaddrLocal: "fib saddr type local"
-        case .daddrInSet(let s, let f): "\(f.nftName) daddr @\(s)"
-        case .saddrInSet(let s, let f): "\(f.nftName) saddr @\(s)"
-        case .rememberSaddr(let s, let f): "update @\(s) { \(f.nftName) saddr }"
-        case .nodePortDispatch(let m): "meta l4proto . th dport vmap @\(m)"
-        case .markIsClear(let b): "meta mark & \(hex(b)) == \(hex(0))"
-        case .markSetOr(let b): "meta mark set meta mark | \(hex(b))"
-        case .markSetXor(let b): "meta mark set meta mark ^ \(hex(b))"
-        case .numgenIsZero(let n): "numgen random mod \(n) == 0"
-        case .dnat(let a, let p): a.family == .v4 ? "dnat to \(a):\(p)" : "dnat to [\(a)]:\(p)"
-        case .dnatFromMap(let n, let o, let m, let f): "dnat \(f.nftName) to numgen random mod \(n) offset \(o) map @\(m)"
-        case .masquerade(let r): r ? "masquerade fully-random" : "masquerade"
-        case .reject(.tcpReset): "reject with tcp reset"
-        case .reject(.icmpPortUnreachable): "reject with icmp port-unreachable"
-        case .reject(.icmpv6PortUnreachable): "reject with icmpv6 port-unreachable"
-        case .dispatch(let m, let f): "\(f.nftName) daddr . meta l4proto . th dport vmap @\(m)"
-        case .saddrDaddrIn(let s, let f): "\(f.nftName) saddr . \(f.nftName) daddr @\(s)"
-        case .verdict(let v): v.description
-        case .raw(let e): "# unrecognised expression: \(e)"
+            s += p.family.nftName
+            s += " "
+            s += f.name
+            s += op == .neq ? " != " : " "
+            if p.family == .v4 {
+                s.ipv4(p.address.v4Value)
+                if p.length != p.family.bits {
+                    s.byte(0x2F)
+                    s.decimal(UInt32(p.length))
+                }
+            } else {
+                s += p.length == p.family.bits ? p.address.description : p.description
+            }
+        case .fibDaddrLocal: s += "fib daddr type local"
+        case .fibSaddrLocal: s += "fib saddr type local"
+        case .daddrInSet(let set, let f): s += "\(f.nftName) daddr @\(set)"
+        case .saddrInSet(let set, let f): s += "\(f.nftName) saddr @\(set)"
+        case .rememberSaddr(let set, let f): s += "update @\(set) { \(f.nftName) saddr }"
+        case .nodePortDispatch(let m): s += "meta l4proto . th dport vmap @\(m)"
+        case .markIsClear(let b): s += "meta mark & \(hex(b)) == \(hex(0))"
+        case .markSetOr(let b):
+            s += "meta mark set meta mark | "
+            s += hex(b)
+        case .markSetXor(let b): s += "meta mark set meta mark ^ \(hex(b))"
+        case .numgenIsZero(let n): s += "numgen random mod \(n) == 0"
+        case .dnat(let a, let p): s += a.family == .v4 ? "dnat to \(a):\(p)" : "dnat to [\(a)]:\(p)"
+        case .dnatFromMap(let n, let o, let m, let f):
+            s += "dnat "
+            s += f.nftName
+            s += " to numgen random mod "
+            s.decimal(n)
+            s += " offset "
+            s.decimal(o)
+            s += " map @"
+            s += m
+        case .masquerade(let r): s += r ? "masquerade fully-random" : "masquerade"
+        case .reject(.tcpReset): s += "reject with tcp reset"
+        case .reject(.icmpPortUnreachable): s += "reject with icmp port-unreachable"
+        case .reject(.icmpv6PortUnreachable): s += "reject with icmpv6 port-unreachable"
+        case .dispatch(let m, let f): s += "\(f.nftName) daddr . meta l4proto . th dport vmap @\(m)"
+        case .saddrDaddrIn(let set, let f): s += "\(f.nftName) saddr . \(f.nftName) daddr @\(set)"
+        case .verdict(let v): v.write(to: &s)
+        case .raw(let e): s += "# unrecognised expression: \(e)"
         }
     }
 }
